@@ -1,0 +1,468 @@
+/**
+ * The WebGPU runtime: adapter and device, labelled buffers, a per-device pipeline cache,
+ * error scopes that name the failing operation, and a GPU timer on timestamp queries.
+ *
+ * Every kernel family in `kernels/` builds {@link Dispatch}es with {@link Gpu.kernel}; a unit of
+ * work (a forward pass, a training step, a chunk of decode steps) encodes many dispatches into one
+ * compute pass and one command buffer ({@link Gpu.run}).
+ *
+ * @module
+ */
+
+/** Optional features specdec uses when the adapter has them. */
+const OPTIONAL_FEATURES: GPUFeatureName[] = ["timestamp-query", "shader-f16"];
+
+/** Pipelines cached per device and per WGSL source (devices can be lost: a WeakMap lets them go). */
+const pipelineCache = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
+
+/** Buffer usage for ordinary storage buffers: read and written by kernels, copied in and out. */
+export const STORAGE: number = 0x80 | 0x4 | 0x8; // STORAGE | COPY_SRC | COPY_DST
+
+/** One compute dispatch, ready to encode: a pipeline, its bind group and its workgroup count. */
+export interface Dispatch {
+  /** What the dispatch computes, for error messages and profiles. */
+  label: string;
+  /** The compute pipeline. */
+  pipeline: GPUComputePipeline;
+  /** Bind group 0, built once and reused. */
+  bindGroup: GPUBindGroup;
+  /** Workgroup counts (x, y, z). */
+  workgroups: [number, number, number];
+}
+
+/** What {@link Gpu.kernel} needs to build a {@link Dispatch}. */
+export interface KernelSpec {
+  /** Label of the dispatch, its bind group and (with the source) its pipeline. */
+  label: string;
+  /** WGSL source with a `main` compute entry point. */
+  code: string;
+  /**
+   * Storage buffers in binding order. When `params` is given it sits at binding 0 as a uniform
+   * and these start at binding 1; otherwise they start at binding 0.
+   */
+  buffers: GPUBuffer[];
+  /** Uniform words (u32; floats via {@link f32bits}), written once when the dispatch is built. */
+  params?: ArrayLike<number>;
+  /** Workgroup counts; a number means (n, 1, 1). */
+  workgroups: number | [number, number, number];
+}
+
+/** The bits of a float32 as a u32, for passing floats through u32 uniform words. */
+export function f32bits(x: number): number {
+  return new Uint32Array(new Float32Array([x]).buffer)[0];
+}
+
+/** Splits a 1-D workgroup count over x and y so neither exceeds the device limit (65535). */
+export function grid(count: number, limit = 65535): [number, number, number] {
+  if (count <= limit) return [Math.max(1, count), 1, 1];
+  const y = Math.ceil(count / limit);
+  return [Math.ceil(count / y), y, 1];
+}
+
+/** Throws a clear error saying how to get a WebGPU adapter. */
+function noAdapter(): never {
+  throw new Error(
+    "specdec: no WebGPU adapter found. Install a GPU driver (Vulkan, Metal or D3D12), or on " +
+      "headless Linux the software driver: `apt-get install -y mesa-vulkan-drivers`. " +
+      "In a browser, use one with WebGPU enabled.",
+  );
+}
+
+/** Options for {@link requestGpu}. */
+export interface RequestGpuOptions {
+  /** Adapter power preference. */
+  powerPreference?: GPUPowerPreference;
+}
+
+/**
+ * Requests a WebGPU adapter and a device with the adapter's maximum limits and the optional
+ * features it has (`timestamp-query`, `shader-f16`).
+ *
+ * @param options adapter preferences
+ * @returns the runtime wrapping the device
+ * @throws Error naming how to get an adapter when none is available
+ * @example
+ * ```ts
+ * import { requestGpu } from "@x/specdec";
+ * const gpu = await requestGpu();
+ * console.log(gpu.adapterName, gpu.hasTimestamps);
+ * ```
+ */
+export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> {
+  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+  if (!nav?.gpu) noAdapter();
+  const adapter = await nav.gpu.requestAdapter({ powerPreference: options.powerPreference });
+  if (!adapter) noAdapter();
+  const requiredLimits: Record<string, number> = {};
+  const limits = adapter.limits as unknown as Record<string, number>;
+  for (const key in limits) {
+    const v = limits[key];
+    if (typeof v === "number") requiredLimits[key] = v;
+  }
+  const requiredFeatures = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f));
+  const device = await adapter.requestDevice({
+    label: "specdec",
+    requiredLimits,
+    requiredFeatures,
+  });
+  const info = adapter.info;
+  const name = info?.description || [info?.vendor, info?.architecture, info?.device]
+    .filter(Boolean).join(" ") || "unknown adapter";
+  return new Gpu(device, name, info?.isFallbackAdapter ?? false);
+}
+
+/**
+ * A WebGPU device with the helpers every kernel uses. Create it with {@link requestGpu}, or wrap
+ * a device you already have.
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "@x/specdec";
+ * const gpu = await requestGpu();
+ * const buf = gpu.upload("x", new Float32Array([1, 2, 3]));
+ * console.log(await gpu.readF32(buf)); // Float32Array [1, 2, 3]
+ * ```
+ */
+export class Gpu {
+  /** The WebGPU device. */
+  readonly device: GPUDevice;
+  /** Human-readable adapter name. */
+  readonly adapterName: string;
+  /** True for a software (fallback) adapter such as Mesa's lavapipe. */
+  readonly isSoftware: boolean;
+  /** Number of GPU→host readbacks done so far (each costs a full round trip). */
+  readbacks = 0;
+
+  /**
+   * @param device a WebGPU device
+   * @param adapterName a readable adapter name for reports
+   * @param isSoftware whether the adapter is a software fallback
+   */
+  constructor(device: GPUDevice, adapterName = "unknown adapter", isSoftware = false) {
+    this.device = device;
+    this.adapterName = adapterName;
+    this.isSoftware = isSoftware;
+  }
+
+  /** Whether `timestamp-query` is enabled on the device. */
+  get hasTimestamps(): boolean {
+    return this.device.features.has("timestamp-query");
+  }
+
+  /** Largest storage buffer binding the device accepts, in bytes. */
+  get maxBinding(): number {
+    return this.device.limits.maxStorageBufferBindingSize;
+  }
+
+  /**
+   * Returns the compute pipeline for `code` (entry point `main`), compiled once per device.
+   *
+   * @param label pipeline label
+   * @param code WGSL source
+   * @returns the cached pipeline
+   */
+  pipeline(label: string, code: string): GPUComputePipeline {
+    let cache = pipelineCache.get(this.device);
+    if (!cache) pipelineCache.set(this.device, cache = new Map());
+    let p = cache.get(code);
+    if (!p) {
+      const module = this.device.createShaderModule({ label, code });
+      p = this.device.createComputePipeline({
+        label,
+        layout: "auto",
+        compute: { module, entryPoint: "main" },
+      });
+      cache.set(code, p);
+    }
+    return p;
+  }
+
+  /**
+   * Creates a labelled buffer (storage, copy source and destination by default).
+   *
+   * @param label buffer label (shape in the label helps: `"x (B, T, C)"`)
+   * @param bytes size in bytes (rounded up to a multiple of 4, at least 4)
+   * @param usage GPUBufferUsage flags
+   * @returns the buffer
+   */
+  buffer(label: string, bytes: number, usage: number = STORAGE): GPUBuffer {
+    const size = Math.max(4, Math.ceil(bytes / 4) * 4);
+    if (size > this.device.limits.maxBufferSize) {
+      throw new Error(
+        `specdec: buffer "${label}" needs ${size} bytes, over the device's maxBufferSize ` +
+          `${this.device.limits.maxBufferSize}`,
+      );
+    }
+    return this.device.createBuffer({ label, size, usage });
+  }
+
+  /**
+   * Creates a buffer holding `data`.
+   *
+   * @param label buffer label
+   * @param data initial contents
+   * @param usage GPUBufferUsage flags
+   * @returns the buffer
+   */
+  upload(
+    label: string,
+    data: Float32Array<ArrayBuffer> | Uint32Array<ArrayBuffer> | Int32Array<ArrayBuffer>,
+    usage: number = STORAGE,
+  ): GPUBuffer {
+    const b = this.buffer(label, data.byteLength, usage);
+    if (data.byteLength > 0) this.device.queue.writeBuffer(b, 0, data);
+    return b;
+  }
+
+  /**
+   * Writes `data` into `buffer` at `offset` bytes (queued before the next submit).
+   *
+   * @param buffer destination
+   * @param data contents
+   * @param offset byte offset
+   */
+  write(
+    buffer: GPUBuffer,
+    data: Float32Array<ArrayBuffer> | Uint32Array<ArrayBuffer> | Int32Array<ArrayBuffer>,
+    offset = 0,
+  ): void {
+    if (data.byteLength > 0) this.device.queue.writeBuffer(buffer, offset, data);
+  }
+
+  /**
+   * Builds a {@link Dispatch}: pipeline (cached), a uniform with `params` (written once) and a
+   * bind group over `buffers`.
+   *
+   * @param spec the kernel's source, buffers, params and workgroup count
+   * @returns the dispatch, to encode any number of times
+   */
+  kernel(spec: KernelSpec): Dispatch {
+    const pipeline = this.pipeline(spec.label, spec.code);
+    const entries: GPUBindGroupEntry[] = [];
+    let binding = 0;
+    if (spec.params) {
+      const words = new Uint32Array(Math.max(4, Math.ceil(spec.params.length / 4) * 4));
+      words.set(Array.from(spec.params, (v) => v >>> 0));
+      const u = this.buffer(`${spec.label} params`, words.byteLength, 0x40 | 0x8); // UNIFORM|COPY_DST
+      this.device.queue.writeBuffer(u, 0, words);
+      entries.push({ binding: binding++, resource: { buffer: u } });
+    }
+    for (const b of spec.buffers) entries.push({ binding: binding++, resource: { buffer: b } });
+    const bindGroup = this.device.createBindGroup({
+      label: spec.label,
+      layout: pipeline.getBindGroupLayout(0),
+      entries,
+    });
+    const w = spec.workgroups;
+    return {
+      label: spec.label,
+      pipeline,
+      bindGroup,
+      workgroups: typeof w === "number" ? grid(w) : w,
+    };
+  }
+
+  /**
+   * Encodes dispatches into an open compute pass, in order.
+   *
+   * @param pass the compute pass
+   * @param dispatches what to run
+   */
+  encode(pass: GPUComputePassEncoder, dispatches: readonly Dispatch[]): void {
+    for (const d of dispatches) {
+      pass.setPipeline(d.pipeline);
+      pass.setBindGroup(0, d.bindGroup);
+      const [x, y, z] = d.workgroups;
+      if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
+    }
+  }
+
+  /**
+   * Encodes `dispatches` into one compute pass of one command buffer and submits it. Nothing
+   * waits: the queue orders later work and readbacks after it.
+   *
+   * @param label what the work is (a forward pass, a training step…)
+   * @param dispatches the dispatches, in order
+   * @param timer optional timer that records GPU time for this pass
+   */
+  run(label: string, dispatches: readonly Dispatch[], timer?: GpuTimer): void {
+    const enc = this.device.createCommandEncoder({ label });
+    const pass = enc.beginComputePass({ label, timestampWrites: timer?.writes() });
+    this.encode(pass, dispatches);
+    pass.end();
+    timer?.resolve(enc);
+    this.device.queue.submit([enc.finish()]);
+  }
+
+  /**
+   * Copies `bytes` of `buffer` (from `offset`) to the host. Each call is one GPU round trip.
+   *
+   * @param buffer source (needs COPY_SRC)
+   * @param bytes how many bytes (default: the whole buffer)
+   * @param offset byte offset
+   * @returns the bytes
+   */
+  async read(buffer: GPUBuffer, bytes: number = buffer.size, offset = 0): Promise<ArrayBuffer> {
+    const size = Math.max(4, Math.ceil(bytes / 4) * 4);
+    const staging = this.device.createBuffer({
+      label: `${buffer.label} readback`,
+      size,
+      usage: 0x1 | 0x8, // MAP_READ | COPY_DST
+    });
+    const enc = this.device.createCommandEncoder({ label: `read ${buffer.label}` });
+    enc.copyBufferToBuffer(buffer, offset, staging, 0, size);
+    this.device.queue.submit([enc.finish()]);
+    this.readbacks++;
+    await staging.mapAsync(1 /* READ */);
+    const out = staging.getMappedRange().slice(0, bytes);
+    staging.unmap();
+    staging.destroy();
+    return out;
+  }
+
+  /**
+   * Reads float32 values from a buffer.
+   *
+   * @param buffer source
+   * @param count number of floats (default: all)
+   * @param offset element offset
+   * @returns the values
+   */
+  async readF32(buffer: GPUBuffer, count?: number, offset = 0): Promise<Float32Array> {
+    const n = count ?? buffer.size / 4 - offset;
+    return new Float32Array(await this.read(buffer, n * 4, offset * 4));
+  }
+
+  /**
+   * Reads u32 values from a buffer.
+   *
+   * @param buffer source
+   * @param count number of words (default: all)
+   * @param offset element offset
+   * @returns the values
+   */
+  async readU32(buffer: GPUBuffer, count?: number, offset = 0): Promise<Uint32Array> {
+    const n = count ?? buffer.size / 4 - offset;
+    return new Uint32Array(await this.read(buffer, n * 4, offset * 4));
+  }
+
+  /**
+   * Runs `fn` inside validation and out-of-memory error scopes, and throws an error naming
+   * `operation` if the GPU reported one.
+   *
+   * @param operation what is being done, for the error message
+   * @param fn the work
+   * @returns what `fn` returned
+   */
+  async scoped<T>(operation: string, fn: () => T | Promise<T>): Promise<T> {
+    this.device.pushErrorScope("out-of-memory");
+    this.device.pushErrorScope("validation");
+    let result: T;
+    try {
+      result = await fn();
+    } finally {
+      const validation = await this.device.popErrorScope();
+      const oom = await this.device.popErrorScope();
+      if (oom) throw new Error(`specdec: out of GPU memory during ${operation}: ${oom.message}`);
+      if (validation) {
+        throw new Error(`specdec: WebGPU validation error during ${operation}: ${validation.message}`);
+      }
+    }
+    return result;
+  }
+}
+
+/**
+ * Measures GPU time of compute passes with timestamp queries, or wall time where the device has
+ * no `timestamp-query`. Pass it to {@link Gpu.run}; each pass adds to the total.
+ *
+ * @example
+ * ```ts
+ * import { GpuTimer, requestGpu } from "@x/specdec";
+ * const gpu = await requestGpu();
+ * const timer = new GpuTimer(gpu);
+ * gpu.run("nothing", [], timer);
+ * console.log(await timer.read()); // milliseconds
+ * ```
+ */
+export class GpuTimer {
+  /** Whether GPU timestamps are used (false: wall clock). */
+  readonly gpuTimed: boolean;
+  #gpu: Gpu;
+  #capacity: number;
+  #querySet?: GPUQuerySet;
+  #resolveBuf?: GPUBuffer;
+  #used = 0;
+  #pending: { start: number; end: number }[] = [];
+  #wallStart = 0;
+
+  /**
+   * @param gpu the runtime
+   * @param capacity how many passes it can time between reads
+   */
+  constructor(gpu: Gpu, capacity = 256) {
+    this.#gpu = gpu;
+    this.#capacity = capacity;
+    this.gpuTimed = gpu.hasTimestamps;
+    if (this.gpuTimed) {
+      this.#querySet = gpu.device.createQuerySet({
+        label: "specdec timer",
+        type: "timestamp",
+        count: 2 * capacity,
+      });
+      this.#resolveBuf = gpu.buffer("timer resolve", 16 * capacity, 0x200 | 0x4); // QUERY_RESOLVE|COPY_SRC
+    }
+    this.#wallStart = performance.now();
+  }
+
+  /**
+   * Timestamp writes for the next pass (undefined when not GPU-timed or full).
+   *
+   * @returns the pass's timestampWrites
+   */
+  writes(): GPUComputePassTimestampWrites | undefined {
+    if (!this.#querySet || this.#used >= this.#capacity) return undefined;
+    const i = this.#used++;
+    this.#pending.push({ start: 2 * i, end: 2 * i + 1 });
+    return { querySet: this.#querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 };
+  }
+
+  /**
+   * Resolves the queries written so far into the resolve buffer (called by {@link Gpu.run}).
+   *
+   * @param enc the command encoder of the timed pass
+   */
+  resolve(enc: GPUCommandEncoder): void {
+    if (!this.#querySet || this.#used === 0) return;
+    enc.resolveQuerySet(this.#querySet, 0, 2 * this.#used, this.#resolveBuf!, 0);
+  }
+
+  /**
+   * Waits for the timed work and returns its time in milliseconds: the sum of GPU pass times,
+   * or the wall time since construction (or the last read) without timestamps. Resets the timer.
+   *
+   * @returns milliseconds
+   */
+  async read(): Promise<number> {
+    if (!this.gpuTimed || this.#used === 0) {
+      await this.#gpu.device.queue.onSubmittedWorkDone();
+      const now = performance.now();
+      const ms = now - this.#wallStart;
+      this.#wallStart = now;
+      return ms;
+    }
+    const raw = new BigUint64Array(await this.#gpu.read(this.#resolveBuf!, 16 * this.#used));
+    let ns = 0n;
+    for (const p of this.#pending) if (raw[p.end] > raw[p.start]) ns += raw[p.end] - raw[p.start];
+    this.#used = 0;
+    this.#pending = [];
+    this.#wallStart = performance.now();
+    return Number(ns) / 1e6;
+  }
+
+  /** Releases the query set and buffer. */
+  destroy(): void {
+    this.#querySet?.destroy();
+    this.#resolveBuf?.destroy();
+  }
+}
