@@ -1,7 +1,41 @@
 /**
- * specdec: speculative decoding for transformers on WebGPU.
+ * specdec: speculative decoding for transformers, on WebGPU.
+ *
+ * A decoder-only byte-level transformer (the reference architecture of lucidrains'
+ * speculative-decoding: pre-RMSNorm, fused qkv, rotary, erf-GELU feed-forward, final RMSNorm +
+ * linear) whose forward and backward passes, Adam, KV cache and sampling all run as WGSL compute
+ * shaders through `navigator.gpu`. Checkpoints are safetensors with PyTorch state_dict names.
+ *
+ * @example
+ * ```ts
+ * import { Decoder, requestGpu } from "@x/specdec";
+ * const gpu = await requestGpu();
+ * const model = Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 2 }, { seed: 0 });
+ * const logits = await model.logits([[104, 105]]); // Float32Array (1, 2, 256)
+ * console.log(await model.loss([[104, 105, 33]]));
+ * ```
  *
  * @module
  */
 export { type Dispatch, f32bits, Gpu, GpuTimer, requestGpu } from "./kernels/gpu.ts";
 export type { KernelSpec, RequestGpuOptions } from "./kernels/gpu.ts";
+export {
+  CONFIG_DEFAULTS,
+  type DecoderConfig,
+  type FullDecoderConfig,
+  PRESETS,
+  resolveConfig,
+} from "./model/config.ts";
+export {
+  type CreateOptions,
+  Decoder,
+  type ForwardPlan,
+  type LayerActivations,
+  type LossPlan,
+  validateTokens,
+} from "./model/decoder.ts";
+export { KVCache } from "./model/kv_cache.ts";
+export { readSafetensors, type Safetensors, type Tensor, writeSafetensors } from "./model/checkpoint.ts";
+export { Adam, type AdamOptions, type AdamStats, type Parameter } from "./model/optimizer.ts";
+export { Trainer, type TrainerOptions } from "./model/trainer.ts";
+export { decodeCorpus, type Split, splitCorpus, TRAIN_BYTES, VAL_BYTES, WindowSampler } from "./data/corpus.ts";

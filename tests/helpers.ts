@@ -92,7 +92,7 @@ export function assertClose(
     const diff = Math.abs(a - e);
     const ok = diff <= atol + rtol * Math.abs(e) || (Number.isNaN(a) && Number.isNaN(e)) ||
       (a === e);
-    if (!ok || Number.isNaN(diff)) {
+    if (!ok) {
       if (bad.length < 5) bad.push(`[${i}] ${a} vs ${e}`);
       if (!(diff <= worstDiff)) {
         worstDiff = diff;

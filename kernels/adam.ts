@@ -1,0 +1,334 @@
+/**
+ * Optimizer kernels: the global gradient L2 norm (a deterministic two-level sum of squares), the
+ * clip coefficient and Adam's bias corrections (one tiny kernel per step), the Adam update, and a
+ * fill-with-zero kernel for `zero_grad`.
+ *
+ * A step is `gradSumSquares` once per parameter buffer, then `adamFinalize` once, then
+ * `adamUpdate` once per parameter buffer, all in one compute pass. Everything that changes per
+ * step (the step count t, the norm, the clip coefficient, the skip flag) lives in the small
+ * {@link STATS_WORDS}-word `stats` buffer on the GPU, so the host never waits inside a step.
+ *
+ * @module
+ */
+import { type Dispatch, f32bits, type Gpu, grid } from "./gpu.ts";
+
+/** Threads per workgroup of every kernel here. */
+const WG = 256;
+/** Gradient elements summed by one workgroup of {@link gradSumSquares}: 8 per thread. */
+export const SUMSQ_CHUNK: number = WG * 8;
+
+/** Words (4 bytes each) of the `stats` buffer; field order as in {@link StatsWord}. */
+export const STATS_WORDS = 8;
+
+/**
+ * Word offsets in the `stats` buffer (read these with `Gpu.readF32` / `Gpu.readU32`).
+ * f32 words: `norm`, `coef`, `stepSize`, `bc2Sqrt`; u32 words: `skip`, `step`, `skipped`.
+ */
+export const StatsWord: {
+  readonly norm: 0;
+  readonly coef: 1;
+  readonly skip: 2;
+  readonly step: 3;
+  readonly stepSize: 4;
+  readonly bc2Sqrt: 5;
+  readonly skipped: 6;
+} = { norm: 0, coef: 1, skip: 2, step: 3, stepSize: 4, bc2Sqrt: 5, skipped: 6 };
+
+/** The WGSL declaration of the `stats` buffer, shared by the kernels that bind it. */
+const STATS_STRUCT = /* wgsl */ `
+struct Stats {
+  norm: f32,      // total L2 norm of all gradients (before clipping), this step
+  coef: f32,      // what every gradient is multiplied by this step (1 without clipping)
+  skip: u32,      // 1: this step was skipped (non-finite norm with skipNonFinite)
+  step: u32,      // Adam steps taken (torch's state["step"])
+  stepSize: f32,  // lr / (1 - beta1^t)
+  bc2Sqrt: f32,   // sqrt(1 - beta2^t)
+  skipped: u32,   // steps skipped so far
+  pad: u32,
+}`;
+
+/** Per-workgroup partial sums of g² over one gradient buffer (see {@link gradSumSquares}). */
+const SUMSQ = /* wgsl */ `
+struct P { n: u32, offset: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> grad: array<f32>;            // (n) f32
+@group(0) @binding(2) var<storage, read_write> partials: array<f32>;  // (total partials) f32
+var<workgroup> acc: array<f32, ${WG}>;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nw: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let group = wid.x + wid.y * nw.x;
+  let groups = (p.n + ${SUMSQ_CHUNK - 1}u) / ${SUMSQ_CHUNK}u;
+  // A 2-D grid may overshoot: those workgroups must not write over the next buffer's partials.
+  // The condition is uniform over the workgroup, so the barriers below stay in uniform flow.
+  if (group >= groups) { return; }
+  let base = group * ${SUMSQ_CHUNK}u;
+  var s = 0.0;
+  for (var k = 0u; k < ${SUMSQ_CHUNK / WG}u; k++) {
+    let i = base + k * ${WG}u + lid;  // coalesced: neighbouring threads read neighbouring floats
+    if (i < p.n) {
+      let g = grad[i];
+      s += g * g;
+    }
+  }
+  // Fixed tree order: the same inputs always give the same bits (no float atomics).
+  acc[lid] = s;
+  workgroupBarrier();
+  for (var w = ${WG / 2}u; w > 0u; w >>= 1u) {
+    if (lid < w) { acc[lid] += acc[lid + w]; }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { partials[p.offset + group] = acc[0]; }
+}`;
+
+/**
+ * Sums all partials, then sets the norm, the clip coefficient, the skip flag, the step count and
+ * the bias-corrected step size for this step (one workgroup).
+ */
+const FINALIZE = /* wgsl */ `
+${STATS_STRUCT}
+struct P { count: u32, clip: u32, maxNorm: f32, skipNonFinite: u32, lnBeta1: f32, lnBeta2: f32 }
+struct Hyper { lr: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> partials: array<f32>;  // (count) f32
+@group(0) @binding(2) var<storage, read> hyper: Hyper;          // written by the host per step
+@group(0) @binding(3) var<storage, read_write> stats: Stats;
+var<workgroup> acc: array<f32, ${WG}>;
+
+// Bit tests: WGSL compilers may assume floats are finite and fold x != x away.
+fn nonFinite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u; }
+fn isNan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+
+// exp(x) - 1 for x <= 0 without the cancellation of exp(x) - 1 near 0: 1 - 0.999^1 computed as
+// 1 - exp(ln 0.999) in f32 would lose ~4 significant digits of bias_correction2.
+fn expm1Neg(x: f32) -> f32 {
+  if (x > -0.5) {
+    // Taylor series in Horner form: x (1 + x/2 (1 + x/3 (1 + ...))); the x^13/13! term is < 1e-13.
+    var s = 1.0;
+    for (var k = 12; k >= 2; k--) { s = 1.0 + x * s / f32(k); }
+    return x * s;
+  }
+  return exp(x) - 1.0;
+}
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(local_invocation_index) lid: u32) {
+  var s = 0.0;
+  for (var i = lid; i < p.count; i += ${WG}u) { s += partials[i]; }
+  acc[lid] = s;
+  workgroupBarrier();
+  for (var w = ${WG / 2}u; w > 0u; w >>= 1u) {
+    if (lid < w) { acc[lid] += acc[lid + w]; }
+    workgroupBarrier();
+  }
+  if (lid != 0u) { return; }
+  let sumSq = acc[0];
+  let total = sqrt(sumSq);
+  stats.norm = total;
+  if (p.skipNonFinite != 0u && nonFinite(sumSq)) {
+    // Like a GradScaler-skipped step: params, moments and the step count stay as they are.
+    stats.skip = 1u;
+    stats.skipped += 1u;
+    return;
+  }
+  stats.skip = 0u;
+  var coef = 1.0;
+  if (p.clip != 0u) {
+    // torch: clip_coef = max_norm / (total_norm + 1e-6); grads *= clamp(clip_coef, max=1).
+    let d = total + 1e-6;
+    if (isNan(d)) {
+      coef = d;  // clamp keeps NaN: every gradient becomes NaN, as in torch
+    } else if (nonFinite(d)) {
+      coef = 0.0;  // max / inf; spelled out since GPU division is only specified in range
+    } else {
+      coef = min(p.maxNorm / d, 1.0);
+    }
+  }
+  stats.coef = coef;
+  let t = stats.step + 1u;
+  stats.step = t;
+  // 1 - beta^t = -expm1(t ln beta); the host passes ln beta from float64.
+  let bc1 = -expm1Neg(f32(t) * p.lnBeta1);
+  let bc2 = -expm1Neg(f32(t) * p.lnBeta2);
+  stats.stepSize = hyper.lr / bc1;
+  stats.bc2Sqrt = sqrt(bc2);
+}`;
+
+/** The Adam update of one parameter buffer, one element per thread. */
+const ADAM = /* wgsl */ `
+${STATS_STRUCT}
+struct P { n: u32, w1: f32, beta2: f32, omb2: f32, eps: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> param: array<f32>;  // (n) f32
+@group(0) @binding(2) var<storage, read> grad: array<f32>;         // (n) f32, unscaled
+@group(0) @binding(3) var<storage, read_write> expAvg: array<f32>;   // (n) f32, m
+@group(0) @binding(4) var<storage, read_write> expAvgSq: array<f32>; // (n) f32, v
+@group(0) @binding(5) var<storage, read> stats: Stats;
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nw: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nw.x) * ${WG}u + lid;
+  if (i >= p.n || stats.skip != 0u) { return; }
+  // Clipping scales g on the fly (torch scales the stored gradient first: same f32 product).
+  let g = grad[i] * stats.coef;
+  let m0 = expAvg[i];
+  // torch: exp_avg.lerp_(grad, 1 - beta1), with lerp's two branches for accuracy.
+  var m: f32;
+  if (p.w1 < 0.5) { m = m0 + p.w1 * (g - m0); } else { m = g - (g - m0) * (1.0 - p.w1); }
+  // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+  let v = expAvgSq[i] * p.beta2 + p.omb2 * g * g;
+  expAvg[i] = m;
+  expAvgSq[i] = v;
+  // torch: denom = sqrt(v) / sqrt(bias_correction2) + eps; param.addcdiv_(m, denom, -step_size)
+  let denom = sqrt(v) / stats.bc2Sqrt + p.eps;
+  param[i] = param[i] - stats.stepSize * (m / denom);
+}`;
+
+/** Writes zeros over the first n floats of a buffer. */
+const FILL_ZERO = /* wgsl */ `
+struct P { n: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read_write> buf: array<f32>;  // (n) f32
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nw: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nw.x) * ${WG}u + lid;
+  if (i < p.n) { buf[i] = 0.0; }
+}`;
+
+/**
+ * How many partial sums {@link gradSumSquares} writes for a buffer of `n` floats.
+ *
+ * @param n gradient elements
+ * @returns ceil(n / SUMSQ_CHUNK)
+ */
+export function sumSquaresPartials(n: number): number {
+  return Math.ceil(n / SUMSQ_CHUNK);
+}
+
+/**
+ * Partial sums of squares of one gradient buffer: `partials[offset + j] = Σ g[i]²` over the j-th
+ * chunk of {@link SUMSQ_CHUNK} elements, in a fixed order (deterministic).
+ *
+ * @param gpu the runtime
+ * @param args `grad (n) f32`; `partials (≥ offset + sumSquaresPartials(n)) f32`; `gridLimit`
+ *   (tests only) splits the workgroups over x and y below the device's 65535
+ * @returns the dispatch
+ */
+export function gradSumSquares(
+  gpu: Gpu,
+  args: { grad: GPUBuffer; partials: GPUBuffer; n: number; offset: number; gridLimit?: number },
+): Dispatch {
+  return gpu.kernel({
+    label: `grad sum of squares (${args.n})`,
+    code: SUMSQ,
+    buffers: [args.grad, args.partials],
+    params: [args.n, args.offset],
+    workgroups: grid(sumSquaresPartials(args.n), args.gridLimit),
+  });
+}
+
+/**
+ * The once-per-step kernel: total norm `sqrt(Σ partials)`, clip coefficient (torch
+ * `clip_grad_norm_`), skip flag, step count `t += 1`, `stepSize = lr / (1 − β1^t)` and
+ * `bc2Sqrt = sqrt(1 − β2^t)`, all into `stats`.
+ *
+ * @param gpu the runtime
+ * @param args `partials (count) f32`; `hyper (1) f32` = [lr], written by the host;
+ *   `stats (STATS_WORDS)` read-write; `maxNorm` (Infinity: no clipping); `skipNonFinite`: a
+ *   NaN/Inf norm skips the step (sets `skip`, leaves `step`); `beta1`, `beta2` in [0, 1)
+ * @returns the dispatch
+ */
+export function adamFinalize(
+  gpu: Gpu,
+  args: {
+    partials: GPUBuffer;
+    count: number;
+    hyper: GPUBuffer;
+    stats: GPUBuffer;
+    maxNorm: number;
+    skipNonFinite: boolean;
+    beta1: number;
+    beta2: number;
+  },
+): Dispatch {
+  const clip = Number.isFinite(args.maxNorm);
+  // ln 0 = -inf: any large negative finite value gives beta^t = 0 in f32 just as well.
+  const ln = (b: number) => b > 0 ? Math.log(b) : -1e4;
+  return gpu.kernel({
+    label: "adam finalize (norm, clip, bias correction)",
+    code: FINALIZE,
+    buffers: [args.partials, args.hyper, args.stats],
+    params: [
+      args.count,
+      clip ? 1 : 0,
+      f32bits(clip ? args.maxNorm : 0),
+      args.skipNonFinite ? 1 : 0,
+      f32bits(ln(args.beta1)),
+      f32bits(ln(args.beta2)),
+    ],
+    workgroups: 1,
+  });
+}
+
+/**
+ * The Adam update of one parameter buffer (torch.optim.Adam, no weight decay, no amsgrad),
+ * reading the clip coefficient, step size and bias correction from `stats`, and doing nothing
+ * when `stats.skip` is set.
+ *
+ * @param gpu the runtime
+ * @param args `param (n) f32` updated; `grad (n) f32` (read, left unscaled); `expAvg (n) f32`
+ *   and `expAvgSq (n) f32` updated; `stats (STATS_WORDS)` from {@link adamFinalize};
+ *   `gridLimit` (tests only) splits the workgroups over x and y below the device's 65535
+ * @returns the dispatch
+ */
+export function adamUpdate(
+  gpu: Gpu,
+  args: {
+    param: GPUBuffer;
+    grad: GPUBuffer;
+    expAvg: GPUBuffer;
+    expAvgSq: GPUBuffer;
+    stats: GPUBuffer;
+    n: number;
+    beta1: number;
+    beta2: number;
+    eps: number;
+    gridLimit?: number;
+  },
+): Dispatch {
+  return gpu.kernel({
+    label: `adam update (${args.n})`,
+    code: ADAM,
+    buffers: [args.param, args.grad, args.expAvg, args.expAvgSq, args.stats],
+    // 1 − β computed in float64 then rounded, like torch's Python-float scalars.
+    params: [
+      args.n,
+      f32bits(1 - args.beta1),
+      f32bits(args.beta2),
+      f32bits(1 - args.beta2),
+      f32bits(args.eps),
+    ],
+    workgroups: grid(Math.ceil(args.n / WG), args.gridLimit),
+  });
+}
+
+/**
+ * Zeroes the first `n` floats of `buffer` (gradient reset between steps).
+ *
+ * @param gpu the runtime
+ * @param args `buffer (≥ n) f32`, `n`
+ * @returns the dispatch
+ */
+export function fillZero(gpu: Gpu, args: { buffer: GPUBuffer; n: number }): Dispatch {
+  return gpu.kernel({
+    label: `zero (${args.n})`,
+    code: FILL_ZERO,
+    buffers: [args.buffer],
+    params: [args.n],
+    workgroups: Math.ceil(args.n / WG),
+  });
+}

@@ -1,0 +1,147 @@
+/**
+ * Token embedding lookup and its backward, a deterministic scatter-add (no float atomics).
+ *
+ * @module
+ */
+import type { Dispatch, Gpu } from "./gpu.ts";
+
+/** Invocations per workgroup of the lookup. */
+const WG = 256;
+/** Columns each backward workgroup owns: 64 invocations × 4 columns each. */
+const BWD_COLS = 256;
+
+/**
+ * out[t, c] = table[tokens[t], c]; a token ≥ V (V = table rows, from its length) gives a zero row.
+ */
+const EMBEDDING = /* wgsl */ `
+struct P { T: u32, C: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> tokens: array<u32>;    // (T) u32
+@group(0) @binding(2) var<storage, read> table: array<f32>;     // (V, C)
+@group(0) @binding(3) var<storage, read_write> out: array<f32>; // (T, C)
+
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nwg.x) * ${WG}u + lid;
+  if (i >= p.T * p.C) { return; }
+  let t = i / p.C;
+  let c = i - t * p.C;
+  let tok = tokens[t];
+  var v = 0.0;
+  if (tok < arrayLength(&table) / p.C) { v = table[tok * p.C + c]; }
+  out[i] = v;
+}`;
+
+/**
+ * dTable[v, c] (+)= Σ_{t : tokens[t] = v} dOut[t, c], summed over t = 0..T−1 in increasing order.
+ * One workgroup per (v, block of 256 columns); each invocation owns 4 columns (c, c+64, …), so
+ * the scan over tokens is shared by 256 columns.
+ */
+const EMBEDDING_BACKWARD = /* wgsl */ `
+struct P { T: u32, C: u32, V: u32, colBlocks: u32, accumulate: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> tokens: array<u32>;       // (T) u32
+@group(0) @binding(2) var<storage, read> dOut: array<f32>;         // (T, C)
+@group(0) @binding(3) var<storage, read_write> dTable: array<f32>; // (V, C)
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let block = wid.x + wid.y * nwg.x;
+  let v = block / p.colBlocks;
+  if (v >= p.V) { return; }
+  let c = (block % p.colBlocks) * ${BWD_COLS}u + lid;
+  var a = vec4f(0.0);
+  for (var t = 0u; t < p.T; t++) {
+    if (tokens[t] != v) { continue; }
+    let row = t * p.C + c;
+    if (c < p.C) { a.x += dOut[row]; }
+    if (c + 64u < p.C) { a.y += dOut[row + 64u]; }
+    if (c + 128u < p.C) { a.z += dOut[row + 128u]; }
+    if (c + 192u < p.C) { a.w += dOut[row + 192u]; }
+  }
+  let acc = p.accumulate != 0u;
+  for (var j = 0u; j < 4u; j++) {
+    let cj = c + 64u * j;
+    if (cj < p.C) {
+      var g = a[j];
+      if (acc) { g = g + dTable[v * p.C + cj]; }
+      dTable[v * p.C + cj] = g;
+    }
+  }
+}`;
+
+/**
+ * Embedding lookup: `out[t] = table[tokens[t]]`. Tokens outside the table (≥ V) give zero rows,
+ * so padding values are harmless.
+ *
+ * @param gpu the runtime
+ * @param a `tokens (T) u32`, `table (V, C)`, out `out (T, C)`, sizes
+ * @returns one dispatch
+ * @example
+ * ```ts
+ * import { embedding, requestGpu } from "@x/specdec";
+ * const gpu = await requestGpu();
+ * const table = gpu.upload("emb (3, 2)", new Float32Array([0, 1, 10, 11, 20, 21]));
+ * const tokens = gpu.upload("tokens (2)", new Uint32Array([2, 0]));
+ * const out = gpu.buffer("out (2, 2)", 16);
+ * gpu.run("embed", [embedding(gpu, { tokens, table, out, T: 2, C: 2 })]);
+ * console.log(await gpu.readF32(out)); // [20, 21, 0, 1]
+ * ```
+ */
+export function embedding(
+  gpu: Gpu,
+  a: { tokens: GPUBuffer; table: GPUBuffer; out: GPUBuffer; T: number; C: number },
+): Dispatch {
+  return gpu.kernel({
+    label: `embedding T=${a.T} C=${a.C}`,
+    code: EMBEDDING,
+    buffers: [a.tokens, a.table, a.out],
+    params: [a.T, a.C],
+    workgroups: Math.ceil((a.T * a.C) / WG),
+  });
+}
+
+/**
+ * Embedding backward, a deterministic scatter-add without float atomics:
+ * `dTable[v] (+)= Σ_{t: tokens[t] = v} dOut[t]`, summing t in increasing order (bitwise
+ * reproducible). Tokens ≥ V contribute nothing. Every vocabulary entry scans all T tokens: cost
+ * O(V·T) token reads, fine for byte-level vocabularies.
+ *
+ * @param gpu the runtime
+ * @param a `tokens (T) u32`, `dOut (T, C)`, out `dTable (V, C)`, sizes; `accumulate` adds to
+ *   `dTable` instead of overwriting it (every row is written either way)
+ * @returns one dispatch
+ * @example
+ * ```ts
+ * import { embeddingBackward, requestGpu } from "@x/specdec";
+ * const gpu = await requestGpu();
+ * const tokens = gpu.upload("tokens (3)", new Uint32Array([1, 0, 1]));
+ * const dOut = gpu.upload("dOut (3, 1)", new Float32Array([1, 2, 3]));
+ * const dTable = gpu.buffer("dTable (2, 1)", 8);
+ * gpu.run("embed bwd", [embeddingBackward(gpu, { tokens, dOut, dTable, T: 3, C: 1, V: 2 })]);
+ * console.log(await gpu.readF32(dTable)); // [2, 4]
+ * ```
+ */
+export function embeddingBackward(
+  gpu: Gpu,
+  a: {
+    tokens: GPUBuffer;
+    dOut: GPUBuffer;
+    dTable: GPUBuffer;
+    T: number;
+    C: number;
+    V: number;
+    accumulate?: boolean;
+  },
+): Dispatch {
+  const colBlocks = Math.ceil(a.C / BWD_COLS);
+  return gpu.kernel({
+    label: `embeddingBackward T=${a.T} C=${a.C} V=${a.V}`,
+    code: EMBEDDING_BACKWARD,
+    buffers: [a.tokens, a.dOut, a.dTable],
+    params: [a.T, a.C, a.V, colBlocks, a.accumulate ? 1 : 0],
+    workgroups: a.V * colBlocks,
+  });
+}

@@ -1,0 +1,230 @@
+import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import {
+  attention,
+  attentionBackward,
+  type AttentionVariant,
+  kvWrite,
+} from "../kernels/attention.ts";
+import type { Gpu } from "../kernels/gpu.ts";
+import { rotary, rotaryInvFreq, rotaryTable } from "../kernels/rotary.ts";
+import { assertClose, gpuTest, randomNormal } from "./helpers.ts";
+import { attentionBackwardRef, attentionRef, splitQkv } from "./reference/attention.ts";
+
+interface Sizes {
+  B: number;
+  n: number;
+  H: number;
+  D: number;
+  maxLen: number;
+}
+
+/** Buffers of one forward of kvWrite + attention over an existing cache. */
+function forward(
+  gpu: Gpu,
+  kv: GPUBuffer,
+  qkvHost: Float32Array<ArrayBuffer>,
+  start: GPUBuffer,
+  s: Sizes,
+  variant?: AttentionVariant,
+) {
+  const T = s.B * s.n;
+  const qkv = gpu.upload("qkv (T, 3, H, D)", qkvHost);
+  const out = gpu.buffer("out (T, H, D)", T * s.H * s.D * 4);
+  const lse = gpu.buffer("lse (B, H, n)", s.B * s.H * s.n * 4);
+  const dispatches = [
+    kvWrite(gpu, { qkv, kv, start, ...s }),
+    attention(gpu, { qkv, kv, start, out, lse, variant, ...s }),
+  ];
+  return { qkv, out, lse, dispatches };
+}
+
+gpuTest("kvWrite() copies k and v to each row's positions and skips positions ≥ maxLen", async (gpu) => {
+  const [B, n, H, D, maxLen] = [3, 4, 3, 6, 9];
+  const start = [0, 3, 7]; // row 2 writes positions 7, 8 and skips 9, 10
+  const qkvHost = randomNormal(B * n * 3 * H * D, 1); // (T, 3, H, D)
+  const kv = gpu.upload("kv (2, B, H, maxLen, D)", new Float32Array(2 * B * H * maxLen * D).fill(-7));
+  const qkv = gpu.upload("qkv (T, 3, H, D)", qkvHost);
+  const startBuf = gpu.upload("start (B)", new Uint32Array(start));
+  gpu.run("kvWrite", [kvWrite(gpu, { qkv, kv, start: startBuf, B, n, H, D, maxLen })]);
+  const expected = new Float32Array(2 * B * H * maxLen * D).fill(-7); // (2, B, H, maxLen, D)
+  for (let b = 0; b < B; b++) {
+    for (let i = 0; i < n; i++) {
+      const pos = start[b] + i;
+      if (pos >= maxLen) continue;
+      for (let s = 0; s < 2; s++) {
+        for (let h = 0; h < H; h++) {
+          for (let d = 0; d < D; d++) {
+            expected[(((s * B + b) * H + h) * maxLen + pos) * D + d] =
+              qkvHost[(((b * n + i) * 3 + 1 + s) * H + h) * D + d];
+          }
+        }
+      }
+    }
+  }
+  assertEquals(await gpu.readF32(kv), expected);
+});
+
+for (const variant of ["tiled", "split"] as const) {
+  gpuTest(`attention() ${variant} matches the reference with per-row starts and a cache`, async (gpu) => {
+    const cases: (Sizes & { start: number[] })[] = [
+      { B: 3, n: 5, H: 3, D: 10, maxLen: 40, start: [0, 17, 34] },
+      { B: 2, n: 70, H: 1, D: 8, maxLen: 90, start: [0, 19] }, // two query tiles
+      { B: 1, n: 3, H: 2, D: 64, maxLen: 45, start: [41] }, // the model's head size
+    ];
+    for (const c of cases) {
+      const { B, n, H, D, maxLen, start } = c;
+      const T = B * n;
+      const seed = 100 * D + n;
+      const qkvHost = randomNormal(T * 3 * H * D, seed);
+      const cacheHost = randomNormal(2 * B * H * maxLen * D, seed + 1); // (2, B, H, maxLen, D)
+      const kv = gpu.upload("kv (2, B, H, maxLen, D)", cacheHost);
+      const startBuf = gpu.upload("start (B)", new Uint32Array(start));
+      const f = forward(gpu, kv, qkvHost, startBuf, { B, n, H, D, maxLen }, variant);
+      gpu.run("attention", f.dispatches);
+      const { q, k, v } = splitQkv(qkvHost, { T, H, D });
+      const half = B * H * maxLen * D;
+      const ref = attentionRef({
+        q,
+        k,
+        v,
+        B,
+        n,
+        H,
+        D,
+        start,
+        maxLen,
+        cacheK: cacheHost.subarray(0, half),
+        cacheV: cacheHost.subarray(half),
+      });
+      const label = `${variant} B=${B} n=${n} H=${H} D=${D}`;
+      assertClose(await gpu.readF32(f.out), ref.out, { atol: 2e-6, rtol: 1e-5, label });
+      assertClose(await gpu.readF32(f.lse), ref.lse, { atol: 2e-6, rtol: 1e-6, label: label + " lse" });
+    }
+  });
+}
+
+gpuTest("attention() cached decode and rollback equal one full pass", async (gpu) => {
+  const [B, H, D, N, maxLen] = [3, 3, 8, 20, 24];
+  const table = rotaryTable(maxLen, rotaryInvFreq(D));
+  const cos = gpu.upload("cos (maxLen, D/2)", table.cos);
+  const sin = gpu.upload("sin (maxLen, D/2)", table.sin);
+  const tokenSize = 3 * H * D;
+
+  /** rotary + kvWrite + attention over `rows` tokens (B, n, 3, H, D) at per-row starts. */
+  async function step(kv: GPUBuffer, rows: Float32Array<ArrayBuffer>, n: number, start: number[]) {
+    const s = { B, n, H, D, maxLen };
+    const startBuf = gpu.upload("start (B)", new Uint32Array(start));
+    const f = forward(gpu, kv, rows, startBuf, s);
+    gpu.run("step", [rotary(gpu, { qkv: f.qkv, cos, sin, start: startBuf, ...s }), ...f.dispatches]);
+    return await gpu.readF32(f.out); // (B, n, H, D)
+  }
+  const newCache = () => gpu.buffer("kv (2, B, H, maxLen, D)", 2 * B * H * maxLen * D * 4);
+  /** Tokens [from[b], from[b] + n) of every row of `seq` (B, N, 3, H, D). */
+  const slice = (seq: Float32Array, from: number[], n: number) => {
+    const out = new Float32Array(B * n * tokenSize);
+    for (let b = 0; b < B; b++) {
+      const at = (b * N + from[b]) * tokenSize;
+      out.set(seq.subarray(at, at + n * tokenSize), b * n * tokenSize);
+    }
+    return out;
+  };
+  /** Checks outputs (B, n, H, D) against the full pass's at positions from[b] + i. */
+  const check = (got: Float32Array, full: Float32Array, from: number[], n: number, label: string) => {
+    const hd = H * D;
+    for (let b = 0; b < B; b++) {
+      const at = (b * N + from[b]) * hd;
+      assertClose(got.subarray(b * n * hd, (b + 1) * n * hd), full.subarray(at, at + n * hd), {
+        atol: 1e-5,
+        rtol: 0,
+        label: `${label} row ${b}`,
+      });
+    }
+  };
+
+  const seq = randomNormal(B * N * tokenSize, 7); // (B, N, 3, H, D) raw, before rotary
+  const full = await step(newCache(), seq, N, [0, 0, 0]); // (B, N, H, D)
+
+  // prefill 7, then feed the rest one or several tokens at a time
+  const kv = newCache();
+  let pos = 0;
+  for (const n of [7, 1, 3, 1, 4, 1, 3]) {
+    const from = [pos, pos, pos];
+    check(await step(kv, slice(seq, from, n), n, from), full, from, n, `chunk at ${pos}`);
+    pos += n;
+  }
+
+  // rollback: each row rewinds to its own position and continues with other tokens
+  const back = [5, 12, 9];
+  const seq2 = seq.slice();
+  const fresh = randomNormal(seq.length, 8);
+  for (let b = 0; b < B; b++) {
+    const at = (b * N + back[b]) * tokenSize;
+    seq2.set(fresh.subarray(at, (b + 1) * N * tokenSize), at);
+  }
+  const full2 = await step(newCache(), seq2, N, [0, 0, 0]);
+  check(await step(kv, slice(seq2, back, 3), 3, back), full2, back, 3, "after rollback");
+  const next = back.map((p) => p + 3);
+  check(await step(kv, slice(seq2, next, 1), 1, next), full2, next, 1, "decode after rollback");
+});
+
+/** q, k, v of a training forward through the GPU, then the backward; checks against the reference. */
+async function backwardCase(gpu: Gpu, { B, n, H, D }: { B: number; n: number; H: number; D: number }) {
+  const T = B * n;
+  const s = { B, n, H, D, maxLen: n };
+  const qkvHost = randomNormal(T * 3 * H * D, 31 + n + D);
+  const dOutHost = randomNormal(T * H * D, 32 + n + D);
+  const kv = gpu.buffer("kv (2, B, H, maxLen, D)", 2 * B * H * n * D * 4);
+  const start = gpu.upload("start (B)", new Uint32Array(B));
+  const f = forward(gpu, kv, qkvHost, start, s);
+  const dOut = gpu.upload("dOut (T, H, D)", dOutHost);
+  // garbage first: the backward must overwrite every element
+  const dqkv = gpu.upload("dqkv (T, 3, H, D)", new Float32Array(T * 3 * H * D).fill(1e30));
+  const bwd = attentionBackward(gpu, { qkv: f.qkv, out: f.out, dOut, lse: f.lse, dqkv, ...s });
+  gpu.run("forward backward", [...f.dispatches, ...bwd]);
+  const got = await gpu.readF32(dqkv);
+  const { q, k, v } = splitQkv(qkvHost, { T, H, D });
+  const ref = attentionBackwardRef({ q, k, v, dOut: dOutHost, B, n, H, D });
+  const { q: dq, k: dk, v: dv } = splitQkv(got, { T, H, D });
+  const label = `B=${B} n=${n} H=${H} D=${D}`;
+  assertClose(dq, ref.dq, { atol: 1e-5, rtol: 1e-4, label: `dq ${label}` });
+  assertClose(dk, ref.dk, { atol: 1e-5, rtol: 1e-4, label: `dk ${label}` });
+  assertClose(dv, ref.dv, { atol: 1e-5, rtol: 1e-4, label: `dv ${label}` });
+  // deterministic: the same bits again
+  gpu.run("backward again", bwd);
+  assertEquals(await gpu.readF32(dqkv), got);
+}
+
+gpuTest("attentionBackward() matches the reference on odd sizes", async (gpu) => {
+  await backwardCase(gpu, { B: 3, n: 5, H: 1, D: 10 });
+  await backwardCase(gpu, { B: 2, n: 70, H: 3, D: 8 }); // two tiles of queries and keys
+});
+
+Deno.test("attentionBackwardRef() matches central finite differences", () => {
+  const [B, n, H, D] = [2, 4, 2, 4];
+  const size = B * n * H * D;
+  const q = Float64Array.from(randomNormal(size, 41));
+  const k = Float64Array.from(randomNormal(size, 42));
+  const v = Float64Array.from(randomNormal(size, 43));
+  const g = Float64Array.from(randomNormal(size, 44)); // dLoss/dOut
+  const loss = (qq: Float64Array, kk: Float64Array, vv: Float64Array) => {
+    const { out } = attentionRef({ q: qq, k: kk, v: vv, B, n, H, D });
+    let s = 0;
+    for (let e = 0; e < size; e++) s += out[e] * g[e];
+    return s;
+  };
+  const ref = attentionBackwardRef({ q, k, v, dOut: g, B, n, H, D });
+  const eps = 1e-6;
+  for (const [name, x, grad] of [["q", q, ref.dq], ["k", k, ref.dk], ["v", v, ref.dv]] as const) {
+    const numeric = new Float64Array(size);
+    for (let e = 0; e < size; e++) {
+      const keep = x[e];
+      x[e] = keep + eps;
+      const up = loss(q, k, v);
+      x[e] = keep - eps;
+      const down = loss(q, k, v);
+      x[e] = keep;
+      numeric[e] = (up - down) / (2 * eps);
+    }
+    assertClose(grad, numeric, { atol: 1e-8, rtol: 1e-6, label: `d${name}` });
+  }
+});

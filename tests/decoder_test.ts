@@ -1,0 +1,245 @@
+import { deepStrictEqual, ok, rejects, throws } from "node:assert/strict";
+import { Decoder } from "../model/decoder.ts";
+import { writeSafetensors } from "../model/checkpoint.ts";
+import { decoderLogitsRef, decoderLossRef, type RefConfig } from "./reference/model.ts";
+import { assertClose, gpuTest, randomInts } from "./helpers.ts";
+
+// A tiny model with odd sizes everywhere it is allowed (dimHead must be even).
+const CFG: RefConfig = { numTokens: 19, dim: 24, depth: 2, heads: 3, dimHead: 8, ffMult: 4 };
+
+function tokenRows(B: number, n: number, seed: number, V = CFG.numTokens): number[][] {
+  const flat = randomInts(B * n, V, seed);
+  return Array.from({ length: B }, (_, b) => flat.slice(b * n, (b + 1) * n));
+}
+
+gpuTest("Decoder.logits() matches the float64 reference", async (gpu) => {
+  const model = Decoder.create(gpu, CFG, { seed: 3 });
+  const tokens = tokenRows(2, 7, 11);
+  const got = await model.logits(tokens);
+  const want = decoderLogitsRef(await model.paramValues(), CFG, tokens);
+  assertClose(got, want, { atol: 2e-4, rtol: 1e-3, label: "logits" });
+  model.destroy();
+});
+
+gpuTest("Decoder.loss() is the mean next-token cross-entropy of the reference", async (gpu) => {
+  const model = Decoder.create(gpu, CFG, { seed: 4 });
+  const tokens = tokenRows(3, 9, 12);
+  const got = await model.loss(tokens);
+  const want = decoderLossRef(await model.paramValues(), CFG, tokens);
+  ok(Math.abs(got - want) < 1e-4, `loss ${got} vs reference ${want}`);
+  model.destroy();
+});
+
+gpuTest("Decoder.create() follows PyTorch's default initialisation", async (gpu) => {
+  const model = Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 1 }, { seed: 1 });
+  const p = await model.paramValues();
+  const emb = p["token_emb.weight"];
+  const mean = emb.reduce((a, b) => a + b, 0) / emb.length;
+  const std = Math.sqrt(emb.reduce((a, b) => a + (b - mean) ** 2, 0) / emb.length);
+  ok(Math.abs(mean) < 0.02 && Math.abs(std - 1) < 0.02, `embedding N(0,1): mean ${mean}, std ${std}`);
+  const w = p["layers.0.1.3.weight"]; // fan_in = 256
+  ok(Math.max(...w.map(Math.abs)) <= 1 / 16 && Math.max(...w.map(Math.abs)) > 0.06, "U(±1/√256)");
+  deepStrictEqual([...p["layers.0.0.norm.weight"]].every((v) => v === 1), true);
+  // same seed, same values; another seed, other values
+  const again = await Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 1 }, { seed: 1 }).paramValues();
+  deepStrictEqual(again["layers.0.1.1.bias"], p["layers.0.1.1.bias"]);
+  const other = await Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 1 }, { seed: 2 }).paramValues();
+  ok(other["layers.0.1.1.bias"][0] !== p["layers.0.1.1.bias"][0]);
+  model.destroy();
+});
+
+gpuTest("KV cache: prefill then one or several tokens at a time equals one full forward", async (gpu) => {
+  const model = Decoder.create(gpu, CFG, { seed: 5 });
+  const B = 3, N = 10, V = CFG.numTokens;
+  const tokens = tokenRows(B, N, 21);
+  const full = await model.logits(tokens);
+  const cache = model.createCache(B, 16);
+  // feed in chunks: 4 (prefill), 1, 1, 3, 1
+  let at = 0;
+  for (const k of [4, 1, 1, 3, 1]) {
+    const plan = model.forwardPlan(cache, k);
+    gpu.write(plan.tokens, Uint32Array.from(tokens.flatMap((r) => r.slice(at, at + k))));
+    gpu.write(plan.start, new Uint32Array(B).fill(at));
+    gpu.run("chunk", plan.dispatches);
+    const got = await gpu.readF32(plan.logits);
+    for (let b = 0; b < B; b++) {
+      for (let i = 0; i < k; i++) {
+        const want = full.subarray(((b * N) + at + i) * V, ((b * N) + at + i + 1) * V);
+        assertClose(got.subarray((b * k + i) * V, (b * k + i + 1) * V), want, {
+          atol: 1e-4,
+          rtol: 0,
+          label: `row ${b} position ${at + i}`,
+        });
+      }
+    }
+    at += k;
+  }
+  model.destroy();
+});
+
+gpuTest("KV cache: rows at different lengths, rolled back in O(1) by a smaller start", async (gpu) => {
+  const model = Decoder.create(gpu, CFG, { seed: 6 });
+  const V = CFG.numTokens;
+  const a = tokenRows(1, 8, 31)[0], b = tokenRows(1, 8, 32)[0];
+  const cache = model.createCache(2, 12);
+  const prefill = model.forwardPlan(cache, 6);
+  gpu.write(prefill.tokens, Uint32Array.from([...a.slice(0, 6), ...b.slice(0, 6)]));
+  gpu.write(prefill.start, new Uint32Array([0, 0]));
+  gpu.run("prefill", prefill.dispatches);
+  // row 0 rolls back to length 3 and takes a different token; row 1 continues at 6
+  const alt = (a[3] + 1) % V;
+  const step = model.forwardPlan(cache, 1);
+  gpu.write(step.tokens, Uint32Array.from([alt, b[6]]));
+  gpu.write(step.start, new Uint32Array([3, 6]));
+  gpu.run("step", step.dispatches);
+  const got = await gpu.readF32(step.logits);
+  const wantA = await model.logits([[...a.slice(0, 3), alt]]);
+  const wantB = await model.logits([b.slice(0, 7)]);
+  assertClose(got.subarray(0, V), wantA.subarray(3 * V, 4 * V), { atol: 1e-4, rtol: 0, label: "rolled-back row" });
+  assertClose(got.subarray(V, 2 * V), wantB.subarray(6 * V, 7 * V), { atol: 1e-4, rtol: 0, label: "row 1" });
+  model.destroy();
+});
+
+gpuTest("Decoder round-trips through safetensors with PyTorch names", async (gpu) => {
+  const model = Decoder.create(gpu, CFG, { seed: 7 });
+  const bytes = await model.toSafetensors();
+  const again = await Decoder.fromSafetensors(gpu, bytes);
+  deepStrictEqual(again.config, model.config);
+  const tokens = tokenRows(1, 5, 8);
+  deepStrictEqual(await again.logits(tokens), await model.logits(tokens));
+  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + Number(new DataView(bytes.buffer).getBigUint64(0, true)))));
+  for (
+    const k of [
+      "token_emb.weight",
+      "layers.1.0.norm.weight",
+      "layers.1.0.to_qkv.weight",
+      "layers.1.0.to_out.weight",
+      "layers.1.1.0.weight",
+      "layers.1.1.1.weight",
+      "layers.1.1.1.bias",
+      "layers.1.1.3.weight",
+      "layers.1.1.3.bias",
+      "rotary_emb.inv_freq",
+      "to_logits.0.weight",
+      "to_logits.1.weight",
+    ]
+  ) ok(k in header, `checkpoint has ${k}`);
+  deepStrictEqual(header["layers.0.0.to_qkv.weight"].shape, [3 * 3 * 8, 24]);
+  deepStrictEqual(header["layers.0.1.1.weight"].shape, [96, 24]);
+  deepStrictEqual(header["rotary_emb.inv_freq"].shape, [4]);
+  model.destroy();
+  again.destroy();
+});
+
+/** Rewrites a checkpoint's tensors through `edit` (and optional dtype) and re-serialises. */
+async function editedCheckpoint(
+  model: Decoder,
+  edit: (t: Record<string, { shape: number[]; data: Float32Array }>) => void,
+): Promise<Uint8Array> {
+  const p = await model.paramValues();
+  const t: Record<string, { shape: number[]; data: Float32Array }> = {};
+  const { paramSpecs } = await import("../model/params.ts");
+  for (const s of paramSpecs(model.config)) t[s.name] = { shape: s.shape, data: p[s.name] };
+  t["rotary_emb.inv_freq"] = { shape: [model.invFreq.length], data: model.invFreq };
+  edit(t);
+  return writeSafetensors(t);
+}
+
+gpuTest("Decoder.fromSafetensors() names missing, extra and mis-shaped tensors", async (gpu) => {
+  const model = Decoder.create(gpu, CFG, { seed: 9 });
+  await rejects(
+    async () => Decoder.fromSafetensors(gpu, await editedCheckpoint(model, (t) => delete t["layers.1.1.3.bias"])),
+    /missing tensor "layers\.1\.1\.3\.bias"/,
+  );
+  await rejects(
+    async () =>
+      Decoder.fromSafetensors(
+        gpu,
+        await editedCheckpoint(model, (t) => t["extra.weight"] = { shape: [1], data: new Float32Array(1) }),
+      ),
+    /unexpected tensors: extra\.weight/,
+  );
+  await rejects(
+    async () =>
+      Decoder.fromSafetensors(
+        gpu,
+        await editedCheckpoint(model, (t) => t["layers.0.0.to_out.weight"] = { shape: [24, 23], data: new Float32Array(24 * 23) }),
+      ),
+    /"layers\.0\.0\.to_out\.weight" has shape \[24,23\], expected \[24,24\]/,
+  );
+  model.destroy();
+});
+
+gpuTest("Decoder.fromSafetensors() converts F16 and BF16 tensors", async (gpu) => {
+  const model = Decoder.create(gpu, { numTokens: 8, dim: 8, depth: 1, heads: 1, dimHead: 8 }, { seed: 1 });
+  const f32 = await model.toSafetensors();
+  // re-encode every tensor as F16 and BF16 by hand: values exactly representable stay exact
+  for (const dtype of ["F16", "BF16"] as const) {
+    const { readSafetensors } = await import("../model/checkpoint.ts");
+    const { tensors } = readSafetensors(f32);
+    const header: Record<string, unknown> = {};
+    const chunks: Uint8Array[] = [];
+    let off = 0;
+    const rounded: Record<string, Float32Array> = {};
+    for (const [name, t] of tensors) {
+      const bytes = new Uint8Array(t.data.length * 2);
+      const dv = new DataView(bytes.buffer);
+      const r = new Float32Array(t.data.length);
+      t.data.forEach((v, i) => {
+        const bits = new Uint32Array(new Float32Array([v]).buffer)[0];
+        if (dtype === "BF16") {
+          dv.setUint16(2 * i, bits >>> 16, true);
+          r[i] = new Float32Array(new Uint32Array([(bits >>> 16) << 16]).buffer)[0];
+        } else {
+          // round-to-zero f16 of normal values (|v| in the normal range for these weights)
+          const h = f32ToF16(v);
+          dv.setUint16(2 * i, h, true);
+          r[i] = f16ToF32Ref(h);
+        }
+      });
+      rounded[name] = r;
+      header[name] = { dtype, shape: t.shape, data_offsets: [off, off + bytes.length] };
+      chunks.push(bytes);
+      off += bytes.length;
+    }
+    const json = new TextEncoder().encode(JSON.stringify(header));
+    const file = new Uint8Array(8 + json.length + off);
+    new DataView(file.buffer).setBigUint64(0, BigInt(json.length), true);
+    file.set(json, 8);
+    let at = 8 + json.length;
+    for (const c of chunks) file.set(c, at), at += c.length;
+    const loaded = await Decoder.fromSafetensors(gpu, file);
+    const p = await loaded.paramValues();
+    for (const name of Object.keys(p)) deepStrictEqual(p[name], rounded[name], `${dtype} ${name}`);
+    loaded.destroy();
+  }
+  model.destroy();
+});
+
+function f32ToF16(v: number): number {
+  const s = v < 0 ? 0x8000 : 0;
+  const a = Math.abs(v);
+  if (a < 2 ** -14) return s | Math.round(a / 2 ** -24);
+  const e = Math.floor(Math.log2(a));
+  const m = Math.floor((a / 2 ** e - 1) * 1024);
+  return s | ((e + 15) << 10) | m;
+}
+function f16ToF32Ref(h: number): number {
+  const s = h & 0x8000 ? -1 : 1, e = (h >> 10) & 31, f = h & 1023;
+  return e === 0 ? s * f * 2 ** -24 : s * (1 + f / 1024) * 2 ** (e - 15);
+}
+
+gpuTest("Decoder rejects bad tokens with clear errors", async (gpu) => {
+  const model = Decoder.create(gpu, { ...CFG, maxSeqLen: 12 }, { seed: 1 });
+  await rejects(() => model.logits([]), /empty batch/);
+  await rejects(() => model.logits([[]]), /rows are empty/);
+  await rejects(() => model.logits([[1, 2], [3]]), /same length; row 0 has 2, row 1 has 1/);
+  await rejects(() => model.logits([[1, 19]]), /tokens\[0\]\[1\] = 19 is not a token.*\[0, 19\)/);
+  await rejects(() => model.logits([[1, -1]]), /tokens\[0\]\[1\] = -1/);
+  await rejects(() => model.logits([[1, 2.5]]), /tokens\[0\]\[1\] = 2\.5/);
+  await rejects(() => model.logits([Array(13).fill(0)]), /13 tokens, over the model's maxSeqLen 12/);
+  await rejects(() => model.loss([[1]]), /at least 2 tokens/);
+  throws(() => Decoder.create(gpu, { numTokens: 8, dim: 8, depth: 0 }), /config\.depth must be a positive integer/);
+  throws(() => Decoder.create(gpu, { numTokens: 8, dim: 8, depth: 1, dimHead: 7 }), /dimHead must be even/);
+  model.destroy();
+});

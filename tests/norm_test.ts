@@ -1,0 +1,152 @@
+import { deepStrictEqual, ok } from "node:assert/strict";
+import { type Dispatch, type Gpu, grid } from "../kernels/gpu.ts";
+import { RMS_EPS, rmsNorm, rmsNormBackward } from "../kernels/norm.ts";
+import { assertClose, gpuTest, randomF32, randomNormal } from "./helpers.ts";
+import {
+  dot,
+  finiteDifferences,
+  RMS_EPS_REF,
+  rmsNormBackwardRef,
+  rmsNormRef,
+} from "./reference/ops.ts";
+
+/** The same dispatch with its workgroups split over x and y at a tiny limit (tests the split). */
+function splitGrid(d: Dispatch): Dispatch {
+  return { ...d, workgroups: grid(d.workgroups[0], 3) };
+}
+
+Deno.test("RMS_EPS is float32 epsilon", () => {
+  deepStrictEqual(RMS_EPS, Math.fround(1.1920929e-7));
+  deepStrictEqual(RMS_EPS, RMS_EPS_REF);
+});
+
+Deno.test("rmsNormBackwardRef() matches central finite differences", () => {
+  for (const [T, C] of [[3, 5], [1, 1], [2, 8]]) {
+    const x = randomNormal(T * C, 1), w = randomNormal(C, 2), dy = randomNormal(T * C, 3);
+    const { dx, dWeight } = rmsNormBackwardRef(x, w, dy, T, C, 0.1);
+    // L = Σ dy·y; a large eps keeps its contribution visible in the check.
+    const fdx = finiteDifferences((xs) => dot(rmsNormRef(xs, w, T, C, 0.1).y, dy), x);
+    const fdw = finiteDifferences((ws) => dot(rmsNormRef(x, ws, T, C, 0.1).y, dy), w);
+    assertClose(dx, fdx, { atol: 1e-8, rtol: 1e-6, label: `dx T=${T} C=${C}` });
+    assertClose(dWeight, fdw, { atol: 1e-8, rtol: 1e-6, label: `dW T=${T} C=${C}` });
+  }
+});
+
+gpuTest("rmsNorm() matches the reference on odd sizes", async (gpu) => {
+  for (const [T, C] of [[7, 33], [1, 1], [3, 300], [5, 256], [4, 1]]) {
+    const x = randomNormal(T * C, 10 + C), w = randomF32(C, 20 + C, 0.5, 1.5);
+    const xb = gpu.upload("x", x), wb = gpu.upload("w", w);
+    const y = gpu.buffer("y", T * C * 4), rstd = gpu.buffer("rstd", T * 4);
+    gpu.run("rmsNorm", [rmsNorm(gpu, { x: xb, weight: wb, y, rstd, T, C })]);
+    const ref = rmsNormRef(x, w, T, C);
+    assertClose(await gpu.readF32(y), ref.y, { label: `y T=${T} C=${C}` });
+    assertClose(await gpu.readF32(rstd), ref.rstd, { label: `rstd T=${T} C=${C}` });
+  }
+});
+
+gpuTest("rmsNorm() handles a split grid and a zero row", async (gpu) => {
+  const T = 11, C = 3;
+  const x = randomNormal(T * C, 5);
+  x.fill(0, 3 * C, 4 * C); // row 3: rstd = 1/√eps, y = 0
+  const w = randomF32(C, 6);
+  const xb = gpu.upload("x", x), wb = gpu.upload("w", w);
+  const y = gpu.buffer("y", T * C * 4), rstd = gpu.buffer("rstd", T * 4);
+  const d = splitGrid(rmsNorm(gpu, { x: xb, weight: wb, y, rstd, T, C }));
+  ok(d.workgroups[1] > 1);
+  gpu.run("rmsNorm split", [d]);
+  const ref = rmsNormRef(x, w, T, C);
+  assertClose(await gpu.readF32(y), ref.y, { label: "y" });
+  assertClose(await gpu.readF32(rstd), ref.rstd, { label: "rstd" });
+});
+
+/**
+ * Runs rmsNorm then rmsNormBackward `runs` times (re-encoding the same dispatches) on fresh
+ * buffers, dx/dW preset to random `dx0`/`dw0`; returns dx, dW and the matching reference.
+ */
+async function runBackward(
+  gpu: Gpu,
+  T: number,
+  C: number,
+  seed: number,
+  acc: { accumulateDx?: boolean; accumulateDw?: boolean },
+  split = false,
+  runs = 1,
+) {
+  const x = randomNormal(T * C, seed), w = randomF32(C, seed + 1, 0.5, 1.5);
+  const dy = randomNormal(T * C, seed + 2);
+  const dx0 = randomF32(T * C, seed + 3), dw0 = randomF32(C, seed + 4);
+  const xb = gpu.upload("x", x), wb = gpu.upload("w", w), dyb = gpu.upload("dy", dy);
+  const dxb = gpu.upload("dx", dx0), dwb = gpu.upload("dW", dw0);
+  const y = gpu.buffer("y", T * C * 4), rstd = gpu.buffer("rstd", T * 4);
+  let bwd = rmsNormBackward(gpu, {
+    x: xb,
+    weight: wb,
+    rstd,
+    dy: dyb,
+    dx: dxb,
+    dWeight: dwb,
+    T,
+    C,
+    ...acc,
+  });
+  if (split) bwd = bwd.map(splitGrid);
+  const fwd = rmsNorm(gpu, { x: xb, weight: wb, y, rstd, T, C });
+  for (let r = 0; r < runs; r++) gpu.run("rmsNorm fwd+bwd", [fwd, ...bwd]);
+  const ref = rmsNormBackwardRef(x, w, dy, T, C);
+  if (acc.accumulateDx) { for (let i = 0; i < T * C; i++) ref.dx[i] = dx0[i] + runs * ref.dx[i]; }
+  if (acc.accumulateDw) {
+    for (let i = 0; i < C; i++) ref.dWeight[i] = dw0[i] + runs * ref.dWeight[i];
+  }
+  return {
+    dx: await gpu.readF32(dxb),
+    dW: await gpu.readF32(dwb),
+    ref,
+    dispatches: bwd.length,
+  };
+}
+
+gpuTest(
+  "rmsNormBackward() matches the reference, with and without accumulation, run twice",
+  async (gpu) => {
+    const cases: [number, number, boolean, boolean][] = [
+      [7, 33, false, false],
+      [7, 33, true, true],
+      [1, 1, false, true],
+      [3, 300, true, false],
+      [1, 300, false, false],
+      [9, 1, true, true],
+    ];
+    for (const [T, C, accumulateDx, accumulateDw] of cases) {
+      const r = await runBackward(gpu, T, C, T * 100 + C, { accumulateDx, accumulateDw }, false, 2);
+      const label = `T=${T} C=${C} acc=${accumulateDx}/${accumulateDw}`;
+      assertClose(r.dx, r.ref.dx, { atol: 1e-5, rtol: 1e-4, label: `dx ${label}` });
+      assertClose(r.dW, r.ref.dWeight, { atol: 1e-5, rtol: 1e-4, label: `dW ${label}` });
+    }
+  },
+);
+
+gpuTest(
+  "rmsNormBackward() reduces dWeight over many rows in chunks, deterministically",
+  async (gpu) => {
+    // T > 512 rows takes the two-stage path (partials per chunk, then their column sums).
+    const T = 1100, C = 5;
+    const a = await runBackward(gpu, T, C, 77, { accumulateDw: true });
+    deepStrictEqual(a.dispatches, 3);
+    assertClose(a.dx, a.ref.dx, { atol: 1e-5, rtol: 1e-4, label: "dx" });
+    assertClose(a.dW, a.ref.dWeight, { atol: 2e-4, rtol: 1e-4, label: "dW" });
+    const b = await runBackward(gpu, T, C, 77, { accumulateDw: true }, true);
+    deepStrictEqual(b.dW, a.dW, "same bits with a split grid");
+    deepStrictEqual(b.dx, a.dx);
+    // Encoded twice: dWeight gets the gradient twice, dx (not accumulated) once.
+    const c = await runBackward(gpu, T, C, 78, { accumulateDw: true }, false, 2);
+    assertClose(c.dx, c.ref.dx, { atol: 1e-5, rtol: 1e-4, label: "dx, 2 runs" });
+    assertClose(c.dW, c.ref.dWeight, { atol: 4e-4, rtol: 1e-4, label: "dW, 2 runs" });
+  },
+);
+
+gpuTest("rmsNorm() and rmsNormBackward() work past 65535 rows (split grid)", async (gpu) => {
+  const T = 65600, C = 2;
+  const r = await runBackward(gpu, T, C, 5, {});
+  assertClose(r.dx, r.ref.dx, { atol: 1e-5, rtol: 1e-4, label: "dx" });
+  assertClose(r.dW, r.ref.dWeight, { atol: 1e-3, rtol: 1e-4, label: "dW" });
+});

@@ -1,0 +1,155 @@
+/**
+ * The whole Decoder in plain float64 TypeScript: the yardstick for the GPU model. Readable first:
+ * one loop nest per op, shapes in comments. Parameters come as a name → values record using the
+ * checkpoint names (torch layout, Linear weights `[out, in]`).
+ */
+import { erfRef } from "./ops.ts";
+
+/** Model shape for the reference. */
+export interface RefConfig {
+  numTokens: number;
+  dim: number;
+  depth: number;
+  heads: number;
+  dimHead: number;
+  ffMult: number;
+}
+
+type Params = Record<string, ArrayLike<number>>;
+
+const EPS = 1.1920928955078125e-7; // float32 epsilon, torch RMSNorm's default
+
+/** y (T, N) = x (T, K) · Wᵀ, W (N, K), + bias (N). */
+function linear(
+  x: Float64Array,
+  W: ArrayLike<number>,
+  T: number,
+  K: number,
+  N: number,
+  bias?: ArrayLike<number>,
+): Float64Array {
+  const y = new Float64Array(T * N);
+  for (let t = 0; t < T; t++) {
+    for (let o = 0; o < N; o++) {
+      let s = bias ? bias[o] : 0;
+      for (let k = 0; k < K; k++) s += x[t * K + k] * W[o * K + k];
+      y[t * N + o] = s;
+    }
+  }
+  return y;
+}
+
+/** y (T, C) = x · rsqrt(mean(x²) + eps) · w. */
+function rmsNorm(x: Float64Array, w: ArrayLike<number>, T: number, C: number): Float64Array {
+  const y = new Float64Array(T * C);
+  for (let t = 0; t < T; t++) {
+    let ss = 0;
+    for (let c = 0; c < C; c++) ss += x[t * C + c] ** 2;
+    const r = 1 / Math.sqrt(ss / C + EPS);
+    for (let c = 0; c < C; c++) y[t * C + c] = x[t * C + c] * r * w[c];
+  }
+  return y;
+}
+
+/**
+ * Reference forward: logits (B, n, V) for tokens (B × n), all positions starting at 0.
+ *
+ * @param p parameters by checkpoint name (`rotary_emb.inv_freq` used when present)
+ * @param c model shape
+ * @param tokens batch × n tokens
+ * @returns logits, flat (B, n, V)
+ */
+export function decoderLogitsRef(p: Params, c: RefConfig, tokens: number[][]): Float64Array {
+  const B = tokens.length, n = tokens[0].length, T = B * n;
+  const C = c.dim, H = c.heads, D = c.dimHead, HD = H * D, F = c.ffMult * C, V = c.numTokens;
+  const half = D / 2;
+  const inv = p["rotary_emb.inv_freq"] ??
+    Array.from({ length: half }, (_, i) => Math.fround(1 / 10000 ** ((2 * i) / D)));
+
+  // x (T, C) = token embedding
+  let x = new Float64Array(T * C);
+  for (let t = 0; t < T; t++) {
+    const tok = tokens[Math.floor(t / n)][t % n];
+    for (let j = 0; j < C; j++) x[t * C + j] = p["token_emb.weight"][tok * C + j];
+  }
+  for (let l = 0; l < c.depth; l++) {
+    const pre = `layers.${l}`;
+    // attention block: x += to_out(attn(rotary(to_qkv(norm(x)))))
+    const xn = rmsNorm(x, p[`${pre}.0.norm.weight`], T, C);
+    const qkv = linear(xn, p[`${pre}.0.to_qkv.weight`], T, C, 3 * HD); // (T, 3, H, D)
+    // rotary on q (s=0) and k (s=1) at position i within the row; angle float32 like torch
+    for (let t = 0; t < T; t++) {
+      const pos = t % n;
+      for (let s = 0; s < 2; s++) {
+        for (let h = 0; h < H; h++) {
+          const o = t * 3 * HD + s * HD + h * D;
+          const v = qkv.slice(o, o + D);
+          for (let d = 0; d < D; d++) {
+            const f = Math.fround(pos * inv[d % half]);
+            const rot = d < half ? -v[d + half] : v[d - half]; // rotate_half
+            qkv[o + d] = v[d] * Math.cos(f) + rot * Math.sin(f);
+          }
+        }
+      }
+    }
+    // causal softmax attention per (row, head), scores scaled by D^-0.5
+    const att = new Float64Array(T * HD); // (T, H, D)
+    for (let b = 0; b < B; b++) {
+      for (let h = 0; h < H; h++) {
+        for (let i = 0; i < n; i++) {
+          const q = (b * n + i) * 3 * HD + h * D;
+          const s = new Float64Array(i + 1);
+          let m = -Infinity;
+          for (let j = 0; j <= i; j++) {
+            const k = (b * n + j) * 3 * HD + HD + h * D;
+            let dot = 0;
+            for (let d = 0; d < D; d++) dot += qkv[q + d] * qkv[k + d];
+            s[j] = dot / Math.sqrt(D);
+            m = Math.max(m, s[j]);
+          }
+          let z = 0;
+          for (let j = 0; j <= i; j++) z += s[j] = Math.exp(s[j] - m);
+          for (let j = 0; j <= i; j++) {
+            const v = (b * n + j) * 3 * HD + 2 * HD + h * D;
+            for (let d = 0; d < D; d++) att[(b * n + i) * HD + h * D + d] += (s[j] / z) * qkv[v + d];
+          }
+        }
+      }
+    }
+    const o = linear(att, p[`${pre}.0.to_out.weight`], T, HD, C);
+    for (let i = 0; i < T * C; i++) x[i] += o[i];
+    // feed-forward block: x += W2 · gelu(W1 · norm(x) + b1) + b2
+    const xn2 = rmsNorm(x, p[`${pre}.1.0.weight`], T, C);
+    const h = linear(xn2, p[`${pre}.1.1.weight`], T, C, F, p[`${pre}.1.1.bias`]);
+    for (let i = 0; i < h.length; i++) h[i] = 0.5 * h[i] * (1 + erfRef(h[i] / Math.SQRT2));
+    const y = linear(h, p[`${pre}.1.3.weight`], T, F, C, p[`${pre}.1.3.bias`]);
+    x = x.map((v, i) => v + y[i]);
+  }
+  const xf = rmsNorm(x, p["to_logits.0.weight"], T, C);
+  return linear(xf, p["to_logits.1.weight"], T, C, V);
+}
+
+/**
+ * Reference loss: mean next-token cross-entropy over B × (n − 1) positions.
+ *
+ * @param p parameters
+ * @param c model shape
+ * @param tokens batch × n tokens
+ * @returns the mean loss
+ */
+export function decoderLossRef(p: Params, c: RefConfig, tokens: number[][]): number {
+  const logits = decoderLogitsRef(p, c, tokens);
+  const B = tokens.length, n = tokens[0].length, V = c.numTokens;
+  let total = 0;
+  for (let b = 0; b < B; b++) {
+    for (let i = 0; i + 1 < n; i++) {
+      const o = (b * n + i) * V;
+      let m = -Infinity;
+      for (let v = 0; v < V; v++) m = Math.max(m, logits[o + v]);
+      let z = 0;
+      for (let v = 0; v < V; v++) z += Math.exp(logits[o + v] - m);
+      total += Math.log(z) + m - logits[o + tokens[b][i + 1]];
+    }
+  }
+  return total / (B * (n - 1));
+}
