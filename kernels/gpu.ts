@@ -132,8 +132,12 @@ export class Gpu {
   readonly isSoftware: boolean;
   /** Number of GPU→host readbacks done so far (each costs a full round trip). */
   readbacks = 0;
+  /** Number of buffers created through {@link Gpu.buffer} (to check nothing is allocated per step). */
+  buffersCreated = 0;
 
   /**
+   * Wraps a device.
+   *
    * @param device a WebGPU device
    * @param adapterName a readable adapter name for reports
    * @param isSoftware whether the adapter is a software fallback
@@ -193,6 +197,7 @@ export class Gpu {
           `${this.device.limits.maxBufferSize}`,
       );
     }
+    this.buffersCreated++;
     return this.device.createBuffer({ label, size, usage });
   }
 
@@ -397,6 +402,8 @@ export class GpuTimer {
   #wallStart = 0;
 
   /**
+   * Creates a timer (a query set of `2 × capacity` timestamps when the device has them).
+   *
    * @param gpu the runtime
    * @param capacity how many passes it can time between reads
    */

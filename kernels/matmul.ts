@@ -146,12 +146,19 @@ function accs(R: number, C: number): string {
   return out.join(" ");
 }
 
-/** Epilogue of an R×C register tile at rows m0.., columns n0... */
+/**
+ * Epilogue of an R×C register tile at rows m0.., columns n0..: the registers go to a private
+ * array once, then one loop stores them (unrolled stores would multiply the code, and the
+ * software adapter's compile time, by R·C/4).
+ */
 function stores(R: number, C: number): string {
-  const out: string[] = [];
+  const out: string[] = [`var acc: array<vec4f, ${(R * C) / 4}>;`];
   for (let i = 0; i < R; i++) {
-    for (let j = 0; j < C / 4; j++) out.push(`store4(m0 + ${i}u, n0 + ${4 * j}u, c${i}_${j});`);
+    for (let j = 0; j < C / 4; j++) out.push(`acc[${i * (C / 4) + j}] = c${i}_${j};`);
   }
+  out.push(`for (var q = 0u; q < ${(R * C) / 4}u; q++) {
+    store4(m0 + q / ${C / 4}u, n0 + (q % ${C / 4}u) * 4u, acc[q]);
+  }`);
   return out.join("\n  ");
 }
 

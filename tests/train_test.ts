@@ -1,0 +1,109 @@
+/**
+ * End-to-end tests of train.ts on the tiny preset with a small generated corpus: training,
+ * validation, a generation comparison, checkpoints, an exact resume, and every data error.
+ */
+import { deepStrictEqual, ok } from "node:assert/strict";
+import { testGpu } from "./helpers.ts";
+
+const TRAIN = new URL("../train.ts", import.meta.url).pathname;
+
+/** Runs train.ts with flags; returns exit code and output. */
+async function train(args: string[]): Promise<{ code: number; out: string }> {
+  const cmd = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", TRAIN, ...args],
+    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" },
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const r = await cmd.output();
+  const dec = new TextDecoder();
+  return { code: r.code, out: dec.decode(r.stdout) + dec.decode(r.stderr) };
+}
+
+/** A small corpus of English-like text. */
+function corpus(bytes: number): string {
+  const words = ["the", "model", "drafts", "tokens", "and", "a", "larger", "one", "verifies", "them", "in", "parallel"];
+  let s = "", i = 7;
+  while (s.length < bytes) {
+    i = (i * 1103515245 + 12345) % 2147483648;
+    s += words[i % words.length] + (i % 7 === 0 ? ".\n" : " ");
+  }
+  return s.slice(0, bytes);
+}
+
+const SMALL = ["--preset", "tiny", "--batch", "2", "--seq-len", "16", "--prime-len", "8", "--generate-len", "24", "--seed", "3"];
+
+function trainLosses(dir: string): Map<number, [number, number]> {
+  const m = new Map<number, [number, number]>();
+  for (const line of Deno.readTextFileSync(`${dir}/metrics.jsonl`).split("\n")) {
+    if (!line) continue;
+    const r = JSON.parse(line);
+    if (r.type === "train") m.set(r.step, [r.loss, r.smallLoss]);
+  }
+  return m;
+}
+
+Deno.test({
+  name: "train.ts trains, compares decodings, checkpoints and resumes exactly",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn(t) {
+    if (!(await testGpu())) return console.warn(`ignored (no WebGPU adapter): ${t.name}`);
+    const dir = await Deno.makeTempDir({ prefix: "specdec-train-" });
+    const data = `${dir}/corpus.txt`;
+    await Deno.writeTextFile(data, corpus(20000));
+    const common = [...SMALL, "--data", data, "--validate-every", "2", "--generate-every", "2", "--checkpoint-every", "2"];
+
+    const full = await train([...common, "--steps", "4", "--run-dir", `${dir}/full`]);
+    ok(full.code === 0, full.out);
+    for (const s of ["base decoding:", "spec decoding:", "base decoding in:", "spec decoding in:", "average num accepted:", "validation loss"]) {
+      ok(full.out.includes(s), `output shows "${s}"\n${full.out}`);
+    }
+    for (const f of ["metrics.jsonl", "loss.svg", "target.safetensors", "draft.safetensors", "target.optim.safetensors", "state.json"]) {
+      ok((await Deno.stat(`${dir}/full/${f}`)).size > 0, `${f} written`);
+    }
+    ok((await Deno.readTextFile(`${dir}/full/loss.svg`)).startsWith("<svg"), "the plot is SVG");
+    const a = trainLosses(`${dir}/full`);
+    deepStrictEqual([...a.keys()], [0, 1, 2, 3]);
+
+    const half = await train([...common, "--steps", "2", "--run-dir", `${dir}/half`]);
+    ok(half.code === 0, half.out);
+    const resumed = await train(["--resume", `${dir}/half`, "--steps", "4"]);
+    ok(resumed.code === 0, resumed.out);
+    ok(resumed.out.includes("resuming"), resumed.out);
+    const b = trainLosses(`${dir}/half`);
+    deepStrictEqual([...b.keys()], [0, 1, 2, 3]);
+    for (const s of [0, 1, 2, 3]) deepStrictEqual(b.get(s), a.get(s), `step ${s} losses equal after resume`);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
+
+Deno.test({
+  name: "train.ts names missing, empty, corrupt and too-short data, and bad flags",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn(t) {
+    if (!(await testGpu())) return console.warn(`ignored (no WebGPU adapter): ${t.name}`);
+    const dir = await Deno.makeTempDir({ prefix: "specdec-data-" });
+    await Deno.writeFile(`${dir}/empty.txt`, new Uint8Array(0));
+    await Deno.writeFile(`${dir}/bad.gz`, new Uint8Array([0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]));
+    await Deno.writeTextFile(`${dir}/short.txt`, "too short");
+    const cases: [string[], RegExp][] = [
+      [["--data", `${dir}/missing.txt`], /cannot read data file .*missing\.txt/],
+      [["--data", `${dir}/empty.txt`], /empty\.txt is empty/],
+      [["--data", `${dir}/bad.gz`], /bad\.gz is not a valid gzip file/],
+      [["--data", `${dir}/short.txt`], /short\.txt is too short/],
+      [["--steps", "zero"], /--steps must be an integer ≥ 1, got "zero"/],
+      [["--lr=-1"], /--lr must be > 0/],
+      [["--bogus"], /Unknown option '--bogus'/],
+    ];
+    for (const [args, re] of cases) {
+      const r = await train([...SMALL, "--run-dir", `${dir}/run`, ...args]);
+      ok(r.code !== 0, `exit code for ${args.join(" ")}`);
+      ok(re.test(r.out), `${args.join(" ")}: expected ${re}, got:\n${r.out}`);
+    }
+    const help = await train(["--help"]);
+    ok(help.code === 0 && help.out.includes("--resume"), help.out);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
