@@ -35,7 +35,19 @@ export {
   validateTokens,
 } from "./model/decoder.ts";
 export { KVCache } from "./model/kv_cache.ts";
-export { readSafetensors, type Safetensors, type Tensor, writeSafetensors } from "./model/checkpoint.ts";
+export {
+  readSafetensors,
+  type Safetensors,
+  type Tensor,
+  writeSafetensors,
+} from "./model/checkpoint.ts";
 export { Adam, type AdamOptions, type AdamStats, type Parameter } from "./model/optimizer.ts";
 export { Trainer, type TrainerOptions } from "./model/trainer.ts";
-export { decodeCorpus, type Split, splitCorpus, TRAIN_BYTES, VAL_BYTES, WindowSampler } from "./data/corpus.ts";
+export {
+  decodeCorpus,
+  type Split,
+  splitCorpus,
+  TRAIN_BYTES,
+  VAL_BYTES,
+  WindowSampler,
+} from "./data/corpus.ts";

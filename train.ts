@@ -21,8 +21,15 @@ import { type Panel, renderChart } from "./cli/plot.ts";
 
 /** Every flag, with the reference's defaults (for the `seed` preset). */
 const FLAGS = {
-  preset: { type: "string", help: "seed (the reference: dim 512, depth 10 + 2), small or tiny; default: seed on a GPU, tiny on a software adapter" },
-  data: { type: "string", help: "corpus: .gz, .zip or plain text (default data/enwik8.gz; `deno task data` fetches it)" },
+  preset: {
+    type: "string",
+    help:
+      "seed (the reference: dim 512, depth 10 + 2), small or tiny; default: seed on a GPU, tiny on a software adapter",
+  },
+  data: {
+    type: "string",
+    help: "corpus: .gz, .zip or plain text (default data/enwik8.gz; `deno task data` fetches it)",
+  },
   steps: { type: "string", help: "training steps (reference NUM_BATCHES: 100000)" },
   batch: { type: "string", help: "rows per micro-batch (reference: 4)" },
   accumulate: { type: "string", help: "micro-batches per step, GRAD_ACCUM_EVERY (reference: 4)" },
@@ -30,23 +37,80 @@ const FLAGS = {
   clip: { type: "string", help: "gradient clipping max norm (reference: 0.5)" },
   "seq-len": { type: "string", help: "training sequence length SEQ_LEN (reference: 512)" },
   "validate-every": { type: "string", help: "validation every N steps (reference: 100)" },
-  "generate-every": { type: "string", help: "generation comparison every N steps (reference: 500)" },
+  "generate-every": {
+    type: "string",
+    help: "generation comparison every N steps (reference: 500)",
+  },
   "prime-len": { type: "string", help: "prime length PRIME_LENGTH (reference: 128)" },
-  "generate-len": { type: "string", help: "total generated length incl. prime, GENERATE_LENGTH (reference: 512)" },
+  "generate-len": {
+    type: "string",
+    help: "total generated length incl. prime, GENERATE_LENGTH (reference: 512)",
+  },
   gamma: { type: "string", help: "draft tokens per speculative step (reference: 5)" },
-  "checkpoint-every": { type: "string", help: "save a checkpoint every N steps (default 500; also on Ctrl-C and at the end)" },
-  "run-dir": { type: "string", help: "where metrics, plot and checkpoints go (default runs/<date-time>)" },
-  resume: { type: "string", help: "continue the run saved in this folder exactly where it stopped" },
-  seed: { type: "string", help: "seed of initialisation, data sampling and generation (default 0)" },
-  "skip-nonfinite": { type: "boolean", help: "skip an optimizer step whose gradient norm is NaN/Inf instead of stopping" },
+  "checkpoint-every": {
+    type: "string",
+    help: "save a checkpoint every N steps (default 500; also on Ctrl-C and at the end)",
+  },
+  "run-dir": {
+    type: "string",
+    help: "where metrics, plot and checkpoints go (default runs/<date-time>)",
+  },
+  resume: {
+    type: "string",
+    help: "continue the run saved in this folder exactly where it stopped",
+  },
+  seed: {
+    type: "string",
+    help: "seed of initialisation, data sampling and generation (default 0)",
+  },
+  "skip-nonfinite": {
+    type: "boolean",
+    help: "skip an optimizer step whose gradient norm is NaN/Inf instead of stopping",
+  },
   help: { type: "boolean", short: "h", help: "show this help" },
 } as const;
 
 /** Preset training settings: the reference's for `seed`, smaller ones for a software adapter. */
 const TRAIN_PRESETS: Record<string, Record<string, number>> = {
-  seed: { steps: 100000, batch: 4, accumulate: 4, lr: 1e-4, clip: 0.5, seqLen: 512, validateEvery: 100, generateEvery: 500, primeLen: 128, generateLen: 512, gamma: 5 },
-  small: { steps: 2000, batch: 4, accumulate: 2, lr: 1e-3, clip: 0.5, seqLen: 128, validateEvery: 50, generateEvery: 250, primeLen: 32, generateLen: 128, gamma: 5 },
-  tiny: { steps: 300, batch: 4, accumulate: 1, lr: 2e-3, clip: 0.5, seqLen: 64, validateEvery: 25, generateEvery: 100, primeLen: 16, generateLen: 64, gamma: 5 },
+  seed: {
+    steps: 100000,
+    batch: 4,
+    accumulate: 4,
+    lr: 1e-4,
+    clip: 0.5,
+    seqLen: 512,
+    validateEvery: 100,
+    generateEvery: 500,
+    primeLen: 128,
+    generateLen: 512,
+    gamma: 5,
+  },
+  small: {
+    steps: 2000,
+    batch: 4,
+    accumulate: 2,
+    lr: 1e-3,
+    clip: 0.5,
+    seqLen: 128,
+    validateEvery: 50,
+    generateEvery: 250,
+    primeLen: 32,
+    generateLen: 128,
+    gamma: 5,
+  },
+  tiny: {
+    steps: 300,
+    batch: 4,
+    accumulate: 1,
+    lr: 2e-3,
+    clip: 0.5,
+    seqLen: 64,
+    validateEvery: 25,
+    generateEvery: 100,
+    primeLen: 16,
+    generateLen: 64,
+    gamma: 5,
+  },
 };
 
 function usage(): string {
@@ -59,7 +123,9 @@ function usage(): string {
   for (const [p, v] of Object.entries(TRAIN_PRESETS)) {
     const m = PRESETS[p];
     lines.push(
-      `  ${p.padEnd(6)} target dim ${m.target.dim} depth ${m.target.depth}, draft depth ${m.draft.depth}; ` +
+      `  ${
+        p.padEnd(6)
+      } target dim ${m.target.dim} depth ${m.target.depth}, draft depth ${m.draft.depth}; ` +
         `batch ${v.batch}×${v.accumulate}, seq ${v.seqLen}, lr ${v.lr}, ${v.steps} steps`,
     );
   }
@@ -67,12 +133,22 @@ function usage(): string {
 }
 
 /** Parses a numeric flag with a clear error. */
-function num(name: string, raw: string | undefined, fallback: number, opts: { int?: boolean; min?: number } = {}): number {
+function num(
+  name: string,
+  raw: string | undefined,
+  fallback: number,
+  opts: { int?: boolean; min?: number } = {},
+): number {
   if (raw === undefined) return fallback;
   const v = Number(raw);
-  if (raw.trim() === "" || !Number.isFinite(v) || (opts.int && !Number.isInteger(v)) || (opts.min !== undefined && v < opts.min)) {
+  if (
+    raw.trim() === "" || !Number.isFinite(v) || (opts.int && !Number.isInteger(v)) ||
+    (opts.min !== undefined && v < opts.min)
+  ) {
     throw new Error(
-      `--${name} must be ${opts.int ? "an integer" : "a number"}${opts.min !== undefined ? ` ≥ ${opts.min}` : ""}, got "${raw}"`,
+      `--${name} must be ${opts.int ? "an integer" : "a number"}${
+        opts.min !== undefined ? ` ≥ ${opts.min}` : ""
+      }, got "${raw}"`,
     );
   }
   return v;
@@ -82,7 +158,10 @@ function num(name: string, raw: string | undefined, fallback: number, opts: { in
 const decodeTokens = (t: number[]) => t.map((c) => String.fromCharCode(Math.max(32, c))).join("");
 
 /** Loads the corpus, or falls back to the project's own text files (one line says so). */
-async function loadCorpus(path: string | undefined, log: (s: string) => void): Promise<{ bytes: Uint8Array; name: string }> {
+async function loadCorpus(
+  path: string | undefined,
+  log: (s: string) => void,
+): Promise<{ bytes: Uint8Array; name: string }> {
   if (path !== undefined) {
     let raw: Uint8Array;
     try {
@@ -93,20 +172,26 @@ async function loadCorpus(path: string | undefined, log: (s: string) => void): P
     return { bytes: await decodeCorpus(raw, path), name: path };
   }
   const def = "data/enwik8.gz";
-  if (await exists(def)) return { bytes: await decodeCorpus(await Deno.readFile(def), def), name: def };
+  if (await exists(def)) {
+    return { bytes: await decodeCorpus(await Deno.readFile(def), def), name: def };
+  }
   const dir = new URL(".", import.meta.url).pathname;
   const chunks: Uint8Array[] = [];
   for (const sub of ["", "kernels/", "model/", "data/", "cli/", "tests/", "tests/reference/"]) {
     try {
       for await (const e of Deno.readDir(dir + sub)) {
-        if (e.isFile && /\.(ts|md)$/.test(e.name)) chunks.push(await Deno.readFile(dir + sub + e.name));
+        if (e.isFile && /\.(ts|md)$/.test(e.name)) {
+          chunks.push(await Deno.readFile(dir + sub + e.name));
+        }
       }
     } catch { /* a folder may be missing in a published copy */ }
   }
   const bytes = new Uint8Array(chunks.reduce((a, c) => a + c.length, 0));
   let at = 0;
   for (const c of chunks) bytes.set(c, at), at += c.length;
-  log(`no ${def} (run \`deno task data\` to fetch enwik8): training on this project's own source text (${bytes.length} bytes) instead`);
+  log(
+    `no ${def} (run \`deno task data\` to fetch enwik8): training on this project's own source text (${bytes.length} bytes) instead`,
+  );
   return { bytes, name: "project sources" };
 }
 
@@ -119,7 +204,12 @@ interface RunState {
 async function main(): Promise<void> {
   let parsed;
   try {
-    parsed = parseArgs({ args: Deno.args, options: FLAGS as never, strict: true, allowPositionals: false });
+    parsed = parseArgs({
+      args: Deno.args,
+      options: FLAGS as never,
+      strict: true,
+      allowPositionals: false,
+    });
   } catch (e) {
     console.error(`${(e as Error).message}\n\n${usage()}`);
     Deno.exit(2);
@@ -134,20 +224,29 @@ async function main(): Promise<void> {
   let resumed: RunState | undefined;
   if (resumeDir) {
     const p = `${resumeDir}/state.json`;
-    if (!(await exists(p))) throw new Error(`specdec: --resume ${resumeDir}: no state.json there (not a run folder?)`);
+    if (!(await exists(p))) {
+      throw new Error(`specdec: --resume ${resumeDir}: no state.json there (not a run folder?)`);
+    }
     resumed = JSON.parse(await Deno.readTextFile(p)) as RunState;
   }
   // flags given now override; otherwise a resumed run keeps its own settings
   const saved = resumed?.args ?? {};
-  const pick = (k: string) => (v[k] as string | undefined) ?? (saved[k] !== undefined ? String(saved[k]) : undefined);
+  const pick = (k: string) =>
+    (v[k] as string | undefined) ?? (saved[k] !== undefined ? String(saved[k]) : undefined);
   let preset = pick("preset");
   if (preset === undefined) {
     preset = gpu.isSoftware ? "tiny" : "seed";
     if (gpu.isSoftware) {
-      console.log(`software adapter (${gpu.adapterName}): using --preset tiny so progress shows within minutes; --preset seed forces the reference's full run`);
+      console.log(
+        `software adapter (${gpu.adapterName}): using --preset tiny so progress shows within minutes; --preset seed forces the reference's full run`,
+      );
     }
   }
-  if (!(preset in TRAIN_PRESETS)) throw new Error(`--preset must be one of ${Object.keys(TRAIN_PRESETS).join(", ")}, got "${preset}"`);
+  if (!(preset in TRAIN_PRESETS)) {
+    throw new Error(
+      `--preset must be one of ${Object.keys(TRAIN_PRESETS).join(", ")}, got "${preset}"`,
+    );
+  }
   const P = TRAIN_PRESETS[preset];
   const cfg = {
     steps: num("steps", pick("steps"), P.steps, { int: true, min: 1 }),
@@ -156,8 +255,14 @@ async function main(): Promise<void> {
     lr: num("lr", pick("lr"), P.lr),
     clip: num("clip", pick("clip"), P.clip),
     seqLen: num("seq-len", pick("seq-len"), P.seqLen, { int: true, min: 2 }),
-    validateEvery: num("validate-every", pick("validate-every"), P.validateEvery, { int: true, min: 1 }),
-    generateEvery: num("generate-every", pick("generate-every"), P.generateEvery, { int: true, min: 1 }),
+    validateEvery: num("validate-every", pick("validate-every"), P.validateEvery, {
+      int: true,
+      min: 1,
+    }),
+    generateEvery: num("generate-every", pick("generate-every"), P.generateEvery, {
+      int: true,
+      min: 1,
+    }),
     primeLen: num("prime-len", pick("prime-len"), P.primeLen, { int: true, min: 1 }),
     generateLen: num("generate-len", pick("generate-len"), P.generateLen, { int: true, min: 2 }),
     gamma: num("gamma", pick("gamma"), P.gamma, { int: true, min: 1 }),
@@ -167,7 +272,9 @@ async function main(): Promise<void> {
   if (!(cfg.lr > 0)) throw new Error(`--lr must be > 0, got ${cfg.lr}`);
   if (!(cfg.clip > 0)) throw new Error(`--clip must be > 0, got ${cfg.clip}`);
   if (cfg.primeLen >= cfg.generateLen) {
-    throw new Error(`--prime-len (${cfg.primeLen}) must be shorter than --generate-len (${cfg.generateLen})`);
+    throw new Error(
+      `--prime-len (${cfg.primeLen}) must be shorter than --generate-len (${cfg.generateLen})`,
+    );
   }
   const dataPath = pick("data");
   const skipNonFinite = Boolean(v["skip-nonfinite"] ?? saved["skip-nonfinite"]);
@@ -175,8 +282,8 @@ async function main(): Promise<void> {
     `runs/${new Date().toISOString().replace(/[:]/g, "-").replace(/\..*/, "")}`;
   await Deno.mkdir(runDir, { recursive: true });
 
-  const log = (s: string) => progress ? progress.log(s) : console.log(s);
-  let progress: Progress | undefined;
+  const ui: { progress?: Progress } = {};
+  const log = (s: string) => ui.progress ? ui.progress.log(s) : console.log(s);
   const corpus = await loadCorpus(dataPath, console.log);
   const window = cfg.seqLen + 1; // seqLen + 1 bytes give seqLen next-token predictions
   const split = splitCorpus(corpus.bytes, Math.max(window, cfg.generateLen), corpus.name);
@@ -187,10 +294,25 @@ async function main(): Promise<void> {
   let target = mk(PRESETS[preset].target, "target", cfg.seed * 2 + 1);
   let draft = mk(PRESETS[preset].draft, "draft", cfg.seed * 2 + 2);
   if (resumed) {
-    target = await Decoder.fromSafetensors(gpu, await Deno.readFile(`${runDir}/target.safetensors`), { maxSeqLen, label: "target", source: `${runDir}/target.safetensors` });
-    draft = await Decoder.fromSafetensors(gpu, await Deno.readFile(`${runDir}/draft.safetensors`), { maxSeqLen, label: "draft", source: `${runDir}/draft.safetensors` });
+    target = await Decoder.fromSafetensors(
+      gpu,
+      await Deno.readFile(`${runDir}/target.safetensors`),
+      { maxSeqLen, label: "target", source: `${runDir}/target.safetensors` },
+    );
+    draft = await Decoder.fromSafetensors(gpu, await Deno.readFile(`${runDir}/draft.safetensors`), {
+      maxSeqLen,
+      label: "draft",
+      source: `${runDir}/draft.safetensors`,
+    });
   }
-  const opts = { batch: cfg.batch, seqLen: window, accumulate: cfg.accumulate, lr: cfg.lr, clipNorm: cfg.clip, skipNonFinite };
+  const opts = {
+    batch: cfg.batch,
+    seqLen: window,
+    accumulate: cfg.accumulate,
+    lr: cfg.lr,
+    clipNorm: cfg.clip,
+    skipNonFinite,
+  };
   const tTrain = new Trainer(target, opts), dTrain = new Trainer(draft, opts);
   const trainSampler = new WindowSampler(split.train, window, cfg.seed * 3 + 1);
   const valSampler = new WindowSampler(split.val, window, cfg.seed * 3 + 2);
@@ -202,16 +324,26 @@ async function main(): Promise<void> {
     valSampler.state = resumed.samplers.val;
     genSampler.state = resumed.samplers.gen;
     for (const [t, name] of [[tTrain, "target"], [dTrain, "draft"]] as const) {
-      const { tensors } = readSafetensors(await Deno.readFile(`${runDir}/${name}.optim.safetensors`), `${runDir}/${name}.optim.safetensors`);
+      const { tensors } = readSafetensors(
+        await Deno.readFile(`${runDir}/${name}.optim.safetensors`),
+        `${runDir}/${name}.optim.safetensors`,
+      );
       t.optimizer.loadState(Object.fromEntries([...tensors].map(([k, x]) => [k, x.data])));
     }
     console.log(`resuming ${runDir} at step ${step}`);
   }
-  const args = { ...cfg, preset, data: dataPath ?? "", "skip-nonfinite": skipNonFinite } as Record<string, number | string | boolean>;
+  const args = { ...cfg, preset, data: dataPath ?? "", "skip-nonfinite": skipNonFinite } as Record<
+    string,
+    number | string | boolean
+  >;
   const nParams = (m: Decoder) => [...m.params.values()].reduce((a, b) => a + b.size / 4, 0);
   console.log(
-    `specdec train: ${gpu.adapterName}; preset ${preset}; target ${(nParams(target) / 1e6).toFixed(2)}M params (depth ${target.config.depth}), ` +
-      `draft ${(nParams(draft) / 1e6).toFixed(2)}M (depth ${draft.config.depth}); data ${corpus.name}: ` +
+    `specdec train: ${gpu.adapterName}; preset ${preset}; target ${
+      (nParams(target) / 1e6).toFixed(2)
+    }M params (depth ${target.config.depth}), ` +
+      `draft ${
+        (nParams(draft) / 1e6).toFixed(2)
+      }M (depth ${draft.config.depth}); data ${corpus.name}: ` +
       `${split.train.length} train / ${split.val.length} val bytes; run folder ${runDir}`,
   );
 
@@ -235,17 +367,28 @@ async function main(): Promise<void> {
     await atomicWrite(`${runDir}/draft.safetensors`, await draft.toSafetensors());
     for (const [t, name] of [[tTrain, "target"], [dTrain, "draft"]] as const) {
       const st = await t.optimizer.state();
-      const tensors = Object.fromEntries(Object.entries(st).map(([k, d]) => [k, { shape: [d.length], data: d }]));
-      await atomicWrite(`${runDir}/${name}.optim.safetensors`, writeSafetensors(tensors, { step: String(step) }));
+      const tensors = Object.fromEntries(
+        Object.entries(st).map(([k, d]) => [k, { shape: [d.length], data: d }]),
+      );
+      await atomicWrite(
+        `${runDir}/${name}.optim.safetensors`,
+        writeSafetensors(tensors, { step: String(step) }),
+      );
     }
-    const state: RunState = { step, args, samplers: { train: trainSampler.state, val: valSampler.state, gen: genSampler.state } };
+    const state: RunState = {
+      step,
+      args,
+      samplers: { train: trainSampler.state, val: valSampler.state, gen: genSampler.state },
+    };
     await atomicWrite(`${runDir}/state.json`, JSON.stringify(state, null, 2));
     log(`checkpoint (${why}) at step ${step} → ${runDir}`);
   };
 
   const writePlot = async () => {
     const series = (type: string, key: string) =>
-      metrics.filter((m) => m.type === type && Number.isFinite(Number(m[key]))).map((m) => [Number(m.step), Number(m[key])] as [number, number]);
+      metrics.filter((m) => m.type === type && Number.isFinite(Number(m[key]))).map((m) =>
+        [Number(m.step), Number(m[key])] as [number, number]
+      );
     const panels: Panel[] = [
       {
         title: "Loss (cross-entropy, nats per byte)",
@@ -253,20 +396,38 @@ async function main(): Promise<void> {
         series: [
           { label: "target train", color: "#1f77b4", points: series("train", "loss") },
           { label: "draft train", color: "#ff7f0e", points: series("train", "smallLoss") },
-          { label: "target validation", color: "#1f77b4", dashed: true, points: series("val", "loss") },
-          { label: "draft validation", color: "#ff7f0e", dashed: true, points: series("val", "smallLoss") },
+          {
+            label: "target validation",
+            color: "#1f77b4",
+            dashed: true,
+            points: series("val", "loss"),
+          },
+          {
+            label: "draft validation",
+            color: "#ff7f0e",
+            dashed: true,
+            points: series("val", "smallLoss"),
+          },
         ],
       },
       {
-        title: `Speculative decoding: accepted draft tokens per step (of gamma ${cfg.gamma}) and speedup`,
+        title:
+          `Speculative decoding: accepted draft tokens per step (of gamma ${cfg.gamma}) and speedup`,
         yLabel: "tokens / ratio",
         series: [
-          { label: "accepted / step", color: "#2ca02c", points: series("generate", "acceptedMean") },
+          {
+            label: "accepted / step",
+            color: "#2ca02c",
+            points: series("generate", "acceptedMean"),
+          },
           { label: "speedup (GPU time)", color: "#d62728", points: series("generate", "speedup") },
         ],
       },
     ];
-    await atomicWrite(`${runDir}/loss.svg`, renderChart(`specdec training — preset ${preset}`, panels, "step"));
+    await atomicWrite(
+      `${runDir}/loss.svg`,
+      renderChart(`specdec training — preset ${preset}`, panels, "step"),
+    );
   };
 
   let interrupted = false;
@@ -279,7 +440,7 @@ async function main(): Promise<void> {
   } catch { /* not supported here */ }
 
   const tokensPerStep = cfg.batch * cfg.accumulate * cfg.seqLen;
-  progress = new Progress(cfg.steps, step);
+  const progress = ui.progress = new Progress(cfg.steps, step);
   const t0 = performance.now();
   const startStep = step;
   let pending: { step: number; t: number; d: number } | undefined;
@@ -293,7 +454,11 @@ async function main(): Promise<void> {
       loss = await tTrain.loss(t);
       smallLoss = await dTrain.loss(d);
     } catch (e) {
-      if (!skipNonFinite) throw new Error(`${(e as Error).message} (training step ${s}); --skip-nonfinite skips such steps`);
+      if (!skipNonFinite) {
+        throw new Error(
+          `${(e as Error).message} (training step ${s}); --skip-nonfinite skips such steps`,
+        );
+      }
       log(`step ${s}: ${(e as Error).message}; update skipped (--skip-nonfinite)`);
       return;
     }
@@ -301,7 +466,7 @@ async function main(): Promise<void> {
     const tps = ((s + 1 - startStep) * tokensPerStep * 2) / secs;
     lastStatus = `loss ${loss.toFixed(3)} draft ${smallLoss.toFixed(3)} ${Math.round(tps)} tok/s`;
     await record({ type: "train", step: s, loss, smallLoss, seconds: +secs.toFixed(3) });
-    progress!.update(s + 1, lastStatus);
+    progress.update(s + 1, lastStatus);
   };
 
   for (; step < cfg.steps && !interrupted; step++) {
@@ -309,7 +474,10 @@ async function main(): Promise<void> {
     const t = tTrain.step(mbs), d = dTrain.step(mbs);
     await flush(); // read the previous step's losses while this one runs
     pending = { step, t, d };
-    if (step % cfg.validateEvery === 0 || step % cfg.generateEvery === 0 || (step + 1) % cfg.checkpointEvery === 0) {
+    if (
+      step % cfg.validateEvery === 0 || step % cfg.generateEvery === 0 ||
+      (step + 1) % cfg.checkpointEvery === 0
+    ) {
       await flush();
     }
     if (step % cfg.validateEvery === 0) {
@@ -327,7 +495,11 @@ async function main(): Promise<void> {
       const baseWall = performance.now() - wall0;
       const baseMs = await timer.read();
       const wall1 = performance.now();
-      const spec = await speculativeDecoding(target, draft, prime, cfg.generateLen, { gamma: cfg.gamma, seed, timer });
+      const spec = await speculativeDecoding(target, draft, prime, cfg.generateLen, {
+        gamma: cfg.gamma,
+        seed,
+        timer,
+      });
       const specWall = performance.now() - wall1;
       const specMs = await timer.read();
       timer.destroy();
@@ -346,7 +518,9 @@ async function main(): Promise<void> {
           "",
           `base decoding in: ${baseMs.toFixed(1)} ms ${unit} (${baseWall.toFixed(0)} ms wall)`,
           `spec decoding in: ${specMs.toFixed(1)} ms ${unit} (${specWall.toFixed(0)} ms wall)`,
-          `speedup: ${(baseMs / specMs).toFixed(2)}x ${unit} time, ${(baseWall / specWall).toFixed(2)}x wall`,
+          `speedup: ${(baseMs / specMs).toFixed(2)}x ${unit} time, ${
+            (baseWall / specWall).toFixed(2)
+          }x wall`,
           `average num accepted: ${spec.acceptedMean.toFixed(2)} / ${cfg.gamma}`,
           "",
         ].join("\n"),
@@ -378,8 +552,11 @@ async function main(): Promise<void> {
   const done = step - startStep;
   console.log(
     `${interrupted ? "stopped" : "done"}: ${done} steps in ${secs.toFixed(1)} s ` +
-      `(${(secs / Math.max(1, done)).toFixed(2)} s/step, ${Math.round((done * tokensPerStep * 2) / secs)} tokens/s over both models); ` +
-      `metrics ${metricsPath}, plot ${runDir}/loss.svg` + (interrupted ? `; continue with --resume ${runDir}` : ""),
+      `(${(secs / Math.max(1, done)).toFixed(2)} s/step, ${
+        Math.round((done * tokensPerStep * 2) / secs)
+      } tokens/s over both models); ` +
+      `metrics ${metricsPath}, plot ${runDir}/loss.svg` +
+      (interrupted ? `; continue with --resume ${runDir}` : ""),
   );
   try {
     Deno.removeSignalListener("SIGINT", onSigint);

@@ -17,7 +17,11 @@ async function main(): Promise<void> {
   try {
     res = await fetch(url);
   } catch (e) {
-    throw new Error(`cannot reach ${url} (${(e as Error).message}); without it train.ts falls back to a small built-in corpus`);
+    throw new Error(
+      `cannot reach ${url} (${
+        (e as Error).message
+      }); without it train.ts falls back to a small built-in corpus`,
+    );
   }
   if (!res.ok || !res.body) throw new Error(`${url} answered ${res.status} ${res.statusText}`);
   const total = Number(res.headers.get("content-length") ?? 0);
@@ -32,8 +36,14 @@ async function main(): Promise<void> {
     if (now - last > 200) {
       last = now;
       const pct = total ? got / total : 0;
-      const bar = total ? `${"█".repeat(Math.round(pct * 30))}${"░".repeat(30 - Math.round(pct * 30))} ${(pct * 100).toFixed(0)}%` : "";
-      const line = `${bar} ${(got / 1e6).toFixed(1)}${total ? "/" + (total / 1e6).toFixed(1) : ""} MB`;
+      const bar = total
+        ? `${"█".repeat(Math.round(pct * 30))}${"░".repeat(30 - Math.round(pct * 30))} ${
+          (pct * 100).toFixed(0)
+        }%`
+        : "";
+      const line = `${bar} ${(got / 1e6).toFixed(1)}${
+        total ? "/" + (total / 1e6).toFixed(1) : ""
+      } MB`;
       if (tty) Deno.stdout.writeSync(enc.encode(`\r\x1b[2K${line}`));
     }
   }
@@ -46,11 +56,19 @@ async function main(): Promise<void> {
   const data = files["enwik8"] ?? Object.values(files)[0];
   if (!data || data.length === 0) throw new Error(`${url} holds no enwik8 file`);
   const gz = new Uint8Array(
-    await new Response(new Blob([data as Uint8Array<ArrayBuffer>]).stream().pipeThrough(new CompressionStream("gzip"))).arrayBuffer(),
+    await new Response(
+      new Blob([data as Uint8Array<ArrayBuffer>]).stream().pipeThrough(
+        new CompressionStream("gzip"),
+      ),
+    ).arrayBuffer(),
   );
   await Deno.mkdir(new URL("../data/", import.meta.url).pathname, { recursive: true });
   await atomicWrite(OUT, gz);
-  console.log(`wrote ${OUT} (${(data.length / 1e6).toFixed(1)} MB of text, ${(gz.length / 1e6).toFixed(1)} MB gzipped)`);
+  console.log(
+    `wrote ${OUT} (${(data.length / 1e6).toFixed(1)} MB of text, ${
+      (gz.length / 1e6).toFixed(1)
+    } MB gzipped)`,
+  );
 }
 
 if (import.meta.main) {

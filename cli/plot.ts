@@ -38,7 +38,9 @@ function ticks(lo: number, hi: number, count = 5): number[] {
   const mag = 10 ** Math.floor(Math.log10(raw));
   const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw) ?? raw;
   const out: number[] = [];
-  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) out.push(+v.toPrecision(12));
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
+    out.push(+v.toPrecision(12));
+  }
   return out;
 }
 
@@ -64,16 +66,21 @@ export function renderChart(title: string, panels: Panel[], xLabel: string): str
     `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
     `font-family="system-ui, sans-serif" font-size="12">`,
     `<rect width="100%" height="100%" fill="white"/>`,
-    `<text x="${W / 2}" y="26" text-anchor="middle" font-size="17" font-weight="600">${esc(title)}</text>`,
+    `<text x="${W / 2}" y="26" text-anchor="middle" font-size="17" font-weight="600">${
+      esc(title)
+    }</text>`,
   ];
   panels.forEach((panel, pi) => {
     const y0 = top + pi * (PH + gap) + 20, pw = W - left - right;
-    const pts = panel.series.flatMap((s) => s.points).filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+    const pts = panel.series.flatMap((s) => s.points).filter(([x, y]) =>
+      Number.isFinite(x) && Number.isFinite(y)
+    );
     const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
     const xlo = xs.length ? Math.min(...xs) : 0;
     let xhi = xs.length ? Math.max(...xs) : 1;
     if (xhi <= xlo) xhi = xlo + 1;
-    let [ylo, yhi] = panel.yRange ?? [ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1];
+    let [ylo, yhi] = panel.yRange ??
+      [ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1];
     if (!panel.yRange) {
       const pad = (yhi - ylo) * 0.05 || Math.abs(yhi) * 0.1 || 1;
       ylo -= pad;
@@ -81,33 +88,54 @@ export function renderChart(title: string, panels: Panel[], xLabel: string): str
     }
     const X = (x: number) => left + ((x - xlo) / (xhi - xlo)) * pw;
     const Y = (y: number) => y0 + PH - ((y - ylo) / (yhi - ylo)) * PH;
-    parts.push(`<text x="${left}" y="${y0 - 8}" font-size="14" font-weight="600">${esc(panel.title)}</text>`);
-    parts.push(`<rect x="${left}" y="${y0}" width="${pw}" height="${PH}" fill="none" stroke="#999"/>`);
+    parts.push(
+      `<text x="${left}" y="${y0 - 8}" font-size="14" font-weight="600">${esc(panel.title)}</text>`,
+    );
+    parts.push(
+      `<rect x="${left}" y="${y0}" width="${pw}" height="${PH}" fill="none" stroke="#999"/>`,
+    );
     for (const t of ticks(ylo, yhi)) {
       parts.push(`<line x1="${left}" x2="${left + pw}" y1="${Y(t)}" y2="${Y(t)}" stroke="#eee"/>`);
-      parts.push(`<text x="${left - 6}" y="${Y(t) + 4}" text-anchor="end" fill="#444">${fmt(t)}</text>`);
+      parts.push(
+        `<text x="${left - 6}" y="${Y(t) + 4}" text-anchor="end" fill="#444">${fmt(t)}</text>`,
+      );
     }
     for (const t of ticks(xlo, xhi, 8)) {
       parts.push(`<line x1="${X(t)}" x2="${X(t)}" y1="${y0}" y2="${y0 + PH}" stroke="#f3f3f3"/>`);
-      parts.push(`<text x="${X(t)}" y="${y0 + PH + 16}" text-anchor="middle" fill="#444">${fmt(t)}</text>`);
+      parts.push(
+        `<text x="${X(t)}" y="${y0 + PH + 16}" text-anchor="middle" fill="#444">${fmt(t)}</text>`,
+      );
     }
-    parts.push(`<text x="${left + pw / 2}" y="${y0 + PH + 34}" text-anchor="middle">${esc(xLabel)}</text>`);
     parts.push(
-      `<text transform="translate(${left - 48} ${y0 + PH / 2}) rotate(-90)" text-anchor="middle">${esc(panel.yLabel)}</text>`,
+      `<text x="${left + pw / 2}" y="${y0 + PH + 34}" text-anchor="middle">${esc(xLabel)}</text>`,
+    );
+    parts.push(
+      `<text transform="translate(${left - 48} ${y0 + PH / 2}) rotate(-90)" text-anchor="middle">${
+        esc(panel.yLabel)
+      }</text>`,
     );
     panel.series.forEach((s, si) => {
       const p = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
       if (p.length === 1) {
-        parts.push(`<circle cx="${X(p[0][0]).toFixed(1)}" cy="${Y(p[0][1]).toFixed(1)}" r="3" fill="${s.color}"/>`);
-      } else if (p.length > 1) {
-        const d = p.map(([x, y], i) => `${i ? "L" : "M"}${X(x).toFixed(1)} ${Y(y).toFixed(1)}`).join("");
         parts.push(
-          `<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.6"${s.dashed ? ' stroke-dasharray="5 3"' : ""}/>`,
+          `<circle cx="${X(p[0][0]).toFixed(1)}" cy="${
+            Y(p[0][1]).toFixed(1)
+          }" r="3" fill="${s.color}"/>`,
+        );
+      } else if (p.length > 1) {
+        const d = p.map(([x, y], i) => `${i ? "L" : "M"}${X(x).toFixed(1)} ${Y(y).toFixed(1)}`)
+          .join("");
+        parts.push(
+          `<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.6"${
+            s.dashed ? ' stroke-dasharray="5 3"' : ""
+          }/>`,
         );
       }
       const ly = y0 + 14 + si * 18;
       parts.push(
-        `<line x1="${left + pw + 12}" x2="${left + pw + 34}" y1="${ly - 4}" y2="${ly - 4}" stroke="${s.color}" ` +
+        `<line x1="${left + pw + 12}" x2="${left + pw + 34}" y1="${ly - 4}" y2="${
+          ly - 4
+        }" stroke="${s.color}" ` +
           `stroke-width="2"${s.dashed ? ' stroke-dasharray="5 3"' : ""}/>`,
       );
       parts.push(`<text x="${left + pw + 40}" y="${ly}">${esc(s.label)}</text>`);

@@ -37,7 +37,9 @@ export async function decodeCorpus(bytes: Uint8Array, source: string): Promise<U
       return out;
     } catch (e) {
       if ((e as Error).message.startsWith("specdec:")) throw e;
-      throw new Error(`specdec: data file ${source} is not a valid gzip file (${(e as Error).message})`);
+      throw new Error(
+        `specdec: data file ${source} is not a valid gzip file (${(e as Error).message})`,
+      );
     }
   }
   if (bytes[0] === 0x50 && bytes[1] === 0x4b && bytes[2] === 0x03 && bytes[3] === 0x04) {
@@ -45,7 +47,9 @@ export async function decodeCorpus(bytes: Uint8Array, source: string): Promise<U
     try {
       files = unzipSync(bytes);
     } catch (e) {
-      throw new Error(`specdec: data file ${source} is not a valid zip file (${(e as Error).message})`);
+      throw new Error(
+        `specdec: data file ${source} is not a valid zip file (${(e as Error).message})`,
+      );
     }
     const names = Object.keys(files).filter((n) => !n.endsWith("/"));
     if (names.length === 0) throw new Error(`specdec: zip file ${source} holds no file`);
@@ -84,7 +88,9 @@ export function splitCorpus(data: Uint8Array, minWindow: number, source = "corpu
   if (split.val.length < minWindow + 1) {
     throw new Error(
       `specdec: ${source} is too short: ${data.length} bytes give a validation split of ` +
-        `${split.val.length} bytes, and a window needs ${minWindow + 1}; use more data or a shorter --seq-len`,
+        `${split.val.length} bytes, and a window needs ${
+          minWindow + 1
+        }; use more data or a shorter --seq-len`,
     );
   }
   return split;
@@ -110,7 +116,12 @@ export class WindowSampler {
     }
     this.#data = data;
     this.#window = window;
-    this.#state = new Uint32Array([seed >>> 0 ^ 0x9e3779b9, 0x85ebca6b ^ (seed * 31 >>> 0), 0xc2b2ae35, 0x27d4eb2f]);
+    this.#state = new Uint32Array([
+      seed >>> 0 ^ 0x9e3779b9,
+      0x85ebca6b ^ (seed * 31 >>> 0),
+      0xc2b2ae35,
+      0x27d4eb2f,
+    ]);
     for (let i = 0; i < 8; i++) this.#next();
   }
 
@@ -155,7 +166,9 @@ export class WindowSampler {
 
   /** Restores a saved generator state. */
   set state(s: number[]) {
-    if (!Array.isArray(s) || s.length !== 4) throw new Error("specdec: sampler state must be 4 numbers");
+    if (!Array.isArray(s) || s.length !== 4) {
+      throw new Error("specdec: sampler state must be 4 numbers");
+    }
     this.#state.set(s);
   }
 }

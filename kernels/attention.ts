@@ -188,8 +188,9 @@ ${st("out")}`;
 
 /**
  * Tiled forward: a workgroup takes TILE consecutive queries of one (row, head), one query per
- * thread, and streams the keys they need through shared memory KT at a time. Per key tile it
- * computes the KT scores, rescales the running sum once, and adds the tile's weighted values.
+ * thread, and streams the keys they need through shared memory KT at a time. Each thread keeps
+ * an online softmax (running max m, sum l, weighted values a), rescaling only when m grows.
+ * (The key loop is not unrolled: lavapipe's JIT took tens of seconds on fully unrolled tiles.)
  */
 function attentionTiledCode(D: number): string {
   const { D4 } = headVec(D);
@@ -234,24 +235,20 @@ ${rep(D4, (c) => `  var a${c} = vec4f();`)}
       vS[e] = vx;
     }
     workgroupBarrier();
-    var mt = m;
-${
-    rep(KT, (k) =>
-      `    let s${k} = (${
-        rep(D4, (c) => `dot(q${c}, kS[${k * D4 + c}])`, " + ")
-      }) * scale;
-    mt = select(mt, max(mt, s${k}), j0 + ${k}u <= limit);`)
-  }
-    let alpha = exp(m - mt);
-    l = l * alpha;
-${rep(D4, (c) => `    a${c} = a${c} * alpha;`)}
-${
-    rep(KT, (k) =>
-      `    let p${k} = select(0.0, exp(s${k} - mt), j0 + ${k}u <= limit);
-    l = l + p${k};
-${rep(D4, (c) => `    a${c} = a${c} + p${k} * vS[${k * D4 + c}];`)}`)
-  }
-    m = mt;
+    // this query's keys in the tile (none for threads past n: they only help load)
+    let kEnd = select(0u, min(${KT}u, limit + 1u - min(j0, limit + 1u)), i0 + li < p.n);
+    for (var k = 0u; k < kEnd; k++) {
+      let s = (${rep(D4, (c) => `dot(q${c}, kS[k * ${D4}u + ${c}u])`, " + ")}) * scale;
+      if (s > m) { // new running max: rescale what was summed so far
+        let alpha = exp(m - s);
+        l = l * alpha;
+${rep(D4, (c) => `        a${c} = a${c} * alpha;`)}
+        m = s;
+      }
+      let pk = exp(s - m);
+      l = l + pk;
+${rep(D4, (c) => `      a${c} = a${c} + pk * vS[k * ${D4}u + ${c}u];`)}
+    }
     workgroupBarrier();
   }
   if (i0 + li < p.n) {
@@ -338,7 +335,8 @@ export type AttentionVariant = "tiled" | "split";
  *
  * Two kernels: `"tiled"` (a workgroup per 64 queries sharing key tiles in shared memory, for
  * training and prefill) and `"split"` (a workgroup per query, keys split over its threads, for
- * decode and verification). The default picks `"split"` when n ≤ 16.
+ * decode, verification and short prompts). The default picks `"split"` when n < 64: a tiled
+ * workgroup then has idle threads, and per-query workgroups spread better over the GPU.
  *
  * @param gpu the runtime
  * @param a `qkv (T, 3, H, D)`, `kv (2, B, H, maxLen, D)`, `start (B)` u32, outputs
@@ -374,7 +372,7 @@ export function attention(
   },
 ): Dispatch {
   const { B, n, H, D, maxLen } = a;
-  const variant = a.variant ?? (n <= 16 ? "split" : "tiled");
+  const variant = a.variant ?? (n < TILE ? "split" : "tiled");
   const tiles = Math.ceil(n / TILE);
   const tiled = variant === "tiled";
   return gpu.kernel({
@@ -450,16 +448,15 @@ ${rep(D4, (c) => `  var dq${c} = vec4f();`)}
       vS[e] = vx;
     }
     workgroupBarrier();
-${
-    rep(KT, (k) =>
-      `    {
-      let s = (${rep(D4, (c) => `dot(q${c}, kS[${k * D4 + c}])`, " + ")}) * scale;
-      let pj = select(0.0, exp(s - L), j0 + ${k}u <= iq);
-      let dp = ${rep(D4, (c) => `dot(g${c}, vS[${k * D4 + c}])`, " + ")};
+    // this query's keys in the tile (none for threads past n: they only help load)
+    let kEnd = select(0u, min(${KT}u, iq + 1u - min(j0, iq + 1u)), i0 + li < p.n);
+    for (var k = 0u; k < kEnd; k++) {
+      let s = (${rep(D4, (c) => `dot(q${c}, kS[k * ${D4}u + ${c}u])`, " + ")}) * scale;
+      let pj = exp(s - L);
+      let dp = ${rep(D4, (c) => `dot(g${c}, vS[k * ${D4}u + ${c}u])`, " + ")};
       let ds = pj * (dp - delta);
-${rep(D4, (c) => `      dq${c} = dq${c} + ds * kS[${k * D4 + c}];`)}
-    }`)
-  }
+${rep(D4, (c) => `      dq${c} = dq${c} + ds * kS[k * ${D4}u + ${c}u];`)}
+    }
     workgroupBarrier();
   }
   if (i0 + li < p.n) {
@@ -520,18 +517,17 @@ ${rep(D4, (c) => `  var dv${c} = vec4f();`)}
       lseS[li] = L;
     }
     workgroupBarrier();
-${
-    rep(QT, (k) =>
-      `    {
-      let i = i0 + ${k}u;
-      let s = (${rep(D4, (c) => `dot(k${c}, qS[${k * D4 + c}])`, " + ")}) * scale;
-      let pi = select(0.0, exp(s - lseS[${k}]), i >= jk && i < p.n);
-      let dp = ${rep(D4, (c) => `dot(v${c}, gS[${k * D4 + c}])`, " + ")};
-      let ds = pi * (dp - deltaS[${k}]);
-${rep(D4, (c) => `      dv${c} = dv${c} + pi * gS[${k * D4 + c}];`)}
-${rep(D4, (c) => `      dk${c} = dk${c} + ds * qS[${k * D4 + c}];`)}
-    }`)
-  }
+    // this key's queries in the tile: i0 + k ≥ jk and i0 + k < n (none for threads past n)
+    let kBegin = min(jk - min(i0, jk), ${QT}u);
+    let kEnd = select(0u, min(${QT}u, p.n - i0), j0 + li < p.n);
+    for (var k = kBegin; k < kEnd; k++) {
+      let s = (${rep(D4, (c) => `dot(k${c}, qS[k * ${D4}u + ${c}u])`, " + ")}) * scale;
+      let pi = exp(s - lseS[k]);
+      let dp = ${rep(D4, (c) => `dot(v${c}, gS[k * ${D4}u + ${c}u])`, " + ")};
+      let ds = pi * (dp - deltaS[k]);
+${rep(D4, (c) => `      dv${c} = dv${c} + pi * gS[k * ${D4}u + ${c}u];`)}
+${rep(D4, (c) => `      dk${c} = dk${c} + ds * qS[k * ${D4}u + ${c}u];`)}
+    }
     workgroupBarrier();
   }
   if (j0 + li < p.n) {

@@ -107,7 +107,8 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> 
   });
   const info = adapter.info;
   const name = info?.description || [info?.vendor, info?.architecture, info?.device]
-    .filter(Boolean).join(" ") || "unknown adapter";
+    .filter(Boolean).join(" ") ||
+    "unknown adapter";
   return new Gpu(device, name, info?.isFallbackAdapter ?? false);
 }
 
@@ -362,18 +363,21 @@ export class Gpu {
   async scoped<T>(operation: string, fn: () => T | Promise<T>): Promise<T> {
     this.device.pushErrorScope("out-of-memory");
     this.device.pushErrorScope("validation");
-    let result: T;
+    let result: T | undefined, failure: unknown, failed = false;
     try {
       result = await fn();
-    } finally {
-      const validation = await this.device.popErrorScope();
-      const oom = await this.device.popErrorScope();
-      if (oom) throw new Error(`specdec: out of GPU memory during ${operation}: ${oom.message}`);
-      if (validation) {
-        throw new Error(`specdec: WebGPU validation error during ${operation}: ${validation.message}`);
-      }
+    } catch (e) {
+      failed = true;
+      failure = e;
     }
-    return result;
+    const validation = await this.device.popErrorScope();
+    const oom = await this.device.popErrorScope();
+    if (oom) throw new Error(`specdec: out of GPU memory during ${operation}: ${oom.message}`);
+    if (validation) {
+      throw new Error(`specdec: WebGPU validation error during ${operation}: ${validation.message}`);
+    }
+    if (failed) throw failure;
+    return result as T;
   }
 }
 
@@ -431,7 +435,11 @@ export class GpuTimer {
     if (!this.#querySet || this.#used >= this.#capacity) return undefined;
     const i = this.#used++;
     this.#pending.push({ start: 2 * i, end: 2 * i + 1 });
-    return { querySet: this.#querySet, beginningOfPassWriteIndex: 2 * i, endOfPassWriteIndex: 2 * i + 1 };
+    return {
+      querySet: this.#querySet,
+      beginningOfPassWriteIndex: 2 * i,
+      endOfPassWriteIndex: 2 * i + 1,
+    };
   }
 
   /**

@@ -66,9 +66,18 @@ interface RegTile {
   WG: number;
 }
 
-/** Variant 3 tiles used for the GEMMs (16×16: ~18 GFLOPS here; 32×32 is faster but ~10 s to compile). */
-const GEMM_TILE: RegTile = { R: 16, C: 16, WG: 16 };
-/** Variant 3 tile columns / lanes for the GEMV. */
+/**
+ * Variant 3 tiles of the GEMMs, vec4 loads. Measured at 1024³ on lavapipe (best of several
+ * runs on a busy 2-core machine): 8×8 ~16 GFLOPS, 16×8 ~22, 16×16 ~21. Bigger tiles compile
+ * much slower there (the register allocator; cold: 8×8 0.5 s, 16×8 1.9 s, 16×16 6 s).
+ */
+const GEMM_TILE: RegTile = { R: 16, C: 8, WG: 16 };
+/** Variant 3 tiles of the GEMMs with scalar loads (sizes not multiples of 4: rare, compile fast). */
+const GEMM_TILE_SCALAR: RegTile = { R: 8, C: 8, WG: 16 };
+/**
+ * Variant 1 GEMV columns per invocation and invocations per workgroup (R = the row block).
+ * With R = 16 this is {@link GEMM_TILE}, so the two share a pipeline.
+ */
 const GEMV_C = 8, GEMV_WG = 16;
 /** Largest M the GEMV serves in one row block; {@link linear} uses it up to this M. */
 const GEMV_MAX_M = 16;
@@ -376,7 +385,9 @@ function splitKCode(R: number): string {
   for (let i = 0; i < R; i++) L.push(`var s${i} = vec4f(0.0);`);
   const body: string[] = [];
   for (let i = 0; i < R; i++) {
-    body.push(`{ let av = a[min(m0 + ${i}u, p.M - 1u) * p.K + k]; s${i} = fma(vec4f(av), bv, s${i}); }`);
+    body.push(
+      `{ let av = a[min(m0 + ${i}u, p.M - 1u) * p.K + k]; s${i} = fma(vec4f(av), bv, s${i}); }`,
+    );
   }
   const red: string[] = [];
   for (let i = 0; i < R; i++) red.push(`red[${i}u * WG + lid] = s${i};`);
@@ -472,7 +483,7 @@ function gemm(gpu: Gpu, layout: Layout, name: string, args: MatmulArgs): Dispatc
   if (variant === 2) return build(gpu, name, tiledCode(layout), args, 64, 64);
   if (variant === 3) {
     const vec = vec4Ok(layout, args.M, args.N, args.K);
-    const t = GEMM_TILE;
+    const t = vec ? GEMM_TILE : GEMM_TILE_SCALAR;
     return build(gpu, name, regTileCode(layout, vec, t), args, t.R, t.WG * t.C);
   }
   throw new Error(`specdec: ${name}: unknown variant ${variant} (1, 2 or 3)`);

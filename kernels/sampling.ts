@@ -24,8 +24,18 @@
  */
 import { type Dispatch, f32bits, type Gpu } from "./gpu.ts";
 
-/** Threads per row workgroup; the radix select's 256 histogram bins rely on it being 256. */
-export const SAMPLING_WG = 256;
+/**
+ * Threads per row workgroup: a power of two from 32 to 256 covering the row, so short
+ * vocabularies don't leave most invocations idle at every barrier.
+ *
+ * @param numTokens the row length V
+ * @returns the workgroup size
+ */
+export function samplingWorkgroupSize(numTokens: number): number {
+  let wg = 32;
+  while (wg < numTokens && wg < 256) wg *= 2;
+  return wg;
+}
 
 /** Purpose words of the RNG counter (row, position, purpose, index): distinct random streams. */
 export const RNG_PURPOSE = {
@@ -90,7 +100,9 @@ export interface SamplingOptions {
 function samplingWords({ numTokens, temperature, filterThres }: SamplingOptions): number[] {
   validateSampling(temperature, filterThres);
   const greedy = temperature === 0;
-  return [numTokens, topK(numTokens, filterThres), f32bits(greedy ? 1 : 1 / temperature), +greedy];
+  // like the reference's safe_div: logits / max(T, 1e-10), so 1/T stays finite in f32
+  const invT = greedy ? 1 : 1 / Math.max(temperature, 1e-10);
+  return [numTokens, topK(numTokens, filterThres), f32bits(invT), +greedy];
 }
 
 /** The Params fields every row kernel starts with (the core reads them as `P.V`, …). */
@@ -130,8 +142,8 @@ fn uniform01(ctr: vec4<u32>, key: vec2<u32>) -> f32 {
  * defines (called for each j of a chunk in increasing order; `tie` is the tie counter the
  * logits core needs). Needs a uniform `P` with a field `V`.
  */
-const ROW_COMMON = /* wgsl */ `
-const WG: u32 = ${SAMPLING_WG}u;
+const rowCommon = (wg: number): string => /* wgsl */ `
+const WG: u32 = ${wg}u;
 const NONE: u32 = 0xffffffffu;
 var<workgroup> wf: array<f32, WG>;      // per-thread partial sums / maxima
 var<workgroup> wi: array<u32, WG>;      // per-thread partial indices / counts
@@ -272,7 +284,7 @@ fn analyze(base: u32, t: u32) {
     var kk = P.k;
     for (var ps = 0u; ps < 4u; ps++) {
       let shift = 24u - 8u * ps;
-      atomicStore(&hist[t], 0u);
+      for (var h = t; h < 256u; h += WG) { atomicStore(&hist[h], 0u); }
       workgroupBarrier();
       for (var j = ch.x; j < ch.y; j++) {
         let key = orderKey(logits[base + j]);
@@ -329,12 +341,18 @@ fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
 `;
 
 /** Assembles a row kernel: params struct, bindings, shared WGSL and the main body. */
-function rowKernel(fields: string, bindings: string, core: string, body: string): string {
+function rowKernel(
+  wg: number,
+  fields: string,
+  bindings: string,
+  core: string,
+  body: string,
+): string {
   return /* wgsl */ `
 struct Params { ${SAMPLING_FIELDS} ${fields} }
 @group(0) @binding(0) var<uniform> P: Params;
 ${bindings}
-${ROW_COMMON}
+${rowCommon(wg)}
 ${PHILOX_WGSL}
 ${core}
 @compute @workgroup_size(WG)
@@ -345,19 +363,21 @@ ${body}
 }`;
 }
 
-const PROBS_CODE = rowKernel(
-  "rows: u32,",
-  /* wgsl */ `
+const probsCode = (wg: number): string =>
+  rowKernel(
+    wg,
+    "rows: u32,",
+    /* wgsl */ `
 @group(0) @binding(1) var<storage, read> logits: array<f32>;      // (R, V)
 @group(0) @binding(2) var<storage, read_write> probs: array<f32>; // (R, V)`,
-  LOGITS_CORE,
-  /* wgsl */ `
+    LOGITS_CORE,
+    /* wgsl */ `
   if (row >= P.rows) { return; }
   analyze(row * P.V, t);
   let ch = chunkOf(t);
   var tie = tieBase[t];
   for (var j = ch.x; j < ch.y; j++) { probs[row * P.V + j] = logitProb(j, &tie); }`,
-);
+  );
 
 /**
  * Filtered, tempered probabilities of each logits row: `probs = softmax(topk(logits) / T)`, or a
@@ -383,21 +403,23 @@ export function probsKernel(
 ): Dispatch {
   return gpu.kernel({
     label: `probs (${args.rows}, ${args.numTokens})`,
-    code: PROBS_CODE,
+    code: probsCode(samplingWorkgroupSize(args.numTokens)),
     buffers: [args.logits, args.probs],
     params: [...samplingWords(args), args.rows],
     workgroups: args.rows,
   });
 }
 
-const SAMPLE_CODE = rowKernel(
-  "rows: u32, seedLo: u32, seedHi: u32,",
-  /* wgsl */ `
+const sampleCode = (wg: number): string =>
+  rowKernel(
+    wg,
+    "rows: u32, seedLo: u32, seedHi: u32,",
+    /* wgsl */ `
 @group(0) @binding(1) var<storage, read> logits: array<f32>;       // (R, V)
 @group(0) @binding(2) var<storage, read> counters: array<u32>;     // (R, 4) Philox counters
 @group(0) @binding(3) var<storage, read_write> tokens: array<u32>; // (R)`,
-  LOGITS_CORE,
-  /* wgsl */ `
+    LOGITS_CORE,
+    /* wgsl */ `
   if (row >= P.rows) { return; }
   analyze(row * P.V, t);
   var tok = rArg;
@@ -407,7 +429,7 @@ const SAMPLE_CODE = rowKernel(
     tok = invCdf(t, uniform01(c, vec2<u32>(P.seedLo, P.seedHi)));
   }
   if (t == 0u) { tokens[row] = tok; }`,
-);
+  );
 
 /**
  * Samples one token per logits row from `softmax(topk(logits) / T)` (argmax at T = 0), with the
@@ -431,7 +453,7 @@ export function sampleKernel(
 ): Dispatch {
   return gpu.kernel({
     label: `sample (${args.rows}, ${args.numTokens})`,
-    code: SAMPLE_CODE,
+    code: sampleCode(samplingWorkgroupSize(args.numTokens)),
     buffers: [args.logits, args.counters, args.tokens],
     params: [...samplingWords(args), args.rows, ...seedWords(args.seed)],
     workgroups: args.rows,
@@ -503,13 +525,15 @@ function layoutWords(layout: StateLayout): number[] {
 
 const LAYOUT_FIELDS = `B: u32, L: u32, statsOff: u32, seqOff: u32, statsW: u32,`;
 
-const BASE_STEP_CODE = rowKernel(
-  `${LAYOUT_FIELDS} n: u32, seedLo: u32, seedHi: u32,`,
-  /* wgsl */ `
+const baseStepCode = (wg: number): string =>
+  rowKernel(
+    wg,
+    `${LAYOUT_FIELDS} n: u32, seedLo: u32, seedHi: u32,`,
+    /* wgsl */ `
 @group(0) @binding(1) var<storage, read> logits: array<f32>;      // (B, n, V)
 @group(0) @binding(2) var<storage, read_write> state: array<u32>; // [pos (B) | stats (B, W) | seq (B, L)]`,
-  LOGITS_CORE,
-  /* wgsl */ `
+    LOGITS_CORE,
+    /* wgsl */ `
   let b = row;
   if (b >= P.B) { return; }
   if (t == 0u) { wword = state[b]; }
@@ -525,7 +549,7 @@ const BASE_STEP_CODE = rowKernel(
     state[b] = pos + 1u;
     state[P.statsOff + b * P.statsW] += 1u;
   }`,
-);
+  );
 
 /**
  * One base decoding step's sampling: for each unfinished row b (pos[b] < L), samples a token
@@ -549,7 +573,7 @@ export function baseStepKernel(
 ): Dispatch {
   return gpu.kernel({
     label: `base step sample (${args.layout.batch}, ${args.numTokens})`,
-    code: BASE_STEP_CODE,
+    code: baseStepCode(samplingWorkgroupSize(args.numTokens)),
     buffers: [args.logits, args.state],
     params: [...samplingWords(args), ...layoutWords(args.layout), args.n, ...seedWords(args.seed)],
     workgroups: args.layout.batch,
@@ -557,8 +581,9 @@ export function baseStepKernel(
 }
 
 /** The draft sampling kernel, with or without writing the next draft forward's feed. */
-const draftStepCode = (feed: boolean): string =>
+const draftStepCode = (wg: number, feed: boolean): string =>
   rowKernel(
+    wg,
     `${LAYOUT_FIELDS} n: u32, seedLo: u32, seedHi: u32, i: u32, gamma: u32,`,
     /* wgsl */ `
 @group(0) @binding(1) var<storage, read> logits: array<f32>;      // (B, n, V)
@@ -633,7 +658,7 @@ export function draftStepKernel(
   const feed = !!(args.feedTokens && args.feedStart);
   return gpu.kernel({
     label: `draft step ${args.i} sample (${args.layout.batch}, ${args.numTokens})`,
-    code: draftStepCode(feed),
+    code: draftStepCode(samplingWorkgroupSize(args.numTokens), feed),
     buffers: [
       args.logits,
       args.state,
@@ -655,12 +680,12 @@ export function draftStepKernel(
 
 /** WGSL pieces the acceptance kernel (speculative.ts) reuses. */
 export const ROW_WGSL: {
-  common: string;
+  common: (wg: number) => string;
   philox: string;
   samplingFields: string;
   layoutFields: string;
 } = {
-  common: ROW_COMMON,
+  common: rowCommon,
   philox: PHILOX_WGSL,
   samplingFields: SAMPLING_FIELDS,
   layoutFields: LAYOUT_FIELDS,

@@ -16,9 +16,10 @@ import {
   ROW_WGSL,
   ROW_WORDS,
   type SamplingOptions,
+  samplingWorkgroupSize,
   seedWords,
-  stateOffsets,
   type StateLayout,
+  stateOffsets,
 } from "./sampling.ts";
 
 const SEQ_FEED_CODE = /* wgsl */ `
@@ -124,7 +125,7 @@ export function targetFeedKernel(
 }
 
 /** The acceptance kernel; `residual = false` is the deliberately wrong variant. */
-const acceptCode = (residual: boolean): string => /* wgsl */ `
+const acceptCode = (wg: number, residual: boolean): string => /* wgsl */ `
 struct Params {
   ${ROW_WGSL.samplingFields} ${ROW_WGSL.layoutFields}
   seedLo: u32, seedHi: u32, gamma: u32, lenience: f32,
@@ -134,7 +135,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> p: array<f32>;           // (B, gamma + 1, V) target probs
 @group(0) @binding(3) var<storage, read> q: array<f32>;           // (B, gamma, V) draft probs
 @group(0) @binding(4) var<storage, read> draft: array<u32>;       // (B, gamma) draft tokens
-${ROW_WGSL.common}
+${ROW_WGSL.common(wg)}
 ${ROW_WGSL.philox}
 const RESIDUAL: u32 = ${residual ? 1 : 0}u;
 var<workgroup> wacc: u32;
@@ -250,7 +251,7 @@ export function acceptKernel(
   }
   return gpu.kernel({
     label: `accept (${args.layout.batch}, gamma ${args.gamma})`,
-    code: acceptCode(args.residual ?? true),
+    code: acceptCode(samplingWorkgroupSize(args.numTokens), args.residual ?? true),
     buffers: [args.state, args.p, args.q, args.draft],
     params: [
       ...ROW_WORDS.sampling(args),

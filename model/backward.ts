@@ -50,7 +50,9 @@ export function backwardDispatches(
   const d: Dispatch[] = [];
 
   // logits = xf · Wlᵀ
-  d.push(matmulTN(gpu, { a: dLogits, b: plan.xf, c: G("to_logits.1.weight"), M: V, N: C, K: T, ...acc }));
+  d.push(
+    matmulTN(gpu, { a: dLogits, b: plan.xf, c: G("to_logits.1.weight"), M: V, N: C, K: T, ...acc }),
+  );
   d.push(matmulNN(gpu, { a: dLogits, b: P("to_logits.1.weight"), c: dXn, M: T, N: C, K: V }));
   d.push(...rmsNormBackward(gpu, {
     x: plan.xFinal,
@@ -89,7 +91,9 @@ export function backwardDispatches(
       accumulateDw: true,
     }));
     // xmid = x + att · Woᵀ
-    d.push(matmulTN(gpu, { a: dX, b: a.att, c: G(`${p}.0.to_out.weight`), M: C, N: HD, K: T, ...acc }));
+    d.push(
+      matmulTN(gpu, { a: dX, b: a.att, c: G(`${p}.0.to_out.weight`), M: C, N: HD, K: T, ...acc }),
+    );
     d.push(matmulNN(gpu, { a: dX, b: P(`${p}.0.to_out.weight`), c: dAtt, M: T, N: HD, K: C }));
     d.push(...attentionBackward(gpu, {
       qkv: a.qkv,
@@ -104,9 +108,31 @@ export function backwardDispatches(
       D,
       maxLen,
     }));
-    d.push(rotaryBackward(gpu, { dqkv: dQkv, cos: plan.cos, sin: plan.sin, start: plan.start, B, n, H, D, maxLen }));
+    d.push(
+      rotaryBackward(gpu, {
+        dqkv: dQkv,
+        cos: plan.cos,
+        sin: plan.sin,
+        start: plan.start,
+        B,
+        n,
+        H,
+        D,
+        maxLen,
+      }),
+    );
     // qkv = xn · Wqkvᵀ
-    d.push(matmulTN(gpu, { a: dQkv, b: a.xn, c: G(`${p}.0.to_qkv.weight`), M: 3 * HD, N: C, K: T, ...acc }));
+    d.push(
+      matmulTN(gpu, {
+        a: dQkv,
+        b: a.xn,
+        c: G(`${p}.0.to_qkv.weight`),
+        M: 3 * HD,
+        N: C,
+        K: T,
+        ...acc,
+      }),
+    );
     d.push(matmulNN(gpu, { a: dQkv, b: P(`${p}.0.to_qkv.weight`), c: dXn, M: T, N: C, K: 3 * HD }));
     d.push(...rmsNormBackward(gpu, {
       x: a.x,
@@ -121,6 +147,16 @@ export function backwardDispatches(
       accumulateDw: true,
     }));
   }
-  d.push(embeddingBackward(gpu, { tokens: plan.tokens, dOut: dX, dTable: G("token_emb.weight"), T, C, V, accumulate: true }));
+  d.push(
+    embeddingBackward(gpu, {
+      tokens: plan.tokens,
+      dOut: dX,
+      dTable: G("token_emb.weight"),
+      T,
+      C,
+      V,
+      accumulate: true,
+    }),
+  );
   return d;
 }

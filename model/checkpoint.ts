@@ -56,7 +56,9 @@ export function readSafetensors(bytes: Uint8Array, source = "checkpoint"): Safet
     throw new Error(`specdec: ${source} is not a valid safetensors file: ${msg}`);
   };
   if (!(bytes instanceof Uint8Array)) fail("expected the file's bytes as a Uint8Array");
-  if (bytes.byteLength < 8) fail(`only ${bytes.byteLength} bytes; the 8-byte header length is missing`);
+  if (bytes.byteLength < 8) {
+    fail(`only ${bytes.byteLength} bytes; the 8-byte header length is missing`);
+  }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const headerLen = Number(view.getBigUint64(0, true));
   if (headerLen > bytes.byteLength - 8) {
@@ -64,7 +66,9 @@ export function readSafetensors(bytes: Uint8Array, source = "checkpoint"): Safet
   }
   let header: Record<string, unknown>;
   try {
-    header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + headerLen)));
+    header = JSON.parse(
+      new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + headerLen)),
+    );
   } catch (e) {
     return fail(`header is not valid JSON (${(e as Error).message})`);
   }
@@ -88,7 +92,9 @@ export function readSafetensors(bytes: Uint8Array, source = "checkpoint"): Safet
     const dtype = String(info.dtype);
     const width = DTYPE_BYTES[dtype];
     if (!width) {
-      fail(`tensor "${name}" has dtype ${dtype}; supported: ${Object.keys(DTYPE_BYTES).join(", ")}`);
+      fail(
+        `tensor "${name}" has dtype ${dtype}; supported: ${Object.keys(DTYPE_BYTES).join(", ")}`,
+      );
     }
     const shape = info.shape;
     if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
@@ -100,7 +106,9 @@ export function readSafetensors(bytes: Uint8Array, source = "checkpoint"): Safet
     ) fail(`tensor "${name}" has invalid data_offsets ${JSON.stringify(offs)}`);
     const [begin, end] = offs as [number, number];
     if (begin > end || end > dataLen) {
-      fail(`tensor "${name}" data_offsets [${begin}, ${end}] are out of range (data is ${dataLen} bytes)`);
+      fail(
+        `tensor "${name}" data_offsets [${begin}, ${end}] are out of range (data is ${dataLen} bytes)`,
+      );
     }
     const count = (shape as number[]).reduce((a, b) => a * b, 1);
     if (count * width !== end - begin) {
@@ -124,7 +132,8 @@ export function readSafetensors(bytes: Uint8Array, source = "checkpoint"): Safet
           data[i] = f16ToF32(view.getUint16(at + 2 * i, true));
           break;
         case "BF16":
-          data[i] = new Float32Array(new Uint32Array([view.getUint16(at + 2 * i, true) << 16]).buffer)[0];
+          data[i] =
+            new Float32Array(new Uint32Array([view.getUint16(at + 2 * i, true) << 16]).buffer)[0];
           break;
       }
     }

@@ -81,11 +81,15 @@ export function resolveConfig(config: DecoderConfig): FullDecoderConfig {
     throw new Error("specdec: config must be an object like { numTokens, dim, depth }");
   }
   const c = { ...CONFIG_DEFAULTS, ...config } as FullDecoderConfig;
-  for (const k of ["numTokens", "dim", "depth", "heads", "dimHead", "ffMult", "maxSeqLen"] as const) {
+  for (
+    const k of ["numTokens", "dim", "depth", "heads", "dimHead", "ffMult", "maxSeqLen"] as const
+  ) {
     positiveInt(k, c[k]);
   }
   if (c.dimHead % 2 !== 0) {
-    throw new Error(`specdec: config.dimHead must be even (rotary rotates halves), got ${c.dimHead}`);
+    throw new Error(
+      `specdec: config.dimHead must be even (rotary rotates halves), got ${c.dimHead}`,
+    );
   }
   return c;
 }

@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { type Dispatch, type Gpu } from "../kernels/gpu.ts";
+import type { Dispatch, Gpu } from "../kernels/gpu.ts";
 import { linear } from "../kernels/matmul.ts";
 import { rmsNorm } from "../kernels/norm.ts";
 import { add, gelu } from "../kernels/activation.ts";
@@ -111,7 +111,9 @@ export function validateTokens(
   what = "tokens",
 ): { batch: number; n: number } {
   if (!Array.isArray(tokens) || tokens.length === 0) {
-    throw new Error(`specdec: ${what} must be a non-empty array of rows (number[][]), got an empty batch`);
+    throw new Error(
+      `specdec: ${what} must be a non-empty array of rows (number[][]), got an empty batch`,
+    );
   }
   const n = Array.isArray(tokens[0]) ? tokens[0].length : -1;
   for (let b = 0; b < tokens.length; b++) {
@@ -133,7 +135,9 @@ export function validateTokens(
   }
   if (n === 0) throw new Error(`specdec: ${what} rows are empty`);
   if (n > maxSeqLen) {
-    throw new Error(`specdec: ${what} rows have ${n} tokens, over the model's maxSeqLen ${maxSeqLen}`);
+    throw new Error(
+      `specdec: ${what} rows have ${n} tokens, over the model's maxSeqLen ${maxSeqLen}`,
+    );
   }
   return { batch: tokens.length, n };
 }
@@ -248,7 +252,9 @@ export class Decoder {
     }
     for (const s of expected) {
       const t = tensors.get(s.name);
-      if (!t) throw new Error(`specdec: ${source} is missing tensor "${s.name}" (shape [${s.shape}])`);
+      if (!t) {
+        throw new Error(`specdec: ${source} is missing tensor "${s.name}" (shape [${s.shape}])`);
+      }
       if (t.shape.length !== s.shape.length || t.shape.some((d, i) => d !== s.shape[i])) {
         throw new Error(
           `specdec: ${source} tensor "${s.name}" has shape [${t.shape}], expected [${s.shape}]`,
@@ -310,7 +316,9 @@ export class Decoder {
    */
   createCache(batch: number, maxLen: number): KVCache {
     const c = this.config;
-    if (!Number.isInteger(batch) || batch < 1) throw new Error(`specdec: batch must be a positive integer, got ${batch}`);
+    if (!Number.isInteger(batch) || batch < 1) {
+      throw new Error(`specdec: batch must be a positive integer, got ${batch}`);
+    }
     if (!Number.isInteger(maxLen) || maxLen < 1) {
       throw new Error(`specdec: cache length must be a positive integer, got ${maxLen}`);
     }
@@ -370,23 +378,74 @@ export class Decoder {
       const a = layers[training ? l : 0];
       const next = training ? (l + 1 < c.depth ? layers[l + 1].x : xFinal) : a.x;
       const p = `layers.${l}`;
-      d.push(rmsNorm(gpu, { x: a.x, weight: P(`${p}.0.norm.weight`), y: a.xn, rstd: a.rstd, T, C }));
-      d.push(linear(gpu, { a: a.xn, b: P(`${p}.0.to_qkv.weight`), c: a.qkv, M: T, N: 3 * HD, K: C }));
+      d.push(
+        rmsNorm(gpu, { x: a.x, weight: P(`${p}.0.norm.weight`), y: a.xn, rstd: a.rstd, T, C }),
+      );
+      d.push(
+        linear(gpu, { a: a.xn, b: P(`${p}.0.to_qkv.weight`), c: a.qkv, M: T, N: 3 * HD, K: C }),
+      );
       d.push(rotary(gpu, { qkv: a.qkv, cos, sin, start, B, n, H, D, maxLen }));
       d.push(kvWrite(gpu, { qkv: a.qkv, kv: cache.layers[l], start, B, n, H, D, maxLen }));
-      d.push(attention(gpu, { qkv: a.qkv, kv: cache.layers[l], start, out: a.att, lse: a.lse, B, n, H, D, maxLen }));
+      d.push(
+        attention(gpu, {
+          qkv: a.qkv,
+          kv: cache.layers[l],
+          start,
+          out: a.att,
+          lse: a.lse,
+          B,
+          n,
+          H,
+          D,
+          maxLen,
+        }),
+      );
       if (training) {
         // xmid = x + att·Woutᵀ, into a fresh buffer so x survives for the backward pass
-        d.push(linear(gpu, { a: a.att, b: P(`${p}.0.to_out.weight`), c: a.xmid, M: T, N: C, K: HD }));
+        d.push(
+          linear(gpu, { a: a.att, b: P(`${p}.0.to_out.weight`), c: a.xmid, M: T, N: C, K: HD }),
+        );
         d.push(add(gpu, { x: a.xmid, y: a.x, n: T * C }));
       } else {
-        d.push(linear(gpu, { a: a.att, b: P(`${p}.0.to_out.weight`), c: a.x, M: T, N: C, K: HD, accumulate: true }));
+        d.push(
+          linear(gpu, {
+            a: a.att,
+            b: P(`${p}.0.to_out.weight`),
+            c: a.x,
+            M: T,
+            N: C,
+            K: HD,
+            accumulate: true,
+          }),
+        );
       }
-      d.push(rmsNorm(gpu, { x: a.xmid, weight: P(`${p}.1.0.weight`), y: a.xn2, rstd: a.rstd2, T, C }));
-      d.push(linear(gpu, { a: a.xn2, b: P(`${p}.1.1.weight`), bias: P(`${p}.1.1.bias`), c: a.h, M: T, N: F, K: C }));
+      d.push(
+        rmsNorm(gpu, { x: a.xmid, weight: P(`${p}.1.0.weight`), y: a.xn2, rstd: a.rstd2, T, C }),
+      );
+      d.push(
+        linear(gpu, {
+          a: a.xn2,
+          b: P(`${p}.1.1.weight`),
+          bias: P(`${p}.1.1.bias`),
+          c: a.h,
+          M: T,
+          N: F,
+          K: C,
+        }),
+      );
       d.push(gelu(gpu, { x: a.h, y: a.a, n: T * F }));
       if (training) {
-        d.push(linear(gpu, { a: a.a, b: P(`${p}.1.3.weight`), bias: P(`${p}.1.3.bias`), c: next, M: T, N: C, K: F }));
+        d.push(
+          linear(gpu, {
+            a: a.a,
+            b: P(`${p}.1.3.weight`),
+            bias: P(`${p}.1.3.bias`),
+            c: next,
+            M: T,
+            N: C,
+            K: F,
+          }),
+        );
         d.push(add(gpu, { x: next, y: a.xmid, n: T * C }));
       } else {
         d.push(linear(gpu, {
@@ -403,7 +462,22 @@ export class Decoder {
     }
     d.push(rmsNorm(gpu, { x: xFinal, weight: P("to_logits.0.weight"), y: xf, rstd: rstdF, T, C }));
     d.push(linear(gpu, { a: xf, b: P("to_logits.1.weight"), c: logits, M: T, N: V, K: C }));
-    return { cache, batch: B, n, training, tokens, start, logits, layers, xFinal, xf, rstdF, cos, sin, dispatches: d };
+    return {
+      cache,
+      batch: B,
+      n,
+      training,
+      tokens,
+      start,
+      logits,
+      layers,
+      xFinal,
+      xf,
+      rstdF,
+      cos,
+      sin,
+      dispatches: d,
+    };
   }
 
   /** A cache of exactly (batch, n) reused by logits()/loss() for that shape. */
@@ -433,7 +507,10 @@ export class Decoder {
     const { batch, n } = validateTokens(tokens, this.config.numTokens, this.config.maxSeqLen);
     const plan = this.forwardPlan(this.#scratchCache(batch, n), n);
     this.#feed(plan, tokens);
-    await this.gpu.scoped("Decoder.logits", () => this.gpu.run(`${this.#label} logits`, plan.dispatches));
+    await this.gpu.scoped(
+      "Decoder.logits",
+      () => this.gpu.run(`${this.#label} logits`, plan.dispatches),
+    );
     return await this.gpu.readF32(plan.logits, batch * n * this.config.numTokens);
   }
 
@@ -494,7 +571,10 @@ export class Decoder {
       this.#grads = new Map();
       for (const s of paramSpecs(this.config)) {
         const bytes = s.shape.reduce((a, b) => a * b, 1) * 4;
-        this.#grads.set(s.name, this.gpu.buffer(`${this.#label} grad ${s.name} (${s.shape.join(", ")})`, bytes));
+        this.#grads.set(
+          s.name,
+          this.gpu.buffer(`${this.#label} grad ${s.name} (${s.shape.join(", ")})`, bytes),
+        );
       }
     }
     return this.#grads;
@@ -511,7 +591,14 @@ export class Decoder {
    */
   trainingPlan(batch: number, n: number, lossScale = 1): LossPlan {
     const lp = this.lossPlan(batch, n, lossScale);
-    lp.backward ??= backwardDispatches(this.gpu, this.config, this.params, this.grads, lp.plan, lp.dLogits);
+    lp.backward ??= backwardDispatches(
+      this.gpu,
+      this.config,
+      this.params,
+      this.grads,
+      lp.plan,
+      lp.dLogits,
+    );
     return lp;
   }
 
@@ -550,7 +637,8 @@ export class Decoder {
     this.feedLoss(lp, tokens);
     await this.gpu.scoped(
       "Decoder.gradients",
-      () => this.#submit("gradients", [lp.loss, ...this.grads.values()], [lp.dispatches, lp.backward!]),
+      () =>
+        this.#submit("gradients", [lp.loss, ...this.grads.values()], [lp.dispatches, lp.backward!]),
     );
     const out: Record<string, Float32Array> = {};
     for (const [name, g] of this.grads) out[name] = await this.gpu.readF32(g);
@@ -578,12 +666,18 @@ function inferConfig(
   };
   const emb = need("token_emb.weight");
   if (emb.shape.length !== 2) {
-    throw new Error(`specdec: ${source} tensor "token_emb.weight" has shape [${emb.shape}], expected [numTokens, dim]`);
+    throw new Error(
+      `specdec: ${source} tensor "token_emb.weight" has shape [${emb.shape}], expected [numTokens, dim]`,
+    );
   }
   const [numTokens, dim] = emb.shape;
   let depth = 0;
-  while (tensors.has(`layers.${depth}.0.norm.weight`) || tensors.has(`layers.${depth}.0.to_qkv.weight`)) depth++;
-  if (depth === 0) throw new Error(`specdec: ${source} has no layers ("layers.0.0.to_qkv.weight" missing)`);
+  while (
+    tensors.has(`layers.${depth}.0.norm.weight`) || tensors.has(`layers.${depth}.0.to_qkv.weight`)
+  ) depth++;
+  if (depth === 0) {
+    throw new Error(`specdec: ${source} has no layers ("layers.0.0.to_qkv.weight" missing)`);
+  }
   const inv = tensors.get("rotary_emb.inv_freq");
   const dimHead = inv ? 2 * inv.data.length : 64;
   const qkv = need("layers.0.0.to_qkv.weight");
@@ -598,7 +692,17 @@ function inferConfig(
   const ff = need("layers.0.1.1.weight");
   const ffMult = ff.shape[0] / dim;
   if (!Number.isInteger(ffMult) || ffMult < 1) {
-    throw new Error(`specdec: ${source} tensor "layers.0.1.1.weight" has shape [${ff.shape}], not [ffMult·${dim}, ${dim}]`);
+    throw new Error(
+      `specdec: ${source} tensor "layers.0.1.1.weight" has shape [${ff.shape}], not [ffMult·${dim}, ${dim}]`,
+    );
   }
-  return resolveConfig({ numTokens, dim, depth, heads, dimHead, ffMult, maxSeqLen: maxSeqLen ?? 4096 });
+  return resolveConfig({
+    numTokens,
+    dim,
+    depth,
+    heads,
+    dimHead,
+    ffMult,
+    maxSeqLen: maxSeqLen ?? 4096,
+  });
 }

@@ -50,7 +50,8 @@ export class KVCache {
     }
     this.layers = Array.from(
       { length: depth },
-      (_, l) => gpu.buffer(`${label} layer ${l} (2, ${batch}, ${heads}, ${maxLen}, ${dimHead})`, bytes),
+      (_, l) =>
+        gpu.buffer(`${label} layer ${l} (2, ${batch}, ${heads}, ${maxLen}, ${dimHead})`, bytes),
     );
   }
 

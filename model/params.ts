@@ -26,8 +26,16 @@ export function paramSpecs(c: FullDecoderConfig): ParamSpec[] {
     const p = `layers.${i}`;
     specs.push(
       { name: `${p}.0.norm.weight`, shape: [c.dim], init: { kind: "ones" } },
-      { name: `${p}.0.to_qkv.weight`, shape: [3 * inner, c.dim], init: { kind: "uniform", fanIn: c.dim } },
-      { name: `${p}.0.to_out.weight`, shape: [c.dim, inner], init: { kind: "uniform", fanIn: inner } },
+      {
+        name: `${p}.0.to_qkv.weight`,
+        shape: [3 * inner, c.dim],
+        init: { kind: "uniform", fanIn: c.dim },
+      },
+      {
+        name: `${p}.0.to_out.weight`,
+        shape: [c.dim, inner],
+        init: { kind: "uniform", fanIn: inner },
+      },
       { name: `${p}.1.0.weight`, shape: [c.dim], init: { kind: "ones" } },
       { name: `${p}.1.1.weight`, shape: [ff, c.dim], init: { kind: "uniform", fanIn: c.dim } },
       { name: `${p}.1.1.bias`, shape: [ff], init: { kind: "uniform", fanIn: c.dim } },
@@ -37,7 +45,11 @@ export function paramSpecs(c: FullDecoderConfig): ParamSpec[] {
   }
   specs.push(
     { name: "to_logits.0.weight", shape: [c.dim], init: { kind: "ones" } },
-    { name: "to_logits.1.weight", shape: [c.numTokens, c.dim], init: { kind: "uniform", fanIn: c.dim } },
+    {
+      name: "to_logits.1.weight",
+      shape: [c.numTokens, c.dim],
+      init: { kind: "uniform", fanIn: c.dim },
+    },
   );
   return specs;
 }
@@ -55,7 +67,10 @@ export function seededRandom(seed: number): () => number {
 }
 
 /** Initial values for every parameter, PyTorch's default schemes from a seeded generator. */
-export function initParams(c: FullDecoderConfig, seed: number): Map<string, Float32Array<ArrayBuffer>> {
+export function initParams(
+  c: FullDecoderConfig,
+  seed: number,
+): Map<string, Float32Array<ArrayBuffer>> {
   const r = seededRandom(seed);
   const out = new Map<string, Float32Array<ArrayBuffer>>();
   for (const s of paramSpecs(c)) {

@@ -65,11 +65,17 @@ export class Trainer {
     const { batch, seqLen } = options;
     const N = options.accumulate ?? 1;
     for (const [k, v] of [["batch", batch], ["seqLen", seqLen], ["accumulate", N]] as const) {
-      if (!Number.isInteger(v) || v < 1) throw new Error(`specdec: Trainer option ${k} must be a positive integer, got ${v}`);
+      if (!Number.isInteger(v) || v < 1) {
+        throw new Error(`specdec: Trainer option ${k} must be a positive integer, got ${v}`);
+      }
     }
-    if (seqLen < 2) throw new Error(`specdec: Trainer option seqLen must be at least 2, got ${seqLen}`);
+    if (seqLen < 2) {
+      throw new Error(`specdec: Trainer option seqLen must be at least 2, got ${seqLen}`);
+    }
     if (seqLen > model.config.maxSeqLen) {
-      throw new Error(`specdec: Trainer seqLen ${seqLen} is over the model's maxSeqLen ${model.config.maxSeqLen}`);
+      throw new Error(
+        `specdec: Trainer seqLen ${seqLen} is over the model's maxSeqLen ${model.config.maxSeqLen}`,
+      );
     }
     this.model = model;
     this.#gpu = model.gpu;
@@ -106,11 +112,18 @@ export class Trainer {
   step(microBatches: number[][][]): number {
     const N = this.accumulate, B = this.batch, n = this.seqLen, T = B * n;
     if (!Array.isArray(microBatches) || microBatches.length !== N) {
-      throw new Error(`specdec: a step takes ${N} micro-batches (accumulate), got ${microBatches?.length}`);
+      throw new Error(
+        `specdec: a step takes ${N} micro-batches (accumulate), got ${microBatches?.length}`,
+      );
     }
     const tok = new Uint32Array(N * T), tgt = new Uint32Array(N * T);
     microBatches.forEach((mb, m) => {
-      const shape = validateTokens(mb, this.model.config.numTokens, this.model.config.maxSeqLen, `micro-batch ${m}`);
+      const shape = validateTokens(
+        mb,
+        this.model.config.numTokens,
+        this.model.config.maxSeqLen,
+        `micro-batch ${m}`,
+      );
       if (shape.batch !== B || shape.n !== n) {
         throw new Error(
           `specdec: micro-batch ${m} is ${shape.batch} × ${shape.n}; this trainer was built for ${B} × ${n} (batch × seqLen)`,
@@ -155,7 +168,11 @@ export class Trainer {
    */
   async loss(index: number): Promise<number> {
     if (index < Math.max(0, this.#steps - this.#logSize) || index >= this.#steps) {
-      throw new Error(`specdec: step ${index} is not in the loss log (steps ${Math.max(0, this.#steps - this.#logSize)}..${this.#steps - 1})`);
+      throw new Error(
+        `specdec: step ${index} is not in the loss log (steps ${
+          Math.max(0, this.#steps - this.#logSize)
+        }..${this.#steps - 1})`,
+      );
     }
     const v = (await this.#gpu.readF32(this.#lossLog, 1, index % this.#logSize))[0];
     if (!Number.isFinite(v)) throw new Error(`specdec: loss is ${v} at step ${index}`);

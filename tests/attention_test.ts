@@ -38,69 +38,82 @@ function forward(
   return { qkv, out, lse, dispatches };
 }
 
-gpuTest("kvWrite() copies k and v to each row's positions and skips positions ≥ maxLen", async (gpu) => {
-  const [B, n, H, D, maxLen] = [3, 4, 3, 6, 9];
-  const start = [0, 3, 7]; // row 2 writes positions 7, 8 and skips 9, 10
-  const qkvHost = randomNormal(B * n * 3 * H * D, 1); // (T, 3, H, D)
-  const kv = gpu.upload("kv (2, B, H, maxLen, D)", new Float32Array(2 * B * H * maxLen * D).fill(-7));
-  const qkv = gpu.upload("qkv (T, 3, H, D)", qkvHost);
-  const startBuf = gpu.upload("start (B)", new Uint32Array(start));
-  gpu.run("kvWrite", [kvWrite(gpu, { qkv, kv, start: startBuf, B, n, H, D, maxLen })]);
-  const expected = new Float32Array(2 * B * H * maxLen * D).fill(-7); // (2, B, H, maxLen, D)
-  for (let b = 0; b < B; b++) {
-    for (let i = 0; i < n; i++) {
-      const pos = start[b] + i;
-      if (pos >= maxLen) continue;
-      for (let s = 0; s < 2; s++) {
-        for (let h = 0; h < H; h++) {
-          for (let d = 0; d < D; d++) {
-            expected[(((s * B + b) * H + h) * maxLen + pos) * D + d] =
-              qkvHost[(((b * n + i) * 3 + 1 + s) * H + h) * D + d];
+gpuTest(
+  "kvWrite() copies k and v to each row's positions and skips positions ≥ maxLen",
+  async (gpu) => {
+    const [B, n, H, D, maxLen] = [3, 4, 3, 6, 9];
+    const start = [0, 3, 7]; // row 2 writes positions 7, 8 and skips 9, 10
+    const qkvHost = randomNormal(B * n * 3 * H * D, 1); // (T, 3, H, D)
+    const kv = gpu.upload(
+      "kv (2, B, H, maxLen, D)",
+      new Float32Array(2 * B * H * maxLen * D).fill(-7),
+    );
+    const qkv = gpu.upload("qkv (T, 3, H, D)", qkvHost);
+    const startBuf = gpu.upload("start (B)", new Uint32Array(start));
+    gpu.run("kvWrite", [kvWrite(gpu, { qkv, kv, start: startBuf, B, n, H, D, maxLen })]);
+    const expected = new Float32Array(2 * B * H * maxLen * D).fill(-7); // (2, B, H, maxLen, D)
+    for (let b = 0; b < B; b++) {
+      for (let i = 0; i < n; i++) {
+        const pos = start[b] + i;
+        if (pos >= maxLen) continue;
+        for (let s = 0; s < 2; s++) {
+          for (let h = 0; h < H; h++) {
+            for (let d = 0; d < D; d++) {
+              expected[(((s * B + b) * H + h) * maxLen + pos) * D + d] =
+                qkvHost[(((b * n + i) * 3 + 1 + s) * H + h) * D + d];
+            }
           }
         }
       }
     }
-  }
-  assertEquals(await gpu.readF32(kv), expected);
-});
+    assertEquals(await gpu.readF32(kv), expected);
+  },
+);
 
 for (const variant of ["tiled", "split"] as const) {
-  gpuTest(`attention() ${variant} matches the reference with per-row starts and a cache`, async (gpu) => {
-    const cases: (Sizes & { start: number[] })[] = [
-      { B: 3, n: 5, H: 3, D: 10, maxLen: 40, start: [0, 17, 34] },
-      { B: 2, n: 70, H: 1, D: 8, maxLen: 90, start: [0, 19] }, // two query tiles
-      { B: 1, n: 3, H: 2, D: 64, maxLen: 45, start: [41] }, // the model's head size
-    ];
-    for (const c of cases) {
-      const { B, n, H, D, maxLen, start } = c;
-      const T = B * n;
-      const seed = 100 * D + n;
-      const qkvHost = randomNormal(T * 3 * H * D, seed);
-      const cacheHost = randomNormal(2 * B * H * maxLen * D, seed + 1); // (2, B, H, maxLen, D)
-      const kv = gpu.upload("kv (2, B, H, maxLen, D)", cacheHost);
-      const startBuf = gpu.upload("start (B)", new Uint32Array(start));
-      const f = forward(gpu, kv, qkvHost, startBuf, { B, n, H, D, maxLen }, variant);
-      gpu.run("attention", f.dispatches);
-      const { q, k, v } = splitQkv(qkvHost, { T, H, D });
-      const half = B * H * maxLen * D;
-      const ref = attentionRef({
-        q,
-        k,
-        v,
-        B,
-        n,
-        H,
-        D,
-        start,
-        maxLen,
-        cacheK: cacheHost.subarray(0, half),
-        cacheV: cacheHost.subarray(half),
-      });
-      const label = `${variant} B=${B} n=${n} H=${H} D=${D}`;
-      assertClose(await gpu.readF32(f.out), ref.out, { atol: 2e-6, rtol: 1e-5, label });
-      assertClose(await gpu.readF32(f.lse), ref.lse, { atol: 2e-6, rtol: 1e-6, label: label + " lse" });
-    }
-  });
+  gpuTest(
+    `attention() ${variant} matches the reference with per-row starts and a cache`,
+    async (gpu) => {
+      const cases: (Sizes & { start: number[] })[] = [
+        { B: 3, n: 5, H: 3, D: 10, maxLen: 40, start: [0, 17, 34] },
+        { B: 2, n: 70, H: 1, D: 8, maxLen: 90, start: [0, 19] }, // two query tiles
+        { B: 1, n: 3, H: 2, D: 64, maxLen: 45, start: [41] }, // the model's head size
+      ];
+      for (const c of cases) {
+        const { B, n, H, D, maxLen, start } = c;
+        const T = B * n;
+        const seed = 100 * D + n;
+        const qkvHost = randomNormal(T * 3 * H * D, seed);
+        const cacheHost = randomNormal(2 * B * H * maxLen * D, seed + 1); // (2, B, H, maxLen, D)
+        const kv = gpu.upload("kv (2, B, H, maxLen, D)", cacheHost);
+        const startBuf = gpu.upload("start (B)", new Uint32Array(start));
+        const f = forward(gpu, kv, qkvHost, startBuf, { B, n, H, D, maxLen }, variant);
+        gpu.run("attention", f.dispatches);
+        const { q, k, v } = splitQkv(qkvHost, { T, H, D });
+        const half = B * H * maxLen * D;
+        const ref = attentionRef({
+          q,
+          k,
+          v,
+          B,
+          n,
+          H,
+          D,
+          start,
+          maxLen,
+          cacheK: cacheHost.subarray(0, half),
+          cacheV: cacheHost.subarray(half),
+        });
+        const label = `${variant} B=${B} n=${n} H=${H} D=${D}`;
+        assertClose(await gpu.readF32(f.out), ref.out, { atol: 2e-6, rtol: 1e-5, label });
+        assertClose(await gpu.readF32(f.lse), ref.lse, {
+          atol: 2e-6,
+          rtol: 1e-6,
+          label: label + " lse",
+        });
+      }
+    },
+  );
 }
 
 gpuTest("attention() cached decode and rollback equal one full pass", async (gpu) => {
@@ -111,11 +124,20 @@ gpuTest("attention() cached decode and rollback equal one full pass", async (gpu
   const tokenSize = 3 * H * D;
 
   /** rotary + kvWrite + attention over `rows` tokens (B, n, 3, H, D) at per-row starts. */
-  async function step(kv: GPUBuffer, rows: Float32Array<ArrayBuffer>, n: number, start: number[]) {
+  async function step(
+    kv: GPUBuffer,
+    rows: Float32Array<ArrayBuffer>,
+    n: number,
+    start: number[],
+    variant?: AttentionVariant,
+  ) {
     const s = { B, n, H, D, maxLen };
     const startBuf = gpu.upload("start (B)", new Uint32Array(start));
-    const f = forward(gpu, kv, rows, startBuf, s);
-    gpu.run("step", [rotary(gpu, { qkv: f.qkv, cos, sin, start: startBuf, ...s }), ...f.dispatches]);
+    const f = forward(gpu, kv, rows, startBuf, s, variant);
+    gpu.run("step", [
+      rotary(gpu, { qkv: f.qkv, cos, sin, start: startBuf, ...s }),
+      ...f.dispatches,
+    ]);
     return await gpu.readF32(f.out); // (B, n, H, D)
   }
   const newCache = () => gpu.buffer("kv (2, B, H, maxLen, D)", 2 * B * H * maxLen * D * 4);
@@ -129,7 +151,13 @@ gpuTest("attention() cached decode and rollback equal one full pass", async (gpu
     return out;
   };
   /** Checks outputs (B, n, H, D) against the full pass's at positions from[b] + i. */
-  const check = (got: Float32Array, full: Float32Array, from: number[], n: number, label: string) => {
+  const check = (
+    got: Float32Array,
+    full: Float32Array,
+    from: number[],
+    n: number,
+    label: string,
+  ) => {
     const hd = H * D;
     for (let b = 0; b < B; b++) {
       const at = (b * N + from[b]) * hd;
@@ -142,14 +170,16 @@ gpuTest("attention() cached decode and rollback equal one full pass", async (gpu
   };
 
   const seq = randomNormal(B * N * tokenSize, 7); // (B, N, 3, H, D) raw, before rotary
-  const full = await step(newCache(), seq, N, [0, 0, 0]); // (B, N, H, D)
+  // the full pass takes the training kernel, the steps the decode one
+  const full = await step(newCache(), seq, N, [0, 0, 0], "tiled"); // (B, N, H, D)
 
   // prefill 7, then feed the rest one or several tokens at a time
   const kv = newCache();
   let pos = 0;
   for (const n of [7, 1, 3, 1, 4, 1, 3]) {
     const from = [pos, pos, pos];
-    check(await step(kv, slice(seq, from, n), n, from), full, from, n, `chunk at ${pos}`);
+    const variant = n === 4 ? "tiled" : undefined; // one chunk through the tiled kernel too
+    check(await step(kv, slice(seq, from, n), n, from, variant), full, from, n, `chunk at ${pos}`);
     pos += n;
   }
 
@@ -161,14 +191,17 @@ gpuTest("attention() cached decode and rollback equal one full pass", async (gpu
     const at = (b * N + back[b]) * tokenSize;
     seq2.set(fresh.subarray(at, (b + 1) * N * tokenSize), at);
   }
-  const full2 = await step(newCache(), seq2, N, [0, 0, 0]);
+  const full2 = await step(newCache(), seq2, N, [0, 0, 0], "tiled");
   check(await step(kv, slice(seq2, back, 3), 3, back), full2, back, 3, "after rollback");
   const next = back.map((p) => p + 3);
   check(await step(kv, slice(seq2, next, 1), 1, next), full2, next, 1, "decode after rollback");
 });
 
 /** q, k, v of a training forward through the GPU, then the backward; checks against the reference. */
-async function backwardCase(gpu: Gpu, { B, n, H, D }: { B: number; n: number; H: number; D: number }) {
+async function backwardCase(
+  gpu: Gpu,
+  { B, n, H, D }: { B: number; n: number; H: number; D: number },
+) {
   const T = B * n;
   const s = { B, n, H, D, maxLen: n };
   const qkvHost = randomNormal(T * 3 * H * D, 31 + n + D);
@@ -186,9 +219,9 @@ async function backwardCase(gpu: Gpu, { B, n, H, D }: { B: number; n: number; H:
   const ref = attentionBackwardRef({ q, k, v, dOut: dOutHost, B, n, H, D });
   const { q: dq, k: dk, v: dv } = splitQkv(got, { T, H, D });
   const label = `B=${B} n=${n} H=${H} D=${D}`;
-  assertClose(dq, ref.dq, { atol: 1e-5, rtol: 1e-4, label: `dq ${label}` });
-  assertClose(dk, ref.dk, { atol: 1e-5, rtol: 1e-4, label: `dk ${label}` });
-  assertClose(dv, ref.dv, { atol: 1e-5, rtol: 1e-4, label: `dv ${label}` });
+  assertClose(dq, ref.dq, { atol: 4e-6, rtol: 1e-5, label: `dq ${label}` });
+  assertClose(dk, ref.dk, { atol: 4e-6, rtol: 1e-5, label: `dk ${label}` });
+  assertClose(dv, ref.dv, { atol: 4e-6, rtol: 1e-5, label: `dv ${label}` });
   // deterministic: the same bits again
   gpu.run("backward again", bwd);
   assertEquals(await gpu.readF32(dqkv), got);

@@ -2,8 +2,14 @@ import { deepStrictEqual, throws } from "node:assert/strict";
 import { readSafetensors, writeSafetensors } from "../model/checkpoint.ts";
 
 /** Builds a safetensors file from a raw header object and data bytes. */
-function raw(header: unknown, data: Uint8Array = new Uint8Array(0), lengthOverride?: number): Uint8Array {
-  const json = new TextEncoder().encode(typeof header === "string" ? header : JSON.stringify(header));
+function raw(
+  header: unknown,
+  data: Uint8Array = new Uint8Array(0),
+  lengthOverride?: number,
+): Uint8Array {
+  const json = new TextEncoder().encode(
+    typeof header === "string" ? header : JSON.stringify(header),
+  );
   const out = new Uint8Array(8 + json.length + data.length);
   new DataView(out.buffer).setBigUint64(0, BigInt(lengthOverride ?? json.length), true);
   out.set(json, 8);
@@ -13,7 +19,10 @@ function raw(header: unknown, data: Uint8Array = new Uint8Array(0), lengthOverri
 
 Deno.test("writeSafetensors() then readSafetensors() round-trips values, shapes and metadata", () => {
   const a = new Float32Array([1.5, -2, 3.25, 0, Infinity, -0]);
-  const bytes = writeSafetensors({ "a.weight": { shape: [2, 3], data: a }, b: { shape: [], data: new Float32Array([7]) } }, {
+  const bytes = writeSafetensors({
+    "a.weight": { shape: [2, 3], data: a },
+    b: { shape: [], data: new Float32Array([7]) },
+  }, {
     format: "pt",
   });
   const { tensors, metadata } = readSafetensors(bytes);
@@ -25,7 +34,10 @@ Deno.test("writeSafetensors() then readSafetensors() round-trips values, shapes 
 });
 
 Deno.test("readSafetensors() reports truncated and garbled files", () => {
-  throws(() => readSafetensors(new Uint8Array(3), "m.safetensors"), /m\.safetensors .* only 3 bytes/);
+  throws(
+    () => readSafetensors(new Uint8Array(3), "m.safetensors"),
+    /m\.safetensors .* only 3 bytes/,
+  );
   throws(() => readSafetensors(raw({}, undefined, 1000)), /header length 1000 runs past the end/);
   throws(() => readSafetensors(raw("{not json")), /header is not valid JSON/);
   throws(() => readSafetensors(raw("[1,2]")), /header is not a JSON object/);
@@ -59,7 +71,10 @@ Deno.test("readSafetensors() reports bad dtypes, shapes and offsets", () => {
       ),
     /tensors "a" and "b" overlap/,
   );
-  throws(() => readSafetensors(raw({ w: { dtype: "F32", shape: [1] } }, data)), /invalid data_offsets/);
+  throws(
+    () => readSafetensors(raw({ w: { dtype: "F32", shape: [1] } }, data)),
+    /invalid data_offsets/,
+  );
 });
 
 Deno.test("readSafetensors() converts F16, BF16 and F64", () => {
@@ -73,7 +88,10 @@ Deno.test("readSafetensors() converts F16, BF16 and F64", () => {
     b: { dtype: "BF16", shape: [1], data_offsets: [2, 4] },
     d: { dtype: "F64", shape: [1], data_offsets: [4, 12] },
   }, data));
-  deepStrictEqual([tensors.get("h")!.data[0], tensors.get("b")!.data[0], tensors.get("d")!.data[0]], [1, -3, 0.5]);
+  deepStrictEqual(
+    [tensors.get("h")!.data[0], tensors.get("b")!.data[0], tensors.get("d")!.data[0]],
+    [1, -3, 0.5],
+  );
 });
 
 Deno.test("writeSafetensors() rejects a shape that disagrees with the data", () => {

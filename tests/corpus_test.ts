@@ -5,7 +5,9 @@ import { decodeCorpus, splitCorpus, WindowSampler } from "../data/corpus.ts";
 const text = new TextEncoder().encode("the quick brown fox jumps over the lazy dog. ".repeat(50));
 
 async function gzip(bytes: Uint8Array): Promise<Uint8Array> {
-  const s = new Blob([bytes as Uint8Array<ArrayBuffer>]).stream().pipeThrough(new CompressionStream("gzip"));
+  const s = new Blob([bytes as Uint8Array<ArrayBuffer>]).stream().pipeThrough(
+    new CompressionStream("gzip"),
+  );
   return new Uint8Array(await new Response(s).arrayBuffer());
 }
 
@@ -16,14 +18,23 @@ Deno.test("decodeCorpus() reads gzip, zip and plain text", async () => {
 });
 
 Deno.test("decodeCorpus() names empty and corrupt files", async () => {
-  await rejects(() => decodeCorpus(new Uint8Array(0), "empty.txt"), /data file empty\.txt is empty/);
+  await rejects(
+    () => decodeCorpus(new Uint8Array(0), "empty.txt"),
+    /data file empty\.txt is empty/,
+  );
   const gz = await gzip(text);
-  await rejects(() => decodeCorpus(gz.subarray(0, 20), "cut.gz"), /cut\.gz is not a valid gzip file/);
+  await rejects(
+    () => decodeCorpus(gz.subarray(0, 20), "cut.gz"),
+    /cut\.gz is not a valid gzip file/,
+  );
   const bad = gz.slice();
   bad.fill(0x55, 12, 40);
   await rejects(() => decodeCorpus(bad, "bad.gz"), /bad\.gz is not a valid gzip file/);
   const zip = zipSync({ a: text });
-  await rejects(() => decodeCorpus(zip.subarray(0, 30), "cut.zip"), /cut\.zip is not a valid zip file/);
+  await rejects(
+    () => decodeCorpus(zip.subarray(0, 30), "cut.zip"),
+    /cut\.zip is not a valid zip file/,
+  );
   const empty = await gzip(new Uint8Array(0));
   await rejects(() => decodeCorpus(empty, "nothing.gz"), /decompresses to nothing/);
 });
@@ -32,7 +43,10 @@ Deno.test("splitCorpus() splits 90:5 and rejects a too-short corpus", () => {
   const data = new Uint8Array(9500);
   const { train, val } = splitCorpus(data, 100);
   deepStrictEqual([train.length, val.length], [9000, 500]);
-  throws(() => splitCorpus(new Uint8Array(500), 100, "tiny.txt"), /tiny\.txt is too short: 500 bytes .* validation split of 27 bytes/);
+  throws(
+    () => splitCorpus(new Uint8Array(500), 100, "tiny.txt"),
+    /tiny\.txt is too short: 500 bytes .* validation split of 27 bytes/,
+  );
 });
 
 Deno.test("WindowSampler draws seeded windows and restores its state", () => {
@@ -41,12 +55,18 @@ Deno.test("WindowSampler draws seeded windows and restores its state", () => {
   const first = a.sample(3);
   deepStrictEqual(first, b.sample(3));
   ok(first.every((r) => r.length === 17));
-  ok(first.every((r) => r.every((v, i) => i === 0 || v === (r[i - 1] + 1) % 251)), "contiguous windows");
+  ok(
+    first.every((r) => r.every((v, i) => i === 0 || v === (r[i - 1] + 1) % 251)),
+    "contiguous windows",
+  );
   const saved = a.state;
   const next = a.sample(2);
   const c = new WindowSampler(data, 17, 99);
   c.state = saved;
   deepStrictEqual(c.sample(2), next);
-  ok(JSON.stringify(new WindowSampler(data, 17, 6).sample(3)) !== JSON.stringify(first), "another seed differs");
+  ok(
+    JSON.stringify(new WindowSampler(data, 17, 6).sample(3)) !== JSON.stringify(first),
+    "another seed differs",
+  );
   throws(() => new WindowSampler(new Uint8Array(10), 17, 0), /10 bytes cannot give windows of 18/);
 });

@@ -36,69 +36,88 @@ gpuTest("Decoder.create() follows PyTorch's default initialisation", async (gpu)
   const emb = p["token_emb.weight"];
   const mean = emb.reduce((a, b) => a + b, 0) / emb.length;
   const std = Math.sqrt(emb.reduce((a, b) => a + (b - mean) ** 2, 0) / emb.length);
-  ok(Math.abs(mean) < 0.02 && Math.abs(std - 1) < 0.02, `embedding N(0,1): mean ${mean}, std ${std}`);
+  ok(
+    Math.abs(mean) < 0.02 && Math.abs(std - 1) < 0.02,
+    `embedding N(0,1): mean ${mean}, std ${std}`,
+  );
   const w = p["layers.0.1.3.weight"]; // fan_in = 256
   ok(Math.max(...w.map(Math.abs)) <= 1 / 16 && Math.max(...w.map(Math.abs)) > 0.06, "U(±1/√256)");
   deepStrictEqual([...p["layers.0.0.norm.weight"]].every((v) => v === 1), true);
   // same seed, same values; another seed, other values
-  const again = await Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 1 }, { seed: 1 }).paramValues();
+  const again = await Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 1 }, { seed: 1 })
+    .paramValues();
   deepStrictEqual(again["layers.0.1.1.bias"], p["layers.0.1.1.bias"]);
-  const other = await Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 1 }, { seed: 2 }).paramValues();
+  const other = await Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 1 }, { seed: 2 })
+    .paramValues();
   ok(other["layers.0.1.1.bias"][0] !== p["layers.0.1.1.bias"][0]);
   model.destroy();
 });
 
-gpuTest("KV cache: prefill then one or several tokens at a time equals one full forward", async (gpu) => {
-  const model = Decoder.create(gpu, CFG, { seed: 5 });
-  const B = 3, N = 10, V = CFG.numTokens;
-  const tokens = tokenRows(B, N, 21);
-  const full = await model.logits(tokens);
-  const cache = model.createCache(B, 16);
-  // feed in chunks: 4 (prefill), 1, 1, 3, 1
-  let at = 0;
-  for (const k of [4, 1, 1, 3, 1]) {
-    const plan = model.forwardPlan(cache, k);
-    gpu.write(plan.tokens, Uint32Array.from(tokens.flatMap((r) => r.slice(at, at + k))));
-    gpu.write(plan.start, new Uint32Array(B).fill(at));
-    gpu.run("chunk", plan.dispatches);
-    const got = await gpu.readF32(plan.logits);
-    for (let b = 0; b < B; b++) {
-      for (let i = 0; i < k; i++) {
-        const want = full.subarray(((b * N) + at + i) * V, ((b * N) + at + i + 1) * V);
-        assertClose(got.subarray((b * k + i) * V, (b * k + i + 1) * V), want, {
-          atol: 1e-4,
-          rtol: 0,
-          label: `row ${b} position ${at + i}`,
-        });
+gpuTest(
+  "KV cache: prefill then one or several tokens at a time equals one full forward",
+  async (gpu) => {
+    const model = Decoder.create(gpu, CFG, { seed: 5 });
+    const B = 3, N = 10, V = CFG.numTokens;
+    const tokens = tokenRows(B, N, 21);
+    const full = await model.logits(tokens);
+    const cache = model.createCache(B, 16);
+    // feed in chunks: 4 (prefill), 1, 1, 3, 1
+    let at = 0;
+    for (const k of [4, 1, 1, 3, 1]) {
+      const plan = model.forwardPlan(cache, k);
+      gpu.write(plan.tokens, Uint32Array.from(tokens.flatMap((r) => r.slice(at, at + k))));
+      gpu.write(plan.start, new Uint32Array(B).fill(at));
+      gpu.run("chunk", plan.dispatches);
+      const got = await gpu.readF32(plan.logits);
+      for (let b = 0; b < B; b++) {
+        for (let i = 0; i < k; i++) {
+          const want = full.subarray(((b * N) + at + i) * V, ((b * N) + at + i + 1) * V);
+          assertClose(got.subarray((b * k + i) * V, (b * k + i + 1) * V), want, {
+            atol: 1e-4,
+            rtol: 0,
+            label: `row ${b} position ${at + i}`,
+          });
+        }
       }
+      at += k;
     }
-    at += k;
-  }
-  model.destroy();
-});
+    model.destroy();
+  },
+);
 
-gpuTest("KV cache: rows at different lengths, rolled back in O(1) by a smaller start", async (gpu) => {
-  const model = Decoder.create(gpu, CFG, { seed: 6 });
-  const V = CFG.numTokens;
-  const a = tokenRows(1, 8, 31)[0], b = tokenRows(1, 8, 32)[0];
-  const cache = model.createCache(2, 12);
-  const prefill = model.forwardPlan(cache, 6);
-  gpu.write(prefill.tokens, Uint32Array.from([...a.slice(0, 6), ...b.slice(0, 6)]));
-  gpu.write(prefill.start, new Uint32Array([0, 0]));
-  gpu.run("prefill", prefill.dispatches);
-  // row 0 rolls back to length 3 and takes a different token; row 1 continues at 6
-  const alt = (a[3] + 1) % V;
-  const step = model.forwardPlan(cache, 1);
-  gpu.write(step.tokens, Uint32Array.from([alt, b[6]]));
-  gpu.write(step.start, new Uint32Array([3, 6]));
-  gpu.run("step", step.dispatches);
-  const got = await gpu.readF32(step.logits);
-  const wantA = await model.logits([[...a.slice(0, 3), alt]]);
-  const wantB = await model.logits([b.slice(0, 7)]);
-  assertClose(got.subarray(0, V), wantA.subarray(3 * V, 4 * V), { atol: 1e-4, rtol: 0, label: "rolled-back row" });
-  assertClose(got.subarray(V, 2 * V), wantB.subarray(6 * V, 7 * V), { atol: 1e-4, rtol: 0, label: "row 1" });
-  model.destroy();
-});
+gpuTest(
+  "KV cache: rows at different lengths, rolled back in O(1) by a smaller start",
+  async (gpu) => {
+    const model = Decoder.create(gpu, CFG, { seed: 6 });
+    const V = CFG.numTokens;
+    const a = tokenRows(1, 8, 31)[0], b = tokenRows(1, 8, 32)[0];
+    const cache = model.createCache(2, 12);
+    const prefill = model.forwardPlan(cache, 6);
+    gpu.write(prefill.tokens, Uint32Array.from([...a.slice(0, 6), ...b.slice(0, 6)]));
+    gpu.write(prefill.start, new Uint32Array([0, 0]));
+    gpu.run("prefill", prefill.dispatches);
+    // row 0 rolls back to length 3 and takes a different token; row 1 continues at 6
+    const alt = (a[3] + 1) % V;
+    const step = model.forwardPlan(cache, 1);
+    gpu.write(step.tokens, Uint32Array.from([alt, b[6]]));
+    gpu.write(step.start, new Uint32Array([3, 6]));
+    gpu.run("step", step.dispatches);
+    const got = await gpu.readF32(step.logits);
+    const wantA = await model.logits([[...a.slice(0, 3), alt]]);
+    const wantB = await model.logits([b.slice(0, 7)]);
+    assertClose(got.subarray(0, V), wantA.subarray(3 * V, 4 * V), {
+      atol: 1e-4,
+      rtol: 0,
+      label: "rolled-back row",
+    });
+    assertClose(got.subarray(V, 2 * V), wantB.subarray(6 * V, 7 * V), {
+      atol: 1e-4,
+      rtol: 0,
+      label: "row 1",
+    });
+    model.destroy();
+  },
+);
 
 gpuTest("Decoder round-trips through safetensors with PyTorch names", async (gpu) => {
   const model = Decoder.create(gpu, CFG, { seed: 7 });
@@ -107,7 +126,11 @@ gpuTest("Decoder round-trips through safetensors with PyTorch names", async (gpu
   deepStrictEqual(again.config, model.config);
   const tokens = tokenRows(1, 5, 8);
   deepStrictEqual(await again.logits(tokens), await model.logits(tokens));
-  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + Number(new DataView(bytes.buffer).getBigUint64(0, true)))));
+  const header = JSON.parse(
+    new TextDecoder().decode(
+      bytes.subarray(8, 8 + Number(new DataView(bytes.buffer).getBigUint64(0, true))),
+    ),
+  );
   for (
     const k of [
       "token_emb.weight",
@@ -148,14 +171,19 @@ async function editedCheckpoint(
 gpuTest("Decoder.fromSafetensors() names missing, extra and mis-shaped tensors", async (gpu) => {
   const model = Decoder.create(gpu, CFG, { seed: 9 });
   await rejects(
-    async () => Decoder.fromSafetensors(gpu, await editedCheckpoint(model, (t) => delete t["layers.1.1.3.bias"])),
+    async () =>
+      Decoder.fromSafetensors(
+        gpu,
+        await editedCheckpoint(model, (t) => delete t["layers.1.1.3.bias"]),
+      ),
     /missing tensor "layers\.1\.1\.3\.bias"/,
   );
   await rejects(
     async () =>
       Decoder.fromSafetensors(
         gpu,
-        await editedCheckpoint(model, (t) => t["extra.weight"] = { shape: [1], data: new Float32Array(1) }),
+        await editedCheckpoint(model, (t) =>
+          t["extra.weight"] = { shape: [1], data: new Float32Array(1) }),
       ),
     /unexpected tensors: extra\.weight/,
   );
@@ -163,7 +191,8 @@ gpuTest("Decoder.fromSafetensors() names missing, extra and mis-shaped tensors",
     async () =>
       Decoder.fromSafetensors(
         gpu,
-        await editedCheckpoint(model, (t) => t["layers.0.0.to_out.weight"] = { shape: [24, 23], data: new Float32Array(24 * 23) }),
+        await editedCheckpoint(model, (t) =>
+          t["layers.0.0.to_out.weight"] = { shape: [24, 23], data: new Float32Array(24 * 23) }),
       ),
     /"layers\.0\.0\.to_out\.weight" has shape \[24,23\], expected \[24,24\]/,
   );
@@ -171,7 +200,9 @@ gpuTest("Decoder.fromSafetensors() names missing, extra and mis-shaped tensors",
 });
 
 gpuTest("Decoder.fromSafetensors() converts F16 and BF16 tensors", async (gpu) => {
-  const model = Decoder.create(gpu, { numTokens: 8, dim: 8, depth: 1, heads: 1, dimHead: 8 }, { seed: 1 });
+  const model = Decoder.create(gpu, { numTokens: 8, dim: 8, depth: 1, heads: 1, dimHead: 8 }, {
+    seed: 1,
+  });
   const f32 = await model.toSafetensors();
   // re-encode every tensor as F16 and BF16 by hand: values exactly representable stay exact
   for (const dtype of ["F16", "BF16"] as const) {
@@ -237,9 +268,18 @@ gpuTest("Decoder rejects bad tokens with clear errors", async (gpu) => {
   await rejects(() => model.logits([[1, 19]]), /tokens\[0\]\[1\] = 19 is not a token.*\[0, 19\)/);
   await rejects(() => model.logits([[1, -1]]), /tokens\[0\]\[1\] = -1/);
   await rejects(() => model.logits([[1, 2.5]]), /tokens\[0\]\[1\] = 2\.5/);
-  await rejects(() => model.logits([Array(13).fill(0)]), /13 tokens, over the model's maxSeqLen 12/);
+  await rejects(
+    () => model.logits([Array(13).fill(0)]),
+    /13 tokens, over the model's maxSeqLen 12/,
+  );
   await rejects(() => model.loss([[1]]), /at least 2 tokens/);
-  throws(() => Decoder.create(gpu, { numTokens: 8, dim: 8, depth: 0 }), /config\.depth must be a positive integer/);
-  throws(() => Decoder.create(gpu, { numTokens: 8, dim: 8, depth: 1, dimHead: 7 }), /dimHead must be even/);
+  throws(
+    () => Decoder.create(gpu, { numTokens: 8, dim: 8, depth: 0 }),
+    /config\.depth must be a positive integer/,
+  );
+  throws(
+    () => Decoder.create(gpu, { numTokens: 8, dim: 8, depth: 1, dimHead: 7 }),
+    /dimHead must be even/,
+  );
   model.destroy();
 });

@@ -1,5 +1,5 @@
 import { deepStrictEqual as assertEquals, rejects as assertRejects } from "node:assert/strict";
-import { f32bits, grid, type Gpu, GpuTimer } from "../kernels/gpu.ts";
+import { f32bits, type Gpu, GpuTimer, grid } from "../kernels/gpu.ts";
 import { gpuTest } from "./helpers.ts";
 
 const SCALE = /* wgsl */ `

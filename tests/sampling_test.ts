@@ -24,9 +24,21 @@ import {
 Deno.test("philox4x32() reference matches the Random123 known answers", () => {
   const hex = (s: string) => s.split(" ").map((w) => parseInt(w, 16));
   const kat: [string, string, string][] = [
-    ["00000000 00000000 00000000 00000000", "00000000 00000000", "6627e8d5 e169c58d bc57ac4c 9b00dbd8"],
-    ["ffffffff ffffffff ffffffff ffffffff", "ffffffff ffffffff", "408f276d 41c83b0e a20bc7c6 6d5451fd"],
-    ["243f6a88 85a308d3 13198a2e 03707344", "a4093822 299f31d0", "d16cfe09 94fdcceb 5001e420 24126ea1"],
+    [
+      "00000000 00000000 00000000 00000000",
+      "00000000 00000000",
+      "6627e8d5 e169c58d bc57ac4c 9b00dbd8",
+    ],
+    [
+      "ffffffff ffffffff ffffffff ffffffff",
+      "ffffffff ffffffff",
+      "408f276d 41c83b0e a20bc7c6 6d5451fd",
+    ],
+    [
+      "243f6a88 85a308d3 13198a2e 03707344",
+      "a4093822 299f31d0",
+      "d16cfe09 94fdcceb 5001e420 24126ea1",
+    ],
   ];
   for (const [ctr, key, out] of kat) assertEquals(philox4x32(hex(ctr), hex(key)), hex(out));
 });
@@ -61,7 +73,10 @@ gpuTest("philoxKernel() matches the reference bit for bit", async (gpu) => {
   gpu.run("philox", [philoxKernel(gpu, { counters, out, rows, seed })]);
   const got = Array.from(await gpu.readU32(out));
   const key = [seed >>> 0, Math.floor(seed / 2 ** 32)];
-  const want = Array.from({ length: rows }, (_, r) => philox4x32(Array.from(ctr.subarray(4 * r, 4 * r + 4)), key)).flat();
+  const want = Array.from(
+    { length: rows },
+    (_, r) => philox4x32(Array.from(ctr.subarray(4 * r, 4 * r + 4)), key),
+  ).flat();
   assertEquals(got, want);
 });
 
@@ -80,6 +95,7 @@ gpuTest("probsKernel() matches the reference on odd sizes", async (gpu) => {
     { rows: 4, V: 8, filterThres: 0, temperature: 1 },
     { rows: 3, V: 33, filterThres: 0.3, temperature: 0 }, // greedy
     { rows: 1, V: 1, filterThres: 0.5, temperature: 2 },
+    { rows: 2, V: 37, filterThres: 0.9, temperature: 1e-20 }, // 1/T clamped like safe_div: one-hot
   ];
   for (const [c, { rows, V, filterThres, temperature }] of cases.entries()) {
     const x = randomNormal(rows * V, 100 + c, 2);
@@ -94,7 +110,7 @@ gpuTest("probsKernel() matches the reference on odd sizes", async (gpu) => {
     }
     assertClose(got, want, { atol: 1e-6, rtol: 1e-4, label: `case ${c} V=${V}` });
     // exactly k survive (greedy: 1)
-    const k = temperature === 0 ? 1 : topKRef(V, filterThres);
+    const k = temperature < 1e-6 ? 1 : topKRef(V, filterThres);
     for (let r = 0; r < rows; r++) {
       assertEquals(got.subarray(r * V, (r + 1) * V).filter((v) => v > 0).length, k);
     }
@@ -103,7 +119,28 @@ gpuTest("probsKernel() matches the reference on odd sizes", async (gpu) => {
 
 gpuTest("probsKernel() keeps the lowest indices among ties at the k-th value", async (gpu) => {
   // k = ceil(0.25·10) = 3: the 2 at index 7, then the first two of the 1s (indices 1, 2)
-  const x = new Float32Array([0, 1, 1, 1, -1, 0, 1, 2, 1, 0, /* row 2: greedy ties */ 5, 7, 7, 1, 0, 0, 0, 0, 0, 0]);
+  const x = new Float32Array([
+    0,
+    1,
+    1,
+    1,
+    -1,
+    0,
+    1,
+    2,
+    1,
+    0,
+    /* row 2: greedy ties */ 5,
+    7,
+    7,
+    1,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+  ]);
   const logits = gpu.upload("tied logits (2, 10)", x);
   const probs = gpu.buffer("probs (2, 10)", 80);
   const got = await runRead(gpu, "probs ties", [
@@ -115,7 +152,14 @@ gpuTest("probsKernel() keeps the lowest indices among ties at the k-th value", a
   // greedy: first index of the max
   const logits2 = gpu.upload("tied logits row 2 (1, 10)", x.slice(10));
   const g = await runRead(gpu, "probs greedy ties", [
-    probsKernel(gpu, { logits: logits2, probs, rows: 1, numTokens: 10, temperature: 0, filterThres: 0.9 }),
+    probsKernel(gpu, {
+      logits: logits2,
+      probs,
+      rows: 1,
+      numTokens: 10,
+      temperature: 0,
+      filterThres: 0.9,
+    }),
   ], probs);
   assertEquals(Array.from(g.subarray(0, 10)), [0, 1, 0, 0, 0, 0, 0, 0, 0, 0]);
 });
@@ -137,10 +181,12 @@ async function sample(
 }
 
 gpuTest("sampleKernel() draws the reference's token for the same uniform", async (gpu) => {
-  for (const o of [
-    { rows: 64, V: 37, filterThres: 0.5, temperature: 1, seed: 3 },
-    { rows: 16, V: 700, filterThres: 0, temperature: 0.8, seed: 2 ** 33 + 5 },
-  ]) {
+  for (
+    const o of [
+      { rows: 64, V: 37, filterThres: 0.5, temperature: 1, seed: 3 },
+      { rows: 16, V: 700, filterThres: 0, temperature: 0.8, seed: 2 ** 33 + 5 },
+    ]
+  ) {
     const x = randomNormal(o.rows * o.V, 11);
     const ctr = new Uint32Array(randomInts(o.rows * 4, 2 ** 32, 12));
     const got = await sample(gpu, x, ctr, o);
@@ -162,43 +208,87 @@ gpuTest("sampleKernel() draws the reference's token for the same uniform", async
   }
 });
 
-gpuTest("sampleKernel() follows the filtered law (chi-square) and rejects a wrong one", async (gpu) => {
-  const V = 8, rows = 4096, filterThres = 0.5, temperature = 0.8, seed = 42;
-  const row = randomNormal(V, 5, 1.5);
-  const x = new Float32Array(rows * V);
-  for (let r = 0; r < rows; r++) x.set(row, r * V);
-  const ctr = new Uint32Array(rows * 4);
-  for (let r = 0; r < rows; r++) ctr.set([r, 7, 0, 0], 4 * r);
-  const got = await sample(gpu, x, ctr, { rows, V, filterThres, temperature, seed });
-  const counts = new Array(V).fill(0);
-  for (const t of got) counts[t]++;
-  const law = probsRef(row, filterThres, temperature);
-  const fit = chiSquare(counts, law);
-  assert(fit.pValue > 1e-3, `law rejected: ${JSON.stringify(fit)} counts ${counts}`);
-  // the same counts against the unfiltered law (or another temperature) must be rejected
-  assert(chiSquare(counts, probsRef(row, 0, temperature)).pValue < 1e-6, "unfiltered law accepted");
-  assert(chiSquare(counts, probsRef(row, filterThres, 1)).pValue < 1e-3, "wrong temperature accepted");
-});
+gpuTest(
+  "sampleKernel() follows the filtered law (chi-square) and rejects a wrong one",
+  async (gpu) => {
+    const V = 8, rows = 4096, filterThres = 0.5, temperature = 0.8, seed = 42;
+    const row = randomNormal(V, 5, 1.5);
+    const x = new Float32Array(rows * V);
+    for (let r = 0; r < rows; r++) x.set(row, r * V);
+    const ctr = new Uint32Array(rows * 4);
+    for (let r = 0; r < rows; r++) ctr.set([r, 7, 0, 0], 4 * r);
+    const got = await sample(gpu, x, ctr, { rows, V, filterThres, temperature, seed });
+    const counts = new Array(V).fill(0);
+    for (const t of got) counts[t]++;
+    const law = probsRef(row, filterThres, temperature);
+    const fit = chiSquare(counts, law);
+    assert(fit.pValue > 1e-3, `law rejected: ${JSON.stringify(fit)} counts ${counts}`);
+    // the same counts against the unfiltered law (or another temperature) must be rejected
+    assert(
+      chiSquare(counts, probsRef(row, 0, temperature)).pValue < 1e-6,
+      "unfiltered law accepted",
+    );
+    assert(
+      chiSquare(counts, probsRef(row, filterThres, 1)).pValue < 1e-3,
+      "wrong temperature accepted",
+    );
+  },
+);
 
 gpuTest("sampleKernel() is the argmax at temperature 0 (first index on ties)", async (gpu) => {
   const V = 9, rows = 3;
-  const x = new Float32Array([1, 3, 3, 0, 0, 0, 0, 0, 0, -1, -2, -3, -4, -5, -6, -7, -8, -0.5, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+  const x = new Float32Array([
+    1,
+    3,
+    3,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    -1,
+    -2,
+    -3,
+    -4,
+    -5,
+    -6,
+    -7,
+    -8,
+    -0.5,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+  ]);
   const ctr = new Uint32Array(randomInts(rows * 4, 2 ** 32, 1));
-  assertEquals(await sample(gpu, x, ctr, { rows, V, filterThres: 0.9, temperature: 0, seed: 1 }), [1, 8, 0]);
+  assertEquals(await sample(gpu, x, ctr, { rows, V, filterThres: 0.9, temperature: 0, seed: 1 }), [
+    1,
+    8,
+    0,
+  ]);
 });
 
-gpuTest("sampleKernel() gives the same tokens for the same seed, others for another", async (gpu) => {
-  const V = 16, rows = 200;
-  const x = randomNormal(rows * V, 9);
-  const ctr = new Uint32Array(rows * 4);
-  for (let r = 0; r < rows; r++) ctr.set([r, 0, 0, 0], 4 * r);
-  const o = { rows, V, filterThres: 0, temperature: 1 };
-  const a = await sample(gpu, x, ctr, { ...o, seed: 5 });
-  const b = await sample(gpu, x, ctr, { ...o, seed: 5 });
-  const c = await sample(gpu, x, ctr, { ...o, seed: 6 });
-  assertEquals(a, b);
-  assert(a.filter((t, i) => t !== c[i]).length > rows / 4, "another seed changed too few tokens");
-});
+gpuTest(
+  "sampleKernel() gives the same tokens for the same seed, others for another",
+  async (gpu) => {
+    const V = 16, rows = 200;
+    const x = randomNormal(rows * V, 9);
+    const ctr = new Uint32Array(rows * 4);
+    for (let r = 0; r < rows; r++) ctr.set([r, 0, 0, 0], 4 * r);
+    const o = { rows, V, filterThres: 0, temperature: 1 };
+    const a = await sample(gpu, x, ctr, { ...o, seed: 5 });
+    const b = await sample(gpu, x, ctr, { ...o, seed: 5 });
+    const c = await sample(gpu, x, ctr, { ...o, seed: 6 });
+    assertEquals(a, b);
+    assert(a.filter((t, i) => t !== c[i]).length > rows / 4, "another seed changed too few tokens");
+  },
+);
 
 gpuTest("baseStepKernel() samples at each row's position and skips finished rows", async (gpu) => {
   const B = 4, V = 13, L = 5, n = 2, seed = 11, temperature = 0.9, filterThres = 0.5;
@@ -228,41 +318,56 @@ gpuTest("baseStepKernel() samples at each row's position and skips finished rows
   assertEquals(Array.from(got), Array.from(want));
 });
 
-gpuTest("draftStepKernel() writes q_i, x_i and the next feed from the row of interest", async (gpu) => {
-  const B = 3, V = 13, L = 6, G = 3, seed = 5, temperature = 1.2, filterThres = 0.4;
-  const layout = { batch: B, seqLen: L, statsWidth: 2 + G };
-  const pos = [1, 4, 6]; // row 0: the n = 2 forward started at 0, so its row 0 is the one
-  const init = new Uint32Array(stateOffsets(layout).words);
-  init.set(pos, 0);
-  const state = gpu.upload("state", init);
-  const SENT = 0xdead;
-  const q = gpu.upload("q (3, 3, 13)", new Float32Array(B * G * V).fill(-1));
-  const draft = gpu.upload("draft (3, 3)", new Uint32Array(B * G).fill(SENT));
-  const feedTokens = gpu.upload("feed tokens (3)", new Uint32Array(B).fill(SENT));
-  const feedStart = gpu.upload("feed start (3)", new Uint32Array(B).fill(SENT));
-  const x2 = randomNormal(B * 2 * V, 31, 2), x1 = randomNormal(B * V, 32, 2);
-  const logits2 = gpu.upload("logits (3, 2, 13)", x2), logits1 = gpu.upload("logits (3, 1, 13)", x1);
-  const common = { state, layout, q, draft, gamma: G, seed, numTokens: V, temperature, filterThres };
-  gpu.run("draft steps", [
-    draftStepKernel(gpu, { ...common, logits: logits2, n: 2, i: 1, feedTokens, feedStart }),
-    draftStepKernel(gpu, { ...common, logits: logits1, n: 1, i: 3 }),
-  ]);
-  const gq = await gpu.readF32(q), gd = Array.from(await gpu.readU32(draft));
-  const gft = Array.from(await gpu.readU32(feedTokens)), gfs = Array.from(await gpu.readU32(feedStart));
-  const wq = new Float64Array(B * G * V).fill(-1), wd = new Array(B * G).fill(SENT);
-  const wft = new Array(B).fill(SENT), wfs = new Array(B).fill(SENT);
-  for (let b = 0; b < B; b++) {
-    if (pos[b] >= L) continue;
-    for (const [i, x, r] of [[1, x2, pos[b] >= 2 ? b * 2 + 1 : b * 2], [3, x1, b]] as const) {
-      const probs = probsRef(x.subarray(r * V, (r + 1) * V), filterThres, temperature);
-      wq.set(probs, (b * G + i - 1) * V);
-      wd[b * G + i - 1] = sampleRef(probs, uniformRef([b, pos[b], RNG_PURPOSE.draft, i], seed));
+gpuTest(
+  "draftStepKernel() writes q_i, x_i and the next feed from the row of interest",
+  async (gpu) => {
+    const B = 3, V = 13, L = 6, G = 3, seed = 5, temperature = 1.2, filterThres = 0.4;
+    const layout = { batch: B, seqLen: L, statsWidth: 2 + G };
+    const pos = [1, 4, 6]; // row 0: the n = 2 forward started at 0, so its row 0 is the one
+    const init = new Uint32Array(stateOffsets(layout).words);
+    init.set(pos, 0);
+    const state = gpu.upload("state", init);
+    const SENT = 0xdead;
+    const q = gpu.upload("q (3, 3, 13)", new Float32Array(B * G * V).fill(-1));
+    const draft = gpu.upload("draft (3, 3)", new Uint32Array(B * G).fill(SENT));
+    const feedTokens = gpu.upload("feed tokens (3)", new Uint32Array(B).fill(SENT));
+    const feedStart = gpu.upload("feed start (3)", new Uint32Array(B).fill(SENT));
+    const x2 = randomNormal(B * 2 * V, 31, 2), x1 = randomNormal(B * V, 32, 2);
+    const logits2 = gpu.upload("logits (3, 2, 13)", x2),
+      logits1 = gpu.upload("logits (3, 1, 13)", x1);
+    const common = {
+      state,
+      layout,
+      q,
+      draft,
+      gamma: G,
+      seed,
+      numTokens: V,
+      temperature,
+      filterThres,
+    };
+    gpu.run("draft steps", [
+      draftStepKernel(gpu, { ...common, logits: logits2, n: 2, i: 1, feedTokens, feedStart }),
+      draftStepKernel(gpu, { ...common, logits: logits1, n: 1, i: 3 }),
+    ]);
+    const gq = await gpu.readF32(q), gd = Array.from(await gpu.readU32(draft));
+    const gft = Array.from(await gpu.readU32(feedTokens)),
+      gfs = Array.from(await gpu.readU32(feedStart));
+    const wq = new Float64Array(B * G * V).fill(-1), wd = new Array(B * G).fill(SENT);
+    const wft = new Array(B).fill(SENT), wfs = new Array(B).fill(SENT);
+    for (let b = 0; b < B; b++) {
+      if (pos[b] >= L) continue;
+      for (const [i, x, r] of [[1, x2, pos[b] >= 2 ? b * 2 + 1 : b * 2], [3, x1, b]] as const) {
+        const probs = probsRef(x.subarray(r * V, (r + 1) * V), filterThres, temperature);
+        wq.set(probs, (b * G + i - 1) * V);
+        wd[b * G + i - 1] = sampleRef(probs, uniformRef([b, pos[b], RNG_PURPOSE.draft, i], seed));
+      }
+      wft[b] = wd[b * G];
+      wfs[b] = pos[b];
     }
-    wft[b] = wd[b * G];
-    wfs[b] = pos[b];
-  }
-  assertClose(gq, wq, { atol: 1e-6, rtol: 1e-4, label: "q" });
-  assertEquals(gd, wd);
-  assertEquals(gft, wft);
-  assertEquals(gfs, wfs);
-});
+    assertClose(gq, wq, { atol: 1e-6, rtol: 1e-4, label: "q" });
+    assertEquals(gd, wd);
+    assertEquals(gft, wft);
+    assertEquals(gfs, wfs);
+  },
+);

@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import type { Gpu } from "../kernels/gpu.ts";
-import { RNG_PURPOSE, stateOffsets, type StateLayout } from "../kernels/sampling.ts";
+import { RNG_PURPOSE, type StateLayout, stateOffsets } from "../kernels/sampling.ts";
 import {
   acceptKernel,
   seqFeedKernel,
@@ -8,7 +8,13 @@ import {
   targetFeedKernel,
 } from "../kernels/speculative.ts";
 import { gpuTest, randomInts, randomNormal, rng } from "./helpers.ts";
-import { chiSquare, probsRef, sampleRef, speculativeRowRef, uniformRef } from "./reference/sampling.ts";
+import {
+  chiSquare,
+  probsRef,
+  sampleRef,
+  speculativeRowRef,
+  uniformRef,
+} from "./reference/sampling.ts";
 
 /** A state buffer's contents from per-row pos, stats and seq. */
 function packState(layout: StateLayout, pos: number[], stats: number[][], seq: number[][]) {
@@ -33,7 +39,9 @@ gpuTest("seqFeedKernel() and targetFeedKernel() feed from each row's position", 
   assertEquals(Array.from(await gpu.readU32(start)), [0, 3, 5]);
   const draft = gpu.upload("draft (3, 2)", new Uint32Array([1, 2, 3, 4, 5, 6]));
   const tt = gpu.buffer("target tokens (3, 3)", 36);
-  gpu.run("feed target", [targetFeedKernel(gpu, { state, layout, draft, tokens: tt, start, gamma: 2 })]);
+  gpu.run("feed target", [
+    targetFeedKernel(gpu, { state, layout, draft, tokens: tt, start, gamma: 2 }),
+  ]);
   assertEquals(Array.from(await gpu.readU32(tt)), [10, 1, 2, 23, 3, 4, 35, 5, 6]);
   assertEquals(Array.from(await gpu.readU32(start)), [0, 3, 5]);
 });
@@ -139,7 +147,10 @@ function randomCase(
     }
   }
   const pos = Array.from({ length: B }, (_, b) => b < 3 ? L - b : 1 + Math.floor(r() * (L - 1)));
-  const stats = Array.from({ length: B }, (_, b) => Array.from({ length: 2 + gamma }, (_, i) => b + i));
+  const stats = Array.from(
+    { length: B },
+    (_, b) => Array.from({ length: 2 + gamma }, (_, i) => b + i),
+  );
   const seq = Array.from({ length: B }, (_, b) => randomInts(L, V, seed + 10 + b));
   return { B, V, gamma, L, p, q, draft, pos, stats, seq };
 }
@@ -164,31 +175,51 @@ gpuTest("acceptKernel() matches the float64 reference row by row", async (gpu) =
   }
 });
 
-gpuTest("acceptKernel() greedy accepts while x_i is the argmax, then emits the next argmax", async (gpu) => {
-  const V = 8, G = 3, L = 9;
-  const oneHot = (js: number[]) => new Float32Array(js.flatMap((j) => Array.from({ length: V }, (_, v) => +(v === j))));
-  const c: AcceptCase = {
-    B: 3,
-    V,
-    gamma: G,
-    L,
-    p: oneHot([2, 5, 1, 7, 2, 5, 1, 7, 2, 5, 1, 7]),
-    q: oneHot([2, 5, 3, 2, 5, 1, 4, 4, 4]),
-    draft: new Uint32Array([2, 5, 3, 2, 5, 1, 4, 4, 4]),
-    pos: [2, 2, 7],
-    stats: [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
-    seq: [[9, 9, 0, 0, 0, 0, 0, 0, 0], [9, 9, 0, 0, 0, 0, 0, 0, 0], [9, 9, 9, 9, 9, 9, 9, 0, 0]],
-  };
-  const got = await runAccept(gpu, c, { temperature: 0, lenience: 1, seed: 0 });
-  const o = stateOffsets({ batch: 3, seqLen: L, statsWidth: 2 + G });
-  assertEquals(Array.from(got.subarray(0, 3)), [5, 6, 8]);
-  assertEquals(Array.from(got.subarray(o.stats, o.seq)), [1, 2, 1, 1, 0, 1, 3, 1, 1, 1, 1, 0, 0, 0, 0]);
-  assertEquals(Array.from(got.subarray(o.seq)), [
-    ...[9, 9, 2, 5, 1, 0, 0, 0, 0], // x1, x2 accepted, x3 rejected: argmax of p_3
-    ...[9, 9, 2, 5, 1, 7, 0, 0, 0], // all accepted, then the bonus argmax of p_4
-    ...[9, 9, 9, 9, 9, 9, 9, 2, 0], // x1 rejected: argmax of p_1
-  ]);
-});
+gpuTest(
+  "acceptKernel() greedy accepts while x_i is the argmax, then emits the next argmax",
+  async (gpu) => {
+    const V = 8, G = 3, L = 9;
+    const oneHot = (js: number[]) =>
+      new Float32Array(js.flatMap((j) => Array.from({ length: V }, (_, v) => +(v === j))));
+    const c: AcceptCase = {
+      B: 3,
+      V,
+      gamma: G,
+      L,
+      p: oneHot([2, 5, 1, 7, 2, 5, 1, 7, 2, 5, 1, 7]),
+      q: oneHot([2, 5, 3, 2, 5, 1, 4, 4, 4]),
+      draft: new Uint32Array([2, 5, 3, 2, 5, 1, 4, 4, 4]),
+      pos: [2, 2, 7],
+      stats: [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+      seq: [[9, 9, 0, 0, 0, 0, 0, 0, 0], [9, 9, 0, 0, 0, 0, 0, 0, 0], [9, 9, 9, 9, 9, 9, 9, 0, 0]],
+    };
+    const got = await runAccept(gpu, c, { temperature: 0, lenience: 1, seed: 0 });
+    const o = stateOffsets({ batch: 3, seqLen: L, statsWidth: 2 + G });
+    assertEquals(Array.from(got.subarray(0, 3)), [5, 6, 8]);
+    assertEquals(Array.from(got.subarray(o.stats, o.seq)), [
+      1,
+      2,
+      1,
+      1,
+      0,
+      1,
+      3,
+      1,
+      1,
+      1,
+      1,
+      0,
+      0,
+      0,
+      0,
+    ]);
+    assertEquals(Array.from(got.subarray(o.seq)), [
+      ...[9, 9, 2, 5, 1, 0, 0, 0, 0], // x1, x2 accepted, x3 rejected: argmax of p_3
+      ...[9, 9, 2, 5, 1, 7, 0, 0, 0], // all accepted, then the bonus argmax of p_4
+      ...[9, 9, 9, 9, 9, 9, 9, 2, 0], // x1 rejected: argmax of p_1
+    ]);
+  },
+);
 
 /** The law of the first token a speculative step emits, from many identical rows. */
 async function firstTokenCounts(
@@ -235,11 +266,21 @@ gpuTest("acceptKernel() keeps the target's law; the broken residual is rejected"
     const exact = await firstTokenCounts(gpu, { gamma, residual: true, lenience: 1 }, pRows, qRows);
     const fit = chiSquare(exact, pRows[0]);
     assert(fit.pValue > 1e-3, `gamma ${gamma}: exact sampler rejected ${JSON.stringify(fit)}`);
-    const broken = await firstTokenCounts(gpu, { gamma, residual: false, lenience: 1 }, pRows, qRows);
+    const broken = await firstTokenCounts(
+      gpu,
+      { gamma, residual: false, lenience: 1 },
+      pRows,
+      qRows,
+    );
     const bad = chiSquare(broken, pRows[0]);
     assert(bad.pValue < 1e-6, `gamma ${gamma}: broken sampler accepted ${JSON.stringify(bad)}`);
   }
   // lenience > 1 accepts more drafts and so departs from the target's law
-  const lenient = await firstTokenCounts(gpu, { gamma: 1, residual: true, lenience: 4 }, pRows, qRows);
+  const lenient = await firstTokenCounts(
+    gpu,
+    { gamma: 1, residual: true, lenience: 4 },
+    pRows,
+    qRows,
+  );
   assert(chiSquare(lenient, pRows[0]).pValue < 1e-6, "lenience 4 kept the target's law");
 });

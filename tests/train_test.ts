@@ -22,7 +22,20 @@ async function train(args: string[]): Promise<{ code: number; out: string }> {
 
 /** A small corpus of English-like text. */
 function corpus(bytes: number): string {
-  const words = ["the", "model", "drafts", "tokens", "and", "a", "larger", "one", "verifies", "them", "in", "parallel"];
+  const words = [
+    "the",
+    "model",
+    "drafts",
+    "tokens",
+    "and",
+    "a",
+    "larger",
+    "one",
+    "verifies",
+    "them",
+    "in",
+    "parallel",
+  ];
   let s = "", i = 7;
   while (s.length < bytes) {
     i = (i * 1103515245 + 12345) % 2147483648;
@@ -31,7 +44,20 @@ function corpus(bytes: number): string {
   return s.slice(0, bytes);
 }
 
-const SMALL = ["--preset", "tiny", "--batch", "2", "--seq-len", "16", "--prime-len", "8", "--generate-len", "24", "--seed", "3"];
+const SMALL = [
+  "--preset",
+  "tiny",
+  "--batch",
+  "2",
+  "--seq-len",
+  "16",
+  "--prime-len",
+  "8",
+  "--generate-len",
+  "24",
+  "--seed",
+  "3",
+];
 
 function trainLosses(dir: string): Map<number, [number, number]> {
   const m = new Map<number, [number, number]>();
@@ -52,14 +78,42 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "specdec-train-" });
     const data = `${dir}/corpus.txt`;
     await Deno.writeTextFile(data, corpus(20000));
-    const common = [...SMALL, "--data", data, "--validate-every", "2", "--generate-every", "2", "--checkpoint-every", "2"];
+    const common = [
+      ...SMALL,
+      "--data",
+      data,
+      "--validate-every",
+      "2",
+      "--generate-every",
+      "2",
+      "--checkpoint-every",
+      "2",
+    ];
 
     const full = await train([...common, "--steps", "4", "--run-dir", `${dir}/full`]);
     ok(full.code === 0, full.out);
-    for (const s of ["base decoding:", "spec decoding:", "base decoding in:", "spec decoding in:", "average num accepted:", "validation loss"]) {
+    for (
+      const s of [
+        "base decoding:",
+        "spec decoding:",
+        "base decoding in:",
+        "spec decoding in:",
+        "average num accepted:",
+        "validation loss",
+      ]
+    ) {
       ok(full.out.includes(s), `output shows "${s}"\n${full.out}`);
     }
-    for (const f of ["metrics.jsonl", "loss.svg", "target.safetensors", "draft.safetensors", "target.optim.safetensors", "state.json"]) {
+    for (
+      const f of [
+        "metrics.jsonl",
+        "loss.svg",
+        "target.safetensors",
+        "draft.safetensors",
+        "target.optim.safetensors",
+        "state.json",
+      ]
+    ) {
       ok((await Deno.stat(`${dir}/full/${f}`)).size > 0, `${f} written`);
     }
     ok((await Deno.readTextFile(`${dir}/full/loss.svg`)).startsWith("<svg"), "the plot is SVG");
@@ -73,7 +127,9 @@ Deno.test({
     ok(resumed.out.includes("resuming"), resumed.out);
     const b = trainLosses(`${dir}/half`);
     deepStrictEqual([...b.keys()], [0, 1, 2, 3]);
-    for (const s of [0, 1, 2, 3]) deepStrictEqual(b.get(s), a.get(s), `step ${s} losses equal after resume`);
+    for (const s of [0, 1, 2, 3]) {
+      deepStrictEqual(b.get(s), a.get(s), `step ${s} losses equal after resume`);
+    }
     await Deno.remove(dir, { recursive: true });
   },
 });
@@ -86,7 +142,10 @@ Deno.test({
     if (!(await testGpu())) return console.warn(`ignored (no WebGPU adapter): ${t.name}`);
     const dir = await Deno.makeTempDir({ prefix: "specdec-data-" });
     await Deno.writeFile(`${dir}/empty.txt`, new Uint8Array(0));
-    await Deno.writeFile(`${dir}/bad.gz`, new Uint8Array([0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]));
+    await Deno.writeFile(
+      `${dir}/bad.gz`,
+      new Uint8Array([0x1f, 0x8b, 8, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+    );
     await Deno.writeTextFile(`${dir}/short.txt`, "too short");
     const cases: [string[], RegExp][] = [
       [["--data", `${dir}/missing.txt`], /cannot read data file .*missing\.txt/],

@@ -16,36 +16,45 @@ function rows(B: number, n: number, seed: number, V: number): number[][] {
   return Array.from({ length: B }, (_, b) => flat.slice(b * n, (b + 1) * n));
 }
 
-gpuTest("Decoder.gradients() matches finite differences of the float64 reference loss", async (gpu) => {
-  const model = Decoder.create(gpu, TINY, { seed: 11 });
-  const tokens = rows(2, 6, 5, TINY.numTokens);
-  const grads = await model.gradients(tokens);
-  const p = await model.paramValues();
-  // float64 copies of the parameters, perturbed one element at a time
-  const p64: Record<string, Float64Array> = {};
-  for (const [k, v] of Object.entries(p)) p64[k] = Float64Array.from(v);
-  const h = 1e-5;
-  for (const [name, values] of Object.entries(p64)) {
-    // every element of small tensors, an evenly spread 40 of larger ones (keeps the test fast)
-    const stride = Math.max(1, Math.floor(values.length / 40));
-    const idx = Array.from({ length: Math.ceil(values.length / stride) }, (_, j) => j * stride);
-    const fd = new Float64Array(idx.length);
-    for (const [j, i] of idx.entries()) {
-      const keep = values[i];
-      values[i] = keep + h;
-      const up = decoderLossRef(p64, TINY, tokens);
-      values[i] = keep - h;
-      const down = decoderLossRef(p64, TINY, tokens);
-      values[i] = keep;
-      fd[j] = (up - down) / (2 * h);
+gpuTest(
+  "Decoder.gradients() matches finite differences of the float64 reference loss",
+  async (gpu) => {
+    const model = Decoder.create(gpu, TINY, { seed: 11 });
+    const tokens = rows(2, 6, 5, TINY.numTokens);
+    const grads = await model.gradients(tokens);
+    const p = await model.paramValues();
+    // float64 copies of the parameters, perturbed one element at a time
+    const p64: Record<string, Float64Array> = {};
+    for (const [k, v] of Object.entries(p)) p64[k] = Float64Array.from(v);
+    const h = 1e-5;
+    for (const [name, values] of Object.entries(p64)) {
+      // every element of small tensors, an evenly spread 40 of larger ones (keeps the test fast)
+      const stride = Math.max(1, Math.floor(values.length / 40));
+      const idx = Array.from({ length: Math.ceil(values.length / stride) }, (_, j) => j * stride);
+      const fd = new Float64Array(idx.length);
+      for (const [j, i] of idx.entries()) {
+        const keep = values[i];
+        values[i] = keep + h;
+        const up = decoderLossRef(p64, TINY, tokens);
+        values[i] = keep - h;
+        const down = decoderLossRef(p64, TINY, tokens);
+        values[i] = keep;
+        fd[j] = (up - down) / (2 * h);
+      }
+      assertClose(idx.map((i) => grads[name][i]), fd, {
+        atol: 2e-5,
+        rtol: 2e-3,
+        label: `d loss / d ${name}`,
+      });
     }
-    assertClose(idx.map((i) => grads[name][i]), fd, { atol: 2e-5, rtol: 2e-3, label: `d loss / d ${name}` });
-  }
-  model.destroy();
-});
+    model.destroy();
+  },
+);
 
 gpuTest("Trainer overfits one fixed batch", async (gpu) => {
-  const model = Decoder.create(gpu, { numTokens: 16, dim: 32, depth: 2, heads: 2, dimHead: 16 }, { seed: 2 });
+  const model = Decoder.create(gpu, { numTokens: 16, dim: 32, depth: 2, heads: 2, dimHead: 16 }, {
+    seed: 2,
+  });
   const trainer = new Trainer(model, { batch: 2, seqLen: 12, lr: 3e-3, clipNorm: 1 });
   const batch = rows(2, 12, 9, 16);
   let first = NaN, last = NaN;
@@ -70,7 +79,10 @@ gpuTest("accumulating 4 micro-batches equals one 4× batch", async (gpu) => {
     const [la, lb] = [await ta.loss(sa), await tb.loss(sb)];
     ok(Math.abs(la - lb) < 1e-5, `step ${s} loss ${la} vs ${lb}`);
     const [sta, stb] = [await ta.stats(), await tb.stats()];
-    ok(Math.abs(sta.gradNorm - stb.gradNorm) < 1e-5 * stb.gradNorm, `grad norm ${sta.gradNorm} vs ${stb.gradNorm}`);
+    ok(
+      Math.abs(sta.gradNorm - stb.gradNorm) < 1e-5 * stb.gradNorm,
+      `grad norm ${sta.gradNorm} vs ${stb.gradNorm}`,
+    );
   }
   const [pa, pb] = [await a.paramValues(), await b.paramValues()];
   for (const k of Object.keys(pa)) assertClose(pa[k], pb[k], { atol: 1e-5, rtol: 1e-4, label: k });
@@ -98,23 +110,43 @@ gpuTest("Trainer reports non-finite losses with the step and can skip them", asy
   await trainer.loss(trainer.step([good]));
   const before = await model.paramValues();
   // poison one embedding row: its token's loss and every gradient become NaN
-  gpu.write(model.params.get("token_emb.weight")!, new Float32Array(TINY.dim).fill(NaN), 5 * TINY.dim * 4);
+  gpu.write(
+    model.params.get("token_emb.weight")!,
+    new Float32Array(TINY.dim).fill(NaN),
+    5 * TINY.dim * 4,
+  );
   const s = trainer.step([[[5, 2, 3, 4]]]);
   await rejects(() => trainer.loss(s), /loss is NaN at step 1/);
   const stats = await trainer.stats();
   ok(stats.lastSkipped && !Number.isFinite(stats.gradNorm), "the step was skipped");
   const after = await model.paramValues();
-  assertClose(after["layers.0.1.1.weight"], before["layers.0.1.1.weight"], { atol: 0, rtol: 0, label: "unchanged" });
+  assertClose(after["layers.0.1.1.weight"], before["layers.0.1.1.weight"], {
+    atol: 0,
+    rtol: 0,
+    label: "unchanged",
+  });
   model.destroy();
 });
 
 gpuTest("Trainer rejects bad options and mis-shaped batches", (gpu) => {
   const model = Decoder.create(gpu, { ...TINY, maxSeqLen: 16 }, { seed: 1 });
-  throws(() => new Trainer(model, { batch: 1, seqLen: 4, lr: 0 }), /lr must be a finite number > 0, got 0/);
-  throws(() => new Trainer(model, { batch: 1, seqLen: 4, lr: NaN }), /lr must be a finite number > 0, got NaN/);
+  throws(
+    () => new Trainer(model, { batch: 1, seqLen: 4, lr: 0 }),
+    /lr must be a finite number > 0, got 0/,
+  );
+  throws(
+    () => new Trainer(model, { batch: 1, seqLen: 4, lr: NaN }),
+    /lr must be a finite number > 0, got NaN/,
+  );
   throws(() => new Trainer(model, { batch: 1, seqLen: 4, clipNorm: 0 }), /clipNorm/);
-  throws(() => new Trainer(model, { batch: 0, seqLen: 4 }), /batch must be a positive integer, got 0/);
-  throws(() => new Trainer(model, { batch: 1, seqLen: 17 }), /seqLen 17 is over the model's maxSeqLen 16/);
+  throws(
+    () => new Trainer(model, { batch: 0, seqLen: 4 }),
+    /batch must be a positive integer, got 0/,
+  );
+  throws(
+    () => new Trainer(model, { batch: 1, seqLen: 17 }),
+    /seqLen 17 is over the model's maxSeqLen 16/,
+  );
   const t = new Trainer(model, { batch: 2, seqLen: 4, accumulate: 2 });
   throws(() => t.step([[[1, 2, 3, 4], [1, 2, 3, 4]]]), /takes 2 micro-batches/);
   throws(
@@ -122,6 +154,9 @@ gpuTest("Trainer rejects bad options and mis-shaped batches", (gpu) => {
     /micro-batch 0 is 2 × 5; this trainer was built for 2 × 4/,
   );
   throws(() => t.step([[[1, 2, 3, 4]], [[1, 2, 3, 4]]]), /micro-batch 0 is 1 × 4/);
-  throws(() => t.step([[[1, 2, 3, 40], [1, 2, 3, 4]], [[1, 2, 3, 4], [1, 2, 3, 4]]]), /micro-batch 0\[0\]\[3\] = 40/);
+  throws(
+    () => t.step([[[1, 2, 3, 40], [1, 2, 3, 4]], [[1, 2, 3, 4], [1, 2, 3, 4]]]),
+    /micro-batch 0\[0\]\[3\] = 40/,
+  );
   model.destroy();
 });

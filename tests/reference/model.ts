@@ -111,7 +111,9 @@ export function decoderLogitsRef(p: Params, c: RefConfig, tokens: number[][]): F
           for (let j = 0; j <= i; j++) z += s[j] = Math.exp(s[j] - m);
           for (let j = 0; j <= i; j++) {
             const v = (b * n + j) * 3 * HD + 2 * HD + h * D;
-            for (let d = 0; d < D; d++) att[(b * n + i) * HD + h * D + d] += (s[j] / z) * qkv[v + d];
+            for (let d = 0; d < D; d++) {
+              att[(b * n + i) * HD + h * D + d] += (s[j] / z) * qkv[v + d];
+            }
           }
         }
       }

@@ -1,0 +1,578 @@
+/**
+ * Decoding: {@link baseDecoding} (one target forward per token) and {@link speculativeDecoding}
+ * (Leviathan et al. 2023, Algorithm 1: γ draft forwards, one target forward, accept/reject on the
+ * GPU), both with the same engineering so their costs compare fairly.
+ *
+ * Everything a step needs lives in GPU buffers: one u32 state buffer holds each row's current
+ * length `pos`, its tokens `seq (B, seqLen)` and counters `stats`; kernels read positions from
+ * it, so the host encodes the same fixed list of dispatches for every step, a chunk of steps per
+ * submission, and reads the state back once per chunk while the next chunk already runs. Rows
+ * advance at their own rate; finished rows (pos = seqLen) do nothing; rejected tokens leave both
+ * KV caches implicitly, since the next forward of a row starts at its new `pos − 1`.
+ *
+ * Invariant at the start of a step: the target cache holds positions < pos − 1 (the last token
+ * is pending), the draft cache positions < pos − 2.
+ *
+ * @module
+ */
+import type { Dispatch, Gpu, GpuTimer } from "../kernels/gpu.ts";
+import {
+  baseStepKernel,
+  draftStepKernel,
+  probsKernel,
+  type SamplingOptions,
+  seedWords,
+  type StateLayout,
+  stateOffsets,
+  validateSampling,
+} from "../kernels/sampling.ts";
+import {
+  acceptKernel,
+  seqFeedKernel,
+  speculativeStatsWidth,
+  targetFeedKernel,
+} from "../kernels/speculative.ts";
+import { type Decoder, validateTokens } from "./decoder.ts";
+import type { KVCache } from "./kv_cache.ts";
+
+/** Options shared by {@link baseDecoding} and {@link speculativeDecoding}. */
+export interface DecodingOptions {
+  /** Softmax temperature ≥ 0; 0 is greedy (argmax) everywhere. Default 1. */
+  temperature?: number;
+  /** Top-k threshold in [0, 1): keeps ceil((1 − filterThres) · numTokens) logits. Default 0.9. */
+  filterThres?: number;
+  /** Seed of the GPU's counter-based generator: same seed, same output. Default 0. */
+  seed?: number;
+  /** Most decode steps per submission (default 32). */
+  chunkSteps?: number;
+  /** Called once per chunk with each row's new tokens (empty rows when a row had none). */
+  onTokens?: (rows: number[][]) => void;
+  /** Adds the GPU time of every submission; the result's `gpuMs` reads it. */
+  timer?: GpuTimer;
+}
+
+/** Options of {@link speculativeDecoding}. */
+export interface SpeculativeOptions extends DecodingOptions {
+  /** Draft tokens per step, an integer ≥ 1. Default 5. */
+  gamma?: number;
+  /** Acceptance lenience > 0: accept while r ≤ p / (lenience · q). 1 (default) keeps the target's law. */
+  lenience?: number;
+  /**
+   * Testing only: `false` samples the correction from p instead of max(0, p − q), a deliberately
+   * WRONG sampler the law tests must reject. Default true.
+   */
+  residual?: boolean;
+}
+
+/** What {@link baseDecoding} returns. */
+export interface DecodingResult {
+  /** The generated tokens of each row (seqLen − prompt length each; the prompt excluded). */
+  tokens: number[][];
+  /** Steps until every row finished (the most any row needed). */
+  steps: number;
+  /** Steps encoded and run on the GPU (≥ steps: the last chunk may idle on finished rows). */
+  stepsEncoded: number;
+  /** Forward passes of the (target) model over the batch, prefill included. */
+  targetForwards: number;
+  /** GPU→host readbacks during the call (one per chunk). */
+  readbacks: number;
+  /** Readbacks per generated token (over all rows). */
+  readbacksPerToken: number;
+  /** Command buffers submitted. */
+  submits: number;
+  /** Generated tokens over all rows: batch × (seqLen − prompt length). */
+  generated: number;
+  /** GPU time in milliseconds of all submissions, when a timer was given. */
+  gpuMs?: number;
+  /** Wall time of the call in milliseconds. */
+  wallMs: number;
+}
+
+/** What {@link speculativeDecoding} returns. */
+export interface SpeculativeResult extends DecodingResult {
+  /** Forward passes of the draft model over the batch, prefill included. */
+  draftForwards: number;
+  /** Mean accepted draft tokens per step (over active row-steps): the reference's num_accepted. */
+  acceptedMean: number;
+  /** For each draft position i, the fraction of active row-steps whose x_{i+1} was accepted. */
+  acceptedPerPosition: number[];
+  /** Steps each row was active. */
+  rowSteps: number[];
+  /** Draft tokens per step. */
+  gamma: number;
+}
+
+/** Checks an option is an integer ≥ min. */
+function integerOption(name: string, v: number, min: number): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
+    throw new Error(`specdec: ${name} must be an integer ≥ ${min}, got ${v}`);
+  }
+  return v;
+}
+
+/** Validates the prompt and seqLen against a model; returns batch and prompt length. */
+function validatePrompt(
+  model: Decoder,
+  prompt: number[][],
+  seqLen: number,
+  maxSeqLen: number,
+): { B: number; P: number } {
+  const { batch, n } = validateTokens(prompt, model.config.numTokens, maxSeqLen, "prompt");
+  integerOption("seqLen", seqLen, 1);
+  if (n >= seqLen) {
+    throw new Error(
+      `specdec: the prompt has ${n} tokens, so seqLen (which counts the prompt) must be more than ` +
+        `${n}; got ${seqLen}`,
+    );
+  }
+  if (seqLen > maxSeqLen) {
+    throw new Error(`specdec: seqLen ${seqLen} is over the model's maxSeqLen ${maxSeqLen}`);
+  }
+  return { B: batch, P: n };
+}
+
+/** KV caches kept per model and shape, so repeated decodes reuse caches and forward plans. */
+const cachePool = new WeakMap<Decoder, Map<string, { cache: KVCache; busy: boolean }[]>>();
+
+/** A free cache of (batch, maxLen) for `model` (created on first need), and its release. */
+function acquireCache(
+  model: Decoder,
+  batch: number,
+  maxLen: number,
+): { cache: KVCache; release: () => void } {
+  let pool = cachePool.get(model);
+  if (!pool) cachePool.set(model, pool = new Map());
+  const key = `${batch}x${maxLen}`;
+  let list = pool.get(key);
+  if (!list) pool.set(key, list = []);
+  let entry = list.find((e) => !e.busy);
+  if (!entry) list.push(entry = { cache: model.createCache(batch, maxLen), busy: false });
+  entry.busy = true;
+  const e = entry;
+  return { cache: e.cache, release: () => void (e.busy = false) };
+}
+
+/** A decode ready to run: its dispatches and state. */
+interface Engine {
+  gpu: Gpu;
+  label: string;
+  layout: StateLayout;
+  promptLen: number;
+  state: GPUBuffer;
+  /** Dispatches run once before the first step (the prompt's prefill). */
+  prefill: Dispatch[];
+  /** Dispatches of one decode step. */
+  step: Dispatch[];
+  /** Most tokens a row can gain in one step (1, or gamma + 1). */
+  maxRate: number;
+}
+
+/** What {@link runEngine} measured. */
+interface EngineRun {
+  tokens: number[][];
+  rowSteps: number[];
+  stats: Uint32Array;
+  stepsEncoded: number;
+  readbacks: number;
+  submits: number;
+  gpuMs?: number;
+}
+
+/**
+ * The host loop: submits chunks of steps, reads the state back once per chunk while the next
+ * chunk runs, and stops when every row reached seqLen. Chunk sizes come from each row's observed
+ * tokens per step, so little work runs after the last row finishes.
+ */
+async function runEngine(e: Engine, options: DecodingOptions): Promise<EngineRun> {
+  const { gpu, layout, promptLen: P } = e;
+  const { batch: B, seqLen: L, statsWidth: W } = layout;
+  const off = stateOffsets(layout);
+  const N = L - P;
+  const maxChunk = integerOption("chunkSteps", options.chunkSteps ?? 32, 1);
+  const readbacks0 = gpu.readbacks;
+  let encoded = 0, submits = 0;
+  // the last state read back, and how many steps had been encoded when it was captured
+  let pos = new Array<number>(B).fill(P);
+  let rowSteps = new Array<number>(B).fill(0);
+  let knownAt = 0;
+  let words: Uint32Array | undefined;
+  const pending: { words: Promise<Uint32Array>; at: number }[] = [];
+
+  const submit = (steps: number, first: Dispatch[] = []) => {
+    const list: Dispatch[] = [...first];
+    for (let s = 0; s < steps; s++) list.push(...e.step);
+    gpu.run(`${e.label} ${steps} steps`, list, options.timer);
+    submits++;
+    encoded += steps;
+    // the copy is queued now, behind this chunk and ahead of any later one
+    pending.push({ words: gpu.readU32(e.state), at: encoded });
+  };
+
+  // Steps still needed after everything encoded so far, estimated from the last known state.
+  const stepsNeeded = (): number => {
+    const ahead = encoded - knownAt;
+    let need = 0;
+    for (let b = 0; b < B; b++) {
+      const rem = L - pos[b];
+      if (rem <= ahead) continue; // done even at one token per step
+      const rate = rowSteps[b] > 0 ? Math.max(1, (pos[b] - P) / rowSteps[b]) : e.maxRate;
+      need = Math.max(need, Math.ceil((rem - rate * ahead) / rate));
+    }
+    return Math.min(need, maxChunk, N - encoded); // N steps always suffice
+  };
+
+  submit(Math.min(maxChunk, Math.ceil(N / e.maxRate)), e.prefill);
+  const seen = new Array<number>(B).fill(P);
+  while (true) {
+    // keep the GPU busy while this chunk's readback travels
+    if (pending.length < 2) {
+      const c = stepsNeeded();
+      if (c > 0) submit(c);
+    }
+    const next = pending.shift()!;
+    words = await next.words;
+    knownAt = next.at;
+    pos = Array.from(words.subarray(off.pos, off.pos + B));
+    rowSteps = Array.from({ length: B }, (_, b) => words![off.stats + b * W]);
+    if (options.onTokens) {
+      const rows = pos.map((p, b) =>
+        Array.from(words!.subarray(off.seq + b * L + seen[b], off.seq + b * L + p))
+      );
+      if (rows.some((r) => r.length > 0)) options.onTokens(rows);
+      pos.forEach((p, b) => seen[b] = p);
+    }
+    if (pos.every((p) => p >= L)) break;
+    if (pending.length === 0) submit(Math.max(1, stepsNeeded()));
+  }
+  await Promise.all(pending.map((p) => p.words)); // leftover chunks only idled
+  const readbacks = gpu.readbacks - readbacks0;
+  const gpuMs = options.timer ? await options.timer.read() : undefined;
+  const final = words!;
+  return {
+    tokens: Array.from(
+      { length: B },
+      (_, b) => Array.from(final.subarray(off.seq + b * L + P, off.seq + (b + 1) * L)),
+    ),
+    rowSteps,
+    stats: final.slice(off.stats, off.seq),
+    stepsEncoded: encoded,
+    readbacks,
+    submits,
+    gpuMs,
+  };
+}
+
+/** The initial state: pos = prompt length, stats 0, seq = prompt then zeros. */
+function initialState(gpu: Gpu, layout: StateLayout, prompt: number[][], label: string): GPUBuffer {
+  const o = stateOffsets(layout);
+  const s = new Uint32Array(o.words);
+  prompt.forEach((row, b) => {
+    s[o.pos + b] = row.length;
+    s.set(row, o.seq + b * layout.seqLen);
+  });
+  return gpu.upload(`${label} state [pos (B) | stats (B, W) | seq (B, L)] u32`, s);
+}
+
+/** Prefill dispatches: the first P − 1 prompt tokens of each row at start 0 (none when P = 1). */
+function prefillDispatches(
+  model: Decoder,
+  cache: KVCache,
+  state: GPUBuffer,
+  layout: StateLayout,
+  P: number,
+): Dispatch[] {
+  if (P < 2) return [];
+  const plan = model.forwardPlan(cache, P - 1);
+  return [
+    seqFeedKernel(model.gpu, {
+      state,
+      layout,
+      tokens: plan.tokens,
+      start: plan.start,
+      n: P - 1,
+      back: P,
+    }),
+    ...plan.dispatches,
+  ];
+}
+
+/** Per-token view of a result. */
+function finish<T extends DecodingResult>(r: Omit<T, "readbacksPerToken">): T {
+  return { ...r, readbacksPerToken: r.readbacks / r.generated } as T;
+}
+
+/**
+ * Autoregressive sampling like the reference's `base_decoding`: one target forward (one token per
+ * row) per step, top-k filter, temperature and categorical sampling on the GPU.
+ *
+ * @param model the model
+ * @param prompt a batch of equal-length rows of tokens
+ * @param seqLen total length, prompt included (> prompt length, ≤ the model's maxSeqLen)
+ * @param options temperature (0 = greedy), filterThres, seed, chunking, streaming and timing
+ * @returns the generated tokens and the cost counters
+ * @throws Error on bad input (empty or ragged prompt, tokens out of range, seqLen too small or
+ *   too large, bad sampling options)
+ * @example
+ * ```ts
+ * import { baseDecoding, Decoder, requestGpu } from "@x/specdec";
+ * const gpu = await requestGpu();
+ * const model = Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 2 }, { seed: 0 });
+ * const out = await baseDecoding(model, [[72, 101]], 16, { temperature: 0 });
+ * console.log(out.tokens[0].length, out.readbacksPerToken); // 14 …
+ * ```
+ */
+export async function baseDecoding(
+  model: Decoder,
+  prompt: number[][],
+  seqLen: number,
+  options: DecodingOptions = {},
+): Promise<DecodingResult> {
+  const t0 = performance.now();
+  const { temperature = 1, filterThres = 0.9, seed = 0 } = options;
+  validateSampling(temperature, filterThres);
+  seedWords(seed);
+  const { B, P } = validatePrompt(model, prompt, seqLen, model.config.maxSeqLen);
+  const gpu = model.gpu, L = seqLen, V = model.config.numTokens;
+  const layout: StateLayout = { batch: B, seqLen: L, statsWidth: 1 };
+  const label = "base decoding";
+  const { cache, release } = acquireCache(model, B, L);
+  const state = initialState(gpu, layout, prompt, label);
+  try {
+    const run = await gpu.scoped("baseDecoding", () => {
+      const plan = model.forwardPlan(cache, 1);
+      const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
+      const step = [
+        seqFeedKernel(gpu, {
+          state,
+          layout,
+          tokens: plan.tokens,
+          start: plan.start,
+          n: 1,
+          back: 1,
+        }),
+        ...plan.dispatches,
+        baseStepKernel(gpu, { ...sampling, logits: plan.logits, state, layout, n: 1, seed }),
+      ];
+      const prefill = prefillDispatches(model, cache, state, layout, P);
+      return runEngine(
+        { gpu, label, layout, promptLen: P, state, prefill, step, maxRate: 1 },
+        options,
+      );
+    });
+    return finish<DecodingResult>({
+      tokens: run.tokens,
+      steps: Math.max(...run.rowSteps),
+      stepsEncoded: run.stepsEncoded,
+      targetForwards: run.stepsEncoded + (P > 1 ? 1 : 0),
+      readbacks: run.readbacks,
+      submits: run.submits,
+      generated: B * (L - P),
+      gpuMs: run.gpuMs,
+      wallMs: performance.now() - t0,
+    });
+  } finally {
+    release();
+    state.destroy();
+  }
+}
+
+/**
+ * Speculative decoding (Leviathan et al. 2023, Algorithm 1) as in the reference's
+ * `speculative_decoding`: each step the draft samples γ tokens x_1..x_γ from q (filtered,
+ * tempered), the target scores all γ + 1 positions in one forward, and each row accepts x_i while
+ * `r_i ≤ p(x_i) / (lenience · q(x_i))`; at the first rejection it samples from
+ * `norm(max(0, p − q))`, and if all γ pass it samples a bonus token from p. With lenience 1 the
+ * output has exactly the target's law; temperature 0 gives exactly the target's greedy output.
+ * Rows advance at their own rates with no realignment; rejected tokens leave both KV caches by
+ * rolling each row's position back.
+ *
+ * @param target the large model whose law the output follows
+ * @param draft the small model proposing tokens (same numTokens, same GPU)
+ * @param prompt a batch of equal-length rows of tokens
+ * @param seqLen total length, prompt included (> prompt length, ≤ both models' maxSeqLen)
+ * @param options gamma, temperature (0 = greedy), filterThres, lenience, seed, chunking,
+ *   streaming and timing
+ * @returns the generated tokens, acceptance statistics and cost counters
+ * @throws Error on bad input (gamma, temperature, filterThres, lenience, mismatched models,
+ *   empty or ragged prompt, tokens out of range, seqLen too small or too large)
+ * @example
+ * ```ts
+ * import { Decoder, requestGpu, speculativeDecoding } from "@x/specdec";
+ * const gpu = await requestGpu();
+ * const target = Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 4 }, { seed: 0 });
+ * const draft = Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 1 }, { seed: 1 });
+ * const out = await speculativeDecoding(target, draft, [[72, 101]], 32, { gamma: 4 });
+ * console.log(out.tokens[0].length, out.acceptedMean, out.targetForwards);
+ * ```
+ */
+export async function speculativeDecoding(
+  target: Decoder,
+  draft: Decoder,
+  prompt: number[][],
+  seqLen: number,
+  options: SpeculativeOptions = {},
+): Promise<SpeculativeResult> {
+  const t0 = performance.now();
+  const { temperature = 1, filterThres = 0.9, seed = 0, lenience = 1, gamma = 5 } = options;
+  integerOption("gamma", gamma, 1);
+  validateSampling(temperature, filterThres);
+  if (typeof lenience !== "number" || !Number.isFinite(lenience) || lenience <= 0) {
+    throw new Error(`specdec: lenience must be a finite number > 0, got ${lenience}`);
+  }
+  seedWords(seed);
+  if (target.config.numTokens !== draft.config.numTokens) {
+    throw new Error(
+      `specdec: target and draft must share the vocabulary; target has numTokens ` +
+        `${target.config.numTokens}, draft ${draft.config.numTokens}`,
+    );
+  }
+  if (target.gpu !== draft.gpu) {
+    throw new Error("specdec: target and draft must be on the same Gpu");
+  }
+  const maxSeqLen = Math.min(target.config.maxSeqLen, draft.config.maxSeqLen);
+  const { B, P } = validatePrompt(target, prompt, seqLen, maxSeqLen);
+  const gpu = target.gpu, L = seqLen, V = target.config.numTokens, G = gamma;
+  const layout: StateLayout = { batch: B, seqLen: L, statsWidth: speculativeStatsWidth(G) };
+  const label = "speculative decoding";
+  // in-flight writes reach position L + γ − 1 for rows about to finish
+  const maxLen = L + G + 1;
+  const { cache: tc, release: releaseT } = acquireCache(target, B, maxLen);
+  const { cache: dc, release: releaseD } = acquireCache(draft, B, maxLen);
+  const state = initialState(gpu, layout, prompt, label);
+  const q = gpu.buffer(`${label} q (${B}, ${G}, ${V})`, B * G * V * 4);
+  const p = gpu.buffer(`${label} p (${B}, ${G + 1}, ${V})`, B * (G + 1) * V * 4);
+  const drafts = gpu.buffer(`${label} draft tokens u32 (${B}, ${G})`, B * G * 4);
+  try {
+    const run = await gpu.scoped("speculativeDecoding", () => {
+      const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
+      const d2 = draft.forwardPlan(dc, 2), d1 = draft.forwardPlan(dc, 1);
+      const tp = target.forwardPlan(tc, G + 1);
+      const common = { ...sampling, state, layout, q, draft: drafts, gamma: G, seed };
+      const step: Dispatch[] = [
+        // draft step 1 re-feeds seq[pos − 2] (idempotent) and feeds seq[pos − 1]
+        seqFeedKernel(gpu, { state, layout, tokens: d2.tokens, start: d2.start, n: 2, back: 2 }),
+        ...d2.dispatches,
+        draftStepKernel(gpu, {
+          ...common,
+          logits: d2.logits,
+          n: 2,
+          i: 1,
+          ...(G > 1 ? { feedTokens: d1.tokens, feedStart: d1.start } : {}),
+        }),
+      ];
+      for (let i = 2; i <= G; i++) {
+        step.push(
+          ...d1.dispatches,
+          draftStepKernel(gpu, {
+            ...common,
+            logits: d1.logits,
+            n: 1,
+            i,
+            ...(i < G ? { feedTokens: d1.tokens, feedStart: d1.start } : {}),
+          }),
+        );
+      }
+      step.push(
+        targetFeedKernel(gpu, {
+          state,
+          layout,
+          draft: drafts,
+          tokens: tp.tokens,
+          start: tp.start,
+          gamma: G,
+        }),
+        ...tp.dispatches,
+        probsKernel(gpu, { ...sampling, logits: tp.logits, probs: p, rows: B * (G + 1) }),
+        acceptKernel(gpu, {
+          ...sampling,
+          state,
+          layout,
+          p,
+          q,
+          draft: drafts,
+          gamma: G,
+          lenience,
+          seed,
+          residual: options.residual ?? true,
+        }),
+      );
+      const prefill = [
+        ...prefillDispatches(target, tc, state, layout, P),
+        ...prefillDispatches(draft, dc, state, layout, P),
+      ];
+      return runEngine(
+        { gpu, label, layout, promptLen: P, state, prefill, step, maxRate: G + 1 },
+        options,
+      );
+    });
+    const W = layout.statsWidth;
+    let rowStepsTotal = 0, accepted = 0;
+    const at = new Array<number>(G).fill(0);
+    for (let b = 0; b < B; b++) {
+      rowStepsTotal += run.stats[b * W];
+      accepted += run.stats[b * W + 1];
+      for (let i = 0; i < G; i++) at[i] += run.stats[b * W + 2 + i];
+    }
+    return finish<SpeculativeResult>({
+      tokens: run.tokens,
+      steps: Math.max(...run.rowSteps),
+      stepsEncoded: run.stepsEncoded,
+      targetForwards: run.stepsEncoded + (P > 1 ? 1 : 0),
+      draftForwards: G * run.stepsEncoded + (P > 1 ? 1 : 0),
+      readbacks: run.readbacks,
+      submits: run.submits,
+      generated: B * (L - P),
+      gpuMs: run.gpuMs,
+      wallMs: performance.now() - t0,
+      acceptedMean: accepted / rowStepsTotal,
+      acceptedPerPosition: at.map((a) => a / rowStepsTotal),
+      rowSteps: run.rowSteps,
+      gamma: G,
+    });
+  } finally {
+    releaseT();
+    releaseD();
+    for (const b of [state, q, p, drafts]) b.destroy();
+  }
+}
+
+/** Per-generated-token costs of a decoding result, for benchmarks and reports. */
+export interface DecodingCosts {
+  /** Generated tokens over all rows. */
+  tokens: number;
+  /** Readbacks per generated token. */
+  readbacksPerToken: number;
+  /** Target forward passes per generated token per row (batch forwards / tokens per row). */
+  targetForwardsPerToken: number;
+  /** Draft forward passes per generated token per row (0 for base decoding). */
+  draftForwardsPerToken: number;
+  /** GPU milliseconds per generated token (when timed). */
+  gpuMsPerToken?: number;
+  /** Wall milliseconds per generated token. */
+  wallMsPerToken: number;
+}
+
+/**
+ * Per-token costs of a {@link baseDecoding} or {@link speculativeDecoding} result, so the two
+ * compare on the same footing.
+ *
+ * @param r a decoding result
+ * @returns costs per generated token
+ * @example
+ * ```ts
+ * import { baseDecoding, Decoder, decodingCosts, requestGpu } from "@x/specdec";
+ * const model = Decoder.create(await requestGpu(), { numTokens: 256, dim: 64, depth: 2 });
+ * console.log(decodingCosts(await baseDecoding(model, [[1, 2]], 32)));
+ * ```
+ */
+export function decodingCosts(r: DecodingResult | SpeculativeResult): DecodingCosts {
+  const perRow = r.generated / r.tokens.length;
+  return {
+    tokens: r.generated,
+    readbacksPerToken: r.readbacksPerToken,
+    targetForwardsPerToken: r.targetForwards / perRow,
+    draftForwardsPerToken: ("draftForwards" in r ? r.draftForwards : 0) / perRow,
+    gpuMsPerToken: r.gpuMs === undefined ? undefined : r.gpuMs / r.generated,
+    wallMsPerToken: r.wallMs / r.generated,
+  };
+}
