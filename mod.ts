@@ -51,3 +51,13 @@ export {
   VAL_BYTES,
   WindowSampler,
 } from "./data/corpus.ts";
+export {
+  baseDecoding,
+  type DecodingCosts,
+  decodingCosts,
+  type DecodingOptions,
+  type DecodingResult,
+  speculativeDecoding,
+  type SpeculativeOptions,
+  type SpeculativeResult,
+} from "./model/decoding.ts";

@@ -1,10 +1,13 @@
 /**
  * Matrix multiplies in f32: the three GEMM layouts a linear layer needs (forward `y = x·Wᵀ`,
  * backward `dX = dY·W` and `dW = dYᵀ·X`), a GEMV for decode steps, and {@link linear}, which
- * picks between them. Every kernel takes its sizes as uniform params (one pipeline per variant
- * serves all shapes), guards all bounds, adds an optional bias and can accumulate into `c`.
+ * picks between them. Sizes are uniform params, so one pipeline per variant (and, for variant
+ * 3, per load width and GEMV row block) serves all shapes; every kernel guards its bounds,
+ * numbers its tiles linearly over a grid split beyond 65535 workgroups, adds an optional bias
+ * and can accumulate into `c`.
  *
- * Numbered variants, side by side (see `bench/matmul_bench.ts`):
+ * Numbered variants, side by side in `bench/matmul_bench.ts` (GFLOPS at 1024³ on lavapipe,
+ * 2 shared cores: v1 ~0.6, v2 ~5, v3 ~18–22):
  * - **1, naive**: one output per invocation. The baseline.
  * - **2, workgroup tiles**: 64×64 output tiles staged through workgroup memory in 16-deep
  *   k-slices (8 KiB), 16×16 invocations with 4×4 outputs each in named vec4 registers. The
@@ -41,7 +44,7 @@ export interface MatmulArgs {
   K: number;
   /** Optional `(N)` f32 added to every output row. */
   bias?: GPUBuffer;
-  /** `c += result` instead of `c = result` (default false). */
+  /** `c += a·b (+ bias)` instead of `c = a·b (+ bias)` (default false). */
   accumulate?: boolean;
   /** Label of the dispatch (default: the function's name). */
   label?: string;
@@ -257,9 +260,11 @@ var<workgroup> Bs: array<vec4f, ${BK * 16}>; // [k][n / 4]: B slice (${BK} k × 
 
 /**
  * Whether variant 3 can read `a` and `b` as vec4 for these sizes: the dimension each operand
- * is read along (and its row length) must be a multiple of 4.
+ * is read along (and its row length) must be a multiple of 4, and no size 0 (a vec4 binding
+ * must be at least 16 bytes; empty operands may be 4-byte placeholders).
  */
 function vec4Ok(layout: Layout, M: number, N: number, K: number): boolean {
+  if (M === 0 || N === 0 || K === 0) return false;
   if (layout === "NT") return K % 4 === 0;
   if (layout === "NN") return K % 4 === 0 && N % 4 === 0;
   return M % 4 === 0 && N % 4 === 0;
@@ -498,8 +503,7 @@ function gemm(gpu: Gpu, layout: Layout, name: string, args: MatmulArgs): Dispatc
  * @returns the dispatch, to encode any number of times
  * @example
  * ```ts
- * import { requestGpu } from "@x/specdec";
- * import { matmulNT } from "@x/specdec/kernels/matmul.ts";
+ * import { matmulNT, requestGpu } from "@x/specdec";
  * const gpu = await requestGpu();
  * const x = gpu.upload("x (2, 3)", new Float32Array([1, 2, 3, 4, 5, 6]));
  * const w = gpu.upload("w (1, 3)", new Float32Array([1, 0, -1]));
@@ -521,8 +525,7 @@ export function matmulNT(gpu: Gpu, args: MatmulArgs): Dispatch {
  * @returns the dispatch, to encode any number of times
  * @example
  * ```ts
- * import { requestGpu } from "@x/specdec";
- * import { matmulNN } from "@x/specdec/kernels/matmul.ts";
+ * import { matmulNN, requestGpu } from "@x/specdec";
  * const gpu = await requestGpu();
  * const dy = gpu.upload("dy (1, 2)", new Float32Array([1, 2]));
  * const w = gpu.upload("w (2, 3)", new Float32Array([1, 0, 0, 0, 1, 1]));
@@ -544,8 +547,7 @@ export function matmulNN(gpu: Gpu, args: MatmulArgs): Dispatch {
  * @returns the dispatch, to encode any number of times
  * @example
  * ```ts
- * import { requestGpu } from "@x/specdec";
- * import { matmulTN } from "@x/specdec/kernels/matmul.ts";
+ * import { matmulTN, requestGpu } from "@x/specdec";
  * const gpu = await requestGpu();
  * const dy = gpu.upload("dy (2, 1)", new Float32Array([1, 2]));
  * const x = gpu.upload("x (2, 2)", new Float32Array([1, 1, 3, 0]));
@@ -578,8 +580,7 @@ function gemvRows(M: number): number {
  * @returns the dispatch, to encode any number of times
  * @example
  * ```ts
- * import { requestGpu } from "@x/specdec";
- * import { gemvNT } from "@x/specdec/kernels/matmul.ts";
+ * import { gemvNT, requestGpu } from "@x/specdec";
  * const gpu = await requestGpu();
  * const x = gpu.upload("x (1, 2)", new Float32Array([1, 2]));
  * const w = gpu.upload("w (3, 2)", new Float32Array([1, 0, 0, 1, 1, 1]));
@@ -594,7 +595,7 @@ export function gemvNT(gpu: Gpu, args: MatmulArgs): Dispatch {
   const variant = args.variant ?? (gpu.isSoftware ? 1 : 2);
   if (variant === 1) {
     const tile = { R, C: GEMV_C, WG: GEMV_WG };
-    const code = regTileCode("NT", args.K % 4 === 0, tile);
+    const code = regTileCode("NT", vec4Ok("NT", args.M, args.N, args.K), tile);
     return build(gpu, "gemvNT", code, args, R, GEMV_C * GEMV_WG);
   }
   if (variant === 2) return build(gpu, "gemvNT", splitKCode(R), args, R, 4);
@@ -611,8 +612,7 @@ export function gemvNT(gpu: Gpu, args: MatmulArgs): Dispatch {
  * @returns the dispatch, to encode any number of times
  * @example
  * ```ts
- * import { requestGpu } from "@x/specdec";
- * import { linear } from "@x/specdec/kernels/matmul.ts";
+ * import { linear, requestGpu } from "@x/specdec";
  * const gpu = await requestGpu();
  * const x = gpu.upload("x (1, 2)", new Float32Array([1, 2]));
  * const w = gpu.upload("w (1, 2)", new Float32Array([3, 4]));

@@ -25,25 +25,30 @@
 import { type Dispatch, f32bits, type Gpu } from "./gpu.ts";
 
 /**
- * Threads per row workgroup: a power of two from 32 to 256 covering the row, so short
- * vocabularies don't leave most invocations idle at every barrier.
+ * Threads per row workgroup: a power of two from 32 to 256, about a quarter of the row, so
+ * short vocabularies don't leave most invocations idle at every barrier (64 for V = 256).
  *
  * @param numTokens the row length V
  * @returns the workgroup size
  */
 export function samplingWorkgroupSize(numTokens: number): number {
   let wg = 32;
-  while (wg < numTokens && wg < 256) wg *= 2;
+  while (wg * 4 < numTokens && wg < 256) wg *= 2;
   return wg;
 }
 
 /** Purpose words of the RNG counter (row, position, purpose, index): distinct random streams. */
-export const RNG_PURPOSE = {
+export const RNG_PURPOSE: {
+  readonly base: 0;
+  readonly draft: 1;
+  readonly accept: 2;
+  readonly extra: 3;
+} = {
   /** The token of a base decoding step. */
   base: 0,
-  /** Draft token i (index i) of a speculative step. */
+  /** Draft token i (index i, from 1) of a speculative step. */
   draft: 1,
-  /** The acceptance uniform r_i (index i) of a speculative step. */
+  /** The acceptance uniform r_i (index i − 1) of a speculative step. */
   accept: 2,
   /** The correction or bonus token of a speculative step (index 0; 1 for the fallback). */
   extra: 3,
@@ -208,15 +213,17 @@ fn invCdf(t: u32, u: f32) -> u32 {
 /**
  * WGSL core of the filtered, tempered probabilities of one logits row (needs a binding `logits`
  * and a uniform `P` with `V, k, invT, greedy`). `analyze(base, t)` (uniform control flow) finds
- * the row's max and argmax, the top-k threshold by a 4-pass radix select on order-preserving
- * keys, and the softmax sum; then `logitProb(j, &tie)` is the probability of j (walk chunks in
+ * the row's max and argmax, the top-k threshold by a radix select (up to 4 passes of 8 bits)
+ * on order-preserving keys, and the softmax sum; then `logitProb(j, &tie)` is the probability of j (walk chunks in
  * order). `weight` for `invCdf` is `logitProb`.
  */
 export const LOGITS_CORE: string = /* wgsl */ `
 var<workgroup> hist: array<atomic<u32>, 256>;
+var<workgroup> wflag: u32;
 var<private> rBase: u32; // offset of the row in logits
-var<private> rThr: u32;  // order key of the k-th largest logit
-var<private> rKeep: u32; // logits equal to the threshold that are kept (lowest indices first)
+var<private> rMask: u32; // high bits of the order key the threshold fixes (radix passes done)
+var<private> rThr: u32;  // those bits of the k-th largest logit's order key
+var<private> rKeep: u32; // logits at the threshold that are kept (lowest indices first)
 var<private> rMax: f32;  // the row's max logit
 var<private> rSum: f32;  // Σ over kept logits of exp((l − max) / T)
 var<private> rArg: u32;  // argmax, first index on ties
@@ -230,7 +237,7 @@ fn orderKey(x: f32) -> u32 {
 // exp((l_j − max) / T) if j survives the top-k filter, else 0.
 fn keptExp(j: u32, tie: ptr<function, u32>) -> f32 {
   let l = logits[rBase + j];
-  let key = orderKey(l);
+  let key = orderKey(l) & rMask;
   var keep = key > rThr;
   if (key == rThr) {
     keep = *tie < rKeep;
@@ -245,6 +252,8 @@ fn logitProb(j: u32, tie: ptr<function, u32>) -> f32 {
   return keptExp(j, tie) / rSum;
 }
 
+// Reductions go through thread 0 in chunk order: few barriers (cheap on software adapters),
+// deterministic, and "first index on ties" for free.
 fn analyze(base: u32, t: u32) {
   rBase = base;
   let ch = chunkOf(t);
@@ -258,34 +267,34 @@ fn analyze(base: u32, t: u32) {
   wf[t] = bv;
   wi[t] = bi;
   workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s >>= 1u) {
-    if (t < s) {
-      let oi = wi[t + s];
-      let ov = wf[t + s];
-      if (oi != NONE && (wi[t] == NONE || ov > wf[t] || (ov == wf[t] && oi < wi[t]))) {
-        wf[t] = ov;
-        wi[t] = oi;
-      }
+  if (t == 0u) {
+    var v = wf[0];
+    var i = wi[0];
+    for (var c = 1u; c < WG; c++) {
+      if (wi[c] != NONE && (i == NONE || wf[c] > v)) { v = wf[c]; i = wi[c]; }
     }
-    workgroupBarrier();
+    wsel[0] = bitcast<u32>(v);
+    wsel[1] = i;
   }
-  rMax = wf[0];
-  rArg = wi[0];
-  workgroupBarrier(); // everyone has read wf[0], wi[0] before they are reused
+  workgroupBarrier();
+  rMax = bitcast<f32>(wsel[0]);
+  rArg = wsel[1];
+  rMask = 0u; // no filter: every key matches the threshold and rKeep keeps them all
   rThr = 0u;
   rKeep = NONE;
   tieBase[t] = 0u;
   rSum = 1.0;
   if (P.greedy != 0u) { return; }
   if (P.k < P.V) {
-    // radix select of the k-th largest key, 8 bits per pass from the top
+    // radix select of the k-th largest key, 8 bits per pass from the top, stopping as soon as
+    // every candidate left in the chosen bin is kept
+    // hist starts zeroed (workgroup memory is zero-initialised) and each pass clears it
     var prefix = 0u;
     var mask = 0u;
     var kk = P.k;
+    var done = 0u;
     for (var ps = 0u; ps < 4u; ps++) {
       let shift = 24u - 8u * ps;
-      for (var h = t; h < 256u; h += WG) { atomicStore(&hist[h], 0u); }
-      workgroupBarrier();
       for (var j = ch.x; j < ch.y; j++) {
         let key = orderKey(logits[base + j]);
         if ((key & mask) == prefix) { atomicAdd(&hist[(key >> shift) & 255u], 1u); }
@@ -293,35 +302,45 @@ fn analyze(base: u32, t: u32) {
       workgroupBarrier();
       if (t == 0u) {
         var acc = 0u;
-        var d = 255u;
-        loop {
-          let c = atomicLoad(&hist[d]);
-          if (acc + c >= kk || d == 0u) { break; }
-          acc += c;
-          d -= 1u;
+        var sel = 0u;
+        var selCount = 0u;
+        var found = false;
+        for (var i = 0u; i < 256u; i++) {
+          let d = 255u - i;
+          let c = atomicExchange(&hist[d], 0u); // read and clear for the next pass
+          if (!found) {
+            if (acc + c >= kk) { found = true; sel = d; selCount = c; } else { acc += c; }
+          }
         }
-        wsel[0] = prefix | (d << shift);
+        wsel[0] = prefix | (sel << shift);
         wsel[1] = kk - acc;
+        wflag = select(0u, 1u, selCount == kk - acc);
       }
-      workgroupBarrier();
+      done = workgroupUniformLoad(&wflag);
       prefix = wsel[0];
       kk = wsel[1];
       mask = mask | (255u << shift);
+      if (done != 0u) { break; }
     }
     rThr = prefix;
+    rMask = mask;
     rKeep = kk;
-    // ties at the threshold before each thread's chunk (exclusive scan in index order)
-    var ties = 0u;
-    for (var j = ch.x; j < ch.y; j++) {
-      if (orderKey(logits[base + j]) == rThr) { ties++; }
+    if (done != 0u) {
+      rKeep = NONE; // all candidates at the threshold are kept
+    } else {
+      // more logits equal the k-th largest than are kept: count ties before each chunk
+      var ties = 0u;
+      for (var j = ch.x; j < ch.y; j++) {
+        if ((orderKey(logits[base + j]) & rMask) == rThr) { ties++; }
+      }
+      wi[t] = ties;
+      workgroupBarrier();
+      if (t == 0u) {
+        var acc = 0u;
+        for (var c = 0u; c < WG; c++) { tieBase[c] = acc; acc += wi[c]; }
+      }
+      workgroupBarrier();
     }
-    wi[t] = ties;
-    workgroupBarrier();
-    if (t == 0u) {
-      var acc = 0u;
-      for (var c = 0u; c < WG; c++) { tieBase[c] = acc; acc += wi[c]; }
-    }
-    workgroupBarrier();
   }
   // softmax denominator over the kept logits
   var tie = tieBase[t];
@@ -329,12 +348,13 @@ fn analyze(base: u32, t: u32) {
   for (var j = ch.x; j < ch.y; j++) { s += keptExp(j, &tie); }
   wf[t] = s;
   workgroupBarrier();
-  for (var st = WG / 2u; st > 0u; st >>= 1u) {
-    if (t < st) { wf[t] = wf[t] + wf[t + st]; }
-    workgroupBarrier();
+  if (t == 0u) {
+    var total = 0.0;
+    for (var c = 0u; c < WG; c++) { total += wf[c]; }
+    wsel[0] = bitcast<u32>(total);
   }
-  rSum = wf[0];
   workgroupBarrier();
+  rSum = bitcast<f32>(wsel[0]);
 }
 
 fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
@@ -386,16 +406,6 @@ const probsCode = (wg: number): string =>
  * @param gpu the runtime
  * @param args `logits (R, V)` f32 in, `probs (R, V)` f32 out, `rows` R and the sampling options
  * @returns the dispatch
- * @example
- * ```ts
- * import { requestGpu } from "@x/specdec";
- * import { probsKernel } from "./sampling.ts";
- * const gpu = await requestGpu();
- * const logits = gpu.upload("logits (1, 4)", new Float32Array([1, 2, 3, 4]));
- * const probs = gpu.buffer("probs (1, 4)", 16);
- * gpu.run("probs", [probsKernel(gpu, { logits, probs, rows: 1, numTokens: 4, temperature: 1, filterThres: 0.5 })]);
- * console.log(await gpu.readF32(probs)); // [0, 0, 0.269, 0.731]
- * ```
  */
 export function probsKernel(
   gpu: Gpu,

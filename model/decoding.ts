@@ -78,8 +78,10 @@ export interface DecodingResult {
   readbacks: number;
   /** Readbacks per generated token (over all rows). */
   readbacksPerToken: number;
-  /** Command buffers submitted. */
+  /** Command buffers submitted (one per chunk). */
   submits: number;
+  /** Compute dispatches encoded (prefill included). */
+  dispatches: number;
   /** Generated tokens over all rows: batch × (seqLen − prompt length). */
   generated: number;
   /** GPU time in milliseconds of all submissions, when a timer was given. */
@@ -175,6 +177,7 @@ interface EngineRun {
   stepsEncoded: number;
   readbacks: number;
   submits: number;
+  dispatches: number;
   gpuMs?: number;
 }
 
@@ -190,7 +193,7 @@ async function runEngine(e: Engine, options: DecodingOptions): Promise<EngineRun
   const N = L - P;
   const maxChunk = integerOption("chunkSteps", options.chunkSteps ?? 32, 1);
   const readbacks0 = gpu.readbacks;
-  let encoded = 0, submits = 0;
+  let encoded = 0, submits = 0, dispatches = 0;
   // the last state read back, and how many steps had been encoded when it was captured
   let pos = new Array<number>(B).fill(P);
   let rowSteps = new Array<number>(B).fill(0);
@@ -203,6 +206,7 @@ async function runEngine(e: Engine, options: DecodingOptions): Promise<EngineRun
     for (let s = 0; s < steps; s++) list.push(...e.step);
     gpu.run(`${e.label} ${steps} steps`, list, options.timer);
     submits++;
+    dispatches += list.length;
     encoded += steps;
     // the copy is queued now, behind this chunk and ahead of any later one
     pending.push({ words: gpu.readU32(e.state), at: encoded });
@@ -258,6 +262,7 @@ async function runEngine(e: Engine, options: DecodingOptions): Promise<EngineRun
     stepsEncoded: encoded,
     readbacks,
     submits,
+    dispatches,
     gpuMs,
   };
 }
@@ -335,9 +340,12 @@ export async function baseDecoding(
   const gpu = model.gpu, L = seqLen, V = model.config.numTokens;
   const layout: StateLayout = { batch: B, seqLen: L, statsWidth: 1 };
   const label = "base decoding";
-  const { cache, release } = acquireCache(model, B, L);
-  const state = initialState(gpu, layout, prompt, label);
+  const cleanup: (() => void)[] = [];
   try {
+    const state = initialState(gpu, layout, prompt, label);
+    cleanup.push(() => state.destroy());
+    const { cache, release } = acquireCache(model, B, L);
+    cleanup.push(release);
     const run = await gpu.scoped("baseDecoding", () => {
       const plan = model.forwardPlan(cache, 1);
       const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
@@ -366,13 +374,13 @@ export async function baseDecoding(
       targetForwards: run.stepsEncoded + (P > 1 ? 1 : 0),
       readbacks: run.readbacks,
       submits: run.submits,
+      dispatches: run.dispatches,
       generated: B * (L - P),
       gpuMs: run.gpuMs,
       wallMs: performance.now() - t0,
     });
   } finally {
-    release();
-    state.destroy();
+    for (const f of cleanup) f();
   }
 }
 
@@ -436,13 +444,22 @@ export async function speculativeDecoding(
   const label = "speculative decoding";
   // in-flight writes reach position L + γ − 1 for rows about to finish
   const maxLen = L + G + 1;
-  const { cache: tc, release: releaseT } = acquireCache(target, B, maxLen);
-  const { cache: dc, release: releaseD } = acquireCache(draft, B, maxLen);
-  const state = initialState(gpu, layout, prompt, label);
-  const q = gpu.buffer(`${label} q (${B}, ${G}, ${V})`, B * G * V * 4);
-  const p = gpu.buffer(`${label} p (${B}, ${G + 1}, ${V})`, B * (G + 1) * V * 4);
-  const drafts = gpu.buffer(`${label} draft tokens u32 (${B}, ${G})`, B * G * 4);
+  const cleanup: (() => void)[] = [];
   try {
+    const buffer = (name: string, bytes: number) => {
+      const b = gpu.buffer(`${label} ${name}`, bytes);
+      cleanup.push(() => b.destroy());
+      return b;
+    };
+    const state = initialState(gpu, layout, prompt, label);
+    cleanup.push(() => state.destroy());
+    const q = buffer(`q (${B}, ${G}, ${V})`, B * G * V * 4);
+    const p = buffer(`p (${B}, ${G + 1}, ${V})`, B * (G + 1) * V * 4);
+    const drafts = buffer(`draft tokens u32 (${B}, ${G})`, B * G * 4);
+    const { cache: tc, release: releaseT } = acquireCache(target, B, maxLen);
+    cleanup.push(releaseT);
+    const { cache: dc, release: releaseD } = acquireCache(draft, B, maxLen);
+    cleanup.push(releaseD);
     const run = await gpu.scoped("speculativeDecoding", () => {
       const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
       const d2 = draft.forwardPlan(dc, 2), d1 = draft.forwardPlan(dc, 1);
@@ -521,6 +538,7 @@ export async function speculativeDecoding(
       draftForwards: G * run.stepsEncoded + (P > 1 ? 1 : 0),
       readbacks: run.readbacks,
       submits: run.submits,
+      dispatches: run.dispatches,
       generated: B * (L - P),
       gpuMs: run.gpuMs,
       wallMs: performance.now() - t0,
@@ -530,9 +548,7 @@ export async function speculativeDecoding(
       gamma: G,
     });
   } finally {
-    releaseT();
-    releaseD();
-    for (const b of [state, q, p, drafts]) b.destroy();
+    for (const f of cleanup) f();
   }
 }
 
@@ -542,6 +558,8 @@ export interface DecodingCosts {
   tokens: number;
   /** Readbacks per generated token. */
   readbacksPerToken: number;
+  /** Compute dispatches per generated token. */
+  dispatchesPerToken: number;
   /** Target forward passes per generated token per row (batch forwards / tokens per row). */
   targetForwardsPerToken: number;
   /** Draft forward passes per generated token per row (0 for base decoding). */
@@ -570,6 +588,7 @@ export function decodingCosts(r: DecodingResult | SpeculativeResult): DecodingCo
   return {
     tokens: r.generated,
     readbacksPerToken: r.readbacksPerToken,
+    dispatchesPerToken: r.dispatches / r.generated,
     targetForwardsPerToken: r.targetForwards / perRow,
     draftForwardsPerToken: ("draftForwards" in r ? r.draftForwards : 0) / perRow,
     gpuMsPerToken: r.gpuMs === undefined ? undefined : r.gpuMs / r.generated,

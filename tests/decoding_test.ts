@@ -266,7 +266,10 @@ gpuTest(
       assert(b.readbacks < a.readbacks);
       const c = await decode({ seed: 9, chunkSteps: 32 });
       assert(c.tokens.flat().some((t, i) => t !== a.tokens.flat()[i]), "another seed, same tokens");
+      // at least feed, forward(s) and sampling per step
+      assert(b.dispatches > 3 * b.stepsEncoded, `${b.dispatches} dispatches`);
       const costs = decodingCosts(b);
+      assertEquals(costs.dispatchesPerToken, b.dispatches / b.generated);
       assertEquals(costs.tokens, 3 * (seqLen - 3));
       assert(costs.targetForwardsPerToken > 0 && costs.wallMsPerToken > 0);
       if (spec) assert(costs.draftForwardsPerToken > costs.targetForwardsPerToken);

@@ -1,0 +1,48 @@
+/**
+ * Benchmarks: `deno bench -A bench.ts` (or `deno task bench`). Every case also records GPU time
+ * from timestamp queries; a table of GPU time, wall time and rates (GFLOP/s, GB/s, tokens/s,
+ * readbacks per token, predicted vs measured speculative speedup) prints when the run ends.
+ * Sizes follow the adapter: tiny on a software adapter, the reference config on a GPU.
+ * Set SPECDEC_BENCH_QUICK=1 for the short suite.
+ *
+ * @module
+ */
+import { requestGpu } from "./kernels/gpu.ts";
+import { benchCases, median, type Sample } from "./bench/suite.ts";
+import { formatTable, summarize } from "./bench/summary.ts";
+
+const gpu = await requestGpu();
+const quick = Deno.env.get("SPECDEC_BENCH_QUICK") === "1";
+const samples = new Map<string, Sample[]>();
+const cases = benchCases(gpu, quick);
+
+for (const c of cases) {
+  let run: (() => Promise<Sample>) | undefined;
+  Deno.bench({
+    name: c.name,
+    group: c.group,
+    baseline: c.baseline,
+    n: gpu.isSoftware ? 3 : 10,
+    warmup: 1,
+    async fn(b) {
+      run ??= await c.setup();
+      b.start();
+      const s = await run();
+      b.end();
+      const list = samples.get(c.name) ?? [];
+      list.push(s);
+      samples.set(c.name, list);
+    },
+  });
+}
+
+globalThis.addEventListener("unload", () => {
+  const rows = summarize(cases, (name) => {
+    const list = samples.get(name);
+    if (!list?.length) return undefined;
+    const gpuMs = median(list.map((s) => s.gpuMs));
+    return list.find((s) => s.gpuMs === gpuMs) ?? { ...list[0], gpuMs, wallMs: median(list.map((s) => s.wallMs)) };
+  });
+  console.log(`\nGPU-timed results on ${gpu.adapterName} (median GPU time from timestamp queries):\n`);
+  console.log(formatTable(rows));
+});

@@ -1,0 +1,192 @@
+import { deepStrictEqual, ok, throws } from "node:assert/strict";
+import { type Dispatch, type Gpu, grid } from "../kernels/gpu.ts";
+import {
+  gemvNT,
+  linear,
+  type MatmulArgs,
+  matmulNN,
+  matmulNT,
+  matmulTN,
+} from "../kernels/matmul.ts";
+import { assertClose, gpuTest, randomF32 } from "./helpers.ts";
+import { matmulNNRef, matmulNTRef, matmulTNRef } from "./reference/matmul.ts";
+
+type Kernel = (gpu: Gpu, args: MatmulArgs) => Dispatch;
+type Ref = typeof matmulNTRef;
+
+/** Each layout: kernel, reference, and the element counts of a and b for (M, N, K). */
+const LAYOUTS: { name: string; fn: Kernel; ref: Ref }[] = [
+  { name: "matmulNT", fn: matmulNT, ref: matmulNTRef },
+  { name: "matmulNN", fn: matmulNN, ref: matmulNNRef },
+  { name: "matmulTN", fn: matmulTN, ref: matmulTNRef },
+];
+
+/** Row-major transpose of `x (rows, cols)`. */
+function transpose(x: ArrayLike<number>, rows: number, cols: number): Float64Array {
+  const t = new Float64Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) t[c * rows + r] = x[r * cols + c];
+  return t;
+}
+
+/** The same dispatch with its workgroups split over x and y at a tiny limit (tests the split). */
+function splitGrid(d: Dispatch): Dispatch {
+  return { ...d, workgroups: grid(d.workgroups[0], 3) };
+}
+
+interface Case {
+  M: number;
+  N: number;
+  K: number;
+  bias?: boolean;
+  accumulate?: boolean;
+  variant?: number;
+  split?: boolean;
+}
+
+/**
+ * Runs `fn` on seeded inputs (a and b both have M·K and K·N elements whatever the layout) and
+ * checks it against `ref`, with `c` pre-filled so that a write that skips an element, or an
+ * accumulate that ignores `c`, shows.
+ */
+async function check(gpu: Gpu, name: string, fn: Kernel, ref: Ref, cs: Case): Promise<void> {
+  const { M, N, K } = cs;
+  const seed = M * 7919 + N * 104729 + K;
+  const a = randomF32(M * K, seed), b = randomF32(K * N, seed + 1);
+  const bias = randomF32(N, seed + 2), c0 = randomF32(M * N, seed + 3);
+  const A = gpu.upload("a", a), B = gpu.upload("b", b);
+  const C = gpu.upload("c (M, N)", c0), BIAS = gpu.upload("bias (N)", bias);
+  const d = fn(gpu, {
+    a: A,
+    b: B,
+    c: C,
+    M,
+    N,
+    K,
+    bias: cs.bias ? BIAS : undefined,
+    accumulate: cs.accumulate,
+    variant: cs.variant,
+  });
+  gpu.run(name, [cs.split ? splitGrid(d) : d]);
+  const want = ref(a, b, M, N, K, cs.bias ? bias : undefined);
+  if (cs.accumulate) { for (let i = 0; i < want.length; i++) want[i] += c0[i]; }
+  const label = `${name} ${JSON.stringify(cs)}`;
+  assertClose(await gpu.readF32(C, M * N), want, { atol: 1e-4, rtol: 1e-4, label });
+  for (const buf of [A, B, C, BIAS]) buf.destroy();
+}
+
+// Sizes: odd ones take the scalar-load pipelines, multiples of 4 the vec4 ones; several tiles
+// along M and N; K up to 300.
+const SHAPES: [number, number, number][] = [
+  [33, 65, 130],
+  [7, 1, 3],
+  [1, 7, 33],
+  [36, 260, 132],
+  [20, 136, 300],
+];
+
+Deno.test("matmul references agree with each other under transposes", () => {
+  // A hand-computed case: [1 2; 3 4] · [5 6; 7 8] = [19 22; 43 50], bias [1, -1].
+  const a = [1, 2, 3, 4], b = [5, 6, 7, 8], bias = [1, -1];
+  deepStrictEqual(Array.from(matmulNNRef(a, b, 2, 2, 2, bias)), [20, 21, 44, 49]);
+  const M = 3, N = 5, K = 4;
+  const x = randomF32(M * K, 1), w = randomF32(N * K, 2);
+  const nt = matmulNTRef(x, w, M, N, K);
+  assertClose(matmulNNRef(x, transpose(w, N, K), M, N, K), nt, { atol: 1e-12, label: "NN" });
+  assertClose(matmulTNRef(transpose(x, M, K), transpose(w, N, K), M, N, K), nt, {
+    atol: 1e-12,
+    label: "TN",
+  });
+});
+
+for (const { name, fn, ref } of LAYOUTS) {
+  gpuTest(`${name}() matches the reference on odd and aligned sizes`, async (gpu) => {
+    for (const [M, N, K] of SHAPES) {
+      await check(gpu, name, fn, ref, { M, N, K });
+      await check(gpu, name, fn, ref, { M, N, K, bias: true, accumulate: true });
+    }
+    await check(gpu, name, fn, ref, { M: 36, N: 260, K: 132, bias: true });
+    await check(gpu, name, fn, ref, { M: 9, N: 5, K: 17, accumulate: true });
+  });
+
+  gpuTest(`${name}() variants 1 and 2 match the reference`, async (gpu) => {
+    for (const variant of [1, 2]) {
+      for (const [M, N, K] of [[33, 65, 130], [70, 129, 20], [1, 1, 1]]) {
+        await check(gpu, name, fn, ref, { M, N, K, variant, bias: true, accumulate: M === 1 });
+      }
+    }
+  });
+
+  gpuTest(`${name}() computes the linear tile id of a grid split over x and y`, async (gpu) => {
+    for (const variant of [1, 2, 3]) {
+      await check(gpu, name, fn, ref, { M: 70, N: 300, K: 8, variant, split: true });
+    }
+    await check(gpu, name, fn, ref, { M: 33, N: 150, K: 7, split: true });
+  });
+}
+
+gpuTest("matmulNT() splits more than 65535 workgroups over the grid", async (gpu) => {
+  // 16-row tiles: 65537 of them, so the runtime splits the grid over x and y.
+  const M = 16 * 65536 + 5, N = 3, K = 4;
+  const a = randomF32(M * K, 7), b = randomF32(N * K, 8);
+  const A = gpu.upload("a", a), B = gpu.upload("b", b), C = gpu.buffer("c", M * N * 4);
+  const d = matmulNT(gpu, { a: A, b: B, c: C, M, N, K });
+  ok(d.workgroups[1] > 1, `grid ${d.workgroups} should be split`);
+  gpu.run("matmulNT large M", [d]);
+  assertClose(await gpu.readF32(C), matmulNTRef(a, b, M, N, K), { atol: 1e-5, label: "large M" });
+  for (const buf of [A, B, C]) buf.destroy();
+});
+
+gpuTest("matmul kernels handle K = 0 (c = bias) and M = 0 (nothing)", async (gpu) => {
+  const bias = gpu.upload("bias", new Float32Array([1, 2, 3]));
+  const a = gpu.buffer("a", 4), b = gpu.buffer("b", 4);
+  for (const { name, fn } of LAYOUTS) {
+    const c = gpu.upload("c", new Float32Array([9, 9, 9, 9, 9, 9]));
+    gpu.run(name, [fn(gpu, { a, b, c, M: 2, N: 3, K: 0, bias })]);
+    deepStrictEqual(Array.from(await gpu.readF32(c)), [1, 2, 3, 1, 2, 3], name);
+    const none = fn(gpu, { a, b, c, M: 0, N: 3, K: 5 });
+    deepStrictEqual(none.workgroups[0], 0);
+    gpu.run(name, [none]);
+    deepStrictEqual(Array.from(await gpu.readF32(c)), [1, 2, 3, 1, 2, 3], `${name} M = 0`);
+  }
+});
+
+gpuTest("gemvNT() matches the reference for small M, both variants", async (gpu) => {
+  for (const variant of [1, 2]) {
+    for (const [M, N, K] of [[1, 65, 130], [1, 260, 132], [3, 33, 64], [16, 20, 36]]) {
+      await check(gpu, "gemvNT", gemvNT, matmulNTRef, { M, N, K, variant });
+      await check(gpu, "gemvNT", gemvNT, matmulNTRef, {
+        M,
+        N,
+        K,
+        variant,
+        bias: true,
+        accumulate: true,
+      });
+    }
+    // More rows than one block: two blocks of 16, on a split grid.
+    await check(gpu, "gemvNT", gemvNT, matmulNTRef, { M: 17, N: 9, K: 8, variant, split: true });
+  }
+});
+
+gpuTest("linear() picks the GEMV for small M and the GEMM otherwise", async (gpu) => {
+  const dummy = gpu.buffer("x", 4096);
+  const args = { a: dummy, b: dummy, c: dummy, N: 64, K: 32 };
+  for (const M of [1, 5, 16]) {
+    ok(linear(gpu, { ...args, M }).pipeline === gemvNT(gpu, { ...args, M }).pipeline, `M=${M}`);
+  }
+  ok(linear(gpu, { ...args, M: 40 }).pipeline === matmulNT(gpu, { ...args, M: 40 }).pipeline);
+  ok(linear(gpu, { ...args, M: 5 }).pipeline !== matmulNT(gpu, { ...args, M: 5 }).pipeline);
+  for (const [M, N, K] of [[1, 130, 64], [5, 33, 7], [40, 72, 64]]) {
+    await check(gpu, "linear", linear, matmulNTRef, { M, N, K, bias: true });
+  }
+});
+
+gpuTest("matmul kernels reject bad sizes and unknown variants", (gpu) => {
+  const x = gpu.buffer("x", 4);
+  const args = { a: x, b: x, c: x, M: 1, N: 1, K: 1 };
+  throws(() => matmulNT(gpu, { ...args, M: -1 }), /M = -1/);
+  throws(() => matmulNN(gpu, { ...args, K: 1.5 }), /K = 1.5/);
+  throws(() => matmulTN(gpu, { ...args, N: 2 ** 31 }), /N = 2147483648/);
+  throws(() => matmulNT(gpu, { ...args, variant: 9 }), /unknown variant 9/);
+  throws(() => gemvNT(gpu, { ...args, variant: 3 }), /unknown variant 3/);
+});
