@@ -332,10 +332,14 @@ async function main(): Promise<void> {
     }
     console.log(`resuming ${runDir} at step ${step}`);
   }
-  const args = { ...cfg, preset, data: dataPath ?? "", "skip-nonfinite": skipNonFinite } as Record<
-    string,
-    number | string | boolean
-  >;
+  // saved with the flags' own names, so a resumed run reads them back like command-line flags
+  const flagName = (k: string) => k.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
+  const args: Record<string, number | string | boolean> = {
+    ...Object.fromEntries(Object.entries(cfg).map(([k, x]) => [flagName(k), x])),
+    preset,
+    ...(dataPath !== undefined ? { data: dataPath } : {}),
+    "skip-nonfinite": skipNonFinite,
+  };
   const nParams = (m: Decoder) => [...m.params.values()].reduce((a, b) => a + b.size / 4, 0);
   console.log(
     `specdec train: ${gpu.adapterName}; preset ${preset}; target ${

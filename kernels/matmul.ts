@@ -6,8 +6,8 @@
  * numbers its tiles linearly over a grid split beyond 65535 workgroups, adds an optional bias
  * and can accumulate into `c`.
  *
- * Numbered variants, side by side in `bench/matmul_bench.ts` (GFLOPS at 1024³ on lavapipe,
- * 2 shared cores: v1 ~0.6, v2 ~5, v3 ~18–22):
+ * Numbered variants, side by side in `bench/matmul_bench.ts` (GFLOPS on lavapipe, 2 shared
+ * cores: v1 ~0.6 at 512³; v2 ~5 and v3 ~18–22 at 1024³):
  * - **1, naive**: one output per invocation. The baseline.
  * - **2, workgroup tiles**: 64×64 output tiles staged through workgroup memory in 16-deep
  *   k-slices (8 KiB), 16×16 invocations with 4×4 outputs each in named vec4 registers. The

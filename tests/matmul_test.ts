@@ -169,8 +169,8 @@ gpuTest("gemvNT() matches the reference for small M, both variants", async (gpu)
 });
 
 gpuTest("linear() picks the GEMV for small M and the GEMM otherwise", async (gpu) => {
-  const dummy = gpu.buffer("x", 4096);
-  const args = { a: dummy, b: dummy, c: dummy, N: 64, K: 32 };
+  const [a, b, c] = ["a", "b", "c"].map((name) => gpu.buffer(name, 64 * 64 * 4));
+  const args = { a, b, c, N: 64, K: 32 };
   for (const M of [1, 5, 16]) {
     ok(linear(gpu, { ...args, M }).pipeline === gemvNT(gpu, { ...args, M }).pipeline, `M=${M}`);
   }

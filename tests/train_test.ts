@@ -166,3 +166,41 @@ Deno.test({
     await Deno.remove(dir, { recursive: true });
   },
 });
+
+Deno.test({
+  name: "train.ts saves a checkpoint on Ctrl-C and says how to resume",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn(t) {
+    if (!(await testGpu())) return console.warn(`ignored (no WebGPU adapter): ${t.name}`);
+    const dir = await Deno.makeTempDir({ prefix: "specdec-sigint-" });
+    await Deno.writeTextFile(`${dir}/corpus.txt`, corpus(20000));
+    const child = new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", TRAIN, ...SMALL, "--data", `${dir}/corpus.txt`, "--steps", "100000", "--run-dir", `${dir}/run`],
+      env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    // wait for the first progress line (plain lines every 10 steps when not a terminal)
+    const reader = child.stdout.getReader();
+    let out = "";
+    while (!/step \d+\/100000/.test(out)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += new TextDecoder().decode(value);
+    }
+    child.kill("SIGINT");
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      out += new TextDecoder().decode(value);
+    }
+    const status = await child.status;
+    await child.stderr.cancel();
+    ok(status.success, out);
+    ok(/checkpoint \(Ctrl-C\) at step \d+/.test(out) && out.includes(`--resume ${dir}/run`), out);
+    const state = JSON.parse(await Deno.readTextFile(`${dir}/run/state.json`));
+    ok(state.step >= 10, `saved at step ${state.step}`);
+    await Deno.remove(dir, { recursive: true });
+  },
+});
