@@ -418,6 +418,7 @@ async function main(): Promise<void> {
         title:
           `Speculative decoding: accepted draft tokens per step (of gamma ${cfg.gamma}) and speedup`,
         yLabel: "tokens / ratio",
+        yRange: [0, Math.max(1, ...metrics.filter((m) => m.type === "generate").flatMap((m) => [Number(m.acceptedMean), Number(m.speedup)]).filter(Number.isFinite)) * 1.1],
         series: [
           {
             label: "accepted / step",
