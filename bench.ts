@@ -41,8 +41,11 @@ globalThis.addEventListener("unload", () => {
     const list = samples.get(name);
     if (!list?.length) return undefined;
     const gpuMs = median(list.map((s) => s.gpuMs));
-    return list.find((s) => s.gpuMs === gpuMs) ?? { ...list[0], gpuMs, wallMs: median(list.map((s) => s.wallMs)) };
+    return list.find((s) => s.gpuMs === gpuMs) ??
+      { ...list[0], gpuMs, wallMs: median(list.map((s) => s.wallMs)) };
   });
-  console.log(`\nGPU-timed results on ${gpu.adapterName} (median GPU time from timestamp queries):\n`);
+  console.log(
+    `\nGPU-timed results on ${gpu.adapterName} (median GPU time from timestamp queries):\n`,
+  );
   console.log(formatTable(rows));
 });

@@ -61,3 +61,22 @@ export {
   type SpeculativeOptions,
   type SpeculativeResult,
 } from "./model/decoding.ts";
+export { gemvNT, linear, type MatmulArgs, matmulNN, matmulNT, matmulTN } from "./kernels/matmul.ts";
+export { RMS_EPS, rmsNorm, rmsNormBackward } from "./kernels/norm.ts";
+export { add, gelu, geluBackward, sumRows } from "./kernels/activation.ts";
+export { embedding, embeddingBackward } from "./kernels/embedding.ts";
+export { crossEntropy, IGNORE, sumLoss } from "./kernels/loss.ts";
+export {
+  rotary,
+  type RotaryArgs,
+  rotaryBackward,
+  rotaryInvFreq,
+  rotaryTable,
+} from "./kernels/rotary.ts";
+export {
+  attention,
+  attentionBackward,
+  type AttentionSizes,
+  type AttentionVariant,
+  kvWrite,
+} from "./kernels/attention.ts";

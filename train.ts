@@ -418,7 +418,15 @@ async function main(): Promise<void> {
         title:
           `Speculative decoding: accepted draft tokens per step (of gamma ${cfg.gamma}) and speedup`,
         yLabel: "tokens / ratio",
-        yRange: [0, Math.max(1, ...metrics.filter((m) => m.type === "generate").flatMap((m) => [Number(m.acceptedMean), Number(m.speedup)]).filter(Number.isFinite)) * 1.1],
+        yRange: [
+          0,
+          Math.max(
+            1,
+            ...metrics.filter((m) => m.type === "generate").flatMap((
+              m,
+            ) => [Number(m.acceptedMean), Number(m.speedup)]).filter(Number.isFinite),
+          ) * 1.1,
+        ],
         series: [
           {
             label: "accepted / step",
@@ -496,7 +504,11 @@ async function main(): Promise<void> {
       const seed = cfg.seed * 1000003 + step;
       const timer = new GpuTimer(gpu);
       const base = await baseDecoding(target, prime, cfg.generateLen, { seed, timer });
-      const spec = await speculativeDecoding(target, draft, prime, cfg.generateLen, { gamma: cfg.gamma, seed, timer });
+      const spec = await speculativeDecoding(target, draft, prime, cfg.generateLen, {
+        gamma: cfg.gamma,
+        seed,
+        timer,
+      });
       timer.destroy();
       const [baseMs, specMs] = [base.gpuMs ?? base.wallMs, spec.gpuMs ?? spec.wallMs];
       const [baseWall, specWall] = [base.wallMs, spec.wallMs];

@@ -13,13 +13,20 @@ import { renderChart, type Series } from "../cli/plot.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
-  options: { quick: { type: "boolean" }, out: { type: "string" }, reps: { type: "string" }, filter: { type: "string" } },
+  options: {
+    quick: { type: "boolean" },
+    out: { type: "string" },
+    reps: { type: "string" },
+    filter: { type: "string" },
+  },
 });
 const gpu = await requestGpu();
 const quick = Boolean(values.quick);
 const reps = Number(values.reps ?? (gpu.isSoftware ? (quick ? 1 : 3) : 7));
 const outDir = values.out ?? new URL("./results/", import.meta.url).pathname;
-const cases = benchCases(gpu, quick).filter((c) => !values.filter || c.name.includes(values.filter) || c.group.includes(values.filter));
+const cases = benchCases(gpu, quick).filter((c) =>
+  !values.filter || c.name.includes(values.filter) || c.group.includes(values.filter)
+);
 
 const chosen = new Map<string, Sample>();
 for (const c of cases) {
@@ -30,17 +37,33 @@ for (const c of cases) {
   for (let r = 0; r < reps; r++) list.push(await run());
   const m = median(list.map((s) => s.gpuMs));
   chosen.set(c.name, list.find((s) => s.gpuMs === m) ?? list[0]);
-  console.log(`${c.name}: ${m.toFixed(3)} ms GPU (${((performance.now() - t0) / 1000).toFixed(1)} s)`);
+  console.log(
+    `${c.name}: ${m.toFixed(3)} ms GPU (${((performance.now() - t0) / 1000).toFixed(1)} s)`,
+  );
 }
 const rows = summarize(cases, (n) => chosen.get(n));
-const slug = gpu.adapterName.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(0, 40);
+const slug = gpu.adapterName.toLowerCase().replace(/[^a-z0-9]+/g, "-").replace(/^-|-$/g, "").slice(
+  0,
+  40,
+);
 const stamp = new Date().toISOString().slice(0, 10);
 const base = `${outDir}/${slug}-${stamp}${quick ? "-quick" : ""}`;
 await Deno.mkdir(outDir, { recursive: true });
-const meta = { adapter: gpu.adapterName, software: gpu.isSoftware, timestamps: gpu.hasTimestamps, date: new Date().toISOString(), quick, reps, deno: Deno.version.deno };
+const meta = {
+  adapter: gpu.adapterName,
+  software: gpu.isSoftware,
+  timestamps: gpu.hasTimestamps,
+  date: new Date().toISOString(),
+  quick,
+  reps,
+  deno: Deno.version.deno,
+};
 await Deno.writeTextFile(`${base}.json`, JSON.stringify({ meta, rows }, null, 2) + "\n");
 const table = formatTable(rows);
-await Deno.writeTextFile(`${base}.md`, `# specdec benchmarks — ${gpu.adapterName}, ${stamp}\n\n${table}\n`);
+await Deno.writeTextFile(
+  `${base}.md`,
+  `# specdec benchmarks — ${gpu.adapterName}, ${stamp}\n\n${table}\n`,
+);
 await Deno.writeTextFile(`${base}-speedup.svg`, speedupPlot(rows));
 console.log(`\n${table}\n\nwrote ${base}.json, .md and -speedup.svg`);
 
@@ -48,14 +71,29 @@ console.log(`\n${table}\n\nwrote ${base}.json, .md and -speedup.svg`);
 function speedupPlot(rows: ReportRow[]): string {
   const colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728"];
   const speed: Series[] = [], tps: Series[] = [];
-  const groups = [...new Set(rows.filter((r) => r.group.startsWith("decoding")).map((r) => r.group))];
+  const groups = [
+    ...new Set(rows.filter((r) => r.group.startsWith("decoding")).map((r) => r.group)),
+  ];
   groups.forEach((g, gi) => {
     const spec = rows.filter((r) => r.group === g && r.name.startsWith("speculative"));
     const gammaOf = (r: ReportRow) => Number(r.name.match(/gamma (\d+)/)?.[1]);
-    speed.push({ label: `${g}: measured`, color: colors[gi % 4], points: spec.map((r) => [gammaOf(r), r.values.speedup]) });
-    speed.push({ label: `${g}: Leviathan`, color: colors[gi % 4], dashed: true, points: spec.map((r) => [gammaOf(r), r.values.predictedSpeedup]) });
+    speed.push({
+      label: `${g}: measured`,
+      color: colors[gi % 4],
+      points: spec.map((r) => [gammaOf(r), r.values.speedup]),
+    });
+    speed.push({
+      label: `${g}: Leviathan`,
+      color: colors[gi % 4],
+      dashed: true,
+      points: spec.map((r) => [gammaOf(r), r.values.predictedSpeedup]),
+    });
     const baseRow = rows.find((r) => r.group === g && r.name.startsWith("base"));
-    tps.push({ label: `${g}: speculative`, color: colors[gi % 4], points: spec.map((r) => [gammaOf(r), r.values.tokensPerSec]) });
+    tps.push({
+      label: `${g}: speculative`,
+      color: colors[gi % 4],
+      points: spec.map((r) => [gammaOf(r), r.values.tokensPerSec]),
+    });
     if (baseRow) {
       tps.push({
         label: `${g}: base`,
@@ -66,7 +104,15 @@ function speedupPlot(rows: ReportRow[]): string {
     }
   });
   return renderChart(`specdec decoding — ${gpu.adapterName}`, [
-    { title: "Speculative speedup over base decoding (GPU time)", yLabel: "speedup ×", series: speed },
-    { title: "Decode throughput (tokens/s over all rows, GPU time)", yLabel: "tokens/s", series: tps },
+    {
+      title: "Speculative speedup over base decoding (GPU time)",
+      yLabel: "speedup ×",
+      series: speed,
+    },
+    {
+      title: "Decode throughput (tokens/s over all rows, GPU time)",
+      yLabel: "tokens/s",
+      series: tps,
+    },
   ], "gamma (draft tokens per step)");
 }

@@ -87,7 +87,12 @@ export function suiteSizes(gpu: Gpu, quick = false): SuiteSizes {
 }
 
 /** Encodes `dispatches` `reps` times in one timed pass; returns GPU and wall ms per rep. */
-async function timePass(gpu: Gpu, dispatches: Dispatch[], reps: number, timer: GpuTimer): Promise<Sample> {
+async function timePass(
+  gpu: Gpu,
+  dispatches: Dispatch[],
+  reps: number,
+  timer: GpuTimer,
+): Promise<Sample> {
   const all: Dispatch[] = [];
   for (let r = 0; r < reps; r++) all.push(...dispatches);
   const t0 = performance.now();
@@ -140,7 +145,8 @@ export function benchCases(gpu: Gpu, quick = false): BenchCase[] {
   const S = suiteSizes(gpu, quick);
   const cases: BenchCase[] = [];
   const timer = new GpuTimer(gpu, 64);
-  const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
+  const rand = (n: number) =>
+    Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
   const reps = gpu.isSoftware ? 3 : 20;
 
   // --- kernels: GEMM variants at square sizes, GEMV at the default model's decode shapes
@@ -178,7 +184,14 @@ export function benchCases(gpu: Gpu, quick = false): BenchCase[] {
 
   // --- attention: prefill (training shape) and cached decode
   const H = S.target.heads ?? 8, D = S.target.dimHead ?? 64;
-  for (const [label, B, n, startAt] of [["prefill", 1, S.trainSeq, 0], ["decode", 8, 1, S.seqLen - 1]] as const) {
+  for (
+    const [label, B, n, startAt] of [["prefill", 1, S.trainSeq, 0], [
+      "decode",
+      8,
+      1,
+      S.seqLen - 1,
+    ]] as const
+  ) {
     cases.push({
       group: "attention",
       name: `attention ${label} B${B} n${n} start ${startAt}`,
@@ -188,7 +201,8 @@ export function benchCases(gpu: Gpu, quick = false): BenchCase[] {
         const qkv = gpu.upload("bench qkv", rand(T * 3 * H * D));
         const kv = gpu.upload("bench kv", rand(2 * B * H * maxLen * D));
         const start = gpu.upload("bench start", new Uint32Array(B).fill(startAt));
-        const out = gpu.buffer("bench out", T * H * D * 4), lse = gpu.buffer("bench lse", B * H * n * 4);
+        const out = gpu.buffer("bench out", T * H * D * 4),
+          lse = gpu.buffer("bench lse", B * H * n * 4);
         const d = [
           kvWrite(gpu, { qkv, kv, start, B, n, H, D, maxLen }),
           attention(gpu, { qkv, kv, start, out, lse, B, n, H, D, maxLen }),
@@ -210,8 +224,16 @@ export function benchCases(gpu: Gpu, quick = false): BenchCase[] {
       baseline: role === "target",
       setup: () => {
         const model = Decoder.create(gpu, { ...cfg, maxSeqLen: S.trainSeq + 1 }, { seed: 1 });
-        const trainer = new Trainer(model, { batch: S.trainBatch, seqLen: S.trainSeq + 1, lr: 1e-4, clipNorm: 0.5 });
-        const rows = Array.from({ length: S.trainBatch }, (_, b) => Array.from({ length: S.trainSeq + 1 }, (_, i) => (b * 31 + i * 7) % 256));
+        const trainer = new Trainer(model, {
+          batch: S.trainBatch,
+          seqLen: S.trainSeq + 1,
+          lr: 1e-4,
+          clipNorm: 0.5,
+        });
+        const rows = Array.from(
+          { length: S.trainBatch },
+          (_, b) => Array.from({ length: S.trainSeq + 1 }, (_, i) => (b * 31 + i * 7) % 256),
+        );
         const lp = model.trainingPlan(S.trainBatch, S.trainSeq + 1);
         return Promise.resolve(async () => {
           const t0 = performance.now();
@@ -224,10 +246,17 @@ export function benchCases(gpu: Gpu, quick = false): BenchCase[] {
           trainer.optimizer.prepareStep();
           const opt = await timePass(gpu, trainer.optimizer.stepDispatches(), 1, timer);
           const gpuMs = fwd.gpuMs + bwd.gpuMs + opt.gpuMs;
-          return { gpuMs, wallMs, metrics: { forwardMs: fwd.gpuMs, backwardMs: bwd.gpuMs, optimizerMs: opt.gpuMs } };
+          return {
+            gpuMs,
+            wallMs,
+            metrics: { forwardMs: fwd.gpuMs, backwardMs: bwd.gpuMs, optimizerMs: opt.gpuMs },
+          };
         });
       },
-      rates: (s) => ({ tokensPerSec: (S.trainBatch * S.trainSeq) / (s.gpuMs / 1000), wallTokensPerSec: (S.trainBatch * S.trainSeq) / (s.wallMs / 1000) }),
+      rates: (s) => ({
+        tokensPerSec: (S.trainBatch * S.trainSeq) / (s.gpuMs / 1000),
+        wallTokensPerSec: (S.trainBatch * S.trainSeq) / (s.wallMs / 1000),
+      }),
     });
   }
 
@@ -235,8 +264,14 @@ export function benchCases(gpu: Gpu, quick = false): BenchCase[] {
   let models: { target: Decoder; draft: Decoder; c: Record<number, number> } | undefined;
   const getModels = async () => {
     if (models) return models;
-    const target = Decoder.create(gpu, { ...S.target, maxSeqLen: S.seqLen + 16 }, { seed: 1, label: "target" });
-    const draft = Decoder.create(gpu, { ...S.draft, maxSeqLen: S.seqLen + 16 }, { seed: 2, label: "draft" });
+    const target = Decoder.create(gpu, { ...S.target, maxSeqLen: S.seqLen + 16 }, {
+      seed: 1,
+      label: "target",
+    });
+    const draft = Decoder.create(gpu, { ...S.draft, maxSeqLen: S.seqLen + 16 }, {
+      seed: 2,
+      label: "draft",
+    });
     // cost ratio c: one draft decode forward over one target decode forward (n = 1)
     const c: Record<number, number> = {};
     for (const B of [1, 8]) {
@@ -253,7 +288,11 @@ export function benchCases(gpu: Gpu, quick = false): BenchCase[] {
     }
     return models = { target, draft, c };
   };
-  const prompt = (B: number) => Array.from({ length: B }, (_, b) => Array.from({ length: S.prompt }, (_, i) => (b * 13 + i * 5) % 256));
+  const prompt = (B: number) =>
+    Array.from(
+      { length: B },
+      (_, b) => Array.from({ length: S.prompt }, (_, i) => (b * 13 + i * 5) % 256),
+    );
   for (const B of [1, 8]) {
     const gammas = quick ? [1, 4] : [1, 2, 3, 4, 5, 6, 7, 8];
     const group = `decoding B${B}`;
@@ -265,10 +304,17 @@ export function benchCases(gpu: Gpu, quick = false): BenchCase[] {
         const { target } = await getModels();
         return async () => {
           const r = await baseDecoding(target, prompt(B), S.seqLen, { seed: 7, timer });
-          return { gpuMs: r.gpuMs ?? r.wallMs, wallMs: r.wallMs, metrics: { generated: r.generated, readbacksPerToken: r.readbacksPerToken } };
+          return {
+            gpuMs: r.gpuMs ?? r.wallMs,
+            wallMs: r.wallMs,
+            metrics: { generated: r.generated, readbacksPerToken: r.readbacksPerToken },
+          };
         };
       },
-      rates: (s) => ({ tokensPerSec: s.metrics!.generated / (s.gpuMs / 1000), wallTokensPerSec: s.metrics!.generated / (s.wallMs / 1000) }),
+      rates: (s) => ({
+        tokensPerSec: s.metrics!.generated / (s.gpuMs / 1000),
+        wallTokensPerSec: s.metrics!.generated / (s.wallMs / 1000),
+      }),
     });
     for (const gamma of gammas) {
       cases.push({
@@ -277,7 +323,11 @@ export function benchCases(gpu: Gpu, quick = false): BenchCase[] {
         setup: async () => {
           const { target, draft, c } = await getModels();
           return async () => {
-            const r = await speculativeDecoding(target, draft, prompt(B), S.seqLen, { gamma, seed: 7, timer });
+            const r = await speculativeDecoding(target, draft, prompt(B), S.seqLen, {
+              gamma,
+              seed: 7,
+              timer,
+            });
             const alpha = alphaFromAccepted(r.acceptedMean, gamma);
             return {
               gpuMs: r.gpuMs ?? r.wallMs,
@@ -293,7 +343,10 @@ export function benchCases(gpu: Gpu, quick = false): BenchCase[] {
             };
           };
         },
-        rates: (s) => ({ tokensPerSec: s.metrics!.generated / (s.gpuMs / 1000), wallTokensPerSec: s.metrics!.generated / (s.wallMs / 1000) }),
+        rates: (s) => ({
+          tokensPerSec: s.metrics!.generated / (s.gpuMs / 1000),
+          wallTokensPerSec: s.metrics!.generated / (s.wallMs / 1000),
+        }),
       });
     }
   }

@@ -27,26 +27,43 @@ export interface ReportRow {
  * @param sampleOf the representative (median) sample of a case, if it ran
  * @returns report rows
  */
-export function summarize(cases: BenchCase[], sampleOf: (name: string) => Sample | undefined): ReportRow[] {
+export function summarize(
+  cases: BenchCase[],
+  sampleOf: (name: string) => Sample | undefined,
+): ReportRow[] {
   const rows: ReportRow[] = [];
   for (const c of cases) {
     const s = sampleOf(c.name);
     if (!s) continue;
-    rows.push({ group: c.group, name: c.name, gpuMs: s.gpuMs, wallMs: s.wallMs, values: { ...s.metrics, ...c.rates?.(s) } });
+    rows.push({
+      group: c.group,
+      name: c.name,
+      gpuMs: s.gpuMs,
+      wallMs: s.wallMs,
+      values: { ...s.metrics, ...c.rates?.(s) },
+    });
   }
   for (const r of rows) {
     const base = rows.find((b) => b.group === r.group && b.name.startsWith("base decoding"));
     if (base && r.name.startsWith("speculative")) {
       r.values.speedup = base.gpuMs / r.gpuMs;
       r.values.wallSpeedup = base.wallMs / r.wallMs;
-      if (r.values.predictedSpeedup) r.values.ofPredicted = r.values.speedup / r.values.predictedSpeedup;
+      if (r.values.predictedSpeedup) {
+        r.values.ofPredicted = r.values.speedup / r.values.predictedSpeedup;
+      }
     }
   }
   return rows;
 }
 
 const fmt = (v: number) =>
-  !Number.isFinite(v) ? String(v) : Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 1 ? v.toFixed(2) : v.toPrecision(3);
+  !Number.isFinite(v)
+    ? String(v)
+    : Math.abs(v) >= 100
+    ? v.toFixed(0)
+    : Math.abs(v) >= 1
+    ? v.toFixed(2)
+    : v.toPrecision(3);
 
 /**
  * A markdown table of report rows.
@@ -57,7 +74,9 @@ const fmt = (v: number) =>
 export function formatTable(rows: ReportRow[]): string {
   const lines = ["| group | case | GPU ms | wall ms | rates |", "|---|---|---:|---:|---|"];
   for (const r of rows) {
-    const vals = Object.entries(r.values).filter(([k]) => k !== "generated").map(([k, v]) => `${k} ${fmt(v)}`).join(", ");
+    const vals = Object.entries(r.values).filter(([k]) => k !== "generated").map(([k, v]) =>
+      `${k} ${fmt(v)}`
+    ).join(", ");
     lines.push(`| ${r.group} | ${r.name} | ${fmt(r.gpuMs)} | ${fmt(r.wallMs)} | ${vals} |`);
   }
   return lines.join("\n");

@@ -106,6 +106,8 @@ export class WindowSampler {
   #state: Uint32Array;
 
   /**
+   * Creates a sampler over `data`.
+   *
    * @param data the split to sample from
    * @param window bytes per window (seqLen + 1 for training)
    * @param seed generator seed

@@ -374,7 +374,9 @@ export class Gpu {
     const oom = await this.device.popErrorScope();
     if (oom) throw new Error(`specdec: out of GPU memory during ${operation}: ${oom.message}`);
     if (validation) {
-      throw new Error(`specdec: WebGPU validation error during ${operation}: ${validation.message}`);
+      throw new Error(
+        `specdec: WebGPU validation error during ${operation}: ${validation.message}`,
+      );
     }
     if (failed) throw failure;
     return result as T;

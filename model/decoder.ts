@@ -93,11 +93,17 @@ export interface ForwardPlan {
 
 /** A loss plan: a training forward plus cross-entropy (and, once asked for, the backward pass). */
 export interface LossPlan {
+  /** The training forward plan. */
   plan: ForwardPlan;
-  targets: GPUBuffer; // u32 (T)
-  losses: GPUBuffer; // (T)
-  dLogits: GPUBuffer; // (T, V)
-  loss: GPUBuffer; // (1)
+  /** Next-token targets, u32 `(T)`; {@link IGNORE} at each row's last position. */
+  targets: GPUBuffer;
+  /** Per-position cross-entropy `(T)`. */
+  losses: GPUBuffer;
+  /** Gradient of the (scaled) mean loss w.r.t. the logits `(T, V)`. */
+  dLogits: GPUBuffer;
+  /** The mean loss `(1)`, accumulated over micro-batches (clear it before a step). */
+  loss: GPUBuffer;
+  /** Forward + loss dispatches. */
   dispatches: Dispatch[];
   /** Backward dispatches (gradients accumulate into {@link Decoder.grads}), built on demand. */
   backward?: Dispatch[];

@@ -58,6 +58,8 @@ export class Trainer {
   #steps = 0;
 
   /**
+   * Preallocates everything a step needs for (batch, seqLen) and builds the optimizer.
+   *
    * @param model the model to train
    * @param options batch shape, accumulation and Adam options
    */

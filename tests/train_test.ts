@@ -176,7 +176,18 @@ Deno.test({
     const dir = await Deno.makeTempDir({ prefix: "specdec-sigint-" });
     await Deno.writeTextFile(`${dir}/corpus.txt`, corpus(20000));
     const child = new Deno.Command(Deno.execPath(), {
-      args: ["run", "-A", TRAIN, ...SMALL, "--data", `${dir}/corpus.txt`, "--steps", "100000", "--run-dir", `${dir}/run`],
+      args: [
+        "run",
+        "-A",
+        TRAIN,
+        ...SMALL,
+        "--data",
+        `${dir}/corpus.txt`,
+        "--steps",
+        "100000",
+        "--run-dir",
+        `${dir}/run`,
+      ],
       env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" },
       stdout: "piped",
       stderr: "piped",
