@@ -420,12 +420,11 @@ async function main(): Promise<void> {
         yLabel: "tokens / ratio",
         yRange: [
           0,
-          Math.max(
+          1.1 * Math.max(
             1,
-            ...metrics.filter((m) => m.type === "generate").flatMap((
-              m,
-            ) => [Number(m.acceptedMean), Number(m.speedup)]).filter(Number.isFinite),
-          ) * 1.1,
+            ...series("generate", "acceptedMean").map((p) => p[1]),
+            ...series("generate", "speedup").map((p) => p[1]),
+          ),
         ],
         series: [
           {

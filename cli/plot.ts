@@ -70,15 +70,18 @@ export function renderChart(title: string, panels: Panel[], xLabel: string): str
       esc(title)
     }</text>`,
   ];
+  // one x range for every panel, so the panels line up
+  const allX = panels.flatMap((p) => p.series.flatMap((s) => s.points.map((q) => q[0])))
+    .filter(Number.isFinite);
+  const xlo = allX.length ? Math.min(...allX) : 0;
+  let xhi = allX.length ? Math.max(...allX) : 1;
+  if (xhi <= xlo) xhi = xlo + 1;
   panels.forEach((panel, pi) => {
     const y0 = top + pi * (PH + gap) + 20, pw = W - left - right;
     const pts = panel.series.flatMap((s) => s.points).filter(([x, y]) =>
       Number.isFinite(x) && Number.isFinite(y)
     );
-    const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
-    const xlo = xs.length ? Math.min(...xs) : 0;
-    let xhi = xs.length ? Math.max(...xs) : 1;
-    if (xhi <= xlo) xhi = xlo + 1;
+    const ys = pts.map((p) => p[1]);
     let [ylo, yhi] = panel.yRange ??
       [ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1];
     if (!panel.yRange) {
