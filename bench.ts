@@ -3,7 +3,8 @@
  * from timestamp queries; a table of GPU time, wall time and rates (GFLOP/s, GB/s, tokens/s,
  * readbacks per token, predicted vs measured speculative speedup) prints when the run ends.
  * Sizes follow the adapter: tiny on a software adapter, the reference config on a GPU.
- * Set SPECDEC_BENCH_QUICK=1 for the short suite.
+ * Set SPECDEC_BENCH_QUICK=1 for the short suite, SPECDEC_BENCH_MODELS=<run folder> to decode with
+ * the trained target and draft of a train.ts run.
  *
  * @module
  */
@@ -14,7 +15,7 @@ import { formatTable, summarize } from "./bench/summary.ts";
 const gpu = await requestGpu();
 const quick = Deno.env.get("SPECDEC_BENCH_QUICK") === "1";
 const samples = new Map<string, Sample[]>();
-const cases = benchCases(gpu, quick);
+const cases = benchCases(gpu, quick, Deno.env.get("SPECDEC_BENCH_MODELS"));
 
 for (const c of cases) {
   let run: (() => Promise<Sample>) | undefined;

@@ -1,5 +1,5 @@
 /**
- * `deno task bench:report [--quick] [--out DIR]`: runs the benchmark suite and writes
+ * `deno task bench:report [--quick] [--out DIR] [--models RUN_DIR] [--filter TEXT] [--reps N]`: runs the benchmark suite and writes
  * `bench/results/<adapter>-<date>.json`, a markdown table beside it, and SVG plots (speculative
  * speedup vs gamma, measured and predicted by Leviathan's formula; decode tokens/s per method).
  *
@@ -14,6 +14,7 @@ import { renderChart, type Series } from "../cli/plot.ts";
 const { values } = parseArgs({
   args: Deno.args,
   options: {
+    models: { type: "string" },
     quick: { type: "boolean" },
     out: { type: "string" },
     reps: { type: "string" },
@@ -24,7 +25,7 @@ const gpu = await requestGpu();
 const quick = Boolean(values.quick);
 const reps = Number(values.reps ?? (gpu.isSoftware ? (quick ? 1 : 3) : 7));
 const outDir = values.out ?? new URL("./results/", import.meta.url).pathname;
-const cases = benchCases(gpu, quick).filter((c) =>
+const cases = benchCases(gpu, quick, values.models).filter((c) =>
   !values.filter || c.name.includes(values.filter) || c.group.includes(values.filter)
 );
 

@@ -140,8 +140,16 @@ export function alphaFromAccepted(mean: number, gamma: number): number {
   return (lo + hi) / 2;
 }
 
-/** The suite's cases for this adapter. */
-export function benchCases(gpu: Gpu, quick = false): BenchCase[] {
+/**
+ * The suite's cases for this adapter.
+ *
+ * @param gpu the runtime
+ * @param quick the short suite (CI smoke test)
+ * @param modelsDir a folder with `target.safetensors` and `draft.safetensors` (a train.ts run) to
+ *   decode with trained models; random ones otherwise (low acceptance)
+ * @returns the cases
+ */
+export function benchCases(gpu: Gpu, quick = false, modelsDir?: string): BenchCase[] {
   const S = suiteSizes(gpu, quick);
   const cases: BenchCase[] = [];
   const timer = new GpuTimer(gpu, 64);
@@ -264,14 +272,19 @@ export function benchCases(gpu: Gpu, quick = false): BenchCase[] {
   let models: { target: Decoder; draft: Decoder; c: Record<number, number> } | undefined;
   const getModels = async () => {
     if (models) return models;
-    const target = Decoder.create(gpu, { ...S.target, maxSeqLen: S.seqLen + 16 }, {
-      seed: 1,
-      label: "target",
-    });
-    const draft = Decoder.create(gpu, { ...S.draft, maxSeqLen: S.seqLen + 16 }, {
-      seed: 2,
-      label: "draft",
-    });
+    const maxSeqLen = S.seqLen + 16;
+    const load = async (name: string) =>
+      await Decoder.fromSafetensors(gpu, await Deno.readFile(`${modelsDir}/${name}.safetensors`), {
+        maxSeqLen,
+        label: name,
+        source: `${modelsDir}/${name}.safetensors`,
+      });
+    const target = modelsDir
+      ? await load("target")
+      : Decoder.create(gpu, { ...S.target, maxSeqLen }, { seed: 1, label: "target" });
+    const draft = modelsDir
+      ? await load("draft")
+      : Decoder.create(gpu, { ...S.draft, maxSeqLen }, { seed: 2, label: "draft" });
     // cost ratio c: one draft decode forward over one target decode forward (n = 1)
     const c: Record<number, number> = {};
     for (const B of [1, 8]) {
