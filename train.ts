@@ -12,7 +12,6 @@ import { GpuTimer } from "./kernels/gpu.ts";
 import { Decoder } from "./model/decoder.ts";
 import { type DecoderConfig, PRESETS } from "./model/config.ts";
 import { Trainer } from "./model/trainer.ts";
-import { readSafetensors, writeSafetensors } from "./model/checkpoint.ts";
 import { decodeCorpus, splitCorpus, WindowSampler } from "./data/corpus.ts";
 import { baseDecoding, speculativeDecoding } from "./model/decoding.ts";
 import { appendJsonl, atomicWrite, exists } from "./cli/fsutil.ts";
@@ -324,11 +323,8 @@ async function main(): Promise<void> {
     valSampler.state = resumed.samplers.val;
     genSampler.state = resumed.samplers.gen;
     for (const [t, name] of [[tTrain, "target"], [dTrain, "draft"]] as const) {
-      const { tensors } = readSafetensors(
-        await Deno.readFile(`${runDir}/${name}.optim.safetensors`),
-        `${runDir}/${name}.optim.safetensors`,
-      );
-      t.optimizer.loadState(Object.fromEntries([...tensors].map(([k, x]) => [k, x.data])));
+      const path = `${runDir}/${name}.optim.safetensors`;
+      t.loadState(await Deno.readFile(path), path);
     }
     console.log(`resuming ${runDir} at step ${step}`);
   }
@@ -370,14 +366,7 @@ async function main(): Promise<void> {
     await atomicWrite(`${runDir}/target.safetensors`, await target.toSafetensors());
     await atomicWrite(`${runDir}/draft.safetensors`, await draft.toSafetensors());
     for (const [t, name] of [[tTrain, "target"], [dTrain, "draft"]] as const) {
-      const st = await t.optimizer.state();
-      const tensors = Object.fromEntries(
-        Object.entries(st).map(([k, d]) => [k, { shape: [d.length], data: d }]),
-      );
-      await atomicWrite(
-        `${runDir}/${name}.optim.safetensors`,
-        writeSafetensors(tensors, { step: String(step) }),
-      );
+      await atomicWrite(`${runDir}/${name}.optim.safetensors`, await t.saveState());
     }
     const state: RunState = {
       step,

@@ -11,6 +11,7 @@ import { type Decoder, type LossPlan, validateTokens } from "./decoder.ts";
 import { IGNORE } from "../kernels/loss.ts";
 import { Adam, type AdamOptions, type AdamStats } from "./optimizer.ts";
 import { paramSpecs } from "./params.ts";
+import { readSafetensors, writeSafetensors } from "./checkpoint.ts";
 
 /** Options of a {@link Trainer}. */
 export interface TrainerOptions extends AdamOptions {
@@ -188,5 +189,35 @@ export class Trainer {
    */
   stats(): Promise<AdamStats> {
     return this.optimizer.readStats();
+  }
+
+  /**
+   * The optimizer state (Adam moments `exp_avg.<name>`, `exp_avg_sq.<name>` and `step`, torch's
+   * names) as safetensors, to store beside the model's checkpoint.
+   *
+   * @returns the file's bytes
+   */
+  async saveState(): Promise<Uint8Array<ArrayBuffer>> {
+    const state = await this.optimizer.state();
+    const tensors = Object.fromEntries(
+      Object.entries(state).map(([k, d]) => [k, { shape: [d.length], data: d }]),
+    );
+    return writeSafetensors(tensors, { format: "specdec-adam" });
+  }
+
+  /**
+   * Restores an optimizer state written by {@link Trainer.saveState}.
+   *
+   * @param bytes the safetensors file
+   * @param source a name for errors (the path)
+   * @throws Error naming the file and the tensor when it does not fit this model
+   */
+  loadState(bytes: Uint8Array, source = "optimizer state"): void {
+    const { tensors } = readSafetensors(bytes, source);
+    try {
+      this.optimizer.loadState(Object.fromEntries([...tensors].map(([k, t]) => [k, t.data])));
+    } catch (e) {
+      throw new Error(`${(e as Error).message} (in ${source})`);
+    }
   }
 }
