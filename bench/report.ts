@@ -1,5 +1,5 @@
 /**
- * `deno task bench:report [--quick] [--out DIR] [--models RUN_DIR] [--filter TEXT] [--reps N]`: runs the benchmark suite and writes
+ * `deno task bench:report [--quick] [--out DIR] [--models RUN_DIR] [--filter TEXT] [--reps N] [--reference]`: runs the benchmark suite and writes
  * `bench/results/<adapter>-<date>.json`, a markdown table beside it, and SVG plots (speculative
  * speedup vs gamma, measured and predicted by Leviathan's formula; decode tokens/s per method).
  *
@@ -15,6 +15,7 @@ const { values } = parseArgs({
   args: Deno.args,
   options: {
     models: { type: "string" },
+    reference: { type: "boolean" },
     quick: { type: "boolean" },
     out: { type: "string" },
     reps: { type: "string" },
@@ -25,9 +26,9 @@ const gpu = await requestGpu();
 const quick = Boolean(values.quick);
 const reps = Number(values.reps ?? (gpu.isSoftware ? (quick ? 1 : 3) : 7));
 const outDir = values.out ?? new URL("./results/", import.meta.url).pathname;
-const cases = benchCases(gpu, quick, values.models).filter((c) =>
-  !values.filter || c.name.includes(values.filter) || c.group.includes(values.filter)
-);
+const cases = benchCases(gpu, quick, values.models, values.reference ?? !gpu.isSoftware).filter((
+  c,
+) => !values.filter || c.name.includes(values.filter) || c.group.includes(values.filter));
 
 const chosen = new Map<string, Sample>();
 for (const c of cases) {

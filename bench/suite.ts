@@ -60,9 +60,16 @@ export interface SuiteSizes {
   dim: number;
 }
 
-/** Sizes for an adapter: reference config on a GPU, a tiny one on a software adapter. */
-export function suiteSizes(gpu: Gpu, quick = false): SuiteSizes {
-  if (!gpu.isSoftware) {
+/**
+ * Sizes for an adapter: the reference config on a GPU, a tiny one on a software adapter.
+ *
+ * @param gpu the runtime
+ * @param quick the short suite
+ * @param reference force the reference config
+ * @returns the sizes
+ */
+export function suiteSizes(gpu: Gpu, quick = false, reference = !gpu.isSoftware): SuiteSizes {
+  if (reference) {
     return {
       target: { numTokens: 256, dim: 512, depth: 10 },
       draft: { numTokens: 256, dim: 512, depth: 2 },
@@ -147,10 +154,17 @@ export function alphaFromAccepted(mean: number, gamma: number): number {
  * @param quick the short suite (CI smoke test)
  * @param modelsDir a folder with `target.safetensors` and `draft.safetensors` (a train.ts run) to
  *   decode with trained models; random ones otherwise (low acceptance)
+ * @param reference use the reference config (dim 512, depth 10 / 2, batch 4 × 512) even on a
+ *   software adapter (slow there: seconds per training step)
  * @returns the cases
  */
-export function benchCases(gpu: Gpu, quick = false, modelsDir?: string): BenchCase[] {
-  const S = suiteSizes(gpu, quick);
+export function benchCases(
+  gpu: Gpu,
+  quick = false,
+  modelsDir?: string,
+  reference = !gpu.isSoftware,
+): BenchCase[] {
+  const S = suiteSizes(gpu, quick, reference);
   const cases: BenchCase[] = [];
   const timer = new GpuTimer(gpu, 64);
   const rand = (n: number) =>
