@@ -1,12 +1,15 @@
 /**
- * `deno run -A bench/export_check.ts OUT_DIR [--small] [--seed N]`: writes a seeded target and
- * draft checkpoint (`target.safetensors`, `draft.safetensors`, PyTorch state_dict names) and
- * `check.json` with fixed tokens and OUR logits for them, so `bench/torch_baseline.py
- * --check-logits OUT_DIR/check.json` (or `--selfcheck`, numpy float64) can prove it runs the same
- * weights and the same math before its timings mean anything.
+ * `deno run -A bench/export_check.ts OUT_DIR [--small] [--seed N] [--models RUN_DIR]`: writes a
+ * seeded target and draft checkpoint (`target.safetensors`, `draft.safetensors`, PyTorch
+ * state_dict names) and `check.json` with fixed tokens and OUR logits for them, so
+ * `bench/torch_baseline.py --check-logits OUT_DIR/check.json` (or `--selfcheck`, numpy float64)
+ * can prove it runs the same weights and the same math before its timings mean anything.
  *
- * Default sizes are the reference config (dim 512; target depth 10, draft depth 2); `--small`
- * writes a dim-64 pair that a software adapter exports in seconds.
+ * Default sizes are the reference config (dim 512; target depth 10, draft depth 2) with seeds 1
+ * and 2, the very models bench/suite.ts decodes with; `--small` writes a dim-64 pair that a
+ * software adapter exports in seconds. `--models RUN_DIR` writes no checkpoint: it computes the
+ * logits of RUN_DIR's trained `target.safetensors` and `draft.safetensors` (a train.ts run) and
+ * points check.json at them.
  *
  * @module
  */
@@ -18,7 +21,7 @@ import type { DecoderConfig } from "../model/config.ts";
 const { values, positionals } = parseArgs({
   args: Deno.args,
   allowPositionals: true,
-  options: { small: { type: "boolean" }, seed: { type: "string" } },
+  options: { small: { type: "boolean" }, seed: { type: "string" }, models: { type: "string" } },
 });
 const outDir = positionals[0] ?? "bench/results/ckpt";
 const seed = Number(values.seed ?? 1);
@@ -48,12 +51,24 @@ const check: Record<string, unknown> = {
 };
 for (const [role, config] of Object.entries(configs) as ["target" | "draft", DecoderConfig][]) {
   const t0 = performance.now();
-  const model = Decoder.create(gpu, { ...config, maxSeqLen: 64 }, {
-    seed: role === "target" ? seed : seed + 1,
-    label: role,
-  });
-  const file = `${role}.safetensors`;
-  await Deno.writeFile(`${outDir}/${file}`, await model.toSafetensors());
+  let model: Decoder, file: string;
+  if (values.models) {
+    // a trained pair: check.json points at it (torch_baseline.py joins the path to check.json's
+    // folder, which keeps an absolute path as it is)
+    file = await Deno.realPath(`${values.models}/${role}.safetensors`);
+    model = await Decoder.fromSafetensors(gpu, await Deno.readFile(file), {
+      maxSeqLen: 64,
+      label: role,
+      source: file,
+    });
+  } else {
+    model = Decoder.create(gpu, { ...config, maxSeqLen: 64 }, {
+      seed: role === "target" ? seed : seed + 1,
+      label: role,
+    });
+    file = `${role}.safetensors`;
+    await Deno.writeFile(`${outDir}/${file}`, await model.toSafetensors());
+  }
   const logits = await model.logits(tokens); // (2, 16, V) f32
   const c = model.config;
   check[role] = {
@@ -70,7 +85,9 @@ for (const [role, config] of Object.entries(configs) as ["target" | "draft", Dec
   };
   model.destroy();
   console.log(
-    `export_check: ${role} dim ${c.dim} depth ${c.depth} → ${outDir}/${file} ` +
+    `export_check: ${role} dim ${c.dim} depth ${c.depth}: ${
+      values.models ? file : `${outDir}/${file}`
+    } ` +
       `(${((performance.now() - t0) / 1000).toFixed(1)} s)`,
   );
 }
