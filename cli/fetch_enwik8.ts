@@ -4,14 +4,24 @@
  *
  * @module
  */
+import { parseArgs } from "node:util";
 import { unzipSync } from "fflate";
 import { atomicWrite } from "./fsutil.ts";
 
 const URL_ = "http://mattmahoney.net/dc/enwik8.zip";
 const OUT = new URL("../data/enwik8.gz", import.meta.url).pathname;
 
+/** `deno task data [--url URL] [--out PATH]`. */
+function options(): { url: string; out: string } {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: { url: { type: "string" }, out: { type: "string" } },
+  });
+  return { url: values.url ?? URL_, out: values.out ?? OUT };
+}
+
 async function main(): Promise<void> {
-  const url = Deno.args[0] ?? URL_;
+  const { url, out } = options();
   console.log(`downloading ${url}`);
   let res: Response;
   try {
@@ -62,8 +72,9 @@ async function main(): Promise<void> {
       ),
     ).arrayBuffer(),
   );
-  await Deno.mkdir(new URL("../data/", import.meta.url).pathname, { recursive: true });
-  await atomicWrite(OUT, gz);
+  const dir = out.slice(0, out.lastIndexOf("/"));
+  if (dir) await Deno.mkdir(dir, { recursive: true });
+  await atomicWrite(out, gz);
   console.log(
     `wrote ${OUT} (${(data.length / 1e6).toFixed(1)} MB of text, ${
       (gz.length / 1e6).toFixed(1)

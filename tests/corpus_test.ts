@@ -70,3 +70,56 @@ Deno.test("WindowSampler draws seeded windows and restores its state", () => {
   );
   throws(() => new WindowSampler(new Uint8Array(10), 17, 0), /10 bytes cannot give windows of 18/);
 });
+
+Deno.test({
+  name: "deno task data downloads a zip, unzips it and stores it gzipped (local server)",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const body = zipSync({ enwik8: text });
+    const ac = new AbortController();
+    const server = Deno.serve(
+      { port: 0, hostname: "127.0.0.1", signal: ac.signal, onListen() {} },
+      () =>
+        new Response(body as Uint8Array<ArrayBuffer>, {
+          headers: { "content-length": String(body.length) },
+        }),
+    );
+    const dir = await Deno.makeTempDir({ prefix: "specdec-fetch-" });
+    const r = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../cli/fetch_enwik8.ts", import.meta.url).pathname,
+        "--url",
+        `http://127.0.0.1:${server.addr.port}/enwik8.zip`,
+        "--out",
+        `${dir}/enwik8.gz`,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    ac.abort();
+    await server.finished;
+    ok(r.success, new TextDecoder().decode(r.stderr));
+    deepStrictEqual(await decodeCorpus(await Deno.readFile(`${dir}/enwik8.gz`), "enwik8.gz"), text);
+    const bad = await new Deno.Command(Deno.execPath(), {
+      args: [
+        "run",
+        "-A",
+        new URL("../cli/fetch_enwik8.ts", import.meta.url).pathname,
+        "--url",
+        "http://127.0.0.1:9/x.zip",
+        "--out",
+        `${dir}/x.gz`,
+      ],
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    ok(
+      !bad.success &&
+        /cannot reach http:\/\/127\.0\.0\.1:9\/x\.zip/.test(new TextDecoder().decode(bad.stderr)),
+    );
+    await Deno.remove(dir, { recursive: true });
+  },
+});
