@@ -166,7 +166,7 @@ export function benchCases(
 ): BenchCase[] {
   const S = suiteSizes(gpu, quick, reference);
   const cases: BenchCase[] = [];
-  const timer = new GpuTimer(gpu, 64);
+  const timer = new GpuTimer(gpu);
   const rand = (n: number) =>
     Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.5);
   const reps = gpu.isSoftware ? 3 : 20;

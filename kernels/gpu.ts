@@ -72,6 +72,8 @@ function noAdapter(): never {
 export interface RequestGpuOptions {
   /** Adapter power preference. */
   powerPreference?: GPUPowerPreference;
+  /** The WebGPU entry point to use instead of `navigator.gpu` (for tests and embedders). */
+  gpu?: GPU;
 }
 
 /**
@@ -89,9 +91,9 @@ export interface RequestGpuOptions {
  * ```
  */
 export async function requestGpu(options: RequestGpuOptions = {}): Promise<Gpu> {
-  const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
-  if (!nav?.gpu) noAdapter();
-  const adapter = await nav.gpu.requestAdapter({ powerPreference: options.powerPreference });
+  const entry = options.gpu ?? (globalThis as { navigator?: { gpu?: GPU } }).navigator?.gpu;
+  if (!entry) noAdapter();
+  const adapter = await entry.requestAdapter({ powerPreference: options.powerPreference });
   if (!adapter) noAdapter();
   const requiredLimits: Record<string, number> = {};
   const limits = adapter.limits as unknown as Record<string, number>;
@@ -147,6 +149,22 @@ export class Gpu {
     this.device = device;
     this.adapterName = adapterName;
     this.isSoftware = isSoftware;
+    // WebGPU reports errors outside an error scope only through this event (Deno prints
+    // nothing): keep the first one so the next readback fails loudly instead of returning zeros.
+    device.addEventListener("uncapturederror", (e) => {
+      this.#uncaptured ??= (e as GPUUncapturedErrorEvent).error.message;
+    });
+  }
+
+  #uncaptured?: string;
+
+  /** Throws the first WebGPU error that happened outside an error scope, if any (then clears it). */
+  throwUncaptured(context: string): void {
+    const msg = this.#uncaptured;
+    if (msg !== undefined) {
+      this.#uncaptured = undefined;
+      throw new Error(`specdec: a WebGPU error happened before ${context}: ${msg}`);
+    }
   }
 
   /** Whether `timestamp-query` is enabled on the device. */
@@ -196,6 +214,13 @@ export class Gpu {
       throw new Error(
         `specdec: buffer "${label}" needs ${size} bytes, over the device's maxBufferSize ` +
           `${this.device.limits.maxBufferSize}`,
+      );
+    }
+    if ((usage & 0x80) && size > this.device.limits.maxStorageBufferBindingSize) {
+      throw new Error(
+        `specdec: buffer "${label}" needs ${size} bytes, over the device's storage binding limit ` +
+          `maxStorageBufferBindingSize ${this.device.limits.maxStorageBufferBindingSize}; ` +
+          `use a smaller batch or sequence length`,
       );
     }
     this.buffersCreated++;
@@ -308,7 +333,13 @@ export class Gpu {
    * @param offset byte offset
    * @returns the bytes
    */
-  async read(buffer: GPUBuffer, bytes: number = buffer.size, offset = 0): Promise<ArrayBuffer> {
+  async read(buffer: GPUBuffer, bytes?: number, offset = 0): Promise<ArrayBuffer> {
+    bytes ??= buffer.size - offset;
+    if (offset + bytes > buffer.size) {
+      throw new Error(
+        `specdec: reading ${bytes} bytes at ${offset} of "${buffer.label}" (${buffer.size} bytes) runs past its end`,
+      );
+    }
     const size = Math.max(4, Math.ceil(bytes / 4) * 4);
     const staging = this.device.createBuffer({
       label: `${buffer.label} readback`,
@@ -320,6 +351,7 @@ export class Gpu {
     this.device.queue.submit([enc.finish()]);
     this.readbacks++;
     await staging.mapAsync(1 /* READ */);
+    this.throwUncaptured(`reading "${buffer.label}"`);
     const out = staging.getMappedRange().slice(0, bytes);
     staging.unmap();
     staging.destroy();
@@ -404,6 +436,7 @@ export class GpuTimer {
   #querySet?: GPUQuerySet;
   #resolveBuf?: GPUBuffer;
   #used = 0;
+  #overflow = 0; // passes that found no free query slot since the last read
   #pending: { start: number; end: number }[] = [];
   #wallStart = 0;
 
@@ -413,7 +446,7 @@ export class GpuTimer {
    * @param gpu the runtime
    * @param capacity how many passes it can time between reads
    */
-  constructor(gpu: Gpu, capacity = 256) {
+  constructor(gpu: Gpu, capacity = 1024) {
     this.#gpu = gpu;
     this.#capacity = capacity;
     this.gpuTimed = gpu.hasTimestamps;
@@ -434,7 +467,11 @@ export class GpuTimer {
    * @returns the pass's timestampWrites
    */
   writes(): GPUComputePassTimestampWrites | undefined {
-    if (!this.#querySet || this.#used >= this.#capacity) return undefined;
+    if (!this.#querySet) return undefined;
+    if (this.#used >= this.#capacity) {
+      this.#overflow++;
+      return undefined;
+    }
     const i = this.#used++;
     this.#pending.push({ start: 2 * i, end: 2 * i + 1 });
     return {
@@ -455,13 +492,25 @@ export class GpuTimer {
   }
 
   /**
-   * Waits for the timed work and returns its time in milliseconds: the sum of GPU pass times,
-   * or the wall time since construction (or the last read) without timestamps. Resets the timer.
+   * Waits for the timed work and returns its time in milliseconds: the sum of GPU pass times
+   * (0 when no pass was timed), or the wall time since construction (or the last read) without
+   * timestamps. Resets the timer.
    *
    * @returns milliseconds
    */
   async read(): Promise<number> {
-    if (!this.gpuTimed || this.#used === 0) {
+    if (this.#overflow > 0) {
+      const n = this.#overflow;
+      this.#overflow = 0;
+      this.#used = 0;
+      this.#pending = [];
+      throw new Error(
+        `specdec: GpuTimer timed ${n} passes more than its capacity ${this.#capacity} between reads; ` +
+          `read it more often or create it with a larger capacity`,
+      );
+    }
+    if (this.gpuTimed && this.#used === 0) return 0; // nothing was timed on the GPU
+    if (!this.gpuTimed) {
       await this.#gpu.device.queue.onSubmittedWorkDone();
       const now = performance.now();
       const ms = now - this.#wallStart;

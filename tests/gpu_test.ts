@@ -1,6 +1,11 @@
-import { deepStrictEqual as assertEquals, rejects as assertRejects } from "node:assert/strict";
-import { f32bits, type Gpu, GpuTimer, grid } from "../kernels/gpu.ts";
-import { gpuTest } from "./helpers.ts";
+import {
+  deepStrictEqual,
+  deepStrictEqual as assertEquals,
+  rejects as assertRejects,
+  throws as assertThrows,
+} from "node:assert/strict";
+import { f32bits, type Gpu, GpuTimer, grid, requestGpu } from "../kernels/gpu.ts";
+import { gpuTest, testGpu } from "./helpers.ts";
 
 const SCALE = /* wgsl */ `
 struct P { n: u32, s: u32 }
@@ -59,3 +64,49 @@ Deno.test("grid() splits large workgroup counts", () => {
   const [x, y] = grid(200000);
   assertEquals(x <= 65535 && x * y >= 200000, true);
 });
+
+Deno.test("requestGpu() without an adapter says how to get one", async () => {
+  const none = { requestAdapter: () => Promise.resolve(null) } as unknown as GPU;
+  await assertRejects(
+    () => requestGpu({ gpu: none }),
+    /no WebGPU adapter found.*mesa-vulkan-drivers/,
+  );
+});
+
+gpuTest("Gpu.buffer() names the buffer and the binding limit when a buffer is too large", (gpu) => {
+  const limit = gpu.device.limits.maxStorageBufferBindingSize;
+  assertThrows(
+    () => gpu.buffer("huge (T, V)", limit + 4),
+    /"huge \(T, V\)" needs \d+ bytes, over .*maxStorageBufferBindingSize/,
+  );
+});
+
+Deno.test({
+  name: "a WebGPU error outside an error scope fails the next readback",
+  sanitizeResources: false,
+  sanitizeOps: false,
+  async fn() {
+    const gpu = await testGpu();
+    if (!gpu) return;
+    // an invalid bind group built outside any error scope: WebGPU reports it only as uncaptured
+    const x = gpu.buffer("x", 16);
+    gpu.device.createBindGroup({
+      layout: gpu.pipeline("scale", SCALE).getBindGroupLayout(0),
+      entries: [{ binding: 1, resource: { buffer: x } }],
+    });
+    await assertRejects(() => gpu.readF32(x), /WebGPU error happened before reading "x"/);
+    deepStrictEqual((await gpu.readF32(x)).length, 4); // reported once
+  },
+});
+
+gpuTest(
+  "GpuTimer reports 0 with nothing timed and refuses to under-report past its capacity",
+  async (gpu) => {
+    const timer = new GpuTimer(gpu, 2);
+    if (!gpu.hasTimestamps) return;
+    deepStrictEqual(await timer.read(), 0);
+    for (let i = 0; i < 3; i++) gpu.run("empty", [], timer);
+    await assertRejects(() => timer.read(), /timed 1 passes more than its capacity 2/);
+    timer.destroy();
+  },
+);
