@@ -41,8 +41,14 @@ export {
   type Tensor,
   writeSafetensors,
 } from "./model/checkpoint.ts";
-export { Adam, type AdamOptions, type AdamStats, type Parameter } from "./model/optimizer.ts";
-export { Trainer, type TrainerOptions } from "./model/trainer.ts";
+export {
+  Adam,
+  type AdamOptions,
+  type AdamStats,
+  decodeAdamStats,
+  type Parameter,
+} from "./model/optimizer.ts";
+export { type StepResult, Trainer, type TrainerOptions } from "./model/trainer.ts";
 export {
   decodeCorpus,
   type Split,

@@ -11,7 +11,7 @@ import { requestGpu } from "./kernels/gpu.ts";
 import { GpuTimer } from "./kernels/gpu.ts";
 import { Decoder } from "./model/decoder.ts";
 import { type DecoderConfig, PRESETS } from "./model/config.ts";
-import { Trainer } from "./model/trainer.ts";
+import { type StepResult, Trainer } from "./model/trainer.ts";
 import { decodeCorpus, splitCorpus, WindowSampler } from "./data/corpus.ts";
 import { baseDecoding, speculativeDecoding } from "./model/decoding.ts";
 import { appendJsonl, atomicWrite, exists } from "./cli/fsutil.ts";
@@ -450,23 +450,36 @@ async function main(): Promise<void> {
     if (!pending) return;
     const { step: s, t, d } = pending;
     pending = undefined;
-    let loss: number, smallLoss: number;
-    try {
-      loss = await tTrain.loss(t);
-      smallLoss = await dTrain.loss(d);
-    } catch (e) {
-      if (!skipNonFinite) {
-        throw new Error(
-          `${(e as Error).message} (training step ${s}); --skip-nonfinite skips such steps`,
-        );
-      }
-      log(`step ${s}: ${(e as Error).message}; update skipped (--skip-nonfinite)`);
-      return;
+    // both models' results at once: two readbacks in flight, none waiting for later steps
+    const [rt, rd] = await Promise.all([tTrain.result(t), dTrain.result(d)]);
+    const bad = [["target", rt], ["draft", rd]].flatMap(([name, r]) => {
+      const x = r as StepResult;
+      const what = [
+        ...(Number.isFinite(x.loss) ? [] : [`loss ${x.loss}`]),
+        ...(Number.isFinite(x.gradNorm) ? [] : [`gradient norm ${x.gradNorm}`]),
+      ];
+      return what.length
+        ? [`${name} ${what.join(", ")}${x.skipped ? " (update skipped)" : ""}`]
+        : [];
+    });
+    if (bad.length) {
+      const msg = `training step ${s}: ${bad.join("; ")}`;
+      if (!skipNonFinite) throw new Error(`${msg}; --skip-nonfinite skips such updates`);
+      log(msg);
     }
+    const [loss, smallLoss] = [rt.loss, rd.loss];
     const secs = (performance.now() - t0) / 1000;
     const tps = ((s + 1 - startStep) * tokensPerStep * 2) / secs;
     lastStatus = `loss ${loss.toFixed(3)} draft ${smallLoss.toFixed(3)} ${Math.round(tps)} tok/s`;
-    await record({ type: "train", step: s, loss, smallLoss, seconds: +secs.toFixed(3) });
+    await record({
+      type: "train",
+      step: s,
+      loss,
+      smallLoss,
+      gradNorm: rt.gradNorm,
+      smallGradNorm: rd.gradNorm,
+      seconds: +secs.toFixed(3),
+    });
     progress.update(s + 1, lastStatus);
   };
 

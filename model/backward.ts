@@ -17,6 +17,7 @@ import type { ForwardPlan } from "./decoder.ts";
 /**
  * Builds the backward dispatches of a training {@link ForwardPlan}.
  *
+ * @param alloc allocates the backward's scratch buffers (the model tracks them to free them)
  * @param gpu the runtime
  * @param config the model's config
  * @param params parameter buffers by checkpoint name
@@ -26,6 +27,7 @@ import type { ForwardPlan } from "./decoder.ts";
  * @returns the dispatches, in order
  */
 export function backwardDispatches(
+  alloc: (label: string, bytes: number) => GPUBuffer,
   gpu: Gpu,
   config: FullDecoderConfig,
   params: Map<string, GPUBuffer>,
@@ -39,7 +41,7 @@ export function backwardDispatches(
   const HD = H * D, F = config.ffMult * C, V = config.numTokens, maxLen = plan.cache.maxLen;
   const L = `bwd B${B} n${n}`;
   const buf = (name: string, shape: number[]) =>
-    gpu.buffer(`${L} ${name} (${shape.join(", ")})`, shape.reduce((a, b) => a * b, 1) * 4);
+    alloc(`${L} ${name} (${shape.join(", ")})`, shape.reduce((a, b) => a * b, 1) * 4);
   const dX = buf("dx stream", [T, C]); // gradient of the residual stream
   const dXn = buf("dxn", [T, C]); // gradient of a norm's output
   const dA = buf("da", [T, F]);

@@ -99,14 +99,30 @@ export interface LossPlan {
   targets: GPUBuffer;
   /** Per-position cross-entropy `(T)`. */
   losses: GPUBuffer;
-  /** Gradient of the (scaled) mean loss w.r.t. the logits `(T, V)`. */
-  dLogits: GPUBuffer;
+  /** Gradient of the (scaled) mean loss w.r.t. the logits `(T, V)` (training plans only). */
+  dLogits?: GPUBuffer;
   /** The mean loss `(1)`, accumulated over micro-batches (clear it before a step). */
   loss: GPUBuffer;
   /** Forward + loss dispatches. */
   dispatches: Dispatch[];
   /** Backward dispatches (gradients accumulate into {@link Decoder.grads}), built on demand. */
   backward?: Dispatch[];
+}
+
+/**
+ * Next-token targets of a batch: `targets[b·n + i] = tokens[b][i + 1]`, {@link IGNORE} at each
+ * row's last position.
+ *
+ * @param tokens batch × n tokens
+ * @param n tokens per row
+ * @returns u32 `(batch · n)`
+ */
+export function nextTokenTargets(tokens: number[][], n: number): Uint32Array<ArrayBuffer> {
+  const t = new Uint32Array(tokens.length * n);
+  tokens.forEach((row, b) => {
+    for (let i = 0; i < n; i++) t[b * n + i] = i + 1 < n ? row[i + 1] : IGNORE;
+  });
+  return t;
 }
 
 /** Checks tokens: a non-empty batch of equal-length rows of integers in [0, numTokens). */
@@ -177,6 +193,24 @@ export class Decoder {
   readonly #caches = new Map<string, KVCache>();
   readonly #lossPlans = new Map<string, LossPlan>();
   #grads?: Map<string, GPUBuffer>;
+  /** Every buffer the model allocated (plans, tables, caches, gradients), freed by destroy(). */
+  readonly #owned = new Set<GPUBuffer>();
+  /** Serialises logits()/loss()/gradients(): they share per-shape plans and buffers. */
+  #queue: Promise<unknown> = Promise.resolve();
+
+  /** Allocates a buffer that {@link Decoder.destroy} frees. */
+  #alloc = (label: string, bytes: number): GPUBuffer => {
+    const b = this.gpu.buffer(label, bytes);
+    this.#owned.add(b);
+    return b;
+  };
+
+  /** Runs `fn` after every earlier call of this model's convenience methods has finished. */
+  #exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#queue.then(fn, fn);
+    this.#queue = run.catch(() => {});
+    return run;
+  }
 
   private constructor(
     gpu: Gpu,
@@ -237,7 +271,7 @@ export class Decoder {
    * const model = await Decoder.fromSafetensors(gpu, await Deno.readFile("target.safetensors"));
    * ```
    */
-  static fromSafetensors(
+  static async fromSafetensors(
     gpu: Gpu,
     bytes: Uint8Array,
     options: { maxSeqLen?: number; label?: string; source?: string } = {},
@@ -269,7 +303,7 @@ export class Decoder {
       values.set(s.name, new Float32Array(t.data));
     }
     const inv = tensors.get("rotary_emb.inv_freq")?.data ?? rotaryInvFreq(config.dimHead);
-    return Promise.resolve(new Decoder(gpu, config, values, inv, options.label ?? "decoder"));
+    return await Promise.resolve(new Decoder(gpu, config, values, inv, options.label ?? "decoder"));
   }
 
   /**
@@ -308,6 +342,7 @@ export class Decoder {
         cos: this.gpu.upload(`${this.#label} rotary cos ${shape}`, new Float32Array(cos)),
         sin: this.gpu.upload(`${this.#label} rotary sin ${shape}`, new Float32Array(sin)),
       };
+      this.#owned.add(t.cos).add(t.sin);
       this.#tables.set(maxLen, t);
     }
     return t;
@@ -354,7 +389,7 @@ export class Decoder {
     const HD = H * D, F = c.ffMult * C, V = c.numTokens, maxLen = cache.maxLen;
     const L = `${this.#label} fwd B${B} n${n}`;
     const buf = (name: string, shape: number[]) =>
-      gpu.buffer(`${L} ${name} (${shape.join(", ")})`, shape.reduce((a, b) => a * b, 1) * 4);
+      this.#alloc(`${L} ${name} (${shape.join(", ")})`, shape.reduce((a, b) => a * b, 1) * 4);
     const tokens = buf("tokens u32", [B, n]);
     const start = buf("start u32", [B]);
     const logits = buf("logits", [B, n, V]);
@@ -511,27 +546,37 @@ export class Decoder {
    */
   async logits(tokens: number[][]): Promise<Float32Array> {
     const { batch, n } = validateTokens(tokens, this.config.numTokens, this.config.maxSeqLen);
-    const plan = this.forwardPlan(this.#scratchCache(batch, n), n);
-    this.#feed(plan, tokens);
-    await this.gpu.scoped(
-      "Decoder.logits",
-      () => this.gpu.run(`${this.#label} logits`, plan.dispatches),
-    );
-    return await this.gpu.readF32(plan.logits, batch * n * this.config.numTokens);
+    return await this.#exclusive(async () => {
+      const plan = await this.gpu.scoped("Decoder.logits", () => {
+        const plan = this.forwardPlan(this.#scratchCache(batch, n), n);
+        this.#feed(plan, tokens);
+        this.gpu.run(`${this.#label} logits`, plan.dispatches);
+        return plan;
+      });
+      return await this.gpu.readF32(plan.logits, batch * n * this.config.numTokens);
+    });
   }
 
-  /** Builds (once per shape) the training forward + loss dispatches. */
-  lossPlan(batch: number, n: number, lossScale = 1): LossPlan {
-    const key = `${batch}x${n}x${lossScale}`;
+  /**
+   * Builds (once per shape) the forward + cross-entropy dispatches.
+   *
+   * @param batch rows
+   * @param n tokens per row
+   * @param lossScale multiplier on the mean loss (and its gradient)
+   * @param training keep activations and write dLogits for a backward pass (else evaluation only)
+   * @returns the plan
+   */
+  lossPlan(batch: number, n: number, lossScale = 1, training = true): LossPlan {
+    const key = `${batch}x${n}x${lossScale}x${training}`;
     let lp = this.#lossPlans.get(key);
     if (lp) return lp;
     const gpu = this.gpu, V = this.config.numTokens, T = batch * n;
-    const plan = this.forwardPlan(this.#scratchCache(batch, n), n, true);
+    const plan = this.forwardPlan(this.#scratchCache(batch, n), n, training);
     const L = `${this.#label} loss B${batch} n${n}`;
-    const targets = gpu.buffer(`${L} targets u32 (${T})`, T * 4);
-    const losses = gpu.buffer(`${L} losses (${T})`, T * 4);
-    const dLogits = gpu.buffer(`${L} dlogits (${T}, ${V})`, T * V * 4);
-    const loss = gpu.buffer(`${L} loss (1)`, 4);
+    const targets = this.#alloc(`${L} targets u32 (${T})`, T * 4);
+    const losses = this.#alloc(`${L} losses (${T})`, T * 4);
+    const dLogits = training ? this.#alloc(`${L} dlogits (${T}, ${V})`, T * V * 4) : undefined;
+    const loss = this.#alloc(`${L} loss (1)`, 4);
     const count = batch * (n - 1) / lossScale;
     const dispatches = [
       ...plan.dispatches,
@@ -547,12 +592,7 @@ export class Decoder {
   /** Uploads tokens and next-token targets (last position of each row ignored). */
   feedLoss(lp: LossPlan, tokens: number[][]): void {
     this.#feed(lp.plan, tokens);
-    const n = lp.plan.n;
-    const t = new Uint32Array(lp.plan.batch * n);
-    tokens.forEach((row, b) => {
-      for (let i = 0; i < n; i++) t[b * n + i] = i + 1 < n ? row[i + 1] : IGNORE;
-    });
-    this.gpu.write(lp.targets, t);
+    this.gpu.write(lp.targets, nextTokenTargets(tokens, lp.plan.n));
   }
 
   /**
@@ -565,10 +605,15 @@ export class Decoder {
   async loss(tokens: number[][]): Promise<number> {
     const { batch, n } = validateTokens(tokens, this.config.numTokens, this.config.maxSeqLen);
     if (n < 2) throw new Error(`specdec: loss needs at least 2 tokens per row, got ${n}`);
-    const lp = this.lossPlan(batch, n);
-    this.feedLoss(lp, tokens);
-    await this.gpu.scoped("Decoder.loss", () => this.#submit("loss", [lp.loss], [lp.dispatches]));
-    return (await this.gpu.readF32(lp.loss, 1))[0];
+    return await this.#exclusive(async () => {
+      const lp = await this.gpu.scoped("Decoder.loss", () => {
+        const lp = this.lossPlan(batch, n, 1, false);
+        this.feedLoss(lp, tokens);
+        this.#submit("loss", [lp.loss], [lp.dispatches]);
+        return lp;
+      });
+      return (await this.gpu.readF32(lp.loss, 1))[0];
+    });
   }
 
   /** Gradient buffers by checkpoint name, same shapes as the parameters (allocated on first use). */
@@ -579,7 +624,7 @@ export class Decoder {
         const bytes = s.shape.reduce((a, b) => a * b, 1) * 4;
         this.#grads.set(
           s.name,
-          this.gpu.buffer(`${this.#label} grad ${s.name} (${s.shape.join(", ")})`, bytes),
+          this.#alloc(`${this.#label} grad ${s.name} (${s.shape.join(", ")})`, bytes),
         );
       }
     }
@@ -598,12 +643,13 @@ export class Decoder {
   trainingPlan(batch: number, n: number, lossScale = 1): LossPlan {
     const lp = this.lossPlan(batch, n, lossScale);
     lp.backward ??= backwardDispatches(
+      this.#alloc,
       this.gpu,
       this.config,
       this.params,
       this.grads,
       lp.plan,
-      lp.dLogits,
+      lp.dLogits!,
     );
     return lp;
   }
@@ -639,23 +685,28 @@ export class Decoder {
   async gradients(tokens: number[][]): Promise<Record<string, Float32Array>> {
     const { batch, n } = validateTokens(tokens, this.config.numTokens, this.config.maxSeqLen);
     if (n < 2) throw new Error(`specdec: gradients need at least 2 tokens per row, got ${n}`);
-    const lp = this.trainingPlan(batch, n);
-    this.feedLoss(lp, tokens);
-    await this.gpu.scoped(
-      "Decoder.gradients",
-      () =>
-        this.#submit("gradients", [lp.loss, ...this.grads.values()], [lp.dispatches, lp.backward!]),
-    );
-    const out: Record<string, Float32Array> = {};
-    for (const [name, g] of this.grads) out[name] = await this.gpu.readF32(g);
-    return out;
+    return await this.#exclusive(async () => {
+      await this.gpu.scoped("Decoder.gradients", () => {
+        const lp = this.trainingPlan(batch, n);
+        this.feedLoss(lp, tokens);
+        this.#submit("gradients", [lp.loss, ...this.grads.values()], [lp.dispatches, lp.backward!]);
+      });
+      const out: Record<string, Float32Array> = {};
+      for (const [name, g] of this.grads) out[name] = await this.gpu.readF32(g);
+      return out;
+    });
   }
 
-  /** Frees every GPU buffer of the model, its plans and caches. */
+  /**
+   * Frees every GPU buffer the model allocated: parameters, gradients, plans' activations, rotary
+   * tables and caches (dispatches' small uniform buffers are left to the garbage collector). The
+   * model is unusable afterwards.
+   */
   destroy(): void {
     for (const b of this.params.values()) b.destroy();
-    for (const b of this.#grads?.values() ?? []) b.destroy();
     for (const c of this.#caches.values()) c.destroy();
+    for (const b of this.#owned) b.destroy();
+    this.#owned.clear();
   }
 }
 

@@ -61,6 +61,23 @@ export interface AdamStats {
   skipped: number;
 }
 
+/**
+ * Decodes the bytes of {@link Adam.statsBuffer}.
+ *
+ * @param bytes at least the first 7 words of the stats buffer
+ * @returns the statistics
+ */
+export function decodeAdamStats(bytes: ArrayBuffer): AdamStats {
+  const f = new Float32Array(bytes), u = new Uint32Array(bytes);
+  return {
+    gradNorm: f[StatsWord.norm],
+    clipCoef: f[StatsWord.coef],
+    step: u[StatsWord.step],
+    lastSkipped: u[StatsWord.skip] !== 0,
+    skipped: u[StatsWord.skipped],
+  };
+}
+
 /** Checks an option and returns it, or throws an error naming the option and the value. */
 function check(name: string, value: number, ok: boolean, rule: string): number {
   if (typeof value !== "number" || !ok) {
@@ -273,15 +290,15 @@ export class Adam {
    * @returns the norm, clip coefficient, GPU step count and skip information
    */
   async readStats(): Promise<AdamStats> {
-    const bytes = await this.#gpu.read(this.#stats);
-    const f = new Float32Array(bytes), u = new Uint32Array(bytes);
-    return {
-      gradNorm: f[StatsWord.norm],
-      clipCoef: f[StatsWord.coef],
-      step: u[StatsWord.step],
-      lastSkipped: u[StatsWord.skip] !== 0,
-      skipped: u[StatsWord.skipped],
-    };
+    return decodeAdamStats(await this.#gpu.read(this.#stats));
+  }
+
+  /**
+   * The GPU buffer the step writes its statistics into (`STATS_WORDS` words, see
+   * {@link decodeAdamStats}), for callers that copy them into their own log inside a step.
+   */
+  get statsBuffer(): GPUBuffer {
+    return this.#stats;
   }
 
   /**

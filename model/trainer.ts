@@ -6,18 +6,35 @@
  *
  * @module
  */
-import type { Gpu } from "../kernels/gpu.ts";
-import { type Decoder, type LossPlan, validateTokens } from "./decoder.ts";
-import { IGNORE } from "../kernels/loss.ts";
-import { Adam, type AdamOptions, type AdamStats } from "./optimizer.ts";
+import type { Gpu, GpuTimer } from "../kernels/gpu.ts";
+import { type Decoder, type LossPlan, nextTokenTargets, validateTokens } from "./decoder.ts";
+import { Adam, type AdamOptions, type AdamStats, decodeAdamStats } from "./optimizer.ts";
 import { paramSpecs } from "./params.ts";
 import { readSafetensors, writeSafetensors } from "./checkpoint.ts";
+
+/** Readback slots: results of the last RING steps map without queueing a copy. */
+const RING = 4;
+/** Words per step in the log: the loss, then the first 7 Adam stats words. */
+const LOG_WORDS = 8;
+const LOG_BYTES = LOG_WORDS * 4;
+
+/** What one training step computed (see {@link Trainer.result}). */
+export interface StepResult {
+  /** The step index. */
+  step: number;
+  /** Mean loss over the step's micro-batches. */
+  loss: number;
+  /** Global gradient L2 norm before clipping (NaN/Inf when the gradients were). */
+  gradNorm: number;
+  /** Whether the update was skipped for a non-finite gradient norm (`skipNonFinite`). */
+  skipped: boolean;
+}
 
 /** Options of a {@link Trainer}. */
 export interface TrainerOptions extends AdamOptions {
   /** Rows per micro-batch (reference: 4). */
   batch: number;
-  /** Tokens per row (reference: 512, as `seqLen + 1` samples give seqLen predictions). */
+  /** Tokens per row (reference: 513: a window of SEQ_LEN + 1 bytes gives 512 predictions). */
   seqLen: number;
   /** Micro-batches accumulated per step (reference: 4). Default 1. */
   accumulate?: number;
@@ -54,9 +71,13 @@ export class Trainer {
   #plan: LossPlan;
   #tokens: GPUBuffer; // u32 (N, B, n): every micro-batch of a step
   #targets: GPUBuffer; // u32 (N, B, n)
-  #lossLog: GPUBuffer; // f32 (logSize): mean loss of each step, by step % logSize
+  #log: GPUBuffer; // (logSize, LOG_WORDS): per step [loss, Adam stats words…], by step % logSize
   #logSize: number;
   #steps = 0;
+  // Readback ring: each step also copies its log entry into a mappable buffer inside its own
+  // submission, so reading step i's loss maps that buffer at once instead of queueing a copy
+  // behind the steps submitted since (which would stall the host until they finish).
+  #ring: { buffer: GPUBuffer; step: number; busy: boolean }[];
 
   /**
    * Preallocates everything a step needs for (batch, seqLen) and builds the optimizer.
@@ -90,7 +111,20 @@ export class Trainer {
     this.#tokens = this.#gpu.buffer(`trainer tokens u32 (${N}, ${batch}, ${seqLen})`, N * T * 4);
     this.#targets = this.#gpu.buffer(`trainer targets u32 (${N}, ${batch}, ${seqLen})`, N * T * 4);
     this.#logSize = options.logSize ?? 4096;
-    this.#lossLog = this.#gpu.buffer(`trainer loss log (${this.#logSize})`, this.#logSize * 4);
+    if (!Number.isInteger(this.#logSize) || this.#logSize < 1) {
+      throw new Error(
+        `specdec: Trainer option logSize must be a positive integer, got ${this.#logSize}`,
+      );
+    }
+    this.#log = this.#gpu.buffer(
+      `trainer log (${this.#logSize}, ${LOG_WORDS})`,
+      this.#logSize * LOG_BYTES,
+    );
+    this.#ring = Array.from({ length: RING }, (_, i) => ({
+      buffer: this.#gpu.buffer(`trainer readback ${i} (${LOG_WORDS})`, LOG_BYTES, 0x1 | 0x8), // MAP_READ|COPY_DST
+      step: -1,
+      busy: false,
+    }));
     const params = paramSpecs(model.config).map((s) => ({
       name: s.name,
       param: model.params.get(s.name)!,
@@ -110,9 +144,10 @@ export class Trainer {
    * (batch × seqLen) token matrix. Returns at once with the step's index; nothing waits.
    *
    * @param microBatches the step's micro-batches
-   * @returns the step index (0-based), for {@link Trainer.loss}
+   * @param timer optional GPU timer: times the step's passes (one per micro-batch, one for Adam)
+   * @returns the step index (0-based), for {@link Trainer.result} and {@link Trainer.loss}
    */
-  step(microBatches: number[][][]): number {
+  step(microBatches: number[][][], timer?: GpuTimer): number {
     const N = this.accumulate, B = this.batch, n = this.seqLen, T = B * n;
     if (!Array.isArray(microBatches) || microBatches.length !== N) {
       throw new Error(
@@ -132,54 +167,94 @@ export class Trainer {
           `specdec: micro-batch ${m} is ${shape.batch} × ${shape.n}; this trainer was built for ${B} × ${n} (batch × seqLen)`,
         );
       }
-      mb.forEach((row, b) => {
-        const o = m * T + b * n;
-        tok.set(row, o);
-        for (let i = 0; i < n; i++) tgt[o + i] = i + 1 < n ? row[i + 1] : IGNORE;
-      });
+      mb.forEach((row, b) => tok.set(row, m * T + b * n));
+      tgt.set(nextTokenTargets(mb, n), m * T);
     });
-    const gpu = this.#gpu, lp = this.#plan;
+    const gpu = this.#gpu, lp = this.#plan, index = this.#steps;
     gpu.write(this.#tokens, tok);
     gpu.write(this.#targets, tgt);
     this.optimizer.prepareStep();
-    const enc = gpu.device.createCommandEncoder({ label: `train step ${this.#steps}` });
+    const enc = gpu.device.createCommandEncoder({ label: `train step ${index}` });
     this.model.encodeZeroGrad(enc);
     enc.clearBuffer(lp.loss);
     for (let m = 0; m < N; m++) {
       enc.copyBufferToBuffer(this.#tokens, m * T * 4, lp.plan.tokens, 0, T * 4);
       enc.copyBufferToBuffer(this.#targets, m * T * 4, lp.targets, 0, T * 4);
-      const pass = enc.beginComputePass({ label: `micro-batch ${m}` });
+      const pass = enc.beginComputePass({
+        label: `micro-batch ${m}`,
+        timestampWrites: timer?.writes(),
+      });
       gpu.encode(pass, lp.dispatches);
       gpu.encode(pass, lp.backward!);
       pass.end();
     }
-    const pass = enc.beginComputePass({ label: "clip + adam" });
+    const pass = enc.beginComputePass({ label: "clip + adam", timestampWrites: timer?.writes() });
     gpu.encode(pass, this.optimizer.stepDispatches());
     pass.end();
-    enc.copyBufferToBuffer(lp.loss, 0, this.#lossLog, (this.#steps % this.#logSize) * 4, 4);
+    timer?.resolve(enc);
+    // log entry: [loss, stats words…]
+    const at = (index % this.#logSize) * LOG_BYTES;
+    enc.copyBufferToBuffer(lp.loss, 0, this.#log, at, 4);
+    enc.copyBufferToBuffer(this.optimizer.statsBuffer, 0, this.#log, at + 4, LOG_BYTES - 4);
+    const slot = this.#ring[index % RING];
+    if (!slot.busy) {
+      enc.copyBufferToBuffer(this.#log, at, slot.buffer, 0, LOG_BYTES);
+      slot.step = index;
+    } else slot.step = -1; // still being read: this step's result comes from the log instead
     gpu.device.queue.submit([enc.finish()]);
     return this.#steps++;
   }
 
   /**
-   * The mean loss of step `index` (one readback; call it after submitting the next step so the
-   * GPU keeps working meanwhile).
+   * What step `index` computed: its loss (mean over the micro-batches), the gradient norm before
+   * clipping, and whether the update was skipped (`skipNonFinite`). One readback that does not
+   * wait for steps submitted after it: call it after submitting the next step.
+   *
+   * @param index a step index returned by {@link Trainer.step}
+   * @returns the step's loss and optimizer statistics
+   */
+  async result(index: number): Promise<StepResult> {
+    const oldest = Math.max(0, this.#steps - this.#logSize);
+    if (!Number.isInteger(index) || index < oldest || index >= this.#steps) {
+      throw new Error(
+        `specdec: step ${index} is not in the trainer's log (steps ${oldest}..${this.#steps - 1})`,
+      );
+    }
+    const slot = this.#ring[index % RING];
+    let bytes: ArrayBuffer;
+    if (slot.step === index && !slot.busy) {
+      slot.busy = true;
+      try {
+        await slot.buffer.mapAsync(1 /* READ */);
+        bytes = slot.buffer.getMappedRange().slice(0);
+        slot.buffer.unmap();
+        this.#gpu.readbacks++;
+        this.#gpu.throwUncaptured(`reading training step ${index}`);
+      } finally {
+        slot.busy = false;
+      }
+    } else {
+      bytes = await this.#gpu.read(this.#log, LOG_BYTES, (index % this.#logSize) * LOG_BYTES);
+    }
+    const loss = new Float32Array(bytes, 0, 1)[0];
+    const stats = decodeAdamStats(bytes.slice(4));
+    return { step: index, loss, gradNorm: stats.gradNorm, skipped: stats.lastSkipped };
+  }
+
+  /**
+   * The mean loss of step `index` (see {@link Trainer.result}).
    *
    * @param index a step index returned by {@link Trainer.step}
    * @returns the loss, averaged over the step's micro-batches
-   * @throws Error when the loss is not finite, naming the step
+   * @throws Error naming the step when its loss or gradient norm is not finite
    */
   async loss(index: number): Promise<number> {
-    if (index < Math.max(0, this.#steps - this.#logSize) || index >= this.#steps) {
-      throw new Error(
-        `specdec: step ${index} is not in the loss log (steps ${
-          Math.max(0, this.#steps - this.#logSize)
-        }..${this.#steps - 1})`,
-      );
+    const r = await this.result(index);
+    if (!Number.isFinite(r.loss)) throw new Error(`specdec: loss is ${r.loss} at step ${index}`);
+    if (!Number.isFinite(r.gradNorm)) {
+      throw new Error(`specdec: gradient norm is ${r.gradNorm} at step ${index}`);
     }
-    const v = (await this.#gpu.readF32(this.#lossLog, 1, index % this.#logSize))[0];
-    if (!Number.isFinite(v)) throw new Error(`specdec: loss is ${v} at step ${index}`);
-    return v;
+    return r.loss;
   }
 
   /**
@@ -218,6 +293,14 @@ export class Trainer {
       this.optimizer.loadState(Object.fromEntries([...tensors].map(([k, t]) => [k, t.data])));
     } catch (e) {
       throw new Error(`${(e as Error).message} (in ${source})`);
+    }
+  }
+
+  /** Frees the trainer's buffers and the optimizer's (the model stays usable). */
+  destroy(): void {
+    this.optimizer.destroy();
+    for (const b of [this.#tokens, this.#targets, this.#log, ...this.#ring.map((r) => r.buffer)]) {
+      b.destroy();
     }
   }
 }

@@ -283,3 +283,46 @@ gpuTest("Decoder rejects bad tokens with clear errors", async (gpu) => {
   );
   model.destroy();
 });
+
+gpuTest("concurrent logits() and loss() calls each get their own results", async (gpu) => {
+  const model = Decoder.create(gpu, CFG, { seed: 12 });
+  const a = tokenRows(1, 4, 1), b = tokenRows(1, 4, 2);
+  const [la, lb, sa, sb] = await Promise.all([
+    model.logits(a),
+    model.logits(b),
+    model.loss(a),
+    model.loss(b),
+  ]);
+  deepStrictEqual(la, await model.logits(a));
+  deepStrictEqual(lb, await model.logits(b));
+  ok(sa === await model.loss(a) && sb === await model.loss(b) && sa !== sb, `${sa} ${sb}`);
+  model.destroy();
+});
+
+gpuTest("Decoder.fromSafetensors() explains a config it cannot infer", async (gpu) => {
+  const model = Decoder.create(gpu, CFG, { seed: 9 });
+  await rejects(
+    async () =>
+      Decoder.fromSafetensors(
+        gpu,
+        await editedCheckpoint(model, (t) => delete t["token_emb.weight"]),
+        { source: "m.safetensors" },
+      ),
+    /m\.safetensors is missing tensor "token_emb\.weight"/,
+  );
+  await rejects(
+    async () =>
+      Decoder.fromSafetensors(
+        gpu,
+        await editedCheckpoint(model, (t) =>
+          t["layers.0.0.to_qkv.weight"] = { shape: [70, 24], data: new Float32Array(70 * 24) }),
+      ),
+    /"layers\.0\.0\.to_qkv\.weight" has shape \[70,24\], which is not \[3·heads·8, 24\]/,
+  );
+  await rejects(
+    async () =>
+      Decoder.fromSafetensors(gpu, new Uint8Array([1, 2, 3]), { source: "bad.safetensors" }),
+    /bad\.safetensors is not a valid safetensors file/,
+  );
+  model.destroy();
+});

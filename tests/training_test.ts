@@ -90,18 +90,36 @@ gpuTest("accumulating 4 micro-batches equals one 4× batch", async (gpu) => {
   b.destroy();
 });
 
-gpuTest("Trainer allocates nothing per step", async (gpu) => {
-  const model = Decoder.create(gpu, TINY, { seed: 1 });
-  const trainer = new Trainer(model, { batch: 2, seqLen: 5, accumulate: 2, lr: 1e-3 });
-  const mb = rows(2, 5, 3, TINY.numTokens);
-  trainer.step([mb, mb]);
-  const before = gpu.buffersCreated;
-  let last = 0;
-  for (let s = 0; s < 200; s++) last = trainer.step([mb, mb]);
-  ok(Number.isFinite(await trainer.loss(last)));
-  ok(gpu.buffersCreated === before, `${gpu.buffersCreated - before} buffers created in 200 steps`);
-  model.destroy();
-});
+gpuTest(
+  "Trainer allocates nothing per step over 1,000 steps, results read along the way",
+  async (gpu) => {
+    const model = Decoder.create(gpu, TINY, { seed: 1 });
+    const trainer = new Trainer(model, { batch: 2, seqLen: 5, accumulate: 2, lr: 1e-3 });
+    const mb = rows(2, 5, 3, TINY.numTokens);
+    await trainer.result(trainer.step([mb, mb]));
+    const before = gpu.buffersCreated;
+    for (let s = 1; s <= 1000; s++) {
+      const i = trainer.step([mb, mb]);
+      if (s % 50 === 0) {
+        const r = await trainer.result(i - 1); // the previous step, while this one runs
+        ok(Number.isFinite(r.loss) && r.gradNorm > 0 && !r.skipped, JSON.stringify(r));
+      }
+    }
+    const last = await trainer.result(1000);
+    ok(Number.isFinite(last.loss));
+    const stats = await trainer.stats();
+    ok(
+      Math.abs(stats.gradNorm - last.gradNorm) <= 1e-6 * last.gradNorm,
+      "result() carries the step's norm",
+    );
+    ok(
+      gpu.buffersCreated === before,
+      `${gpu.buffersCreated - before} buffers created in 1,000 steps`,
+    );
+    trainer.destroy();
+    model.destroy();
+  },
+);
 
 gpuTest("Trainer reports non-finite losses with the step and can skip them", async (gpu) => {
   const model = Decoder.create(gpu, TINY, { seed: 1 });
