@@ -319,9 +319,9 @@ gpuTest("Decoder.fromSafetensors() explains a config it cannot infer", async (gp
       ),
     /"layers\.0\.0\.to_qkv\.weight" has shape \[70,24\], which is not \[3·heads·8, 24\]/,
   );
+  // a promise that rejects (not a synchronous throw) for a garbled file
   await rejects(
-    async () =>
-      Decoder.fromSafetensors(gpu, new Uint8Array([1, 2, 3]), { source: "bad.safetensors" }),
+    Decoder.fromSafetensors(gpu, new Uint8Array([1, 2, 3]), { source: "bad.safetensors" }),
     /bad\.safetensors is not a valid safetensors file/,
   );
   model.destroy();
