@@ -6,6 +6,7 @@
  *
  * @module
  */
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { requestGpu } from "./kernels/gpu.ts";
 import { GpuTimer } from "./kernels/gpu.ts";
@@ -170,11 +171,12 @@ async function loadCorpus(
     }
     return { bytes: await decodeCorpus(raw, path), name: path };
   }
-  const def = "data/enwik8.gz";
+  // next to this script, where `deno task data` puts it, whatever the working directory
+  const def = fileURLToPath(new URL("./data/enwik8.gz", import.meta.url));
   if (await exists(def)) {
     return { bytes: await decodeCorpus(await Deno.readFile(def), def), name: def };
   }
-  const dir = new URL(".", import.meta.url).pathname;
+  const dir = fileURLToPath(new URL(".", import.meta.url));
   const chunks: Uint8Array[] = [];
   for (const sub of ["", "kernels/", "model/", "data/", "cli/", "tests/", "tests/reference/"]) {
     try {
@@ -189,7 +191,7 @@ async function loadCorpus(
   let at = 0;
   for (const c of chunks) bytes.set(c, at), at += c.length;
   log(
-    `no ${def} (run \`deno task data\` to fetch enwik8): training on this project's own source text (${bytes.length} bytes) instead`,
+    `no data/enwik8.gz (run \`deno task data\` to fetch enwik8): training on this project's own source text (${bytes.length} bytes) instead`,
   );
   return { bytes, name: "project sources" };
 }

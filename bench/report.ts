@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { requestGpu } from "../kernels/gpu.ts";
 import { benchCases, median, type Sample } from "./suite.ts";
@@ -25,7 +26,7 @@ const { values } = parseArgs({
 const gpu = await requestGpu();
 const quick = Boolean(values.quick);
 const reps = Number(values.reps ?? (gpu.isSoftware ? (quick ? 1 : 3) : 7));
-const outDir = values.out ?? new URL("./results/", import.meta.url).pathname;
+const outDir = values.out ?? fileURLToPath(new URL("./results/", import.meta.url));
 const cases = benchCases(gpu, quick, values.models, values.reference ?? !gpu.isSoftware).filter((
   c,
 ) => !values.filter || c.name.includes(values.filter) || c.group.includes(values.filter));

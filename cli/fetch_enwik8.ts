@@ -4,12 +4,13 @@
  *
  * @module
  */
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { unzipSync } from "fflate";
 import { atomicWrite } from "./fsutil.ts";
 
 const URL_ = "http://mattmahoney.net/dc/enwik8.zip";
-const OUT = new URL("../data/enwik8.gz", import.meta.url).pathname;
+const OUT = fileURLToPath(new URL("../data/enwik8.gz", import.meta.url));
 
 /** `deno task data [--url URL] [--out PATH]`. */
 function options(): { url: string; out: string } {
@@ -76,7 +77,7 @@ async function main(): Promise<void> {
   if (dir) await Deno.mkdir(dir, { recursive: true });
   await atomicWrite(out, gz);
   console.log(
-    `wrote ${OUT} (${(data.length / 1e6).toFixed(1)} MB of text, ${
+    `wrote ${out} (${(data.length / 1e6).toFixed(1)} MB of text, ${
       (gz.length / 1e6).toFixed(1)
     } MB gzipped)`,
   );

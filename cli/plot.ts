@@ -29,6 +29,33 @@ export interface Panel {
   yRange?: [number, number];
 }
 
+/** Min and max without spreading (spreading 100k+ values overflows the call stack). */
+function extent(values: number[]): [number, number] {
+  let lo = Infinity, hi = -Infinity;
+  for (const v of values) {
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  return [lo, hi];
+}
+
+/**
+ * At most `max` points of a series: the mean of each of `max` consecutive buckets, so a long run
+ * draws as fast as a short one and its curve reads as a trend.
+ */
+export function downsample(points: [number, number][], max = 1500): [number, number][] {
+  if (points.length <= max) return points;
+  const out: [number, number][] = [];
+  const size = points.length / max;
+  for (let b = 0; b < max; b++) {
+    const from = Math.floor(b * size), to = Math.floor((b + 1) * size);
+    let x = 0, y = 0;
+    for (let i = from; i < to; i++) x += points[i][0], y += points[i][1];
+    out.push([x / (to - from), y / (to - from)]);
+  }
+  return out;
+}
+
 const esc = (s: string) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
 
 /** "Nice" tick values covering [lo, hi]. */
@@ -73,8 +100,7 @@ export function renderChart(title: string, panels: Panel[], xLabel: string): str
   // one x range for every panel, so the panels line up
   const allX = panels.flatMap((p) => p.series.flatMap((s) => s.points.map((q) => q[0])))
     .filter(Number.isFinite);
-  const xlo = allX.length ? Math.min(...allX) : 0;
-  let xhi = allX.length ? Math.max(...allX) : 1;
+  let [xlo, xhi] = allX.length ? extent(allX) : [0, 1];
   if (xhi <= xlo) xhi = xlo + 1;
   panels.forEach((panel, pi) => {
     const y0 = top + pi * (PH + gap) + 20, pw = W - left - right;
@@ -83,7 +109,7 @@ export function renderChart(title: string, panels: Panel[], xLabel: string): str
     );
     const ys = pts.map((p) => p[1]);
     let [ylo, yhi] = panel.yRange ??
-      [ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 1];
+      (ys.length ? extent(ys) : [0, 1]);
     if (!panel.yRange) {
       const pad = (yhi - ylo) * 0.05 || Math.abs(yhi) * 0.1 || 1;
       ylo -= pad;
@@ -118,7 +144,7 @@ export function renderChart(title: string, panels: Panel[], xLabel: string): str
       }</text>`,
     );
     panel.series.forEach((s, si) => {
-      const p = s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y));
+      const p = downsample(s.points.filter(([x, y]) => Number.isFinite(x) && Number.isFinite(y)));
       if (p.length === 1) {
         parts.push(
           `<circle cx="${X(p[0][0]).toFixed(1)}" cy="${

@@ -2,6 +2,7 @@
  * Smoke test of the benchmark report: `bench/report.ts --quick` runs every group and writes the
  * JSON, markdown and SVG files.
  */
+import { fileURLToPath } from "node:url";
 import { ok } from "node:assert/strict";
 import { testGpu } from "./helpers.ts";
 
@@ -16,7 +17,7 @@ Deno.test({
       args: [
         "run",
         "-A",
-        new URL("../bench/report.ts", import.meta.url).pathname,
+        fileURLToPath(new URL("../bench/report.ts", import.meta.url)),
         "--quick",
         "--out",
         out,

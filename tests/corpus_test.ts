@@ -1,3 +1,4 @@
+import { fileURLToPath } from "node:url";
 import { deepStrictEqual, ok, rejects, throws } from "node:assert/strict";
 import { zipSync } from "fflate";
 import { decodeCorpus, splitCorpus, WindowSampler } from "../data/corpus.ts";
@@ -90,7 +91,7 @@ Deno.test({
       args: [
         "run",
         "-A",
-        new URL("../cli/fetch_enwik8.ts", import.meta.url).pathname,
+        fileURLToPath(new URL("../cli/fetch_enwik8.ts", import.meta.url)),
         "--url",
         `http://127.0.0.1:${server.addr.port}/enwik8.zip`,
         "--out",
@@ -107,7 +108,7 @@ Deno.test({
       args: [
         "run",
         "-A",
-        new URL("../cli/fetch_enwik8.ts", import.meta.url).pathname,
+        fileURLToPath(new URL("../cli/fetch_enwik8.ts", import.meta.url)),
         "--url",
         "http://127.0.0.1:9/x.zip",
         "--out",

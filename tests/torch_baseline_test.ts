@@ -4,10 +4,11 @@
  * with torch: SPECDEC_TORCH_PYTHON or python3), whose own self-test checks its decoding and
  * training code. Each part is ignored, with a message, where its python package is missing.
  */
+import { fileURLToPath } from "node:url";
 import { ok } from "node:assert/strict";
 import { testGpu } from "./helpers.ts";
 
-const root = new URL("../", import.meta.url).pathname;
+const root = fileURLToPath(new URL("../", import.meta.url));
 const env = { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" };
 
 async function run(cmd: string, args: string[]): Promise<{ ok: boolean; out: string }> {

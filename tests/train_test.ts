@@ -2,10 +2,11 @@
  * End-to-end tests of train.ts on the tiny preset with a small generated corpus: training,
  * validation, a generation comparison, checkpoints, an exact resume, and every data error.
  */
+import { fileURLToPath } from "node:url";
 import { deepStrictEqual, ok } from "node:assert/strict";
 import { testGpu } from "./helpers.ts";
 
-const TRAIN = new URL("../train.ts", import.meta.url).pathname;
+const TRAIN = fileURLToPath(new URL("../train.ts", import.meta.url));
 
 /** Runs train.ts with flags; returns exit code and output. */
 async function train(args: string[]): Promise<{ code: number; out: string }> {
