@@ -15,7 +15,7 @@ import { type DecoderConfig, PRESETS } from "./model/config.ts";
 import { type StepResult, Trainer } from "./model/trainer.ts";
 import { decodeCorpus, splitCorpus, WindowSampler } from "./data/corpus.ts";
 import { baseDecoding, speculativeDecoding } from "./model/decoding.ts";
-import { appendJsonl, atomicWrite, exists } from "./cli/fsutil.ts";
+import { appendJsonl, atomicWrite, exists, findCheckpoint, writeCheckpoint } from "./cli/fsutil.ts";
 import { Progress } from "./cli/progress.ts";
 import { type Panel, renderChart } from "./cli/plot.ts";
 
@@ -223,12 +223,16 @@ async function main(): Promise<void> {
   const gpu = await requestGpu();
   const resumeDir = v.resume as string | undefined;
   let resumed: RunState | undefined;
+  let ckDir = "";
   if (resumeDir) {
-    const p = `${resumeDir}/state.json`;
-    if (!(await exists(p))) {
-      throw new Error(`specdec: --resume ${resumeDir}: no state.json there (not a run folder?)`);
+    const found = await findCheckpoint(resumeDir);
+    if (!found) {
+      throw new Error(
+        `specdec: --resume ${resumeDir}: no checkpoint/state.json there (not a run folder, or no checkpoint saved yet)`,
+      );
     }
-    resumed = JSON.parse(await Deno.readTextFile(p)) as RunState;
+    ckDir = found;
+    resumed = JSON.parse(await Deno.readTextFile(`${ckDir}/state.json`)) as RunState;
   }
   // flags given now override; otherwise a resumed run keeps its own settings
   const saved = resumed?.args ?? {};
@@ -295,16 +299,14 @@ async function main(): Promise<void> {
   let target = mk(PRESETS[preset].target, "target", cfg.seed * 2 + 1);
   let draft = mk(PRESETS[preset].draft, "draft", cfg.seed * 2 + 2);
   if (resumed) {
-    target = await Decoder.fromSafetensors(
-      gpu,
-      await Deno.readFile(`${runDir}/target.safetensors`),
-      { maxSeqLen, label: "target", source: `${runDir}/target.safetensors` },
-    );
-    draft = await Decoder.fromSafetensors(gpu, await Deno.readFile(`${runDir}/draft.safetensors`), {
-      maxSeqLen,
-      label: "draft",
-      source: `${runDir}/draft.safetensors`,
-    });
+    const load = async (name: string) =>
+      await Decoder.fromSafetensors(gpu, await Deno.readFile(`${ckDir}/${name}.safetensors`), {
+        maxSeqLen,
+        label: name,
+        source: `${ckDir}/${name}.safetensors`,
+      });
+    target = await load("target");
+    draft = await load("draft");
   }
   const opts = {
     batch: cfg.batch,
@@ -325,7 +327,7 @@ async function main(): Promise<void> {
     valSampler.state = resumed.samplers.val;
     genSampler.state = resumed.samplers.gen;
     for (const [t, name] of [[tTrain, "target"], [dTrain, "draft"]] as const) {
-      const path = `${runDir}/${name}.optim.safetensors`;
+      const path = `${ckDir}/${name}.optim.safetensors`;
       t.loadState(await Deno.readFile(path), path);
     }
     console.log(`resuming ${runDir} at step ${step}`);
@@ -364,19 +366,26 @@ async function main(): Promise<void> {
     await appendJsonl(metricsPath, m);
   };
 
+  let saving = false;
   const save = async (why: string) => {
-    await atomicWrite(`${runDir}/target.safetensors`, await target.toSafetensors());
-    await atomicWrite(`${runDir}/draft.safetensors`, await draft.toSafetensors());
-    for (const [t, name] of [[tTrain, "target"], [dTrain, "draft"]] as const) {
-      await atomicWrite(`${runDir}/${name}.optim.safetensors`, await t.saveState());
+    saving = true;
+    try {
+      const state: RunState = {
+        step,
+        args,
+        samplers: { train: trainSampler.state, val: valSampler.state, gen: genSampler.state },
+      };
+      const dir = await writeCheckpoint(runDir, {
+        "target.safetensors": await target.toSafetensors(),
+        "draft.safetensors": await draft.toSafetensors(),
+        "target.optim.safetensors": await tTrain.saveState(),
+        "draft.optim.safetensors": await dTrain.saveState(),
+        "state.json": JSON.stringify(state, null, 2),
+      });
+      log(`checkpoint (${why}) at step ${step} → ${dir}`);
+    } finally {
+      saving = false;
     }
-    const state: RunState = {
-      step,
-      args,
-      samplers: { train: trainSampler.state, val: valSampler.state, gen: genSampler.state },
-    };
-    await atomicWrite(`${runDir}/state.json`, JSON.stringify(state, null, 2));
-    log(`checkpoint (${why}) at step ${step} → ${runDir}`);
   };
 
   const writePlot = async () => {
@@ -435,6 +444,10 @@ async function main(): Promise<void> {
 
   let interrupted = false;
   const onSigint = () => {
+    if (saving) { // never cut a save short: stop right after it
+      interrupted = true;
+      return log("saving a checkpoint; stopping right after");
+    }
     if (interrupted) Deno.exit(130);
     interrupted = true;
   };

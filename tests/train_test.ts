@@ -109,10 +109,11 @@ Deno.test({
       const f of [
         "metrics.jsonl",
         "loss.svg",
-        "target.safetensors",
-        "draft.safetensors",
-        "target.optim.safetensors",
-        "state.json",
+        "checkpoint/target.safetensors",
+        "checkpoint/draft.safetensors",
+        "checkpoint/target.optim.safetensors",
+        "checkpoint/draft.optim.safetensors",
+        "checkpoint/state.json",
       ]
     ) {
       ok((await Deno.stat(`${dir}/full/${f}`)).size > 0, `${f} written`);
@@ -162,6 +163,10 @@ Deno.test({
       ok(r.code !== 0, `exit code for ${args.join(" ")}`);
       ok(re.test(r.out), `${args.join(" ")}: expected ${re}, got:\n${r.out}`);
     }
+    // no --data and no data/enwik8.gz: one line says it trains on the project's own text
+    const fallback = await train([...SMALL, "--steps", "1", "--run-dir", `${dir}/fallback`]);
+    ok(fallback.code === 0, fallback.out);
+    ok(/own source text|enwik8\.gz/.test(fallback.out), fallback.out);
     const help = await train(["--help"]);
     ok(help.code === 0 && help.out.includes("--resume"), help.out);
     await Deno.remove(dir, { recursive: true });
@@ -211,7 +216,7 @@ Deno.test({
     await child.stderr.cancel();
     ok(status.success, out);
     ok(/checkpoint \(Ctrl-C\) at step \d+/.test(out) && out.includes(`--resume ${dir}/run`), out);
-    const state = JSON.parse(await Deno.readTextFile(`${dir}/run/state.json`));
+    const state = JSON.parse(await Deno.readTextFile(`${dir}/run/checkpoint/state.json`));
     ok(state.step >= 10, `saved at step ${state.step}`);
     await Deno.remove(dir, { recursive: true });
   },
