@@ -6,9 +6,16 @@ import { type Gpu, requestGpu } from "../kernels/gpu.ts";
 
 let gpuPromise: Promise<Gpu | null> | undefined;
 
-/** The shared test device, or null when no WebGPU adapter exists (tests then skip). */
+/**
+ * The shared test device, or null when no WebGPU adapter exists (tests then skip, unless
+ * SPECDEC_REQUIRE_GPU=1, as in CI, makes that an error).
+ */
 export function testGpu(): Promise<Gpu | null> {
   gpuPromise ??= requestGpu().catch((e) => {
+    // CI sets SPECDEC_REQUIRE_GPU=1: there a missing adapter must fail, not skip everything
+    if (Deno.env.get("SPECDEC_REQUIRE_GPU") === "1") {
+      throw new Error(`SPECDEC_REQUIRE_GPU=1 but ${(e as Error).message}`);
+    }
     console.warn(`skipping GPU tests: ${(e as Error).message}`);
     return null;
   });
