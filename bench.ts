@@ -9,7 +9,7 @@
  * @module
  */
 import { requestGpu } from "./kernels/gpu.ts";
-import { benchCases, median, type Sample } from "./bench/suite.ts";
+import { benchCases, representative, type Sample } from "./bench/suite.ts";
 import { formatTable, summarize } from "./bench/summary.ts";
 
 const gpu = await requestGpu();
@@ -30,9 +30,10 @@ for (const c of cases) {
       b.start();
       const s = await run();
       b.end();
-      const list = samples.get(c.name) ?? [];
-      list.push(s);
-      samples.set(c.name, list);
+      // the first call is Deno.bench's warm-up (pipelines compile): not a sample
+      const list = samples.get(c.name);
+      if (list) list.push(s);
+      else samples.set(c.name, []);
     },
   });
 }
@@ -40,10 +41,7 @@ for (const c of cases) {
 globalThis.addEventListener("unload", () => {
   const rows = summarize(cases, (name) => {
     const list = samples.get(name);
-    if (!list?.length) return undefined;
-    const gpuMs = median(list.map((s) => s.gpuMs));
-    return list.find((s) => s.gpuMs === gpuMs) ??
-      { ...list[0], gpuMs, wallMs: median(list.map((s) => s.wallMs)) };
+    return list?.length ? representative(list) : undefined;
   });
   console.log(
     `\nGPU-timed results on ${gpu.adapterName} (median GPU time from timestamp queries):\n`,

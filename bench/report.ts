@@ -8,7 +8,7 @@
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { requestGpu } from "../kernels/gpu.ts";
-import { benchCases, median, type Sample } from "./suite.ts";
+import { benchCases, representative, type Sample } from "./suite.ts";
 import { formatTable, type ReportRow, summarize } from "./summary.ts";
 import { renderChart, type Series } from "../cli/plot.ts";
 
@@ -38,8 +38,9 @@ for (const c of cases) {
   await run(); // warm-up: pipelines compile, caches fill
   const list: Sample[] = [];
   for (let r = 0; r < reps; r++) list.push(await run());
-  const m = median(list.map((s) => s.gpuMs));
-  chosen.set(c.name, list.find((s) => s.gpuMs === m) ?? list[0]);
+  const rep = representative(list);
+  chosen.set(c.name, rep);
+  const m = rep.gpuMs;
   console.log(
     `${c.name}: ${m.toFixed(3)} ms GPU (${((performance.now() - t0) / 1000).toFixed(1)} s)`,
   );
