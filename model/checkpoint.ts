@@ -26,6 +26,10 @@ export interface Safetensors {
 }
 
 const DTYPE_BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2, F64: 8 };
+const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+// one shared word to reinterpret a bfloat16 (the top half of a float32) without allocating
+const bf16Bits = new Uint32Array(1);
+const bf16Value = new Float32Array(bf16Bits.buffer);
 
 function f16ToF32(h: number): number {
   const s = h & 0x8000 ? -1 : 1;
@@ -118,8 +122,15 @@ export function readSafetensors(bytes: Uint8Array, source = "checkpoint"): Safet
       );
     }
     ranges.push([begin, end, name]);
-    const data = new Float32Array(count);
     const at = dataStart + begin;
+    let data: Float32Array;
+    if (dtype === "F32" && LITTLE_ENDIAN) {
+      // bulk copy (the offset need not be 4-aligned in the file, so copy the bytes first)
+      data = new Float32Array(bytes.slice(at, at + 4 * count).buffer);
+      tensors.set(name, { shape: shape as number[], data });
+      continue;
+    }
+    data = new Float32Array(count);
     for (let i = 0; i < count; i++) {
       switch (dtype) {
         case "F32":
@@ -132,8 +143,8 @@ export function readSafetensors(bytes: Uint8Array, source = "checkpoint"): Safet
           data[i] = f16ToF32(view.getUint16(at + 2 * i, true));
           break;
         case "BF16":
-          data[i] =
-            new Float32Array(new Uint32Array([view.getUint16(at + 2 * i, true) << 16]).buffer)[0];
+          bf16Bits[0] = view.getUint16(at + 2 * i, true) << 16;
+          data[i] = bf16Value[0];
           break;
       }
     }
@@ -196,7 +207,7 @@ export function writeSafetensors(
     const d = tensors[name].data;
     const bytes = new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
     // Float32Array is host-endian; WebGPU hosts are little-endian in practice, but be exact:
-    if (new Uint8Array(new Uint16Array([1]).buffer)[0] === 1) out.set(bytes, at);
+    if (LITTLE_ENDIAN) out.set(bytes, at);
     else for (let i = 0; i < d.length; i++) view.setFloat32(at + 4 * i, d[i], true);
     at += d.byteLength;
   }

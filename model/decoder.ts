@@ -277,8 +277,8 @@ export class Decoder {
     options: { maxSeqLen?: number; label?: string; source?: string } = {},
   ): Promise<Decoder> {
     const source = options.source ?? "checkpoint";
-    const { tensors } = readSafetensors(bytes, source);
-    const config = inferConfig(tensors, source, options.maxSeqLen);
+    const { tensors, metadata } = readSafetensors(bytes, source);
+    const config = inferConfig(tensors, source, options.maxSeqLen, metadata);
     const values = new Map<string, Float32Array<ArrayBuffer>>();
     const expected = paramSpecs(config);
     const known = new Set(expected.map((s) => s.name));
@@ -715,6 +715,7 @@ function inferConfig(
   tensors: Map<string, Tensor>,
   source: string,
   maxSeqLen?: number,
+  metadata: Record<string, string> = {},
 ): FullDecoderConfig {
   const need = (name: string): Tensor => {
     const t = tensors.get(name);
@@ -736,7 +737,12 @@ function inferConfig(
     throw new Error(`specdec: ${source} has no layers ("layers.0.0.to_qkv.weight" missing)`);
   }
   const inv = tensors.get("rotary_emb.inv_freq");
-  const dimHead = inv ? 2 * inv.data.length : 64;
+  // dimHead: from rotary_emb.inv_freq, else from the metadata specdec writes, else the default 64
+  let saved: { dimHead?: number } = {};
+  try {
+    saved = JSON.parse(metadata.specdec ?? "{}");
+  } catch { /* foreign metadata: ignore */ }
+  const dimHead = inv ? 2 * inv.data.length : (saved.dimHead ?? 64);
   const qkv = need("layers.0.0.to_qkv.weight");
   const inner = qkv.shape[0] / 3;
   const heads = inner / dimHead;

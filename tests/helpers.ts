@@ -3,6 +3,7 @@
  * element and the first mismatches.
  */
 import { type Gpu, requestGpu } from "../kernels/gpu.ts";
+import { seededRandom } from "../model/params.ts";
 
 let gpuPromise: Promise<Gpu | null> | undefined;
 
@@ -42,17 +43,8 @@ export function gpuTest(name: string, fn: (gpu: Gpu) => Promise<void> | void): v
   });
 }
 
-/** Mulberry32: a small seeded PRNG returning floats in [0, 1). */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Mulberry32: a small seeded PRNG returning floats in [0, 1) (the model's initialiser's). */
+export const rng: (seed: number) => () => number = seededRandom;
 
 /** `n` uniform values in [lo, hi) from a seeded generator, as float32. */
 export function randomF32(n: number, seed: number, lo = -1, hi = 1): Float32Array<ArrayBuffer> {
