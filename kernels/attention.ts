@@ -259,68 +259,126 @@ ${rep(D4, (c) => `    st_out(t * p.H + h, ${c}u, a${c} * inv);`)}
 }`;
 }
 
-/** Threads per query of the split forward: as many as keep its shared memory ≤ ~12 KiB. */
-function splitThreads(D: number): number {
+/**
+ * Shape of the split forward: S threads stride over the keys of QC queries of one (row, head).
+ * Every key and value loaded serves all QC queries (decode steps and verification have few
+ * queries and many keys, so key and value loads dominate); each thread keeps an online softmax
+ * per query, and the S states of each query are combined in workgroup memory (≤ 12 KiB).
+ *
+ * On software adapters (lavapipe runs a workgroup's invocations 8 at a time on one CPU thread,
+ * and every storage or workgroup load is a per-lane loop) S = 8: one SIMD group, no idle lanes
+ * and a short combine. On hardware S = 32 spreads the keys over more threads.
+ *
+ * @param gpu the runtime (software adapters get narrower workgroups)
+ * @param D head size
+ * @param n queries per row in this forward
+ * @returns threads S and queries QC per workgroup
+ */
+function splitShape(gpu: Gpu, D: number, n: number): { S: number; QC: number } {
   const D4 = Math.ceil(D / 4);
-  return Math.max(1, Math.min(32, pow2Floor(12288 / (D4 * 16 + 8))));
+  const S = gpu.isSoftware ? 8 : 32;
+  const fit = Math.floor(12288 / (S * (D4 * 16 + 8)));
+  return { S, QC: Math.max(1, Math.min(8, n, fit)) };
 }
 
 /**
- * Split forward, for few queries per row (decode, verification): a workgroup takes one query,
- * its S threads stride over the keys (thread s takes keys s, s+S, …) with private online
- * softmax states, then combine them in shared memory in a fixed order.
+ * Split forward, for few queries per row (decode, verification): a workgroup takes QC
+ * consecutive queries of one (row, head); its S threads stride over the keys (thread s takes
+ * keys s, s+S, …), loading each key and value once for all QC queries, with a private online
+ * softmax per query; the states are then combined in shared memory in a fixed order. A query's
+ * result depends only on S and its own keys, never on QC or n: a one-token decode step and a
+ * verification forward compute the same bits for the same position.
  */
-function attentionSplitCode(D: number): string {
+function attentionSplitCode(D: number, S: number, QC: number): string {
   const { D4 } = headVec(D);
-  const S = splitThreads(D);
+  const U = (f: (u: number) => string, sep = "\n") => rep(QC, f, sep);
   return /* wgsl */ `${forwardHeader(D)}
-var<workgroup> mS: array<f32, ${S}>;           // (S) running max per thread
-var<workgroup> lS: array<f32, ${S}>;           // (S) running sum per thread
-var<workgroup> aS: array<vec4f, ${S * D4}>; // (S, D4) running weighted values per thread
+const S: u32 = ${S}u;   // threads per workgroup, striding over keys
+const QC: u32 = ${QC}u; // queries per workgroup
+var<workgroup> mS: array<f32, ${QC * S}>;        // (QC, S) running max per query and thread
+var<workgroup> lS: array<f32, ${QC * S}>;        // (QC, S) running sum
+var<workgroup> aS: array<vec4f, ${QC * S * D4}>; // (QC, S, D4) running weighted values
+var<workgroup> wM: array<f32, ${QC}>;            // (QC) combined max
+var<workgroup> wL: array<f32, ${QC}>;            // (QC) combined sum
 
 @compute @workgroup_size(${S})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
         @builtin(local_invocation_index) li: u32) {
-  let w = wg.x + wg.y * nw.x; // (t, h): also the row of out (T, H, D)
-  if (w >= p.B * p.n * p.H) { return; } // whole workgroup: grid overshoot
+  let w = wg.x + wg.y * nw.x; // (b, h, chunk of QC queries)
+  let chunk = w % p.tiles;
+  let h = (w / p.tiles) % p.H;
+  let b = w / (p.tiles * p.H);
+  if (b >= p.B) { return; } // whole workgroup: grid overshoot
   let scale = bitcast<f32>(p.scale);
-  let h = w % p.H;
-  let t = w / p.H;
-  let b = t / p.n;
-  let i = t % p.n;
-  let limit = min(start[b] + i, p.maxLen - 1u); // last key (inclusive)
-  let qRow = t * 3u * p.H + h;
-${rep(D4, (c) => `  let q${c} = ld_qkv(qRow, ${c}u);`)}
-  var m = ${NEG_MAX};
-  var l = 0.0;
-${rep(D4, (c) => `  var a${c} = vec4f();`)}
+  let i0 = chunk * QC;
+  let st = start[b];
+  // query u sees keys [0, e_u) (0 keys: past n); its q row (clamped in range)
+${
+    U((u) =>
+      `  let e${u} = select(0u, min(st + i0 + ${u}u, p.maxLen - 1u) + 1u, i0 + ${u}u < p.n);
+  let qRow${u} = (b * p.n + min(i0 + ${u}u, p.n - 1u)) * 3u * p.H + h;
+${rep(D4, (c) => `  let q${u}_${c} = ld_qkv(qRow${u}, ${c}u);`)}
+  var m${u} = ${NEG_MAX};
+  var l${u} = 0.0;
+${rep(D4, (c) => `  var a${u}_${c} = vec4f();`)}`
+    )
+  }
+  var kEnd = 0u; // keys any query of the chunk sees
+${U((u) => `  kEnd = max(kEnd, e${u});`)}
   let kRow = (b * p.H + h) * p.maxLen;
   let vRow = kRow + p.B * p.H * p.maxLen;
-  for (var j = li; j <= limit; j += ${S}u) {
-    let s = (${rep(D4, (c) => `dot(q${c}, ld_kv(kRow + j, ${c}u))`, " + ")}) * scale;
-    let mn = max(m, s);
-    let alpha = exp(m - mn);
-    let pj = exp(s - mn);
-    l = l * alpha + pj;
-${rep(D4, (c) => `    a${c} = a${c} * alpha + pj * ld_kv(vRow + j, ${c}u);`)}
-    m = mn;
+  for (var j = li; j < kEnd; j += S) {
+${rep(D4, (c) => `    let k${c} = ld_kv(kRow + j, ${c}u);`)}
+${rep(D4, (c) => `    let v${c} = ld_kv(vRow + j, ${c}u);`)}
+${
+    U((u) =>
+      `    if (j < e${u}) {
+      let s = (${rep(D4, (c) => `dot(q${u}_${c}, k${c})`, " + ")}) * scale;
+      if (s > m${u}) { // new running max: rescale what was summed so far
+        let alpha = exp(m${u} - s);
+        l${u} = l${u} * alpha;
+${rep(D4, (c) => `        a${u}_${c} = a${u}_${c} * alpha;`)}
+        m${u} = s;
+      }
+      let pj = exp(s - m${u});
+      l${u} = l${u} + pj;
+${rep(D4, (c) => `      a${u}_${c} = a${u}_${c} + pj * v${c};`)}
+    }`
+    )
   }
-  mS[li] = m;
-  lS[li] = l;
-${rep(D4, (c) => `  aS[li * ${D4}u + ${c}u] = a${c};`)}
+  }
+${
+    U((u) =>
+      `  mS[${u}u * S + li] = m${u};
+  lS[${u}u * S + li] = l${u};
+${rep(D4, (c) => `  aS[(${u}u * S + li) * ${D4}u + ${c}u] = a${u}_${c};`)}`
+    )
+  }
   workgroupBarrier();
   // Threads that saw no key hold m = −FLT_MAX, l = 0: their weight exp(−FLT_MAX − M) is 0.
-  var M = ${NEG_MAX};
-  for (var s = 0u; s < ${S}u; s++) { M = max(M, mS[s]); }
-  var L = 0.0;
-  for (var s = 0u; s < ${S}u; s++) { L = L + exp(mS[s] - M) * lS[s]; }
-  let inv = 1.0 / L;
-  for (var c = li; c < ${D4}u; c += ${S}u) {
-    var acc = vec4f();
-    for (var s = 0u; s < ${S}u; s++) { acc = acc + exp(mS[s] - M) * aS[s * ${D4}u + c]; }
-    st_out(w, c, acc * inv);
+  for (var u = li; u < QC; u += S) {
+    var M = ${NEG_MAX};
+    for (var s = 0u; s < S; s++) { M = max(M, mS[u * S + s]); }
+    var L = 0.0;
+    for (var s = 0u; s < S; s++) { L = L + exp(mS[u * S + s] - M) * lS[u * S + s]; }
+    wM[u] = M;
+    wL[u] = L;
+    if (i0 + u < p.n) { lse[(b * p.H + h) * p.n + i0 + u] = M + log(L); }
   }
-  if (li == 0u) { lse[(b * p.H + h) * p.n + i] = M + log(L); }
+  workgroupBarrier();
+  for (var e = li; e < QC * ${D4}u; e += S) {
+    let u = e / ${D4}u;
+    let c = e % ${D4}u;
+    if (i0 + u < p.n) {
+      let M = wM[u];
+      let inv = 1.0 / wL[u];
+      var acc = vec4f();
+      for (var s = 0u; s < S; s++) {
+        acc = acc + exp(mS[u * S + s] - M) * aS[(u * S + s) * ${D4}u + c];
+      }
+      st_out((b * p.n + i0 + u) * p.H + h, c, acc * inv);
+    }
+  }
 }`;
 }
 
@@ -334,9 +392,12 @@ export type AttentionVariant = "tiled" | "split";
  * Writes the merged-head output and the logsumexp of the scaled scores (kept for the backward).
  *
  * Two kernels: `"tiled"` (a workgroup per 64 queries sharing key tiles in shared memory, for
- * training and prefill) and `"split"` (a workgroup per query, keys split over its threads, for
- * decode, verification and short prompts). The default picks `"split"` when n < 64: a tiled
- * workgroup then has idle threads, and per-query workgroups spread better over the GPU.
+ * training and prefill) and `"split"` (a workgroup per up to 8 queries of a row and head, keys
+ * split over its threads and each key loaded once for all those queries, for decode,
+ * verification and short prompts). The default picks `"split"` when n < 64: a tiled workgroup
+ * then has idle threads, and small workgroups spread better over the GPU. The split kernel gives
+ * a query the same bits whatever n is, so a verification forward of γ + 1 tokens reproduces the
+ * one-token decode steps exactly.
  *
  * @param gpu the runtime
  * @param a `qkv (T, 3, H, D)`, `kv (2, B, H, maxLen, D)`, `start (B)` u32, outputs
@@ -373,14 +434,15 @@ export function attention(
 ): Dispatch {
   const { B, n, H, D, maxLen } = a;
   const variant = a.variant ?? (n < TILE ? "split" : "tiled");
-  const tiles = Math.ceil(n / TILE);
   const tiled = variant === "tiled";
+  const { S, QC } = splitShape(gpu, D, n);
+  const tiles = Math.ceil(n / (tiled ? TILE : QC));
   return gpu.kernel({
     label: `attention ${variant}`,
-    code: tiled ? attentionTiledCode(D) : attentionSplitCode(D),
+    code: tiled ? attentionTiledCode(D) : attentionSplitCode(D, S, QC),
     buffers: [a.qkv, a.kv, a.start, a.out, a.lse],
     params: [B, n, H, maxLen, f32bits(1 / Math.sqrt(D)), tiles],
-    workgroups: tiled ? B * H * tiles : B * n * H,
+    workgroups: B * H * tiles,
   });
 }
 

@@ -19,10 +19,13 @@
  *   ~20 cycles per component while an FMA is nearly free, so the kernel maximises FMAs per
  *   loaded component: (R+C) loads feed R·C FMAs. The default on software adapters.
  *
- * The GEMV ({@link gemvNT}) serves `M ≤ 16` rows in one block so each weight is read once:
- * on software adapters it is variant 3 with R = the next power of two ≥ M; on hardware,
- * a workgroup per 4 output columns splits K over 64 invocations and reduces in workgroup
- * memory (coalesced weight reads).
+ * The GEMV ({@link gemvNT}) serves small M (decode steps, verification) reading each weight
+ * once per block of up to 16 rows: on software adapters it is variant 3's register tiles and,
+ * when K and N are multiples of 4 (the model's shapes), R = M (no padded rows) with a vec4
+ * epilogue (bias, `c`); its sums run in the GEMMs' order, so a row gets the same bits whatever
+ * M is. On hardware, a
+ * workgroup per 4 output columns splits K over 64 invocations and reduces in workgroup memory
+ * (coalesced weight reads).
  *
  * @module
  */
@@ -84,6 +87,8 @@ const GEMM_TILE_SCALAR: RegTile = { R: 8, C: 8, WG: 16 };
 const GEMV_C = 8, GEMV_WG = 16;
 /** Largest M the GEMV serves in one row block; {@link linear} uses it up to this M. */
 const GEMV_MAX_M = 16;
+/** Largest row block of the vec4 GEMV (more rows are split into even blocks). */
+const GEMV_VEC_MAX_R = 16;
 
 // ---------------------------------------------------------------------------------------------
 // WGSL pieces shared by the variants
@@ -375,6 +380,66 @@ function regTileCode(layout: Layout, vec: boolean, tile: RegTile): string {
 }
 
 // ---------------------------------------------------------------------------------------------
+// GEMV variant 1: register tiles with vec4 epilogue
+
+/**
+ * Variant 1 of the GEMV when K and N are multiples of 4 (the model's shapes): variant 3's
+ * register tiles (R rows × C columns per invocation, operands read as vec4 along K), with the
+ * same arithmetic per output (k in order, then bias, then c), so every M gives the bits the
+ * GEMMs give. Its epilogue stores vec4s: on software adapters every storage access is a loop
+ * over the SIMD lanes with a bounds check per lane, so four scalar stores (each with a bias
+ * and, accumulating, a `c` load) cost about four times one vec4 store.
+ */
+function gemvVecCode(tile: RegTile): string {
+  const { R, C, WG } = tile;
+  const L: string[] = [];
+  const body: string[] = [];
+  for (let i = 0; i < R; i++) L.push(`let ai${i} = min(m0 + ${i}u, p.M - 1u) * K4;`);
+  for (let j = 0; j < C; j++) L.push(`let bj${j} = min(n0 + ${j}u, p.N - 1u) * K4;`);
+  for (let j = 0; j < C; j++) body.push(`let b${j} = b[bj${j} + k];`);
+  for (let i = 0; i < R; i++) {
+    body.push(`{ let av = a[ai${i} + k];`);
+    for (let j = 0; j < C / 4; j++) {
+      const d = [0, 1, 2, 3].map((u) => `dot(av, b${4 * j + u})`).join(", ");
+      body.push(`c${i}_${j} += vec4f(${d});`);
+    }
+    body.push("}");
+  }
+  const st: string[] = [];
+  for (let i = 0; i < R; i++) {
+    for (let j = 0; j < C / 4; j++) st.push(`store4v(m0 + ${i}u, n0 + ${4 * j}u, c${i}_${j});`);
+  }
+  return /* wgsl */ `
+struct Params { M: u32, N: u32, K: u32, tilesN: u32, tiles: u32, flags: u32, _p0: u32, _p1: u32 }
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> a: array<vec4f>;       // (M, K) f32, as vec4 along K
+@group(0) @binding(2) var<storage, read> b: array<vec4f>;       // (N, K) f32, as vec4 along K
+@group(0) @binding(3) var<storage, read> bias: array<vec4f>;    // (N) f32, or 4 unused words
+@group(0) @binding(4) var<storage, read_write> c: array<vec4f>; // (M, N) f32, as vec4 along N
+
+// c[row, col..col+4] (+)= v + bias[col..col+4]; N % 4 = 0, so the four are in or out together.
+fn store4v(row: u32, col: u32, v: vec4f) {
+  if (row >= p.M || col >= p.N) { return; }
+  let o = (row * p.N + col) / 4u;
+  var x = v;
+  if ((p.flags & 1u) != 0u) { x += bias[col / 4u]; }
+  if ((p.flags & 2u) != 0u) { x += c[o]; }
+  c[o] = x;
+}
+` + entry(WG) + /* wgsl */ `
+  let K4 = p.K / 4u;
+  let m0 = (t / p.tilesN) * ${R}u;
+  let n0 = (t % p.tilesN) * ${WG * C}u + lid * ${C}u;
+  ${L.join("\n  ")}
+  ${accs(R, C)}
+  for (var k = 0u; k < K4; k++) {
+    ${body.join("\n    ")}
+  }
+  ${st.join("\n  ")}
+}`;
+}
+
+// ---------------------------------------------------------------------------------------------
 // GEMV variant 2: split K (hardware)
 
 /** Invocations splitting K in the split-K GEMV. */
@@ -568,10 +633,40 @@ function gemvRows(M: number): number {
 }
 
 /**
+ * Row block of the vec4 GEMV for M rows: M itself up to {@link GEMV_VEC_MAX_R} (no padded rows
+ * whose loads and dot products are thrown away), else the most even split into blocks of at
+ * most that many rows.
+ */
+function gemvVecRows(M: number): number {
+  const blocks = Math.max(1, Math.ceil(M / GEMV_VEC_MAX_R));
+  return Math.max(1, Math.ceil(M / blocks));
+}
+
+/** A 16-byte buffer bound in place of an absent bias read as vec4, one per device. */
+const noBias4 = new WeakMap<GPUDevice, GPUBuffer>();
+
+/** Builds the vec4 GEMV's dispatch (like {@link build}, with a vec4-sized placeholder bias). */
+function buildGemvVec(gpu: Gpu, args: MatmulArgs, tile: RegTile): Dispatch {
+  const { M, N, K } = args;
+  let dummy = noBias4.get(gpu.device);
+  if (!dummy) noBias4.set(gpu.device, dummy = gpu.buffer("gemv no-bias (4) f32", 16));
+  const tilesN = Math.ceil(N / (tile.C * tile.WG));
+  const tiles = tilesN * Math.ceil(M / tile.R);
+  const flags = (args.bias ? 1 : 0) | (args.accumulate ? 2 : 0);
+  return gpu.kernel({
+    label: args.label ?? "gemvNT",
+    code: gemvVecCode(tile),
+    buffers: [args.a, args.b, args.bias ?? dummy, args.c],
+    params: [M, N, K, tilesN, tiles, flags, 0, 0],
+    workgroups: tiles,
+  });
+}
+
+/**
  * Matrix-vector product for decode steps, with {@link matmulNT} semantics:
  * `c (M, N) = a (M, K) · bᵀ` with `b (N, K)` (+ bias, or +=). Fast for small M (1..16):
- * all rows are computed together, so each weight is read once (for larger M, once per block
- * of 16 rows).
+ * the rows of a block are computed together, so each weight is read once per block of up to
+ * 16 rows (variant 1 takes exactly M rows when K and N are multiples of 4).
  *
  * @param gpu the runtime
  * @param args `a (M, K)`, `b (N, K)`, `c (M, N)`, optional `bias (N)`, `accumulate`;
@@ -594,6 +689,10 @@ export function gemvNT(gpu: Gpu, args: MatmulArgs): Dispatch {
   const R = gemvRows(args.M);
   const variant = args.variant ?? (gpu.isSoftware ? 1 : 2);
   if (variant === 1) {
+    if (vec4Ok("NT", args.M, args.N, args.K) && args.N % 4 === 0) {
+      const tile = { R: gemvVecRows(args.M), C: GEMV_C, WG: gpu.isSoftware ? 8 : GEMV_WG };
+      return buildGemvVec(gpu, args, tile);
+    }
     const tile = { R, C: GEMV_C, WG: GEMV_WG };
     const code = regTileCode("NT", vec4Ok("NT", args.M, args.N, args.K), tile);
     return build(gpu, "gemvNT", code, args, R, GEMV_C * GEMV_WG);

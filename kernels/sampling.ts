@@ -25,15 +25,21 @@
 import { type Dispatch, f32bits, type Gpu } from "./gpu.ts";
 
 /**
- * Threads per row workgroup: a power of two from 32 to 256, about a quarter of the row, so
- * short vocabularies don't leave most invocations idle at every barrier (64 for V = 256).
+ * Threads per row workgroup. On hardware: a power of two from 32 to 128, about a quarter of the
+ * row, so short vocabularies don't leave most invocations idle at every barrier (64 for
+ * V = 256); at most 128 keeps the radix select's per-thread digit counts (16 words a thread)
+ * and the other partials under 12 KiB of workgroup memory. On software adapters: 8, one SIMD group of lavapipe's 256-bit JIT, which runs a
+ * workgroup's invocations 8 at a time on one CPU thread: wider groups only add coroutine
+ * switches at every barrier and longer serial scans over the per-thread partials.
  *
  * @param numTokens the row length V
+ * @param software whether the adapter is a software one (default false)
  * @returns the workgroup size
  */
-export function samplingWorkgroupSize(numTokens: number): number {
+export function samplingWorkgroupSize(numTokens: number, software = false): number {
+  if (software) return 8;
   let wg = 32;
-  while (wg * 4 < numTokens && wg < 256) wg *= 2;
+  while (wg * 4 < numTokens && wg < 128) wg *= 2;
   return wg;
 }
 
@@ -150,10 +156,8 @@ fn uniform01(ctr: vec4<u32>, key: vec2<u32>) -> f32 {
 const rowCommon = (wg: number): string => /* wgsl */ `
 const WG: u32 = ${wg}u;
 const NONE: u32 = 0xffffffffu;
-var<workgroup> wf: array<f32, WG>;      // per-thread partial sums / maxima
-var<workgroup> wi: array<u32, WG>;      // per-thread partial indices / counts
+var<workgroup> wf: array<f32, WG>;      // per-thread partial sums of invCdf
 var<workgroup> tieBase: array<u32, WG>; // ties at the threshold before each thread's chunk
-var<workgroup> wsel: array<u32, 2>;     // radix select broadcast: (prefix, remaining rank)
 var<workgroup> wpick: u32;              // the sampled index, broadcast
 var<workgroup> wword: u32;              // a word loaded by thread 0, broadcast uniformly
 
@@ -213,13 +217,25 @@ fn invCdf(t: u32, u: f32) -> u32 {
 /**
  * WGSL core of the filtered, tempered probabilities of one logits row (needs a binding `logits`
  * and a uniform `P` with `V, k, invT, greedy`). `analyze(base, t)` (uniform control flow) finds
- * the row's max and argmax, the top-k threshold by a radix select (up to 4 passes of 8 bits)
- * on order-preserving keys, and the softmax sum; then `logitProb(j, &tie)` is the probability of j (walk chunks in
- * order). `weight` for `invCdf` is `logitProb`.
+ * the row's max and argmax, the top-k threshold by a radix select on order-preserving keys, and
+ * the softmax sum; then `logitProb(j, &tie)` is the probability of j (walk chunks in order).
+ * `probAt(x)` is the probability of one index x. The including kernel defines `weight` for
+ * `invCdf` (`logitProb`, or the acceptance kernel's residual).
+ *
+ * The radix select takes 4 bits per pass from the top (up to 8 passes, stopping as soon as
+ * every candidate left in the chosen digit is kept): each thread counts its chunk's candidates
+ * per digit in registers (byte counters, four digits per register; no atomics), the 16 totals
+ * are summed over threads in a fixed order, and every thread picks the digit itself. Reductions over the per-thread partials (max, sums)
+ * are done by every thread in the same order, so all agree without a broadcast barrier.
  */
 export const LOGITS_CORE: string = /* wgsl */ `
-var<workgroup> hist: array<atomic<u32>, 256>;
-var<workgroup> wflag: u32;
+var<workgroup> wMaxV: array<f32, WG>;     // per-thread max
+var<workgroup> wMaxI: array<u32, WG>;     // per-thread argmax (NONE for an empty chunk)
+var<workgroup> wCnt: array<u32, 16 * WG>; // (16 digits, WG threads) candidate counts of a pass
+var<workgroup> wTot: array<u32, 16>;      // (16 digits) candidate counts of a pass
+var<workgroup> wTies: array<u32, WG>;     // per-thread ties at the threshold
+var<workgroup> wSum: array<f32, WG>;      // per-thread softmax partial sums
+var<workgroup> wflag: u32;                // "the select is done", broadcast uniformly
 var<private> rBase: u32; // offset of the row in logits
 var<private> rMask: u32; // high bits of the order key the threshold fixes (radix passes done)
 var<private> rThr: u32;  // those bits of the k-th largest logit's order key
@@ -252,9 +268,10 @@ fn logitProb(j: u32, tie: ptr<function, u32>) -> f32 {
   return keptExp(j, tie) / rSum;
 }
 
-// Reductions go through thread 0 in chunk order: few barriers (cheap on software adapters),
-// deterministic, and "first index on ties" for free.
+// Uniform control flow. Barriers sit where a thread reads what others wrote; the first one
+// keeps a second call from overwriting partials a slow thread still reads.
 fn analyze(base: u32, t: u32) {
+  workgroupBarrier();
   rBase = base;
   let ch = chunkOf(t);
   // max and argmax (first index wins ties)
@@ -264,62 +281,77 @@ fn analyze(base: u32, t: u32) {
     let v = logits[base + j];
     if (bi == NONE || v > bv) { bv = v; bi = j; }
   }
-  wf[t] = bv;
-  wi[t] = bi;
+  wMaxV[t] = bv;
+  wMaxI[t] = bi;
+  tieBase[t] = 0u;
   workgroupBarrier();
-  if (t == 0u) {
-    var v = wf[0];
-    var i = wi[0];
-    for (var c = 1u; c < WG; c++) {
-      if (wi[c] != NONE && (i == NONE || wf[c] > v)) { v = wf[c]; i = wi[c]; }
-    }
-    wsel[0] = bitcast<u32>(v);
-    wsel[1] = i;
+  var v = wMaxV[0];
+  var i = wMaxI[0];
+  for (var c = 1u; c < WG; c++) {
+    if (wMaxI[c] != NONE && (i == NONE || wMaxV[c] > v)) { v = wMaxV[c]; i = wMaxI[c]; }
   }
-  workgroupBarrier();
-  rMax = bitcast<f32>(wsel[0]);
-  rArg = wsel[1];
+  rMax = v;
+  rArg = i;
   rMask = 0u; // no filter: every key matches the threshold and rKeep keeps them all
   rThr = 0u;
   rKeep = NONE;
-  tieBase[t] = 0u;
   rSum = 1.0;
   if (P.greedy != 0u) { return; }
   if (P.k < P.V) {
-    // radix select of the k-th largest key, 8 bits per pass from the top, stopping as soon as
-    // every candidate left in the chosen bin is kept
-    // hist starts zeroed (workgroup memory is zero-initialised) and each pass clears it
     var prefix = 0u;
     var mask = 0u;
     var kk = P.k;
     var done = 0u;
-    for (var ps = 0u; ps < 4u; ps++) {
-      let shift = 24u - 8u * ps;
-      for (var j = ch.x; j < ch.y; j++) {
-        let key = orderKey(logits[base + j]);
-        if ((key & mask) == prefix) { atomicAdd(&hist[(key >> shift) & 255u], 1u); }
+    for (var ps = 0u; ps < 8u; ps++) {
+      let shift = 28u - 4u * ps;
+${Array.from({ length: 16 }, (_, d) => `      var n${d} = 0u;`).join("\n")}
+      // byte counters, four digits per register: at most 255 keys between flushes
+      for (var j0 = ch.x; j0 < ch.y; j0 += 255u) {
+        var c0 = 0u;
+        var c1 = 0u;
+        var c2 = 0u;
+        var c3 = 0u;
+        for (var j = j0; j < min(j0 + 255u, ch.y); j++) {
+          let key = orderKey(logits[base + j]);
+          // the digit, or 16 (no counter) for keys outside the candidates: no branch
+          let d = select(16u, (key >> shift) & 15u, (key & mask) == prefix);
+          let one = 1u << (8u * (d & 3u));
+          let r = d >> 2u;
+          c0 += select(0u, one, r == 0u);
+          c1 += select(0u, one, r == 1u);
+          c2 += select(0u, one, r == 2u);
+          c3 += select(0u, one, r == 3u);
+        }
+${
+  Array.from({ length: 16 }, (_, d) => `        n${d} += (c${d >> 2} >> ${8 * (d & 3)}u) & 255u;`)
+    .join(
+      "\n",
+    )
+}
+      }
+${Array.from({ length: 16 }, (_, d) => `      wCnt[${d}u * WG + t] = n${d};`).join("\n")}
+      workgroupBarrier();
+      for (var d = t; d < 16u; d += WG) {
+        var n = 0u;
+        for (var c = 0u; c < WG; c++) { n += wCnt[d * WG + c]; }
+        wTot[d] = n;
       }
       workgroupBarrier();
-      if (t == 0u) {
-        var acc = 0u;
-        var sel = 0u;
-        var selCount = 0u;
-        var found = false;
-        for (var i = 0u; i < 256u; i++) {
-          let d = 255u - i;
-          let c = atomicExchange(&hist[d], 0u); // read and clear for the next pass
-          if (!found) {
-            if (acc + c >= kk) { found = true; sel = d; selCount = c; } else { acc += c; }
-          }
-        }
-        wsel[0] = prefix | (sel << shift);
-        wsel[1] = kk - acc;
-        wflag = select(0u, 1u, selCount == kk - acc);
+      // the digit of the kk-th largest candidate, from the top; every thread finds the same
+      var acc = 0u;
+      var sel = 0u;
+      var selCount = 0u;
+      for (var e = 0u; e < 16u; e++) {
+        let d = 15u - e;
+        let n = wTot[d];
+        if (acc + n >= kk) { sel = d; selCount = n; break; }
+        acc += n;
       }
+      prefix = prefix | (sel << shift);
+      kk = kk - acc;
+      mask = mask | (15u << shift);
+      if (t == 0u) { wflag = select(0u, 1u, selCount == kk); }
       done = workgroupUniformLoad(&wflag);
-      prefix = wsel[0];
-      kk = wsel[1];
-      mask = mask | (255u << shift);
       if (done != 0u) { break; }
     }
     rThr = prefix;
@@ -333,30 +365,40 @@ fn analyze(base: u32, t: u32) {
       for (var j = ch.x; j < ch.y; j++) {
         if ((orderKey(logits[base + j]) & rMask) == rThr) { ties++; }
       }
-      wi[t] = ties;
+      wTies[t] = ties;
       workgroupBarrier();
-      if (t == 0u) {
-        var acc = 0u;
-        for (var c = 0u; c < WG; c++) { tieBase[c] = acc; acc += wi[c]; }
-      }
-      workgroupBarrier();
+      var before = 0u;
+      for (var c = 0u; c < t; c++) { before += wTies[c]; }
+      tieBase[t] = before;
     }
   }
-  // softmax denominator over the kept logits
+  // softmax denominator over the kept logits, summed over threads in order by every thread
   var tie = tieBase[t];
   var s = 0.0;
   for (var j = ch.x; j < ch.y; j++) { s += keptExp(j, &tie); }
-  wf[t] = s;
+  wSum[t] = s;
   workgroupBarrier();
-  if (t == 0u) {
-    var total = 0.0;
-    for (var c = 0u; c < WG; c++) { total += wf[c]; }
-    wsel[0] = bitcast<u32>(total);
-  }
-  workgroupBarrier();
-  rSum = bitcast<f32>(wsel[0]);
+  var total = 0.0;
+  for (var c = 0u; c < WG; c++) { total += wSum[c]; }
+  rSum = total;
 }
 
+// p(x) of the analyzed row for one index x, as logitProb gives it when walking the row in order
+// (the ties at the threshold before x are counted; usually none matter).
+fn probAt(x: u32) -> f32 {
+  if (P.greedy != 0u) { return select(0.0, 1.0, x == rArg); }
+  var tie = 0u;
+  if (rKeep != NONE) {
+    for (var j = 0u; j < x; j++) {
+      if ((orderKey(logits[rBase + j]) & rMask) == rThr) { tie++; }
+    }
+  }
+  return keptExp(x, &tie) / rSum;
+}
+`;
+
+/** `weight` for `invCdf` when sampling from the analyzed row itself. */
+const LOGITS_WEIGHT = /* wgsl */ `
 fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
 `;
 
@@ -390,7 +432,7 @@ const probsCode = (wg: number): string =>
     /* wgsl */ `
 @group(0) @binding(1) var<storage, read> logits: array<f32>;      // (R, V)
 @group(0) @binding(2) var<storage, read_write> probs: array<f32>; // (R, V)`,
-    LOGITS_CORE,
+    LOGITS_CORE + LOGITS_WEIGHT,
     /* wgsl */ `
   if (row >= P.rows) { return; }
   analyze(row * P.V, t);
@@ -413,7 +455,7 @@ export function probsKernel(
 ): Dispatch {
   return gpu.kernel({
     label: `probs (${args.rows}, ${args.numTokens})`,
-    code: probsCode(samplingWorkgroupSize(args.numTokens)),
+    code: probsCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware)),
     buffers: [args.logits, args.probs],
     params: [...samplingWords(args), args.rows],
     workgroups: args.rows,
@@ -428,7 +470,7 @@ const sampleCode = (wg: number): string =>
 @group(0) @binding(1) var<storage, read> logits: array<f32>;       // (R, V)
 @group(0) @binding(2) var<storage, read> counters: array<u32>;     // (R, 4) Philox counters
 @group(0) @binding(3) var<storage, read_write> tokens: array<u32>; // (R)`,
-    LOGITS_CORE,
+    LOGITS_CORE + LOGITS_WEIGHT,
     /* wgsl */ `
   if (row >= P.rows) { return; }
   analyze(row * P.V, t);
@@ -463,7 +505,7 @@ export function sampleKernel(
 ): Dispatch {
   return gpu.kernel({
     label: `sample (${args.rows}, ${args.numTokens})`,
-    code: sampleCode(samplingWorkgroupSize(args.numTokens)),
+    code: sampleCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware)),
     buffers: [args.logits, args.counters, args.tokens],
     params: [...samplingWords(args), args.rows, ...seedWords(args.seed)],
     workgroups: args.rows,
@@ -535,14 +577,20 @@ function layoutWords(layout: StateLayout): number[] {
 
 const LAYOUT_FIELDS = `B: u32, L: u32, statsOff: u32, seqOff: u32, statsW: u32,`;
 
-const baseStepCode = (wg: number): string =>
+const baseStepCode = (wg: number, feed: boolean): string =>
   rowKernel(
     wg,
     `${LAYOUT_FIELDS} n: u32, seedLo: u32, seedHi: u32,`,
     /* wgsl */ `
 @group(0) @binding(1) var<storage, read> logits: array<f32>;      // (B, n, V)
-@group(0) @binding(2) var<storage, read_write> state: array<u32>; // [pos (B) | stats (B, W) | seq (B, L)]`,
-    LOGITS_CORE,
+@group(0) @binding(2) var<storage, read_write> state: array<u32>; // [pos (B) | stats (B, W) | seq (B, L)]
+${
+      feed
+        ? `@group(0) @binding(3) var<storage, read_write> feedTokens: array<u32>; // (B)
+@group(0) @binding(4) var<storage, read_write> feedStart: array<u32>;  // (B)`
+        : ""
+    }`,
+    LOGITS_CORE + LOGITS_WEIGHT,
     /* wgsl */ `
   let b = row;
   if (b >= P.B) { return; }
@@ -558,17 +606,26 @@ const baseStepCode = (wg: number): string =>
     state[P.seqOff + b * P.L + pos] = tok;
     state[b] = pos + 1u;
     state[P.statsOff + b * P.statsW] += 1u;
+    ${
+      feed
+        ? `feedTokens[b] = tok; // the next step's one-token forward feeds it
+    feedStart[b] = pos;   // at its position`
+        : ""
+    }
   }`,
   );
 
 /**
  * One base decoding step's sampling: for each unfinished row b (pos[b] < L), samples a token
  * from the last logits row of b, writes it at seq[b, pos[b]], advances pos[b] and counts the
- * step in stats[b, 0]. The uniform's counter is (b, pos[b], base, 0).
+ * step in stats[b, 0]. The uniform's counter is (b, pos[b], base, 0). With `feedTokens` and
+ * `feedStart` it also feeds the next step's one-token forward (the token at its position), as
+ * {@link "./speculative.ts" | seqFeedKernel} with `n = 1, back = 1` would from the new state,
+ * which saves that dispatch per step (finished rows keep their last feed, which is the same).
  *
  * @param gpu the runtime
- * @param args `logits (B, n, V)` f32, the `state` buffer and its `layout`, `n`, `seed` and the
- *   sampling options
+ * @param args `logits (B, n, V)` f32, the `state` buffer and its `layout`, `n`, `seed`, the
+ *   sampling options, and optionally the next forward's `feedTokens (B)`, `feedStart (B)` u32
  * @returns the dispatch
  */
 export function baseStepKernel(
@@ -579,40 +636,63 @@ export function baseStepKernel(
     layout: StateLayout;
     n: number;
     seed: number;
+    feedTokens?: GPUBuffer;
+    feedStart?: GPUBuffer;
   },
 ): Dispatch {
+  const feed = !!(args.feedTokens && args.feedStart);
   return gpu.kernel({
     label: `base step sample (${args.layout.batch}, ${args.numTokens})`,
-    code: baseStepCode(samplingWorkgroupSize(args.numTokens)),
-    buffers: [args.logits, args.state],
+    code: baseStepCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware), feed),
+    buffers: [args.logits, args.state, ...(feed ? [args.feedTokens!, args.feedStart!] : [])],
     params: [...samplingWords(args), ...layoutWords(args.layout), args.n, ...seedWords(args.seed)],
     workgroups: args.layout.batch,
   });
 }
 
-/** The draft sampling kernel, with or without writing the next draft forward's feed. */
-const draftStepCode = (wg: number, feed: boolean): string =>
+/** How a draft sampling kernel feeds the next forward: none, the next draft step, the target. */
+type DraftFeed = "none" | "draft" | "target";
+
+/** The draft sampling kernel, with or without writing the next forward's feed. */
+const draftStepCode = (wg: number, feed: DraftFeed): string =>
   rowKernel(
     wg,
     `${LAYOUT_FIELDS} n: u32, seedLo: u32, seedHi: u32, i: u32, gamma: u32,`,
     /* wgsl */ `
 @group(0) @binding(1) var<storage, read> logits: array<f32>;      // (B, n, V)
-@group(0) @binding(2) var<storage, read> state: array<u32>;       // [pos (B) | …]
+@group(0) @binding(2) var<storage, read> state: array<u32>;       // [pos (B) | … | seq (B, L)]
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;     // (B, gamma, V)
 @group(0) @binding(4) var<storage, read_write> draft: array<u32>; // (B, gamma)
 ${
-      feed
+      feed === "draft"
         ? `@group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B)
 @group(0) @binding(6) var<storage, read_write> feedStart: array<u32>;  // (B)`
+        : feed === "target"
+        ? `@group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B, gamma + 1)
+@group(0) @binding(6) var<storage, read_write> feedStart: array<u32>;  // (B)
+
+// The verification forward's feed, as targetFeedKernel writes it from the state:
+// [seq[b, pos − 1], x_1 .. x_γ] at start pos − 1.
+fn feedTarget(b: u32, pos: u32) {
+  let n = P.gamma + 1u;
+  feedTokens[b * n] = state[P.seqOff + b * P.L + min(pos - 1u, P.L - 1u)];
+  for (var j = 1u; j < n; j++) { feedTokens[b * n + j] = draft[b * P.gamma + j - 1u]; }
+  feedStart[b] = pos - 1u;
+}`
         : ""
     }`,
-    LOGITS_CORE,
+    LOGITS_CORE + LOGITS_WEIGHT,
     /* wgsl */ `
   let b = row;
   if (b >= P.B) { return; }
   if (t == 0u) { wword = state[b]; }
   let pos = workgroupUniformLoad(&wword);
-  if (pos >= P.L) { return; } // finished rows do nothing
+  if (pos >= P.L) { // finished rows do nothing${
+      feed === "target" ? " (but feed the target as before)" : ""
+    }
+    ${feed === "target" ? "if (t == 0u) { feedTarget(b, pos); }" : ""}
+    return;
+  }
   // the logits row of interest: with n = 2 the forward started at max(pos − 2, 0)
   var r = 0u;
   if (P.n == 2u && pos >= 2u) { r = 1u; }
@@ -628,9 +708,11 @@ ${
   if (t == 0u) {
     draft[b * P.gamma + P.i - 1u] = tok;
     ${
-      feed
+      feed === "draft"
         ? `feedTokens[b] = tok;            // the next draft forward feeds x_i
     feedStart[b] = pos + P.i - 1u;     // at its position`
+        : feed === "target"
+        ? "feedTarget(b, pos);"
         : ""
     }
   }`,
@@ -641,11 +723,14 @@ ${
  * the draft's logits row of interest (with `n = 2` the forward started at max(pos − 2, 0), so the
  * row is pos − 1 − start; with `n = 1` it is the only row), stores q_i at `q[b, i − 1]`, samples
  * x_i (counter (b, pos, draft, i)) into `draft[b, i − 1]`, and, when `feedTokens`/`feedStart` are
- * given, feeds x_i at position pos + i − 1 to the next draft forward.
+ * given, feeds x_i at position pos + i − 1 to the next draft forward. With `targetTokens` and
+ * `targetStart` instead (the last draft step) it feeds the target's verification forward as
+ * {@link "./speculative.ts" | targetFeedKernel} would, for every row: one dispatch less per step.
  *
  * @param gpu the runtime
  * @param args `logits (B, n, V)`, `state` (pos read), `q (B, gamma, V)` and `draft (B, gamma)`
- *   out, optional `feedTokens (B)`/`feedStart (B)` u32 out, `n` (1 or 2), `i`, `gamma`, `seed`
+ *   out, optional `feedTokens (B)`/`feedStart (B)` u32 out, or optional
+ *   `targetTokens (B, gamma + 1)`/`targetStart (B)` u32 out, `n` (1 or 2), `i`, `gamma`, `seed`
  *   and the sampling options
  * @returns the dispatch
  */
@@ -659,23 +744,28 @@ export function draftStepKernel(
     draft: GPUBuffer;
     feedTokens?: GPUBuffer;
     feedStart?: GPUBuffer;
+    targetTokens?: GPUBuffer;
+    targetStart?: GPUBuffer;
     n: number;
     i: number;
     gamma: number;
     seed: number;
   },
 ): Dispatch {
-  const feed = !!(args.feedTokens && args.feedStart);
+  const feed: DraftFeed = args.feedTokens && args.feedStart
+    ? "draft"
+    : args.targetTokens && args.targetStart
+    ? "target"
+    : "none";
+  const feedBuffers = feed === "draft"
+    ? [args.feedTokens!, args.feedStart!]
+    : feed === "target"
+    ? [args.targetTokens!, args.targetStart!]
+    : [];
   return gpu.kernel({
     label: `draft step ${args.i} sample (${args.layout.batch}, ${args.numTokens})`,
-    code: draftStepCode(samplingWorkgroupSize(args.numTokens), feed),
-    buffers: [
-      args.logits,
-      args.state,
-      args.q,
-      args.draft,
-      ...(feed ? [args.feedTokens!, args.feedStart!] : []),
-    ],
+    code: draftStepCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware), feed),
+    buffers: [args.logits, args.state, args.q, args.draft, ...feedBuffers],
     params: [
       ...samplingWords(args),
       ...layoutWords(args.layout),
@@ -694,11 +784,13 @@ export const ROW_WGSL: {
   philox: string;
   samplingFields: string;
   layoutFields: string;
+  logitsCore: string;
 } = {
   common: rowCommon,
   philox: PHILOX_WGSL,
   samplingFields: SAMPLING_FIELDS,
   layoutFields: LAYOUT_FIELDS,
+  logitsCore: LOGITS_CORE,
 };
 
 /** Uniform word helpers the acceptance kernel (speculative.ts) reuses. */

@@ -124,19 +124,40 @@ export function targetFeedKernel(
   });
 }
 
-/** The acceptance kernel; `residual = false` is the deliberately wrong variant. */
-const acceptCode = (wg: number, residual: boolean): string => /* wgsl */ `
+/**
+ * The acceptance kernel; `residual = false` is the deliberately wrong variant. With `fromLogits`
+ * it reads the target's logits instead of its probabilities and computes p_i (the very WGSL of
+ * probsKernel, so the same bits) only for the rows it needs: x_1.. until the first rejection,
+ * then the correction's (or the bonus) row — a + 1 rows instead of γ + 1, and no probs dispatch.
+ */
+const acceptCode = (
+  wg: number,
+  residual: boolean,
+  feed: boolean,
+  fromLogits: boolean,
+): string => /* wgsl */ `
 struct Params {
   ${ROW_WGSL.samplingFields} ${ROW_WGSL.layoutFields}
   seedLo: u32, seedHi: u32, gamma: u32, lenience: f32,
 }
 @group(0) @binding(0) var<uniform> P: Params;
 @group(0) @binding(1) var<storage, read_write> state: array<u32>; // [pos (B) | stats (B, W) | seq (B, L)]
-@group(0) @binding(2) var<storage, read> p: array<f32>;           // (B, gamma + 1, V) target probs
+${
+  fromLogits
+    ? "@group(0) @binding(2) var<storage, read> logits: array<f32>;      // (B, gamma + 1, V) target logits"
+    : "@group(0) @binding(2) var<storage, read> p: array<f32>;           // (B, gamma + 1, V) target probs"
+}
 @group(0) @binding(3) var<storage, read> q: array<f32>;           // (B, gamma, V) draft probs
 @group(0) @binding(4) var<storage, read> draft: array<u32>;       // (B, gamma) draft tokens
+${
+  feed
+    ? `@group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B, 2) next draft feed
+@group(0) @binding(6) var<storage, read_write> feedStart: array<u32>;  // (B)`
+    : ""
+}
 ${ROW_WGSL.common(wg)}
 ${ROW_WGSL.philox}
+${fromLogits ? ROW_WGSL.logitsCore : ""}
 const RESIDUAL: u32 = ${residual ? 1 : 0}u;
 var<workgroup> wacc: u32;
 var<private> wMode: u32; // 1: max(0, p − q), 0: p
@@ -144,7 +165,7 @@ var<private> pRow: u32;
 var<private> qRow: u32;
 
 fn weight(j: u32, tie: ptr<function, u32>) -> f32 {
-  let pv = p[pRow + j];
+  let pv = ${fromLogits ? "logitProb(j, tie)" : "p[pRow + j]"};
   if (wMode == 1u) { return max(0.0, pv - q[qRow + j]); }
   return pv;
 }
@@ -159,8 +180,29 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (pos >= P.L) { return; } // finished rows do nothing
   let key = vec2<u32>(P.seedLo, P.seedHi);
   let G = P.gamma;
-  if (t == 0u) {
-    // accept x_i while r_i ≤ p_i(x_i) / (lenience · q_i(x_i)); greedy: while x_i = argmax p_i
+  // accept x_i while r_i ≤ p_i(x_i) / (lenience · q_i(x_i)); greedy: while x_i = argmax p_i
+${
+  fromLogits
+    ? `  var a = 0u;
+  loop {
+    if (a >= G) { break; }
+    analyze((b * (G + 1u) + a) * P.V, t); // p_{a+1}, only as far as needed
+    if (t == 0u) {
+      let x = draft[b * G + a];
+      let pv = probAt(x);
+      let qv = q[(b * G + a) * P.V + x];
+      var ok = pv > 0.0;
+      if (P.greedy == 0u) {
+        let r = uniform01(vec4<u32>(b, pos, ${RNG_PURPOSE.accept}u, a), key);
+        ok = r <= pv / (P.lenience * qv);
+      }
+      wacc = select(0u, 1u, ok);
+    }
+    if (workgroupUniformLoad(&wacc) == 0u) { break; }
+    a++;
+  }
+  if (a == G) { analyze((b * (G + 1u) + G) * P.V, t); } // the bonus row`
+    : `  if (t == 0u) {
     var a = 0u;
     loop {
       if (a >= G) { break; }
@@ -177,7 +219,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     }
     wacc = a;
   }
-  let a = workgroupUniformLoad(&wacc);
+  let a = workgroupUniformLoad(&wacc);`
+}
   // the extra token: norm(max(0, p_a − q_a)) after a rejection, p_{γ+1} when all passed
   pRow = (b * (G + 1u) + a) * P.V;
   qRow = (b * G + min(a, G - 1u)) * P.V;
@@ -193,11 +236,22 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
       if (pos + i < P.L) { state[seq + pos + i] = draft[b * G + i]; }
     }
     if (pos + a < P.L) { state[seq + pos + a] = tok; }
-    state[b] = min(pos + a + 1u, P.L); // rows never run past L
+    let next = min(pos + a + 1u, P.L); // rows never run past L
+    state[b] = next;
     let st = P.statsOff + b * P.statsW;
     state[st] += 1u;      // steps this row was active
     state[st + 1u] += a;  // accepted draft tokens
     for (var i = 0u; i < a; i++) { state[st + 2u + i] += 1u; } // accepted at draft position i
+    ${
+  feed
+    ? `// the next step's first draft forward (n = 2), as seqFeedKernel (back = 2) would feed it
+    var s = 0u;
+    if (next > 2u) { s = next - 2u; }
+    feedTokens[2u * b] = state[seq + min(s, P.L - 1u)];
+    feedTokens[2u * b + 1u] = state[seq + min(s + 1u, P.L - 1u)];
+    feedStart[b] = s;`
+    : ""
+}
   }
 }`;
 
@@ -220,29 +274,46 @@ export function speculativeStatsWidth(gamma: number): number {
  * `norm(max(0, p_i − q_i))` (from p_i if that is all zero, which needs lenience > 1); if all γ
  * pass, the bonus token from p_{γ+1} (counter (b, pos, extra, 0)). It writes the accepted tokens
  * and the extra token at `seq[b, pos ..]` (only below L), sets `pos = min(pos + a + 1, L)`, and
- * adds to `stats[b] = [steps, accepted, acceptedAt[0..γ)]`.
+ * adds to `stats[b] = [steps, accepted, acceptedAt[0..γ)]`. With `feedTokens (B, 2)` and
+ * `feedStart (B)` it also feeds the next step's first draft forward (n = 2) from the new state,
+ * as {@link seqFeedKernel} with `back = 2` would: one dispatch less per step.
+ *
+ * The target's p comes either from `p` (probsKernel's output) or, with `logits` instead, is
+ * computed here row by row as needed by probsKernel's own WGSL (the same bits): a + 1 of the
+ * γ + 1 rows, and no probs dispatch per step.
  *
  * @param gpu the runtime
- * @param args `state` and `layout` (statsWidth = 2 + gamma), `p (B, gamma + 1, V)` and
- *   `q (B, gamma, V)` f32, `draft (B, gamma)` u32, `gamma`, `lenience`, `seed`, the sampling
- *   options (only `temperature === 0` matters here), and `residual` (default true; false is a
- *   deliberately WRONG sampler, corrections from p instead of max(0, p − q), for tests)
+ * @param args `state` and `layout` (statsWidth = 2 + gamma), either `p (B, gamma + 1, V)` f32
+ *   probabilities or `logits (B, gamma + 1, V)` f32, `q (B, gamma, V)` f32, `draft (B, gamma)`
+ *   u32, `gamma`, `lenience`, `seed`, the sampling options (with `p`, only
+ *   `temperature === 0` matters), `residual` (default true; false is a deliberately WRONG
+ *   sampler, corrections from p instead of max(0, p − q), for tests), and optionally the next
+ *   draft forward's `feedTokens (B, 2)`, `feedStart (B)` u32
  * @returns the dispatch
+ * @throws Error unless exactly one of `p` and `logits` is given, or on a wrong statsWidth
  */
 export function acceptKernel(
   gpu: Gpu,
   args: SamplingOptions & {
     state: GPUBuffer;
     layout: StateLayout;
-    p: GPUBuffer;
+    p?: GPUBuffer;
+    logits?: GPUBuffer;
     q: GPUBuffer;
     draft: GPUBuffer;
     gamma: number;
     lenience: number;
     seed: number;
     residual?: boolean;
+    feedTokens?: GPUBuffer;
+    feedStart?: GPUBuffer;
   },
 ): Dispatch {
+  const feed = !!(args.feedTokens && args.feedStart);
+  const target = args.logits ?? args.p;
+  if (!target || (args.logits && args.p)) {
+    throw new Error("specdec: acceptKernel needs exactly one of p (probabilities) or logits");
+  }
   if (args.layout.statsWidth !== speculativeStatsWidth(args.gamma)) {
     throw new Error(
       `specdec: acceptKernel needs statsWidth ${speculativeStatsWidth(args.gamma)}, got ` +
@@ -251,8 +322,19 @@ export function acceptKernel(
   }
   return gpu.kernel({
     label: `accept (${args.layout.batch}, gamma ${args.gamma})`,
-    code: acceptCode(samplingWorkgroupSize(args.numTokens), args.residual ?? true),
-    buffers: [args.state, args.p, args.q, args.draft],
+    code: acceptCode(
+      samplingWorkgroupSize(args.numTokens, gpu.isSoftware),
+      args.residual ?? true,
+      feed,
+      !!args.logits,
+    ),
+    buffers: [
+      args.state,
+      target,
+      args.q,
+      args.draft,
+      ...(feed ? [args.feedTokens!, args.feedStart!] : []),
+    ],
     params: [
       ...ROW_WORDS.sampling(args),
       ...ROW_WORDS.layout(args.layout),

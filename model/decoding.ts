@@ -11,7 +11,15 @@
  * KV caches implicitly, since the next forward of a row starts at its new `pos − 1`.
  *
  * Invariant at the start of a step: the target cache holds positions < pos − 1 (the last token
- * is pending), the draft cache positions < pos − 2.
+ * is pending), the draft cache positions < pos − 2, and the first forward of the step is already
+ * fed: each step's last kernel (sampling, or acceptance) writes the next step's input tokens and
+ * start positions, so a step has no feed dispatches (the prefill feeds the first step).
+ *
+ * Per step: base decoding runs the target's one-token forward and one sampling kernel;
+ * speculative decoding runs γ draft forwards (the first over 2 tokens: after a step that
+ * accepted everything, the draft has not seen x_γ yet) each followed by its sampling kernel,
+ * the target's verification forward over γ + 1 tokens, and one acceptance kernel that computes
+ * the target's probabilities only for the rows it reads.
  *
  * @module
  */
@@ -19,20 +27,14 @@ import type { Dispatch, Gpu, GpuTimer } from "../kernels/gpu.ts";
 import {
   baseStepKernel,
   draftStepKernel,
-  probsKernel,
   type SamplingOptions,
   seedWords,
   type StateLayout,
   stateOffsets,
   validateSampling,
 } from "../kernels/sampling.ts";
-import {
-  acceptKernel,
-  seqFeedKernel,
-  speculativeStatsWidth,
-  targetFeedKernel,
-} from "../kernels/speculative.ts";
-import { type Decoder, validateTokens } from "./decoder.ts";
+import { acceptKernel, seqFeedKernel, speculativeStatsWidth } from "../kernels/speculative.ts";
+import { type Decoder, type ForwardPlan, validateTokens } from "./decoder.ts";
 import type { KVCache } from "./kv_cache.ts";
 
 /** Options shared by {@link baseDecoding} and {@link speculativeDecoding}. */
@@ -154,19 +156,40 @@ function acquireCache(
   return { cache: e.cache, release: () => void (e.busy = false) };
 }
 
-/** A decode ready to run: its dispatches and state. */
-interface Engine {
+/** A named, consecutive part of a decode step (for profiles). */
+export interface StepPart {
+  /** What the part computes, e.g. `"draft forward n=1"` or `"accept"`. */
+  name: string;
+  /** Its dispatches, in order. */
+  dispatches: Dispatch[];
+}
+
+/**
+ * A decode ready to run: its state buffer and the fixed dispatches of the prefill and of one
+ * step. {@link baseDecoding} and {@link speculativeDecoding} build one, run it and destroy it;
+ * profiles (bench/profile_decoding.ts) encode its parts themselves.
+ */
+export interface DecodingEngine {
+  /** The runtime. */
   gpu: Gpu;
+  /** Label of its submissions. */
   label: string;
+  /** Where pos, stats and seq live in `state`. */
   layout: StateLayout;
+  /** Prompt length P. */
   promptLen: number;
+  /** The state buffer `[pos (B) | stats (B, W) | seq (B, L)]` u32. */
   state: GPUBuffer;
   /** Dispatches run once before the first step (the prompt's prefill). */
   prefill: Dispatch[];
-  /** Dispatches of one decode step. */
+  /** Dispatches of one decode step: the concatenation of `parts`. */
   step: Dispatch[];
+  /** The step's parts, in order. */
+  parts: StepPart[];
   /** Most tokens a row can gain in one step (1, or gamma + 1). */
   maxRate: number;
+  /** Frees the state and scratch buffers and releases the KV caches. */
+  destroy(): void;
 }
 
 /** What {@link runEngine} measured. */
@@ -186,7 +209,7 @@ interface EngineRun {
  * chunk runs, and stops when every row reached seqLen. Chunk sizes come from each row's observed
  * tokens per step, so little work runs after the last row finishes.
  */
-async function runEngine(e: Engine, options: DecodingOptions): Promise<EngineRun> {
+async function runEngine(e: DecodingEngine, options: DecodingOptions): Promise<EngineRun> {
   const { gpu, layout, promptLen: P } = e;
   const { batch: B, seqLen: L, statsWidth: W } = layout;
   const off = stateOffsets(layout);
@@ -306,6 +329,88 @@ function finish<T extends DecodingResult>(r: Omit<T, "readbacksPerToken">): T {
   return { ...r, readbacksPerToken: r.readbacks / r.generated } as T;
 }
 
+/** Collects destructors; runs them (in order) on `destroy`. */
+function cleanupList(): { add: (f: () => void) => void; run: () => void } {
+  const fs: (() => void)[] = [];
+  return { add: (f) => void fs.push(f), run: () => fs.splice(0).forEach((f) => f()) };
+}
+
+/**
+ * Builds the engine of {@link baseDecoding}: per step, one target forward of one token per row
+ * and one kernel that samples (filtered, tempered) into the state and feeds the next step.
+ *
+ * @param model the model
+ * @param prompt a batch of equal-length rows of tokens
+ * @param seqLen total length, prompt included
+ * @param options temperature, filterThres and seed (the rest is ignored here)
+ * @returns the engine; call `destroy()` when done
+ * @throws Error on bad input, as {@link baseDecoding}
+ */
+export function baseDecodingEngine(
+  model: Decoder,
+  prompt: number[][],
+  seqLen: number,
+  options: DecodingOptions = {},
+): DecodingEngine {
+  const { temperature = 1, filterThres = 0.9, seed = 0 } = options;
+  validateSampling(temperature, filterThres);
+  seedWords(seed);
+  const { B, P } = validatePrompt(model, prompt, seqLen, model.config.maxSeqLen);
+  const gpu = model.gpu, L = seqLen, V = model.config.numTokens;
+  const layout: StateLayout = { batch: B, seqLen: L, statsWidth: 1 };
+  const label = "base decoding";
+  const cleanup = cleanupList();
+  try {
+    const state = initialState(gpu, layout, prompt, label);
+    cleanup.add(() => state.destroy());
+    const { cache, release } = acquireCache(model, B, L);
+    cleanup.add(release);
+    const plan = model.forwardPlan(cache, 1);
+    const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
+    const parts: StepPart[] = [
+      { name: "target forward n=1", dispatches: plan.dispatches },
+      {
+        // samples, and feeds the next step's forward (no feed dispatch per step)
+        name: "sample",
+        dispatches: [baseStepKernel(gpu, {
+          ...sampling,
+          logits: plan.logits,
+          state,
+          layout,
+          n: 1,
+          seed,
+          feedTokens: plan.tokens,
+          feedStart: plan.start,
+        })],
+      },
+    ];
+    // the first step's feed: the prompt's last token
+    const feed = seqFeedKernel(gpu, {
+      state,
+      layout,
+      tokens: plan.tokens,
+      start: plan.start,
+      n: 1,
+      back: 1,
+    });
+    return {
+      gpu,
+      label,
+      layout,
+      promptLen: P,
+      state,
+      prefill: [...prefillDispatches(model, cache, state, layout, P), feed],
+      step: parts.flatMap((p) => p.dispatches),
+      parts,
+      maxRate: 1,
+      destroy: cleanup.run,
+    };
+  } catch (e) {
+    cleanup.run();
+    throw e;
+  }
+}
+
 /**
  * Autoregressive sampling like the reference's `base_decoding`: one target forward (one token per
  * row) per step, top-k filter, temperature and categorical sampling on the GPU.
@@ -333,40 +438,14 @@ export async function baseDecoding(
   options: DecodingOptions = {},
 ): Promise<DecodingResult> {
   const t0 = performance.now();
-  const { temperature = 1, filterThres = 0.9, seed = 0 } = options;
-  validateSampling(temperature, filterThres);
-  seedWords(seed);
-  const { B, P } = validatePrompt(model, prompt, seqLen, model.config.maxSeqLen);
-  const gpu = model.gpu, L = seqLen, V = model.config.numTokens;
-  const layout: StateLayout = { batch: B, seqLen: L, statsWidth: 1 };
-  const label = "base decoding";
-  const cleanup: (() => void)[] = [];
+  const gpu = model.gpu;
+  let engine: DecodingEngine | undefined;
   try {
-    const state = initialState(gpu, layout, prompt, label);
-    cleanup.push(() => state.destroy());
-    const { cache, release } = acquireCache(model, B, L);
-    cleanup.push(release);
     const run = await gpu.scoped("baseDecoding", () => {
-      const plan = model.forwardPlan(cache, 1);
-      const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
-      const step = [
-        seqFeedKernel(gpu, {
-          state,
-          layout,
-          tokens: plan.tokens,
-          start: plan.start,
-          n: 1,
-          back: 1,
-        }),
-        ...plan.dispatches,
-        baseStepKernel(gpu, { ...sampling, logits: plan.logits, state, layout, n: 1, seed }),
-      ];
-      const prefill = prefillDispatches(model, cache, state, layout, P);
-      return runEngine(
-        { gpu, label, layout, promptLen: P, state, prefill, step, maxRate: 1 },
-        options,
-      );
+      engine = baseDecodingEngine(model, prompt, seqLen, options);
+      return runEngine(engine, options);
     });
+    const P = engine!.promptLen, B = engine!.layout.batch;
     return finish<DecodingResult>({
       tokens: run.tokens,
       steps: Math.max(...run.rowSteps),
@@ -375,12 +454,149 @@ export async function baseDecoding(
       readbacks: run.readbacks,
       submits: run.submits,
       dispatches: run.dispatches,
-      generated: B * (L - P),
+      generated: B * (seqLen - P),
       gpuMs: run.gpuMs,
       wallMs: performance.now() - t0,
     });
   } finally {
-    for (const f of cleanup) f();
+    engine?.destroy();
+  }
+}
+
+/**
+ * Builds the engine of {@link speculativeDecoding}: per step, γ draft forwards each followed by
+ * its sampling kernel, the target's verification forward of γ + 1 tokens per row and the
+ * acceptance kernel (which computes the target probabilities it needs from the logits).
+ *
+ * @param target the large model whose law the output follows
+ * @param draft the small model proposing tokens
+ * @param prompt a batch of equal-length rows of tokens
+ * @param seqLen total length, prompt included
+ * @param options gamma, temperature, filterThres, lenience, seed and residual
+ * @returns the engine; call `destroy()` when done
+ * @throws Error on bad input, as {@link speculativeDecoding}
+ */
+export function speculativeDecodingEngine(
+  target: Decoder,
+  draft: Decoder,
+  prompt: number[][],
+  seqLen: number,
+  options: SpeculativeOptions = {},
+): DecodingEngine {
+  const { temperature = 1, filterThres = 0.9, seed = 0, lenience = 1, gamma = 5 } = options;
+  integerOption("gamma", gamma, 1);
+  validateSampling(temperature, filterThres);
+  if (typeof lenience !== "number" || !Number.isFinite(lenience) || lenience <= 0) {
+    throw new Error(`specdec: lenience must be a finite number > 0, got ${lenience}`);
+  }
+  seedWords(seed);
+  if (target.config.numTokens !== draft.config.numTokens) {
+    throw new Error(
+      `specdec: target and draft must share the vocabulary; target has numTokens ` +
+        `${target.config.numTokens}, draft ${draft.config.numTokens}`,
+    );
+  }
+  if (target.gpu !== draft.gpu) {
+    throw new Error("specdec: target and draft must be on the same Gpu");
+  }
+  const maxSeqLen = Math.min(target.config.maxSeqLen, draft.config.maxSeqLen);
+  const { B, P } = validatePrompt(target, prompt, seqLen, maxSeqLen);
+  const gpu = target.gpu, L = seqLen, V = target.config.numTokens, G = gamma;
+  const layout: StateLayout = { batch: B, seqLen: L, statsWidth: speculativeStatsWidth(G) };
+  const label = "speculative decoding";
+  // in-flight writes reach position L + γ − 1 for rows about to finish
+  const maxLen = L + G + 1;
+  const cleanup = cleanupList();
+  try {
+    const buffer = (name: string, bytes: number) => {
+      const b = gpu.buffer(`${label} ${name}`, bytes);
+      cleanup.add(() => b.destroy());
+      return b;
+    };
+    const state = initialState(gpu, layout, prompt, label);
+    cleanup.add(() => state.destroy());
+    const q = buffer(`q (${B}, ${G}, ${V})`, B * G * V * 4);
+    const drafts = buffer(`draft tokens u32 (${B}, ${G})`, B * G * 4);
+    const { cache: tc, release: releaseT } = acquireCache(target, B, maxLen);
+    cleanup.add(releaseT);
+    const { cache: dc, release: releaseD } = acquireCache(draft, B, maxLen);
+    cleanup.add(releaseD);
+    const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
+    const d2 = draft.forwardPlan(dc, 2), d1 = draft.forwardPlan(dc, 1);
+    const tp = target.forwardPlan(tc, G + 1);
+    const common = { ...sampling, state, layout, q, draft: drafts, gamma: G, seed };
+    // Draft step i samples x_i and feeds the next forward: the next draft step's, or (the last
+    // one) the target's verification; acceptance feeds the next step's first draft forward, which
+    // re-feeds seq[pos − 2] (idempotent) and feeds seq[pos − 1]. No feed dispatches per step.
+    const draftStep = (i: number, plan: ForwardPlan) =>
+      draftStepKernel(gpu, {
+        ...common,
+        logits: plan.logits,
+        n: plan.n,
+        i,
+        ...(i < G
+          ? { feedTokens: d1.tokens, feedStart: d1.start }
+          : { targetTokens: tp.tokens, targetStart: tp.start }),
+      });
+    const parts: StepPart[] = [
+      { name: "draft forward n=2", dispatches: d2.dispatches },
+      { name: "draft sample", dispatches: [draftStep(1, d2)] },
+    ];
+    for (let i = 2; i <= G; i++) {
+      parts.push(
+        { name: "draft forward n=1", dispatches: d1.dispatches },
+        { name: "draft sample", dispatches: [draftStep(i, d1)] },
+      );
+    }
+    parts.push(
+      { name: `target forward n=${G + 1}`, dispatches: tp.dispatches },
+      {
+        // p_i only for the rows acceptance reads, from the target's logits: no probs dispatch
+        name: "accept",
+        dispatches: [acceptKernel(gpu, {
+          ...sampling,
+          state,
+          layout,
+          logits: tp.logits,
+          q,
+          draft: drafts,
+          gamma: G,
+          lenience,
+          seed,
+          residual: options.residual ?? true,
+          feedTokens: d2.tokens,
+          feedStart: d2.start,
+        })],
+      },
+    );
+    // the first step's draft feed
+    const feed = seqFeedKernel(gpu, {
+      state,
+      layout,
+      tokens: d2.tokens,
+      start: d2.start,
+      n: 2,
+      back: 2,
+    });
+    return {
+      gpu,
+      label,
+      layout,
+      promptLen: P,
+      state,
+      prefill: [
+        ...prefillDispatches(target, tc, state, layout, P),
+        ...prefillDispatches(draft, dc, state, layout, P),
+        feed,
+      ],
+      step: parts.flatMap((x) => x.dispatches),
+      parts,
+      maxRate: G + 1,
+      destroy: cleanup.run,
+    };
+  } catch (e) {
+    cleanup.run();
+    throw e;
   }
 }
 
@@ -421,108 +637,15 @@ export async function speculativeDecoding(
   options: SpeculativeOptions = {},
 ): Promise<SpeculativeResult> {
   const t0 = performance.now();
-  const { temperature = 1, filterThres = 0.9, seed = 0, lenience = 1, gamma = 5 } = options;
-  integerOption("gamma", gamma, 1);
-  validateSampling(temperature, filterThres);
-  if (typeof lenience !== "number" || !Number.isFinite(lenience) || lenience <= 0) {
-    throw new Error(`specdec: lenience must be a finite number > 0, got ${lenience}`);
-  }
-  seedWords(seed);
-  if (target.config.numTokens !== draft.config.numTokens) {
-    throw new Error(
-      `specdec: target and draft must share the vocabulary; target has numTokens ` +
-        `${target.config.numTokens}, draft ${draft.config.numTokens}`,
-    );
-  }
-  if (target.gpu !== draft.gpu) {
-    throw new Error("specdec: target and draft must be on the same Gpu");
-  }
-  const maxSeqLen = Math.min(target.config.maxSeqLen, draft.config.maxSeqLen);
-  const { B, P } = validatePrompt(target, prompt, seqLen, maxSeqLen);
-  const gpu = target.gpu, L = seqLen, V = target.config.numTokens, G = gamma;
-  const layout: StateLayout = { batch: B, seqLen: L, statsWidth: speculativeStatsWidth(G) };
-  const label = "speculative decoding";
-  // in-flight writes reach position L + γ − 1 for rows about to finish
-  const maxLen = L + G + 1;
-  const cleanup: (() => void)[] = [];
+  const gpu = target.gpu;
+  let engine: DecodingEngine | undefined;
   try {
-    const buffer = (name: string, bytes: number) => {
-      const b = gpu.buffer(`${label} ${name}`, bytes);
-      cleanup.push(() => b.destroy());
-      return b;
-    };
-    const state = initialState(gpu, layout, prompt, label);
-    cleanup.push(() => state.destroy());
-    const q = buffer(`q (${B}, ${G}, ${V})`, B * G * V * 4);
-    const p = buffer(`p (${B}, ${G + 1}, ${V})`, B * (G + 1) * V * 4);
-    const drafts = buffer(`draft tokens u32 (${B}, ${G})`, B * G * 4);
-    const { cache: tc, release: releaseT } = acquireCache(target, B, maxLen);
-    cleanup.push(releaseT);
-    const { cache: dc, release: releaseD } = acquireCache(draft, B, maxLen);
-    cleanup.push(releaseD);
     const run = await gpu.scoped("speculativeDecoding", () => {
-      const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
-      const d2 = draft.forwardPlan(dc, 2), d1 = draft.forwardPlan(dc, 1);
-      const tp = target.forwardPlan(tc, G + 1);
-      const common = { ...sampling, state, layout, q, draft: drafts, gamma: G, seed };
-      const step: Dispatch[] = [
-        // draft step 1 re-feeds seq[pos − 2] (idempotent) and feeds seq[pos − 1]
-        seqFeedKernel(gpu, { state, layout, tokens: d2.tokens, start: d2.start, n: 2, back: 2 }),
-        ...d2.dispatches,
-        draftStepKernel(gpu, {
-          ...common,
-          logits: d2.logits,
-          n: 2,
-          i: 1,
-          ...(G > 1 ? { feedTokens: d1.tokens, feedStart: d1.start } : {}),
-        }),
-      ];
-      for (let i = 2; i <= G; i++) {
-        step.push(
-          ...d1.dispatches,
-          draftStepKernel(gpu, {
-            ...common,
-            logits: d1.logits,
-            n: 1,
-            i,
-            ...(i < G ? { feedTokens: d1.tokens, feedStart: d1.start } : {}),
-          }),
-        );
-      }
-      step.push(
-        targetFeedKernel(gpu, {
-          state,
-          layout,
-          draft: drafts,
-          tokens: tp.tokens,
-          start: tp.start,
-          gamma: G,
-        }),
-        ...tp.dispatches,
-        probsKernel(gpu, { ...sampling, logits: tp.logits, probs: p, rows: B * (G + 1) }),
-        acceptKernel(gpu, {
-          ...sampling,
-          state,
-          layout,
-          p,
-          q,
-          draft: drafts,
-          gamma: G,
-          lenience,
-          seed,
-          residual: options.residual ?? true,
-        }),
-      );
-      const prefill = [
-        ...prefillDispatches(target, tc, state, layout, P),
-        ...prefillDispatches(draft, dc, state, layout, P),
-      ];
-      return runEngine(
-        { gpu, label, layout, promptLen: P, state, prefill, step, maxRate: G + 1 },
-        options,
-      );
+      engine = speculativeDecodingEngine(target, draft, prompt, seqLen, options);
+      return runEngine(engine, options);
     });
-    const W = layout.statsWidth;
+    const P = engine!.promptLen, B = engine!.layout.batch, W = engine!.layout.statsWidth;
+    const G = engine!.maxRate - 1;
     let rowStepsTotal = 0, accepted = 0;
     const at = new Array<number>(G).fill(0);
     for (let b = 0; b < B; b++) {
@@ -539,7 +662,7 @@ export async function speculativeDecoding(
       readbacks: run.readbacks,
       submits: run.submits,
       dispatches: run.dispatches,
-      generated: B * (L - P),
+      generated: B * (seqLen - P),
       gpuMs: run.gpuMs,
       wallMs: performance.now() - t0,
       acceptedMean: accepted / rowStepsTotal,
@@ -548,7 +671,7 @@ export async function speculativeDecoding(
       gamma: G,
     });
   } finally {
-    for (const f of cleanup) f();
+    engine?.destroy();
   }
 }
 
