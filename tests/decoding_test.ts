@@ -208,6 +208,46 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "speculativeDecoding() keeps the target's filtered, tempered law (top-k 0.5, temperature 0.8)",
+  async (gpu) => {
+    const V = 8, B = 1024, seqLen = 4, filterThres = 0.5, temperature = 0.8;
+    const target = Decoder.create(gpu, LAW_CFG, { seed: 31 });
+    const draft = Decoder.create(gpu, LAW_CFG, { seed: 32 });
+    const group = [[4, 1], [2, 7]];
+    const prompt = Array.from({ length: B }, (_, b) => group[b % 2]);
+    const run = async (residual: boolean) => {
+      const counts = [new Array(V * V).fill(0), new Array(V * V).fill(0)];
+      for (const seed of [5, 6]) {
+        const out = await speculativeDecoding(target, draft, prompt, seqLen, {
+          gamma: 3,
+          temperature,
+          filterThres,
+          seed,
+          residual,
+        });
+        jointCounts(out.tokens, 2, V).forEach((c, g) => c.forEach((n, i) => counts[g][i] += n));
+      }
+      return counts;
+    };
+    const counts = await run(true);
+    for (const [g, p] of group.entries()) {
+      const fit = chiSquare(counts[g], await exactJoint(target, p, filterThres, temperature));
+      assert(fit.pValue > 1e-3, `prompt ${g}: ${JSON.stringify(fit)}`);
+      // the filter and the temperature really shape the output: the plain law is rejected
+      const plain = chiSquare(counts[g], await exactJoint(target, p, 0, 1));
+      assert(plain.pValue < 1e-6, `prompt ${g}: unfiltered law accepted ${JSON.stringify(plain)}`);
+    }
+    const broken = await run(false);
+    const fits = await Promise.all(
+      group.map(async (p, g) =>
+        chiSquare(broken[g], await exactJoint(target, p, filterThres, temperature))
+      ),
+    );
+    assert(fits.some((f) => f.pValue < 1e-6), `broken sampler accepted ${JSON.stringify(fits)}`);
+  },
+);
+
 gpuTest("baseDecoding() samples the target's filtered, tempered joint law", async (gpu) => {
   const V = 8, B = 1024, seqLen = 4, filterThres = 0.5, temperature = 0.8;
   const target = Decoder.create(gpu, LAW_CFG, { seed: 23 });
