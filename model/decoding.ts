@@ -45,7 +45,7 @@ export interface DecodingOptions {
   filterThres?: number;
   /** Seed of the GPU's counter-based generator: same seed, same output. Default 0. */
   seed?: number;
-  /** Most decode steps per submission (default 32). */
+  /** Most decode steps per submission (default 128: at most one readback per 128 steps). */
   chunkSteps?: number;
   /** Called once per chunk with each row's new tokens (empty rows when a row had none). */
   onTokens?: (rows: number[][]) => void;
@@ -214,7 +214,7 @@ async function runEngine(e: DecodingEngine, options: DecodingOptions): Promise<E
   const { batch: B, seqLen: L, statsWidth: W } = layout;
   const off = stateOffsets(layout);
   const N = L - P;
-  const maxChunk = integerOption("chunkSteps", options.chunkSteps ?? 32, 1);
+  const maxChunk = integerOption("chunkSteps", options.chunkSteps ?? 128, 1);
   const readbacks0 = gpu.readbacks;
   let encoded = 0, submits = 0, dispatches = 0;
   // the last state read back, and how many steps had been encoded when it was captured

@@ -358,3 +358,20 @@ gpuTest("decoding rejects bad input with clear errors", async (gpu) => {
   await base({ seed: -1, re: /seed must be a non-negative safe integer/ });
   await base({ chunkSteps: 0, re: /chunkSteps must be an integer ≥ 1/ });
 });
+
+gpuTest("long decodes read back at most once per 64 generated tokens", async (gpu) => {
+  const cfg = { ...CFG, maxSeqLen: 300 };
+  const target = Decoder.create(gpu, cfg, { seed: 3 });
+  const draft = Decoder.create(gpu, { ...cfg, depth: 1 }, { seed: 4 });
+  const prompt = prompts(1, 4, 9);
+  const base = await baseDecoding(target, prompt, 260, { seed: 1 });
+  assert(
+    base.readbacksPerToken <= 1 / 64,
+    `base: ${base.readbacks} readbacks for ${base.generated}`,
+  );
+  const spec = await speculativeDecoding(target, draft, prompt, 260, { seed: 1, gamma: 4 });
+  assert(
+    spec.readbacksPerToken <= 1 / 64,
+    `spec: ${spec.readbacks} readbacks for ${spec.generated}`,
+  );
+});
