@@ -87,14 +87,21 @@ const NEG_MAX = "-3.40282347e+38"; // −FLT_MAX: the reference's mask value, an
 // ---------------------------------------------------------------------------------------------
 // kvWrite
 
-const KV_WRITE = /* wgsl */ `
+/**
+ * kvWrite, one invocation per copied element: a scalar f32 for any D, or a vec4 when D % 4 = 0
+ * (a quarter of the invocations and index computations, and on software adapters a quarter of
+ * the per-lane load and store loops).
+ */
+const kvWriteCode = (vec: boolean): string => {
+  const e = vec ? "vec4f" : "f32";
+  return /* wgsl */ `
 struct P { B: u32, n: u32, H: u32, D: u32, maxLen: u32, total: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> qkv: array<f32>;      // (T, 3, H, D)
-@group(0) @binding(2) var<storage, read_write> kv: array<f32>; // (2, B, H, maxLen, D)
+@group(0) @binding(1) var<storage, read> qkv: array<${e}>;      // (T, 3, H, D)
+@group(0) @binding(2) var<storage, read_write> kv: array<${e}>; // (2, B, H, maxLen, D)
 @group(0) @binding(3) var<storage, read> start: array<u32>;    // (B)
 
-// One invocation per (token t, s ∈ {k, v}, head h, d).
+// One invocation per (token t, s ∈ {k, v}, head h, d) with d over D${vec ? "/4 vec4s" : ""} (p.D).
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
         @builtin(local_invocation_index) li: u32) {
@@ -111,6 +118,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
   if (pos >= p.maxLen) { return; } // no slot: the cache keeps positions < maxLen only
   kv[(((s * p.B + b) * p.H + h) * p.maxLen + pos) * p.D + d] = qkv[((t * 3u + 1u + s) * p.H + h) * p.D + d];
 }`;
+};
 
 /** Sizes shared by the attention kernels. */
 export interface AttentionSizes {
@@ -157,12 +165,15 @@ export function kvWrite(
   a: AttentionSizes & { qkv: GPUBuffer; kv: GPUBuffer; start: GPUBuffer },
 ): Dispatch {
   const { B, n, H, D, maxLen } = a;
-  const total = B * n * 2 * H * D;
+  // vec4 bindings need at least 16 bytes: no vec4 path for an empty forward or cache
+  const vec = D % 4 === 0 && B * n * H * D > 0 && maxLen > 0;
+  const Dw = vec ? D / 4 : D; // copied words (vec4 or f32) per head vector
+  const total = B * n * 2 * H * Dw;
   return gpu.kernel({
     label: "kvWrite",
-    code: KV_WRITE,
+    code: kvWriteCode(vec),
     buffers: [a.qkv, a.kv, a.start],
-    params: [B, n, H, D, maxLen, total],
+    params: [B, n, H, Dw, maxLen, total],
     workgroups: Math.ceil(total / 64),
   });
 }

@@ -41,34 +41,40 @@ function forward(
 gpuTest(
   "kvWrite() copies k and v to each row's positions and skips positions ≥ maxLen",
   async (gpu) => {
-    const [B, n, H, D, maxLen] = [3, 4, 3, 6, 9];
-    const start = [0, 3, 7]; // row 2 writes positions 7, 8 and skips 9, 10
-    const qkvHost = randomNormal(B * n * 3 * H * D, 1); // (T, 3, H, D)
-    const kv = gpu.upload(
-      "kv (2, B, H, maxLen, D)",
-      new Float32Array(2 * B * H * maxLen * D).fill(-7),
-    );
-    const qkv = gpu.upload("qkv (T, 3, H, D)", qkvHost);
-    const startBuf = gpu.upload("start (B)", new Uint32Array(start));
-    gpu.run("kvWrite", [kvWrite(gpu, { qkv, kv, start: startBuf, B, n, H, D, maxLen })]);
-    const expected = new Float32Array(2 * B * H * maxLen * D).fill(-7); // (2, B, H, maxLen, D)
-    for (let b = 0; b < B; b++) {
-      for (let i = 0; i < n; i++) {
-        const pos = start[b] + i;
-        if (pos >= maxLen) continue;
-        for (let s = 0; s < 2; s++) {
-          for (let h = 0; h < H; h++) {
-            for (let d = 0; d < D; d++) {
-              expected[(((s * B + b) * H + h) * maxLen + pos) * D + d] =
-                qkvHost[(((b * n + i) * 3 + 1 + s) * H + h) * D + d];
-            }
+    // D = 6 takes the scalar copy, D = 8 the vec4 one
+    for (const D of [6, 8]) await kvWriteCase(gpu, D);
+  },
+);
+
+/** kvWrite of 3 rows at starts 0, 3, 7 into a cache preset to −7, checked element by element. */
+async function kvWriteCase(gpu: Gpu, D: number) {
+  const [B, n, H, maxLen] = [3, 4, 3, 9];
+  const start = [0, 3, 7]; // row 2 writes positions 7, 8 and skips 9, 10
+  const qkvHost = randomNormal(B * n * 3 * H * D, 1); // (T, 3, H, D)
+  const kv = gpu.upload(
+    "kv (2, B, H, maxLen, D)",
+    new Float32Array(2 * B * H * maxLen * D).fill(-7),
+  );
+  const qkv = gpu.upload("qkv (T, 3, H, D)", qkvHost);
+  const startBuf = gpu.upload("start (B)", new Uint32Array(start));
+  gpu.run("kvWrite", [kvWrite(gpu, { qkv, kv, start: startBuf, B, n, H, D, maxLen })]);
+  const expected = new Float32Array(2 * B * H * maxLen * D).fill(-7); // (2, B, H, maxLen, D)
+  for (let b = 0; b < B; b++) {
+    for (let i = 0; i < n; i++) {
+      const pos = start[b] + i;
+      if (pos >= maxLen) continue;
+      for (let s = 0; s < 2; s++) {
+        for (let h = 0; h < H; h++) {
+          for (let d = 0; d < D; d++) {
+            expected[(((s * B + b) * H + h) * maxLen + pos) * D + d] =
+              qkvHost[(((b * n + i) * 3 + 1 + s) * H + h) * D + d];
           }
         }
       }
     }
-    assertEquals(await gpu.readF32(kv), expected);
-  },
-);
+  }
+  assertEquals(await gpu.readF32(kv), expected, `D=${D}`);
+}
 
 for (const variant of ["tiled", "split"] as const) {
   gpuTest(
@@ -196,6 +202,82 @@ gpuTest("attention() cached decode and rollback equal one full pass", async (gpu
   const next = back.map((p) => p + 3);
   check(await step(kv, slice(seq2, next, 1), 1, next), full2, next, 1, "decode after rollback");
 });
+
+gpuTest(
+  "attention() split gives a query the same bits whatever n is (one at a time or all at once)",
+  async (gpu) => {
+    // Greedy speculative decoding equals base decoding only if the verification forward
+    // (n = γ + 1) reproduces each one-token decode step bit for bit.
+    for (const D of [32, 10]) { // the models' head size (vec4 bindings), and scalar loads
+      const [B, H, maxLen, prefill, N] = [2, 2, 40, 9, 12];
+      const starts = [prefill, prefill + 5]; // each row at its own position
+      const tokenSize = 3 * H * D;
+      const seq = randomNormal(B * N * tokenSize, 50 + D); // (B, N, 3, H, D): N new tokens a row
+      const cacheHost = randomNormal(2 * B * H * maxLen * D, 60 + D); // earlier positions
+      /** Feeds the N tokens in chunks of the given sizes; returns out (B, N, H, D), lse, cache. */
+      const feed = async (chunks: number[]) => {
+        const kv = gpu.upload("kv (2, B, H, maxLen, D)", cacheHost);
+        const out = new Float32Array(B * N * H * D);
+        const lse = new Float32Array(B * H * N); // (B, H, N)
+        const reads: Promise<void>[] = []; // in flight together: one round trip, not one a chunk
+        let at = 0;
+        for (const n of chunks) {
+          const rows = new Float32Array(B * n * tokenSize); // (B, n, 3, H, D)
+          for (let b = 0; b < B; b++) {
+            const from = (b * N + at) * tokenSize;
+            rows.set(seq.subarray(from, from + n * tokenSize), b * n * tokenSize);
+          }
+          const start = gpu.upload("start (B)", new Uint32Array(starts.map((s) => s + at)));
+          const f = forward(gpu, kv, rows, start, { B, n, H, D, maxLen }, "split");
+          gpu.run("chunk", f.dispatches);
+          const i = at, hd = H * D;
+          reads.push(
+            Promise.all([gpu.readF32(f.out), gpu.readF32(f.lse)]).then(([o, l]) => {
+              for (let b = 0; b < B; b++) {
+                out.set(o.subarray(b * n * hd, (b + 1) * n * hd), (b * N + i) * hd);
+                for (let h = 0; h < H; h++) {
+                  lse.set(l.subarray((b * H + h) * n, (b * H + h + 1) * n), (b * H + h) * N + i);
+                }
+              }
+              for (const buf of [start, f.qkv, f.out, f.lse]) buf.destroy();
+            }),
+          );
+          at += n;
+        }
+        const cache = await gpu.readF32(kv);
+        await Promise.all(reads);
+        kv.destroy();
+        return { out, lse, cache };
+      };
+      const one = await feed(Array(N).fill(1));
+      // all at once (two chunks of 8 queries per workgroup), γ + 1 = 6 twice, and uneven
+      for (const chunks of [[N], [6, 6], [3, 1, 8]]) {
+        const got = await feed(chunks);
+        const label = `D=${D} chunks ${chunks}`;
+        assertEquals(got.out, one.out, `${label}: out`);
+        assertEquals(got.lse, one.lse, `${label}: lse`);
+        assertEquals(got.cache, one.cache, `${label}: cache`);
+      }
+      // and it is attention, not a constant: the reference agrees (to rounding)
+      const { q, k, v } = splitQkv(seq, { T: B * N, H, D });
+      const half = B * H * maxLen * D;
+      const ref = attentionRef({
+        q,
+        k,
+        v,
+        B,
+        n: N,
+        H,
+        D,
+        start: starts,
+        maxLen,
+        cacheK: cacheHost.subarray(0, half),
+        cacheV: cacheHost.subarray(half),
+      });
+      assertClose(one.out, ref.out, { atol: 2e-6, rtol: 1e-5, label: `D=${D} out` });
+    }
+  },
+);
 
 /** q, k, v of a training forward through the GPU, then the backward; checks against the reference. */
 async function backwardCase(

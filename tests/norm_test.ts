@@ -32,31 +32,63 @@ Deno.test("rmsNormBackwardRef() matches central finite differences", () => {
   }
 });
 
-gpuTest("rmsNorm() matches the reference on odd sizes", async (gpu) => {
-  for (const [T, C] of [[7, 33], [1, 1], [3, 300], [5, 256], [4, 1]]) {
-    const x = randomNormal(T * C, 10 + C), w = randomF32(C, 20 + C, 0.5, 1.5);
-    const xb = gpu.upload("x", x), wb = gpu.upload("w", w);
-    const y = gpu.buffer("y", T * C * 4), rstd = gpu.buffer("rstd", T * 4);
-    gpu.run("rmsNorm", [rmsNorm(gpu, { x: xb, weight: wb, y, rstd, T, C })]);
-    const ref = rmsNormRef(x, w, T, C);
-    assertClose(await gpu.readF32(y), ref.y, { label: `y T=${T} C=${C}` });
-    assertClose(await gpu.readF32(rstd), ref.rstd, { label: `rstd T=${T} C=${C}` });
-  }
-});
+/** Runs rmsNorm (the given kernel, or the default) on seeded rows; returns y and rstd. */
+async function runForward(
+  gpu: Gpu,
+  x: Float32Array<ArrayBuffer>,
+  w: Float32Array<ArrayBuffer>,
+  T: number,
+  C: number,
+  narrow?: boolean,
+  split = false,
+) {
+  const xb = gpu.upload("x (T, C)", x), wb = gpu.upload("w (C)", w);
+  const y = gpu.buffer("y (T, C)", T * C * 4), rstd = gpu.buffer("rstd (T)", T * 4);
+  const d = rmsNorm(gpu, { x: xb, weight: wb, y, rstd, T, C, narrow });
+  if (split) ok(splitGrid(d).workgroups[1] > 1, "the grid is split");
+  gpu.run("rmsNorm", [split ? splitGrid(d) : d]);
+  const out = { y: await gpu.readF32(y), rstd: await gpu.readF32(rstd) };
+  for (const b of [xb, wb, y, rstd]) b.destroy();
+  return out;
+}
 
-gpuTest("rmsNorm() handles a split grid and a zero row", async (gpu) => {
-  const T = 11, C = 3;
-  const x = randomNormal(T * C, 5);
-  x.fill(0, 3 * C, 4 * C); // row 3: rstd = 1/√eps, y = 0
-  const w = randomF32(C, 6);
-  const xb = gpu.upload("x", x), wb = gpu.upload("w", w);
-  const y = gpu.buffer("y", T * C * 4), rstd = gpu.buffer("rstd", T * 4);
-  const d = splitGrid(rmsNorm(gpu, { x: xb, weight: wb, y, rstd, T, C }));
-  ok(d.workgroups[1] > 1);
-  gpu.run("rmsNorm split", [d]);
-  const ref = rmsNormRef(x, w, T, C);
-  assertClose(await gpu.readF32(y), ref.y, { label: "y" });
-  assertClose(await gpu.readF32(rstd), ref.rstd, { label: "rstd" });
+// C: odd, 1, multiples of 4 (the narrow kernel's vec4 loads), shorter and longer than the lanes
+const SIZES: [number, number][] = [[7, 33], [1, 1], [3, 300], [5, 256], [4, 1], [6, 4], [40, 12]];
+
+for (const narrow of [false, true]) {
+  const kind = narrow ? "narrow (8 lanes per row)" : "wide";
+  gpuTest(`rmsNorm() ${kind} matches the reference on odd sizes`, async (gpu) => {
+    for (const [T, C] of SIZES) {
+      const x = randomNormal(T * C, 10 + C), w = randomF32(C, 20 + C, 0.5, 1.5);
+      const got = await runForward(gpu, x, w, T, C, narrow);
+      const ref = rmsNormRef(x, w, T, C);
+      assertClose(got.y, ref.y, { label: `y T=${T} C=${C}` });
+      assertClose(got.rstd, ref.rstd, { label: `rstd T=${T} C=${C}` });
+      // deterministic: the same bits again
+      deepStrictEqual(await runForward(gpu, x, w, T, C, narrow), got, `T=${T} C=${C} rerun`);
+    }
+  });
+
+  gpuTest(`rmsNorm() ${kind} handles a split grid and a zero row`, async (gpu) => {
+    for (const C of [3, 8]) {
+      const T = 11;
+      const x = randomNormal(T * C, 5);
+      x.fill(0, 3 * C, 4 * C); // row 3: rstd = 1/√eps, y = 0
+      const w = randomF32(C, 6);
+      const got = await runForward(gpu, x, w, T, C, narrow, true);
+      const ref = rmsNormRef(x, w, T, C);
+      assertClose(got.y, ref.y, { label: `y C=${C}` });
+      assertClose(got.rstd, ref.rstd, { label: `rstd C=${C}` });
+    }
+  });
+}
+
+gpuTest("rmsNorm() takes the narrow kernel exactly on software adapters", (gpu) => {
+  const b = gpu.buffer("any", 64);
+  const args = { x: b, weight: b, y: b, rstd: b, T: 2, C: 8 };
+  const pick = rmsNorm(gpu, args).pipeline;
+  ok(pick === rmsNorm(gpu, { ...args, narrow: gpu.isSoftware }).pipeline);
+  ok(pick !== rmsNorm(gpu, { ...args, narrow: !gpu.isSoftware }).pipeline);
 });
 
 /**
