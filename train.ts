@@ -562,8 +562,8 @@ async function main(): Promise<void> {
         gamma: cfg.gamma,
       });
     }
-    if ((step + 1) % cfg.checkpointEvery === 0) {
-      step++;
+    if ((step + 1) % cfg.checkpointEvery === 0 && step + 1 < cfg.steps) {
+      step++; // a checkpoint holds the number of steps done: the next one to run
       await save("periodic");
       step--;
     }
