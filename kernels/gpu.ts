@@ -359,6 +359,45 @@ export class Gpu {
   }
 
   /**
+   * Reads whole buffers as float32 in ONE round trip (one staging buffer, one map), instead of
+   * one per buffer: checkpoints of a deep model read dozens of tensors.
+   *
+   * @param buffers sources (need COPY_SRC; sizes multiples of 4)
+   * @returns their contents, in order
+   */
+  async readManyF32(buffers: readonly GPUBuffer[]): Promise<Float32Array[]> {
+    const total = buffers.reduce((a, b) => a + b.size, 0);
+    if (total === 0) return buffers.map(() => new Float32Array(0));
+    const staging = this.device.createBuffer({
+      label: `readback of ${buffers.length} buffers`,
+      size: total,
+      usage: 0x1 | 0x8, // MAP_READ | COPY_DST
+    });
+    const enc = this.device.createCommandEncoder({ label: "read many" });
+    let at = 0;
+    for (const b of buffers) {
+      enc.copyBufferToBuffer(b, 0, staging, at, b.size);
+      at += b.size;
+    }
+    this.device.queue.submit([enc.finish()]);
+    this.readbacks++;
+    try {
+      await staging.mapAsync(1 /* READ */);
+      this.throwUncaptured(`reading ${buffers.length} buffers`);
+      const all = staging.getMappedRange();
+      at = 0;
+      return buffers.map((b) => {
+        const out = new Float32Array(all.slice(at, at + b.size));
+        at += b.size;
+        return out;
+      });
+    } finally {
+      if (staging.mapState === "mapped") staging.unmap();
+      staging.destroy();
+    }
+  }
+
+  /**
    * Reads float32 values from a buffer.
    *
    * @param buffer source

@@ -314,9 +314,9 @@ export class Decoder {
    */
   async toSafetensors(): Promise<Uint8Array<ArrayBuffer>> {
     const tensors: Record<string, Tensor> = {};
-    for (const s of paramSpecs(this.config)) {
-      tensors[s.name] = { shape: s.shape, data: await this.gpu.readF32(this.params.get(s.name)!) };
-    }
+    const specs = paramSpecs(this.config);
+    const values = await this.gpu.readManyF32(specs.map((s) => this.params.get(s.name)!));
+    specs.forEach((s, i) => tensors[s.name] = { shape: s.shape, data: values[i] });
     tensors["rotary_emb.inv_freq"] = { shape: [this.invFreq.length], data: this.invFreq };
     const c = this.config;
     return writeSafetensors(tensors, {
@@ -327,9 +327,9 @@ export class Decoder {
 
   /** Parameter values read back from the GPU, by checkpoint name. */
   async paramValues(): Promise<Record<string, Float32Array>> {
-    const out: Record<string, Float32Array> = {};
-    for (const [name, buf] of this.params) out[name] = await this.gpu.readF32(buf);
-    return out;
+    const names = [...this.params.keys()];
+    const values = await this.gpu.readManyF32(names.map((n) => this.params.get(n)!));
+    return Object.fromEntries(names.map((n, i) => [n, values[i]]));
   }
 
   /** Rotary cos/sin tables `(maxLen, D/2)`, one pair per length. */
@@ -691,9 +691,9 @@ export class Decoder {
         this.feedLoss(lp, tokens);
         this.#submit("gradients", [lp.loss, ...this.grads.values()], [lp.dispatches, lp.backward!]);
       });
-      const out: Record<string, Float32Array> = {};
-      for (const [name, g] of this.grads) out[name] = await this.gpu.readF32(g);
-      return out;
+      const names = [...this.grads.keys()];
+      const values = await this.gpu.readManyF32(names.map((n) => this.grads.get(n)!));
+      return Object.fromEntries(names.map((n, i) => [n, values[i]]));
     });
   }
 

@@ -110,3 +110,15 @@ gpuTest(
     timer.destroy();
   },
 );
+
+gpuTest("Gpu.readManyF32() reads several buffers in one round trip", async (gpu) => {
+  const a = gpu.upload("a", new Float32Array([1, 2, 3])),
+    b = gpu.upload("b", new Float32Array([4]));
+  const before = gpu.readbacks;
+  deepStrictEqual(await gpu.readManyF32([a, b]), [
+    new Float32Array([1, 2, 3]),
+    new Float32Array([4]),
+  ]);
+  deepStrictEqual(gpu.readbacks - before, 1);
+  deepStrictEqual(await gpu.readManyF32([]), []);
+});
