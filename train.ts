@@ -6,195 +6,19 @@
  *
  * @module
  */
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { requestGpu } from "./kernels/gpu.ts";
 import { GpuTimer } from "./kernels/gpu.ts";
 import { Decoder } from "./model/decoder.ts";
 import { type DecoderConfig, PRESETS } from "./model/config.ts";
 import { type StepResult, Trainer } from "./model/trainer.ts";
-import { decodeCorpus, splitCorpus, WindowSampler } from "./data/corpus.ts";
+import { splitCorpus, WindowSampler } from "./data/corpus.ts";
 import { baseDecoding, speculativeDecoding } from "./model/decoding.ts";
 import { appendJsonl, atomicWrite, exists, findCheckpoint, writeCheckpoint } from "./cli/fsutil.ts";
 import { Progress } from "./cli/progress.ts";
-import { type Panel, renderChart } from "./cli/plot.ts";
-
-/** Every flag, with the reference's defaults (for the `seed` preset). */
-const FLAGS = {
-  preset: {
-    type: "string",
-    help:
-      "seed (the reference: dim 512, depth 10 + 2), small or tiny; default: seed on a GPU, tiny on a software adapter",
-  },
-  data: {
-    type: "string",
-    help: "corpus: .gz, .zip or plain text (default data/enwik8.gz; `deno task data` fetches it)",
-  },
-  steps: { type: "string", help: "training steps (reference NUM_BATCHES: 100000)" },
-  batch: { type: "string", help: "rows per micro-batch (reference: 4)" },
-  accumulate: { type: "string", help: "micro-batches per step, GRAD_ACCUM_EVERY (reference: 4)" },
-  lr: { type: "string", help: "Adam learning rate (reference: 1e-4)" },
-  clip: { type: "string", help: "gradient clipping max norm (reference: 0.5)" },
-  "seq-len": { type: "string", help: "training sequence length SEQ_LEN (reference: 512)" },
-  "validate-every": { type: "string", help: "validation every N steps (reference: 100)" },
-  "generate-every": {
-    type: "string",
-    help: "generation comparison every N steps (reference: 500)",
-  },
-  "prime-len": { type: "string", help: "prime length PRIME_LENGTH (reference: 128)" },
-  "generate-len": {
-    type: "string",
-    help: "total generated length incl. prime, GENERATE_LENGTH (reference: 512)",
-  },
-  gamma: { type: "string", help: "draft tokens per speculative step (reference: 5)" },
-  "checkpoint-every": {
-    type: "string",
-    help: "save a checkpoint every N steps (default 500; also on Ctrl-C and at the end)",
-  },
-  "run-dir": {
-    type: "string",
-    help: "where metrics, plot and checkpoints go (default runs/<date-time>)",
-  },
-  resume: {
-    type: "string",
-    help: "continue the run saved in this folder exactly where it stopped",
-  },
-  seed: {
-    type: "string",
-    help: "seed of initialisation, data sampling and generation (default 0)",
-  },
-  "skip-nonfinite": {
-    type: "boolean",
-    help: "skip an optimizer step whose gradient norm is NaN/Inf instead of stopping",
-  },
-  help: { type: "boolean", short: "h", help: "show this help" },
-} as const;
-
-/** Preset training settings: the reference's for `seed`, smaller ones for a software adapter. */
-const TRAIN_PRESETS: Record<string, Record<string, number>> = {
-  seed: {
-    steps: 100000,
-    batch: 4,
-    accumulate: 4,
-    lr: 1e-4,
-    clip: 0.5,
-    seqLen: 512,
-    validateEvery: 100,
-    generateEvery: 500,
-    primeLen: 128,
-    generateLen: 512,
-    gamma: 5,
-  },
-  small: {
-    steps: 2000,
-    batch: 4,
-    accumulate: 2,
-    lr: 1e-3,
-    clip: 0.5,
-    seqLen: 128,
-    validateEvery: 50,
-    generateEvery: 250,
-    primeLen: 32,
-    generateLen: 128,
-    gamma: 5,
-  },
-  tiny: {
-    steps: 300,
-    batch: 4,
-    accumulate: 1,
-    lr: 2e-3,
-    clip: 0.5,
-    seqLen: 64,
-    validateEvery: 25,
-    generateEvery: 100,
-    primeLen: 16,
-    generateLen: 64,
-    gamma: 5,
-  },
-};
-
-function usage(): string {
-  const lines = ["Usage: deno run -A train.ts [options]", "", "Options:"];
-  for (const [name, f] of Object.entries(FLAGS)) {
-    const flag = `--${name}${f.type === "string" ? " VALUE" : ""}`;
-    lines.push(`  ${flag.padEnd(26)} ${f.help}`);
-  }
-  lines.push("", "Presets (per-preset defaults; any flag overrides):");
-  for (const [p, v] of Object.entries(TRAIN_PRESETS)) {
-    const m = PRESETS[p];
-    lines.push(
-      `  ${
-        p.padEnd(6)
-      } target dim ${m.target.dim} depth ${m.target.depth}, draft depth ${m.draft.depth}; ` +
-        `batch ${v.batch}×${v.accumulate}, seq ${v.seqLen}, lr ${v.lr}, ${v.steps} steps`,
-    );
-  }
-  return lines.join("\n");
-}
-
-/** Parses a numeric flag with a clear error. */
-function num(
-  name: string,
-  raw: string | undefined,
-  fallback: number,
-  opts: { int?: boolean; min?: number } = {},
-): number {
-  if (raw === undefined) return fallback;
-  const v = Number(raw);
-  if (
-    raw.trim() === "" || !Number.isFinite(v) || (opts.int && !Number.isInteger(v)) ||
-    (opts.min !== undefined && v < opts.min)
-  ) {
-    throw new Error(
-      `--${name} must be ${opts.int ? "an integer" : "a number"}${
-        opts.min !== undefined ? ` ≥ ${opts.min}` : ""
-      }, got "${raw}"`,
-    );
-  }
-  return v;
-}
-
-/** Byte to printable character, as the reference: codes below 32 become a space. */
-const decodeTokens = (t: number[]) => t.map((c) => String.fromCharCode(Math.max(32, c))).join("");
-
-/** Loads the corpus, or falls back to the project's own text files (one line says so). */
-async function loadCorpus(
-  path: string | undefined,
-  log: (s: string) => void,
-): Promise<{ bytes: Uint8Array; name: string }> {
-  if (path !== undefined) {
-    let raw: Uint8Array;
-    try {
-      raw = await Deno.readFile(path);
-    } catch (e) {
-      throw new Error(`specdec: cannot read data file ${path}: ${(e as Error).message}`);
-    }
-    return { bytes: await decodeCorpus(raw, path), name: path };
-  }
-  // next to this script, where `deno task data` puts it, whatever the working directory
-  const def = fileURLToPath(new URL("./data/enwik8.gz", import.meta.url));
-  if (await exists(def)) {
-    return { bytes: await decodeCorpus(await Deno.readFile(def), def), name: def };
-  }
-  const dir = fileURLToPath(new URL(".", import.meta.url));
-  const chunks: Uint8Array[] = [];
-  for (const sub of ["", "kernels/", "model/", "data/", "cli/", "tests/", "tests/reference/"]) {
-    try {
-      for await (const e of Deno.readDir(dir + sub)) {
-        if (e.isFile && /\.(ts|md)$/.test(e.name)) {
-          chunks.push(await Deno.readFile(dir + sub + e.name));
-        }
-      }
-    } catch { /* a folder may be missing in a published copy */ }
-  }
-  const bytes = new Uint8Array(chunks.reduce((a, c) => a + c.length, 0));
-  let at = 0;
-  for (const c of chunks) bytes.set(c, at), at += c.length;
-  log(
-    `no data/enwik8.gz (run \`deno task data\` to fetch enwik8): training on this project's own source text (${bytes.length} bytes) instead`,
-  );
-  return { bytes, name: "project sources" };
-}
+import { trainingChart } from "./cli/plot.ts";
+import { decodeTokens, FLAGS, num, TRAIN_PRESETS, usage } from "./cli/train_options.ts";
+import { loadCorpus } from "./cli/train_data.ts";
 
 interface RunState {
   step: number;
@@ -389,57 +213,7 @@ async function main(): Promise<void> {
   };
 
   const writePlot = async () => {
-    const series = (type: string, key: string) =>
-      metrics.filter((m) => m.type === type && Number.isFinite(Number(m[key]))).map((m) =>
-        [Number(m.step), Number(m[key])] as [number, number]
-      );
-    const panels: Panel[] = [
-      {
-        title: "Loss (cross-entropy, nats per byte)",
-        yLabel: "loss",
-        series: [
-          { label: "target train", color: "#1f77b4", points: series("train", "loss") },
-          { label: "draft train", color: "#ff7f0e", points: series("train", "smallLoss") },
-          {
-            label: "target validation",
-            color: "#1f77b4",
-            dashed: true,
-            points: series("val", "loss"),
-          },
-          {
-            label: "draft validation",
-            color: "#ff7f0e",
-            dashed: true,
-            points: series("val", "smallLoss"),
-          },
-        ],
-      },
-      {
-        title:
-          `Speculative decoding: accepted draft tokens per step (of gamma ${cfg.gamma}) and speedup`,
-        yLabel: "tokens / ratio",
-        yRange: [
-          0,
-          1.1 * Math.max(
-            1,
-            ...series("generate", "acceptedMean").map((p) => p[1]),
-            ...series("generate", "speedup").map((p) => p[1]),
-          ),
-        ],
-        series: [
-          {
-            label: "accepted / step",
-            color: "#2ca02c",
-            points: series("generate", "acceptedMean"),
-          },
-          { label: "speedup (GPU time)", color: "#d62728", points: series("generate", "speedup") },
-        ],
-      },
-    ];
-    await atomicWrite(
-      `${runDir}/loss.svg`,
-      renderChart(`specdec training — preset ${preset}`, panels, "step"),
-    );
+    await atomicWrite(`${runDir}/loss.svg`, trainingChart(metrics, preset, cfg.gamma));
   };
 
   let interrupted = false;

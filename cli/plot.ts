@@ -173,3 +173,57 @@ export function renderChart(title: string, panels: Panel[], xLabel: string): str
   parts.push("</svg>");
   return parts.join("\n");
 }
+
+/**
+ * The training plot: both models' training and validation losses, and speculative decoding's
+ * accepted tokens per step and speedup at each generation comparison.
+ *
+ * @param metrics train.ts's metrics records (`type` train / val / generate)
+ * @param preset the preset's name, for the title
+ * @param gamma draft tokens per step
+ * @returns SVG text
+ */
+export function trainingChart(
+  metrics: Record<string, number | string>[],
+  preset: string,
+  gamma: number,
+): string {
+  const series = (type: string, key: string) =>
+    metrics.filter((m) => m.type === type && Number.isFinite(Number(m[key]))).map((m) =>
+      [Number(m.step), Number(m[key])] as [number, number]
+    );
+  const accepted = series("generate", "acceptedMean"), speedup = series("generate", "speedup");
+  const top = extent([1, ...accepted.map((p) => p[1]), ...speedup.map((p) => p[1])])[1];
+  const panels: Panel[] = [
+    {
+      title: "Loss (cross-entropy, nats per byte)",
+      yLabel: "loss",
+      series: [
+        { label: "target train", color: "#1f77b4", points: series("train", "loss") },
+        { label: "draft train", color: "#ff7f0e", points: series("train", "smallLoss") },
+        {
+          label: "target validation",
+          color: "#1f77b4",
+          dashed: true,
+          points: series("val", "loss"),
+        },
+        {
+          label: "draft validation",
+          color: "#ff7f0e",
+          dashed: true,
+          points: series("val", "smallLoss"),
+        },
+      ],
+    },
+    {
+      title: `Speculative decoding: accepted draft tokens per step (of gamma ${gamma}) and speedup`,
+      yLabel: "tokens / ratio",
+      yRange: [0, 1.1 * top],
+      series: [
+        { label: "accepted / step", color: "#2ca02c", points: accepted },
+        { label: "speedup (GPU time)", color: "#d62728", points: speedup },
+      ],
+    },
+  ];
+  return renderChart(`specdec training — preset ${preset}`, panels, "step");
+}
