@@ -92,15 +92,16 @@ gpuTest("rmsNorm() takes the narrow kernel exactly on software adapters", (gpu) 
 });
 
 /**
- * Runs rmsNorm then rmsNormBackward `runs` times (re-encoding the same dispatches) on fresh
- * buffers, dx/dW preset to random `dx0`/`dw0`; returns dx, dW and the matching reference.
+ * Runs rmsNorm then rmsNormBackward (the given kernels, or the default) `runs` times
+ * (re-encoding the same dispatches) on fresh buffers, dx/dW preset to random `dx0`/`dw0`;
+ * returns dx, dW and the matching reference.
  */
 async function runBackward(
   gpu: Gpu,
   T: number,
   C: number,
   seed: number,
-  acc: { accumulateDx?: boolean; accumulateDw?: boolean },
+  acc: { accumulateDx?: boolean; accumulateDw?: boolean; narrow?: boolean },
   split = false,
   runs = 1,
 ) {
@@ -121,7 +122,10 @@ async function runBackward(
     C,
     ...acc,
   });
-  if (split) bwd = bwd.map(splitGrid);
+  if (split) {
+    bwd = bwd.map(splitGrid);
+    ok(bwd[0].workgroups[1] > 1, "the dx grid is split");
+  }
   const fwd = rmsNorm(gpu, { x: xb, weight: wb, y, rstd, T, C });
   for (let r = 0; r < runs; r++) gpu.run("rmsNorm fwd+bwd", [fwd, ...bwd]);
   const ref = rmsNormBackwardRef(x, w, dy, T, C);
@@ -129,56 +133,102 @@ async function runBackward(
   if (acc.accumulateDw) {
     for (let i = 0; i < C; i++) ref.dWeight[i] = dw0[i] + runs * ref.dWeight[i];
   }
-  return {
+  const out = {
     dx: await gpu.readF32(dxb),
     dW: await gpu.readF32(dwb),
     ref,
     dispatches: bwd.length,
   };
+  for (const b of [xb, wb, dyb, dxb, dwb, y, rstd]) b.destroy();
+  return out;
 }
 
-gpuTest(
-  "rmsNormBackward() matches the reference, with and without accumulation, run twice",
-  async (gpu) => {
-    const cases: [number, number, boolean, boolean][] = [
-      [7, 33, false, false],
-      [7, 33, true, true],
-      [1, 1, false, true],
-      [3, 300, true, false],
-      [1, 300, false, false],
-      [9, 1, true, true],
-    ];
-    for (const [T, C, accumulateDx, accumulateDw] of cases) {
-      const r = await runBackward(gpu, T, C, T * 100 + C, { accumulateDx, accumulateDw }, false, 2);
-      const label = `T=${T} C=${C} acc=${accumulateDx}/${accumulateDw}`;
-      assertClose(r.dx, r.ref.dx, { atol: 1e-5, rtol: 1e-4, label: `dx ${label}` });
-      assertClose(r.dW, r.ref.dWeight, { atol: 1e-5, rtol: 1e-4, label: `dW ${label}` });
-    }
-  },
-);
+for (const narrow of [false, true]) {
+  const kind = narrow ? "narrow (8 lanes per row)" : "wide";
+  gpuTest(
+    `rmsNormBackward() ${kind} matches the reference, with and without accumulation, run twice`,
+    async (gpu) => {
+      // C: odd, 1, multiples of 4 (vec4 loads) shorter and longer than 8 lanes × 4
+      const cases: [number, number, boolean, boolean][] = [
+        [7, 33, false, false],
+        [7, 33, true, true],
+        [1, 1, false, true],
+        [3, 300, true, false],
+        [1, 300, false, false],
+        [9, 1, true, true],
+        [5, 4, false, true],
+        [6, 12, true, false],
+        [4, 128, true, true],
+        [3, 256, false, false],
+        [2, 36, true, true],
+      ];
+      for (const [T, C, accumulateDx, accumulateDw] of cases) {
+        const seed = T * 100 + C;
+        const r = await runBackward(
+          gpu,
+          T,
+          C,
+          seed,
+          { accumulateDx, accumulateDw, narrow },
+          false,
+          2,
+        );
+        const label = `T=${T} C=${C} acc=${accumulateDx}/${accumulateDw}`;
+        assertClose(r.dx, r.ref.dx, { atol: 1e-5, rtol: 1e-4, label: `dx ${label}` });
+        assertClose(r.dW, r.ref.dWeight, { atol: 1e-5, rtol: 1e-4, label: `dW ${label}` });
+        // deterministic: the same bits again, and with the grid split over x and y
+        const again = await runBackward(gpu, T, C, seed, { accumulateDx, accumulateDw, narrow });
+        const split = await runBackward(
+          gpu,
+          T,
+          C,
+          seed,
+          { accumulateDx, accumulateDw, narrow },
+          T > 3,
+        );
+        deepStrictEqual(split.dx, again.dx, `dx ${label} split`);
+        deepStrictEqual(split.dW, again.dW, `dW ${label} split`);
+      }
+    },
+  );
 
-gpuTest(
-  "rmsNormBackward() reduces dWeight over many rows in chunks, deterministically",
-  async (gpu) => {
-    // T > 512 rows takes the two-stage path (partials per chunk, then their column sums).
-    const T = 1100, C = 5;
-    const a = await runBackward(gpu, T, C, 77, { accumulateDw: true });
-    deepStrictEqual(a.dispatches, 3);
-    assertClose(a.dx, a.ref.dx, { atol: 1e-5, rtol: 1e-4, label: "dx" });
-    assertClose(a.dW, a.ref.dWeight, { atol: 2e-4, rtol: 1e-4, label: "dW" });
-    const b = await runBackward(gpu, T, C, 77, { accumulateDw: true }, true);
-    deepStrictEqual(b.dW, a.dW, "same bits with a split grid");
-    deepStrictEqual(b.dx, a.dx);
-    // Encoded twice: dWeight gets the gradient twice, dx (not accumulated) once.
-    const c = await runBackward(gpu, T, C, 78, { accumulateDw: true }, false, 2);
-    assertClose(c.dx, c.ref.dx, { atol: 1e-5, rtol: 1e-4, label: "dx, 2 runs" });
-    assertClose(c.dW, c.ref.dWeight, { atol: 4e-4, rtol: 1e-4, label: "dW, 2 runs" });
-  },
-);
+  gpuTest(
+    `rmsNormBackward() ${kind} reduces dWeight over many rows in chunks, deterministically`,
+    async (gpu) => {
+      // T > 512 rows takes the two-stage path (partials per chunk, then their column sums);
+      // C = 5: scalar loads, C = 8: vec4 loads in the narrow kernels.
+      for (const C of [5, 8]) {
+        const T = 1100;
+        const a = await runBackward(gpu, T, C, 77, { accumulateDw: true, narrow });
+        deepStrictEqual(a.dispatches, 3);
+        assertClose(a.dx, a.ref.dx, { atol: 1e-5, rtol: 1e-4, label: `dx C=${C}` });
+        assertClose(a.dW, a.ref.dWeight, { atol: 2e-4, rtol: 1e-4, label: `dW C=${C}` });
+        const b = await runBackward(gpu, T, C, 77, { accumulateDw: true, narrow }, true);
+        deepStrictEqual(b.dW, a.dW, "same bits with a split grid");
+        deepStrictEqual(b.dx, a.dx);
+        // Encoded twice: dWeight gets the gradient twice, dx (not accumulated) once.
+        const c = await runBackward(gpu, T, C, 78, { accumulateDw: true, narrow }, false, 2);
+        assertClose(c.dx, c.ref.dx, { atol: 1e-5, rtol: 1e-4, label: `dx C=${C}, 2 runs` });
+        assertClose(c.dW, c.ref.dWeight, { atol: 4e-4, rtol: 1e-4, label: `dW C=${C}, 2 runs` });
+      }
+    },
+  );
 
-gpuTest("rmsNorm() and rmsNormBackward() work past 65535 rows (split grid)", async (gpu) => {
-  const T = 65600, C = 2;
-  const r = await runBackward(gpu, T, C, 5, {});
-  assertClose(r.dx, r.ref.dx, { atol: 1e-5, rtol: 1e-4, label: "dx" });
-  assertClose(r.dW, r.ref.dWeight, { atol: 1e-3, rtol: 1e-4, label: "dW" });
+  gpuTest(`rmsNorm() and rmsNormBackward() ${kind} work past 65535 rows`, async (gpu) => {
+    const T = 65600, C = 4;
+    const r = await runBackward(gpu, T, C, 5, { narrow });
+    assertClose(r.dx, r.ref.dx, { atol: 1e-5, rtol: 1e-4, label: "dx" });
+    assertClose(r.dW, r.ref.dWeight, { atol: 1e-3, rtol: 1e-4, label: "dW" });
+  });
+}
+
+gpuTest("rmsNormBackward() takes the narrow kernels exactly on software adapters", (gpu) => {
+  const b = gpu.buffer("any", 64);
+  const args = { x: b, weight: b, rstd: b, dy: b, dx: b, dWeight: b, T: 2, C: 8 };
+  const pick = rmsNormBackward(gpu, args).map((d) => d.pipeline);
+  const same = rmsNormBackward(gpu, { ...args, narrow: gpu.isSoftware }).map((d) => d.pipeline);
+  const other = rmsNormBackward(gpu, { ...args, narrow: !gpu.isSoftware }).map((d) => d.pipeline);
+  deepStrictEqual(pick.length, 2);
+  ok(pick.every((p, i) => p === same[i]));
+  ok(pick.every((p, i) => p !== other[i]));
 });
