@@ -230,7 +230,7 @@ async function main(): Promise<void> {
   } catch { /* not supported here */ }
 
   const tokensPerStep = cfg.batch * cfg.accumulate * cfg.seqLen;
-  const progress = ui.progress = new Progress(cfg.steps, step);
+  const progress = ui.progress = new Progress(cfg.steps, step, 1); // both losses every step, like train.py
   const t0 = performance.now();
   const startStep = step;
   let pending: { step: number; t: number; d: number } | undefined;
