@@ -5,6 +5,7 @@
  * @module
  */
 import { type Dispatch, f32bits, type Gpu } from "./gpu.ts";
+import { rowWorkgroupSize, treeReduce } from "./rows.ts";
 
 /** Target value meaning "no loss at this row" (loss 0, zero gradient row). */
 export const IGNORE: number = 0xffffffff;
@@ -14,26 +15,6 @@ const NAN_BITS = 0x7fc00000;
 
 /** Invocations of the {@link sumLoss} workgroup. */
 const SUM_WG = 256;
-
-/**
- * Workgroup size for a one-workgroup-per-row kernel: a power of two from 32 to 256 covering
- * the row, so short rows don't leave most invocations idle.
- */
-function rowWorkgroupSize(n: number): number {
-  let wg = 32;
-  while (wg < n && wg < 256) wg *= 2;
-  return wg;
-}
-
-/** WGSL that tree-reduces `red[0..WG)` into `red[0]` with `combine` (uniform control flow). */
-function treeReduce(combine: string): string {
-  return `
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = ${combine}; }
-    workgroupBarrier();
-  }`;
-}
 
 /**
  * One workgroup per row t: m = max logits, sum = Σ exp(l − m), loss = log(sum) − (l[target] − m);

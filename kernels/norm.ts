@@ -10,6 +10,7 @@
  */
 import { type Dispatch, f32bits, type Gpu } from "./gpu.ts";
 import { sumRows } from "./activation.ts";
+import { rowWorkgroupSize, treeReduce } from "./rows.ts";
 
 /** RMSNorm epsilon: float32 machine epsilon (2⁻²³ = 1.1920929e-7), as `torch.finfo(float32).eps`. */
 export const RMS_EPS: number = 2 ** -23;
@@ -20,26 +21,8 @@ const DW_CHUNK_ROWS = 512;
 /** The same for the narrow kernel ({@link rmsNormDwNarrowCode}), whose lanes loop over rows. */
 const DW_NARROW_CHUNK_ROWS = 512;
 
-/**
- * Workgroup size for a one-workgroup-per-row kernel: a power of two from 32 to 256 covering
- * the row, so short rows don't leave most invocations idle.
- */
-function rowWorkgroupSize(n: number): number {
-  let wg = 32;
-  while (wg < n && wg < 256) wg *= 2;
-  return wg;
-}
-
-/**
- * WGSL that sums `red[0..WG)` into `red[0]` by a tree (in uniform control flow). Every
- * invocation may read `red[0]` afterwards: the last barrier publishes it.
- */
-const TREE_SUM = `
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
-    workgroupBarrier();
-  }`;
+/** WGSL that sums `red[0..WG)` into `red[0]` (see {@link treeReduce}). */
+const TREE_SUM: string = treeReduce("red[lid] + red[lid + s]");
 
 /** Forward: one workgroup per row; writes y and the row's rstd. */
 const rmsNormCode = (wg: number): string => /* wgsl */ `
