@@ -322,18 +322,7 @@ function regTileCode(layout: Layout, vec: boolean, tile: RegTile): string {
 }`;
   }
   if (layout === "NT") {
-    // a (M, K/4) and b (N, K/4) vec4 rows: per 4 k, R + C vec4 loads and R·C dot products.
-    for (let i = 0; i < R; i++) L.push(`let ai${i} = min(m0 + ${i}u, p.M - 1u) * K4;`);
-    for (let j = 0; j < C; j++) L.push(`let bj${j} = min(n0 + ${j}u, p.N - 1u) * K4;`);
-    for (let j = 0; j < C; j++) body.push(`let b${j} = b[bj${j} + k];`);
-    for (let i = 0; i < R; i++) {
-      body.push(`{ let av = a[ai${i} + k];`);
-      for (let j = 0; j < C / 4; j++) {
-        const d = [0, 1, 2, 3].map((u) => `dot(av, b${4 * j + u})`).join(", ");
-        body.push(`c${i}_${j} += vec4f(${d});`);
-      }
-      body.push("}");
-    }
+    ntVec4Loop(R, C, L, body);
   } else if (layout === "NN") {
     // a (M, K/4) vec4 rows; b (K, N/4): per 4 k, 4·C/4 vec4 loads of B rows k..k+3.
     for (let i = 0; i < R; i++) L.push(`let ai${i} = min(m0 + ${i}u, p.M - 1u) * K4;`);
@@ -383,6 +372,30 @@ function regTileCode(layout: Layout, vec: boolean, tile: RegTile): string {
 // GEMV variant 1: register tiles with vec4 epilogue
 
 /**
+ * The NT register-tile inner loop over vec4 k steps, shared by the tiled GEMM and the GEMV so
+ * both add each output in the same order (a row gets the same bits at any M): a (M, K/4) and
+ * b (N, K/4) vec4 rows; per 4 k, R + C vec4 loads and R·C dot products.
+ *
+ * @param R rows of the register tile
+ * @param C columns of the register tile (a multiple of 4)
+ * @param setup receives the row-offset declarations
+ * @param body receives the loop body's statements
+ */
+function ntVec4Loop(R: number, C: number, setup: string[], body: string[]): void {
+  for (let i = 0; i < R; i++) setup.push(`let ai${i} = min(m0 + ${i}u, p.M - 1u) * K4;`);
+  for (let j = 0; j < C; j++) setup.push(`let bj${j} = min(n0 + ${j}u, p.N - 1u) * K4;`);
+  for (let j = 0; j < C; j++) body.push(`let b${j} = b[bj${j} + k];`);
+  for (let i = 0; i < R; i++) {
+    body.push(`{ let av = a[ai${i} + k];`);
+    for (let j = 0; j < C / 4; j++) {
+      const d = [0, 1, 2, 3].map((u) => `dot(av, b${4 * j + u})`).join(", ");
+      body.push(`c${i}_${j} += vec4f(${d});`);
+    }
+    body.push("}");
+  }
+}
+
+/**
  * Variant 1 of the GEMV when K and N are multiples of 4 (the model's shapes): variant 3's
  * register tiles (R rows × C columns per invocation, operands read as vec4 along K), with the
  * same arithmetic per output (k in order, then bias, then c), so every M gives the bits the
@@ -394,17 +407,7 @@ function gemvVecCode(tile: RegTile): string {
   const { R, C, WG } = tile;
   const L: string[] = [];
   const body: string[] = [];
-  for (let i = 0; i < R; i++) L.push(`let ai${i} = min(m0 + ${i}u, p.M - 1u) * K4;`);
-  for (let j = 0; j < C; j++) L.push(`let bj${j} = min(n0 + ${j}u, p.N - 1u) * K4;`);
-  for (let j = 0; j < C; j++) body.push(`let b${j} = b[bj${j} + k];`);
-  for (let i = 0; i < R; i++) {
-    body.push(`{ let av = a[ai${i} + k];`);
-    for (let j = 0; j < C / 4; j++) {
-      const d = [0, 1, 2, 3].map((u) => `dot(av, b${4 * j + u})`).join(", ");
-      body.push(`c${i}_${j} += vec4f(${d});`);
-    }
-    body.push("}");
-  }
+  ntVec4Loop(R, C, L, body);
   const st: string[] = [];
   for (let i = 0; i < R; i++) {
     for (let j = 0; j < C / 4; j++) st.push(`store4v(m0 + ${i}u, n0 + ${4 * j}u, c${i}_${j});`);
