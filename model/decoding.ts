@@ -325,8 +325,40 @@ function prefillDispatches(
 }
 
 /** Per-token view of a result. */
-function finish<T extends DecodingResult>(r: Omit<T, "readbacksPerToken">): T {
-  return { ...r, readbacksPerToken: r.readbacks / r.generated } as T;
+/**
+ * Builds an engine inside an error scope, runs it, frees it, and assembles the result fields both
+ * decoders share (`extra` adds the rest from the same run).
+ */
+async function decode<T extends DecodingResult>(
+  label: string,
+  gpu: Gpu,
+  seqLen: number,
+  options: DecodingOptions,
+  makeEngine: () => DecodingEngine,
+  extra: (e: DecodingEngine, run: EngineRun) => Omit<T, keyof DecodingResult>,
+): Promise<T> {
+  const t0 = performance.now();
+  let engine: DecodingEngine | undefined;
+  try {
+    const run = await gpu.scoped(label, () => runEngine(engine = makeEngine(), options));
+    const P = engine!.promptLen, generated = engine!.layout.batch * (seqLen - P);
+    return {
+      tokens: run.tokens,
+      steps: Math.max(...run.rowSteps),
+      stepsEncoded: run.stepsEncoded,
+      targetForwards: run.stepsEncoded + (P > 1 ? 1 : 0),
+      readbacks: run.readbacks,
+      readbacksPerToken: run.readbacks / generated,
+      submits: run.submits,
+      dispatches: run.dispatches,
+      generated,
+      gpuMs: run.gpuMs,
+      wallMs: performance.now() - t0,
+      ...extra(engine!, run),
+    } as T;
+  } finally {
+    engine?.destroy();
+  }
 }
 
 /** Collects destructors; runs them (in order) on `destroy`. */
@@ -437,30 +469,14 @@ export async function baseDecoding(
   seqLen: number,
   options: DecodingOptions = {},
 ): Promise<DecodingResult> {
-  const t0 = performance.now();
-  const gpu = model.gpu;
-  let engine: DecodingEngine | undefined;
-  try {
-    const run = await gpu.scoped("baseDecoding", () => {
-      engine = baseDecodingEngine(model, prompt, seqLen, options);
-      return runEngine(engine, options);
-    });
-    const P = engine!.promptLen, B = engine!.layout.batch;
-    return finish<DecodingResult>({
-      tokens: run.tokens,
-      steps: Math.max(...run.rowSteps),
-      stepsEncoded: run.stepsEncoded,
-      targetForwards: run.stepsEncoded + (P > 1 ? 1 : 0),
-      readbacks: run.readbacks,
-      submits: run.submits,
-      dispatches: run.dispatches,
-      generated: B * (seqLen - P),
-      gpuMs: run.gpuMs,
-      wallMs: performance.now() - t0,
-    });
-  } finally {
-    engine?.destroy();
-  }
+  return await decode<DecodingResult>(
+    "baseDecoding",
+    model.gpu,
+    seqLen,
+    options,
+    () => baseDecodingEngine(model, prompt, seqLen, options),
+    () => ({}),
+  );
 }
 
 /**
@@ -636,43 +652,31 @@ export async function speculativeDecoding(
   seqLen: number,
   options: SpeculativeOptions = {},
 ): Promise<SpeculativeResult> {
-  const t0 = performance.now();
-  const gpu = target.gpu;
-  let engine: DecodingEngine | undefined;
-  try {
-    const run = await gpu.scoped("speculativeDecoding", () => {
-      engine = speculativeDecodingEngine(target, draft, prompt, seqLen, options);
-      return runEngine(engine, options);
-    });
-    const P = engine!.promptLen, B = engine!.layout.batch, W = engine!.layout.statsWidth;
-    const G = engine!.maxRate - 1;
-    let rowStepsTotal = 0, accepted = 0;
-    const at = new Array<number>(G).fill(0);
-    for (let b = 0; b < B; b++) {
-      rowStepsTotal += run.stats[b * W];
-      accepted += run.stats[b * W + 1];
-      for (let i = 0; i < G; i++) at[i] += run.stats[b * W + 2 + i];
-    }
-    return finish<SpeculativeResult>({
-      tokens: run.tokens,
-      steps: Math.max(...run.rowSteps),
-      stepsEncoded: run.stepsEncoded,
-      targetForwards: run.stepsEncoded + (P > 1 ? 1 : 0),
-      draftForwards: G * run.stepsEncoded + (P > 1 ? 1 : 0),
-      readbacks: run.readbacks,
-      submits: run.submits,
-      dispatches: run.dispatches,
-      generated: B * (seqLen - P),
-      gpuMs: run.gpuMs,
-      wallMs: performance.now() - t0,
-      acceptedMean: accepted / rowStepsTotal,
-      acceptedPerPosition: at.map((a) => a / rowStepsTotal),
-      rowSteps: run.rowSteps,
-      gamma: G,
-    });
-  } finally {
-    engine?.destroy();
-  }
+  return await decode<SpeculativeResult>(
+    "speculativeDecoding",
+    target.gpu,
+    seqLen,
+    options,
+    () => speculativeDecodingEngine(target, draft, prompt, seqLen, options),
+    (engine, run) => {
+      const P = engine.promptLen, B = engine.layout.batch, W = engine.layout.statsWidth;
+      const G = engine.maxRate - 1;
+      let rowStepsTotal = 0, accepted = 0;
+      const at = new Array<number>(G).fill(0);
+      for (let b = 0; b < B; b++) {
+        rowStepsTotal += run.stats[b * W];
+        accepted += run.stats[b * W + 1];
+        for (let i = 0; i < G; i++) at[i] += run.stats[b * W + 2 + i];
+      }
+      return {
+        draftForwards: G * run.stepsEncoded + (P > 1 ? 1 : 0),
+        acceptedMean: accepted / rowStepsTotal,
+        acceptedPerPosition: at.map((a) => a / rowStepsTotal),
+        rowSteps: run.rowSteps,
+        gamma: G,
+      };
+    },
+  );
 }
 
 /** Per-generated-token costs of a decoding result, for benchmarks and reports. */
