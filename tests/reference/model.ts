@@ -3,7 +3,8 @@
  * one loop nest per op, shapes in comments. Parameters come as a name → values record using the
  * checkpoint names (torch layout, Linear weights `[out, in]`).
  */
-import { erfRef } from "./ops.ts";
+import { geluRef, rmsNormRef } from "./ops.ts";
+import { matmulNTRef } from "./matmul.ts";
 
 /** Model shape for the reference. */
 export interface RefConfig {
@@ -15,41 +16,15 @@ export interface RefConfig {
   ffMult: number;
 }
 
-type Params = Record<string, ArrayLike<number>>;
+type Arr = ArrayLike<number>;
+type Params = Record<string, Arr>;
 
-const EPS = 1.1920928955078125e-7; // float32 epsilon, torch RMSNorm's default
+/** y (T, N) = x (T, K) · Wᵀ (+ bias (N)), W (N, K) as torch.nn.Linear stores it. */
+const linear = (x: Float64Array, W: Arr, T: number, K: number, N: number, bias?: Arr) =>
+  matmulNTRef(x, W, T, N, K, bias);
 
-/** y (T, N) = x (T, K) · Wᵀ, W (N, K), + bias (N). */
-function linear(
-  x: Float64Array,
-  W: ArrayLike<number>,
-  T: number,
-  K: number,
-  N: number,
-  bias?: ArrayLike<number>,
-): Float64Array {
-  const y = new Float64Array(T * N);
-  for (let t = 0; t < T; t++) {
-    for (let o = 0; o < N; o++) {
-      let s = bias ? bias[o] : 0;
-      for (let k = 0; k < K; k++) s += x[t * K + k] * W[o * K + k];
-      y[t * N + o] = s;
-    }
-  }
-  return y;
-}
-
-/** y (T, C) = x · rsqrt(mean(x²) + eps) · w. */
-function rmsNorm(x: Float64Array, w: ArrayLike<number>, T: number, C: number): Float64Array {
-  const y = new Float64Array(T * C);
-  for (let t = 0; t < T; t++) {
-    let ss = 0;
-    for (let c = 0; c < C; c++) ss += x[t * C + c] ** 2;
-    const r = 1 / Math.sqrt(ss / C + EPS);
-    for (let c = 0; c < C; c++) y[t * C + c] = x[t * C + c] * r * w[c];
-  }
-  return y;
-}
+/** y (T, C) = x · rsqrt(mean(x²) + eps) · w, eps = float32 epsilon (torch's RMSNorm default). */
+const rmsNorm = (x: Float64Array, w: Arr, T: number, C: number) => rmsNormRef(x, w, T, C).y;
 
 /**
  * Reference forward: logits (B, n, V) for tokens (B × n), all positions starting at 0.
@@ -122,8 +97,7 @@ export function decoderLogitsRef(p: Params, c: RefConfig, tokens: number[][]): F
     for (let i = 0; i < T * C; i++) x[i] += o[i];
     // feed-forward block: x += W2 · gelu(W1 · norm(x) + b1) + b2
     const xn2 = rmsNorm(x, p[`${pre}.1.0.weight`], T, C);
-    const h = linear(xn2, p[`${pre}.1.1.weight`], T, C, F, p[`${pre}.1.1.bias`]);
-    for (let i = 0; i < h.length; i++) h[i] = 0.5 * h[i] * (1 + erfRef(h[i] / Math.SQRT2));
+    const h = geluRef(linear(xn2, p[`${pre}.1.1.weight`], T, C, F, p[`${pre}.1.1.bias`]));
     const y = linear(h, p[`${pre}.1.3.weight`], T, F, C, p[`${pre}.1.3.bias`]);
     x = x.map((v, i) => v + y[i]);
   }
