@@ -315,9 +315,16 @@ export class Gpu {
    * @param label what the work is (a forward pass, a training step…)
    * @param dispatches the dispatches, in order
    * @param timer optional timer that records GPU time for this pass
+   * @param clear buffers zeroed in the same command buffer before the pass (accumulators)
    */
-  run(label: string, dispatches: readonly Dispatch[], timer?: GpuTimer): void {
+  run(
+    label: string,
+    dispatches: readonly Dispatch[],
+    timer?: GpuTimer,
+    clear: readonly GPUBuffer[] = [],
+  ): void {
     const enc = this.device.createCommandEncoder({ label });
+    for (const b of clear) enc.clearBuffer(b);
     const pass = enc.beginComputePass({ label, timestampWrites: timer?.writes() });
     this.encode(pass, dispatches);
     pass.end();

@@ -609,7 +609,7 @@ export class Decoder {
       const lp = await this.gpu.scoped("Decoder.loss", () => {
         const lp = this.lossPlan(batch, n, 1, false);
         this.feedLoss(lp, tokens);
-        this.#submit("loss", [lp.loss], [lp.dispatches]);
+        this.gpu.run(`${this.#label} loss`, lp.dispatches, undefined, [lp.loss]);
         return lp;
       });
       return (await this.gpu.readF32(lp.loss, 1))[0];
@@ -654,16 +654,6 @@ export class Decoder {
     return lp;
   }
 
-  /** Clears `zero` then runs the dispatch lists in one pass of one submission. */
-  #submit(label: string, zero: GPUBuffer[], lists: Dispatch[][]): void {
-    const enc = this.gpu.device.createCommandEncoder({ label: `${this.#label} ${label}` });
-    for (const b of zero) enc.clearBuffer(b);
-    const pass = enc.beginComputePass({ label: `${this.#label} ${label}` });
-    for (const l of lists) this.gpu.encode(pass, l);
-    pass.end();
-    this.gpu.device.queue.submit([enc.finish()]);
-  }
-
   /** Encodes clearing every gradient buffer (zeroGrad). */
   encodeZeroGrad(encoder: GPUCommandEncoder): void {
     for (const g of this.grads.values()) encoder.clearBuffer(g);
@@ -689,7 +679,10 @@ export class Decoder {
       await this.gpu.scoped("Decoder.gradients", () => {
         const lp = this.trainingPlan(batch, n);
         this.feedLoss(lp, tokens);
-        this.#submit("gradients", [lp.loss, ...this.grads.values()], [lp.dispatches, lp.backward!]);
+        this.gpu.run(`${this.#label} gradients`, [...lp.dispatches, ...lp.backward!], undefined, [
+          lp.loss,
+          ...this.grads.values(),
+        ]);
       });
       const names = [...this.grads.keys()];
       const values = await this.gpu.readManyF32(names.map((n) => this.grads.get(n)!));
