@@ -108,13 +108,6 @@ async function timePass(
   return { gpuMs: gpuMs / reps, wallMs: (performance.now() - t0) / reps };
 }
 
-/** Median of numbers. */
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
 /**
  * The sample with the (lower) median GPU time: a real run, so its metrics belong to its time.
  *
