@@ -2,14 +2,13 @@ import { deepStrictEqual, ok, rejects, throws } from "node:assert/strict";
 import { Decoder } from "../model/decoder.ts";
 import { writeSafetensors } from "../model/checkpoint.ts";
 import { decoderLogitsRef, decoderLossRef, type RefConfig } from "./reference/model.ts";
-import { assertClose, gpuTest, randomInts } from "./helpers.ts";
+import { assertClose, gpuTest, randomRows } from "./helpers.ts";
 
 // A tiny model with odd sizes everywhere it is allowed (dimHead must be even).
 const CFG: RefConfig = { numTokens: 19, dim: 24, depth: 2, heads: 3, dimHead: 8, ffMult: 4 };
 
 function tokenRows(B: number, n: number, seed: number, V = CFG.numTokens): number[][] {
-  const flat = randomInts(B * n, V, seed);
-  return Array.from({ length: B }, (_, b) => flat.slice(b * n, (b + 1) * n));
+  return randomRows(B, n, V, seed);
 }
 
 gpuTest("Decoder.logits() matches the float64 reference", async (gpu) => {

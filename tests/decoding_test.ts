@@ -4,7 +4,7 @@ import { readSafetensors, type Tensor, writeSafetensors } from "../model/checkpo
 import type { DecoderConfig } from "../model/config.ts";
 import { Decoder } from "../model/decoder.ts";
 import { baseDecoding, decodingCosts, speculativeDecoding } from "../model/decoding.ts";
-import { gpuTest, randomInts, randomNormal } from "./helpers.ts";
+import { gpuTest, randomNormal, randomRows } from "./helpers.ts";
 import { chiSquare, probsRef } from "./reference/sampling.ts";
 
 // Tiny models: the software adapter is shared and slow.
@@ -34,8 +34,7 @@ async function perturbed(gpu: Gpu, model: Decoder, std: number, seed: number): P
 }
 
 function prompts(B: number, P: number, seed: number, V = CFG.numTokens): number[][] {
-  const flat = randomInts(B * P, V, seed);
-  return Array.from({ length: B }, (_, b) => flat.slice(b * P, (b + 1) * P));
+  return randomRows(B, P, V, seed);
 }
 
 gpuTest(

@@ -71,6 +71,12 @@ export function randomInts(n: number, max: number, seed: number): number[] {
   return Array.from({ length: n }, () => Math.floor(r() * max));
 }
 
+/** A batch of `B` rows of `n` random tokens in [0, V) from a seeded generator. */
+export function randomRows(B: number, n: number, V: number, seed: number): number[][] {
+  const flat = randomInts(B * n, V, seed);
+  return Array.from({ length: B }, (_, b) => flat.slice(b * n, (b + 1) * n));
+}
+
 /**
  * Asserts `|actual − expected| ≤ atol + rtol·|expected|` elementwise; on failure the message
  * names the label, the worst element and the first few mismatches.

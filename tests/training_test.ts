@@ -7,13 +7,12 @@ import { ok, rejects, throws } from "node:assert/strict";
 import { Decoder } from "../model/decoder.ts";
 import { Trainer } from "../model/trainer.ts";
 import { decoderLossRef, type RefConfig } from "./reference/model.ts";
-import { assertClose, gpuTest, randomInts } from "./helpers.ts";
+import { assertClose, gpuTest, randomRows } from "./helpers.ts";
 
 const TINY: RefConfig = { numTokens: 11, dim: 8, depth: 2, heads: 2, dimHead: 4, ffMult: 4 };
 
 function rows(B: number, n: number, seed: number, V: number): number[][] {
-  const flat = randomInts(B * n, V, seed);
-  return Array.from({ length: B }, (_, b) => flat.slice(b * n, (b + 1) * n));
+  return randomRows(B, n, V, seed);
 }
 
 gpuTest(
