@@ -8,7 +8,7 @@
  */
 import { parseArgs } from "node:util";
 import { requestGpu } from "./kernels/gpu.ts";
-import { GpuTimer } from "./kernels/gpu.ts";
+import { GpuTimer } from "./kernels/timer.ts";
 import { Decoder } from "./model/decoder.ts";
 import { type DecoderConfig, PRESETS } from "./model/config.ts";
 import { type StepResult, Trainer } from "./model/trainer.ts";

@@ -9,7 +9,8 @@
  *
  * @module
  */
-import { type Dispatch, type Gpu, GpuTimer, requestGpu } from "../kernels/gpu.ts";
+import { type Dispatch, type Gpu, requestGpu } from "../kernels/gpu.ts";
+import { GpuTimer } from "../kernels/timer.ts";
 import { gemvNT, type MatmulArgs, matmulNN, matmulNT, matmulTN } from "../kernels/matmul.ts";
 
 /** One row of the report: GPU milliseconds per dispatch and the rate it gives. */

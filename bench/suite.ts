@@ -8,7 +8,8 @@
  *
  * @module
  */
-import { type Dispatch, type Gpu, GpuTimer } from "../kernels/gpu.ts";
+import type { Dispatch, Gpu } from "../kernels/gpu.ts";
+import { GpuTimer } from "../kernels/timer.ts";
 import { gemvNT, matmulNN, matmulNT, matmulTN } from "../kernels/matmul.ts";
 import { attention, kvWrite } from "../kernels/attention.ts";
 import { Decoder } from "../model/decoder.ts";

@@ -2,12 +2,15 @@
  * The WebGPU runtime: adapter and device, labelled buffers, a per-device pipeline cache,
  * error scopes that name the failing operation, and a GPU timer on timestamp queries.
  *
- * Every kernel family in `kernels/` builds {@link Dispatch}es with {@link Gpu.kernel}; a unit of
+ * Every kernel family in `kernels/` builds {@link Dispatch}es with {@link Gpu.kernel}, passing its
+ * params and buffers by the names its WGSL declares; a unit of
  * work (a forward pass, a training step, a chunk of decode steps) encodes many dispatches into one
  * compute pass and one command buffer ({@link Gpu.run}).
  *
  * @module
  */
+
+import { checkNames, type KernelSpec, shaderInterface } from "./bindings.ts";
 
 /** Optional features specdec uses when the adapter has them. */
 const OPTIONAL_FEATURES: GPUFeatureName[] = ["timestamp-query", "shader-f16"];
@@ -30,20 +33,28 @@ export interface Dispatch {
   workgroups: [number, number, number];
 }
 
-/** What {@link Gpu.kernel} needs to build a {@link Dispatch}. */
-export interface KernelSpec {
-  /** Label of the dispatch, its bind group and (with the source) its pipeline. */
+/** A timer of compute passes (see GpuTimer in timer.ts): timestamp writes, then a resolve. */
+export interface PassTimer {
+  /** Timestamp writes for the next pass, or undefined when not timed. */
+  writes(): GPUComputePassTimestampWrites | undefined;
+  /** Resolves the pass's queries into the timer's buffer, in the pass's command encoder. */
+  resolve(enc: GPUCommandEncoder): void;
+}
+
+/**
+ * The old positional form of {@link KernelSpec} (buffers in binding order, params as u32 words),
+ * kept only while kernels move to names; not part of the public API.
+ */
+export interface LegacyKernelSpec {
+  /** Label. */
   label: string;
-  /** WGSL source with a `main` compute entry point. */
+  /** WGSL source. */
   code: string;
-  /**
-   * Storage buffers in binding order. When `params` is given it sits at binding 0 as a uniform
-   * and these start at binding 1; otherwise they start at binding 0.
-   */
+  /** Storage buffers in binding order (after the uniform at 0, if params are given). */
   buffers: GPUBuffer[];
-  /** Uniform words (u32; floats via {@link f32bits}), written once when the dispatch is built. */
+  /** Uniform words. */
   params?: ArrayLike<number>;
-  /** Workgroup counts; a number means (n, 1, 1). */
+  /** Workgroup counts. */
   workgroups: number | [number, number, number];
 }
 
@@ -261,13 +272,21 @@ export class Gpu {
   }
 
   /**
-   * Builds a {@link Dispatch}: pipeline (cached), a uniform with `params` (written once) and a
-   * bind group over `buffers`.
+   * Builds a {@link Dispatch}: the pipeline (cached), a uniform holding `params` (written once)
+   * and a bind group over `buffers`, each bound where the shader declares it.
    *
-   * @param spec the kernel's source, buffers, params and workgroup count
+   * @param spec the kernel's source, buffers and params by name, and its workgroup count
    * @returns the dispatch, to encode any number of times
+   * @throws Error naming the kernel and the names when `buffers` or `params` do not match the
+   *   shader's declarations exactly
    */
-  kernel(spec: KernelSpec): Dispatch {
+  kernel(spec: KernelSpec | LegacyKernelSpec): Dispatch {
+    if (Array.isArray(spec.buffers)) return this.#legacyKernel(spec as LegacyKernelSpec);
+    return this.#namedKernel(spec as KernelSpec);
+  }
+
+  /** The transition path: buffers and u32 param words by position (removed once unused). */
+  #legacyKernel(spec: LegacyKernelSpec): Dispatch {
     const pipeline = this.pipeline(spec.label, spec.code);
     const entries: GPUBindGroupEntry[] = [];
     let binding = 0;
@@ -279,6 +298,34 @@ export class Gpu {
       entries.push({ binding: binding++, resource: { buffer: u } });
     }
     for (const b of spec.buffers) entries.push({ binding: binding++, resource: { buffer: b } });
+    const bindGroup = this.device.createBindGroup({
+      label: spec.label,
+      layout: pipeline.getBindGroupLayout(0),
+      entries,
+    });
+    const w = spec.workgroups;
+    return {
+      label: spec.label,
+      pipeline,
+      bindGroup,
+      workgroups: typeof w === "number" ? grid(w) : w,
+    };
+  }
+
+  #namedKernel(spec: KernelSpec): Dispatch {
+    const iface = shaderInterface(spec.label, spec.code);
+    checkNames(spec.label, "buffers:", [...iface.storages.keys()], Object.keys(spec.buffers));
+    const entries: GPUBindGroupEntry[] = [];
+    for (const [name, binding] of iface.storages) {
+      entries.push({ binding, resource: { buffer: spec.buffers[name] } });
+    }
+    const uniform = iface.uniformBytes(spec.label, spec.params);
+    if (uniform) {
+      const u = this.buffer(`${spec.label} params`, uniform.byteLength, 0x40 | 0x8); // UNIFORM|COPY_DST
+      this.device.queue.writeBuffer(u, 0, uniform);
+      entries.push({ binding: iface.paramsBinding!, resource: { buffer: u } });
+    }
+    const pipeline = this.pipeline(spec.label, spec.code);
     const bindGroup = this.device.createBindGroup({
       label: spec.label,
       layout: pipeline.getBindGroupLayout(0),
@@ -320,7 +367,7 @@ export class Gpu {
   run(
     label: string,
     dispatches: readonly Dispatch[],
-    timer?: GpuTimer,
+    timer?: PassTimer,
     clear: readonly GPUBuffer[] = [],
   ): void {
     const enc = this.device.createCommandEncoder({ label });
@@ -458,123 +505,5 @@ export class Gpu {
     }
     if (failed) throw failure;
     return result as T;
-  }
-}
-
-/**
- * Measures GPU time of compute passes with timestamp queries, or wall time where the device has
- * no `timestamp-query`. Pass it to {@link Gpu.run}; each pass adds to the total.
- *
- * @example
- * ```ts
- * import { GpuTimer, requestGpu } from "@x/specdec";
- * const gpu = await requestGpu();
- * const timer = new GpuTimer(gpu);
- * gpu.run("nothing", [], timer);
- * console.log(await timer.read()); // milliseconds
- * ```
- */
-export class GpuTimer {
-  /** Whether GPU timestamps are used (false: wall clock). */
-  readonly gpuTimed: boolean;
-  #gpu: Gpu;
-  #capacity: number;
-  #querySet?: GPUQuerySet;
-  #resolveBuf?: GPUBuffer;
-  #used = 0;
-  #overflow = 0; // passes that found no free query slot since the last read
-  #pending: { start: number; end: number }[] = [];
-  #wallStart = 0;
-
-  /**
-   * Creates a timer (a query set of `2 × capacity` timestamps when the device has them).
-   *
-   * @param gpu the runtime
-   * @param capacity how many passes it can time between reads
-   */
-  constructor(gpu: Gpu, capacity = 1024) {
-    this.#gpu = gpu;
-    this.#capacity = capacity;
-    this.gpuTimed = gpu.hasTimestamps;
-    if (this.gpuTimed) {
-      this.#querySet = gpu.device.createQuerySet({
-        label: "specdec timer",
-        type: "timestamp",
-        count: 2 * capacity,
-      });
-      this.#resolveBuf = gpu.buffer("timer resolve", 16 * capacity, 0x200 | 0x4); // QUERY_RESOLVE|COPY_SRC
-    }
-    this.#wallStart = performance.now();
-  }
-
-  /**
-   * Timestamp writes for the next pass (undefined when not GPU-timed or full).
-   *
-   * @returns the pass's timestampWrites
-   */
-  writes(): GPUComputePassTimestampWrites | undefined {
-    if (!this.#querySet) return undefined;
-    if (this.#used >= this.#capacity) {
-      this.#overflow++;
-      return undefined;
-    }
-    const i = this.#used++;
-    this.#pending.push({ start: 2 * i, end: 2 * i + 1 });
-    return {
-      querySet: this.#querySet,
-      beginningOfPassWriteIndex: 2 * i,
-      endOfPassWriteIndex: 2 * i + 1,
-    };
-  }
-
-  /**
-   * Resolves the queries written so far into the resolve buffer (called by {@link Gpu.run}).
-   *
-   * @param enc the command encoder of the timed pass
-   */
-  resolve(enc: GPUCommandEncoder): void {
-    if (!this.#querySet || this.#used === 0) return;
-    enc.resolveQuerySet(this.#querySet, 0, 2 * this.#used, this.#resolveBuf!, 0);
-  }
-
-  /**
-   * Waits for the timed work and returns its time in milliseconds: the sum of GPU pass times
-   * (0 when no pass was timed), or the wall time since construction (or the last read) without
-   * timestamps. Resets the timer.
-   *
-   * @returns milliseconds
-   */
-  async read(): Promise<number> {
-    if (this.#overflow > 0) {
-      const n = this.#overflow;
-      this.#overflow = 0;
-      this.#used = 0;
-      this.#pending = [];
-      throw new Error(
-        `specdec: GpuTimer timed ${n} passes more than its capacity ${this.#capacity} between reads; ` +
-          `read it more often or create it with a larger capacity`,
-      );
-    }
-    if (this.gpuTimed && this.#used === 0) return 0; // nothing was timed on the GPU
-    if (!this.gpuTimed) {
-      await this.#gpu.device.queue.onSubmittedWorkDone();
-      const now = performance.now();
-      const ms = now - this.#wallStart;
-      this.#wallStart = now;
-      return ms;
-    }
-    const raw = new BigUint64Array(await this.#gpu.read(this.#resolveBuf!, 16 * this.#used));
-    let ns = 0n;
-    for (const p of this.#pending) if (raw[p.end] > raw[p.start]) ns += raw[p.end] - raw[p.start];
-    this.#used = 0;
-    this.#pending = [];
-    this.#wallStart = performance.now();
-    return Number(ns) / 1e6;
-  }
-
-  /** Releases the query set and buffer. */
-  destroy(): void {
-    this.#querySet?.destroy();
-    this.#resolveBuf?.destroy();
   }
 }

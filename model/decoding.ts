@@ -23,7 +23,8 @@
  *
  * @module
  */
-import type { Dispatch, Gpu, GpuTimer } from "../kernels/gpu.ts";
+import type { Dispatch, Gpu } from "../kernels/gpu.ts";
+import type { GpuTimer } from "../kernels/timer.ts";
 import {
   baseStepKernel,
   draftStepKernel,

@@ -6,7 +6,8 @@
  *
  * @module
  */
-import type { Gpu, GpuTimer } from "../kernels/gpu.ts";
+import type { Gpu } from "../kernels/gpu.ts";
+import type { GpuTimer } from "../kernels/timer.ts";
 import { type Decoder, type LossPlan, nextTokenTargets, validateTokens } from "./decoder.ts";
 import { Adam, type AdamOptions, type AdamStats, decodeAdamStats } from "./optimizer.ts";
 import { paramSpecs } from "./params.ts";

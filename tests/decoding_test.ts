@@ -1,5 +1,6 @@
 import { deepStrictEqual as assertEquals, ok as assert, rejects } from "node:assert/strict";
-import { type Gpu, GpuTimer } from "../kernels/gpu.ts";
+import type { Gpu } from "../kernels/gpu.ts";
+import { GpuTimer } from "../kernels/timer.ts";
 import { readSafetensors, type Tensor, writeSafetensors } from "../model/checkpoint.ts";
 import type { DecoderConfig } from "../model/config.ts";
 import { Decoder } from "../model/decoder.ts";

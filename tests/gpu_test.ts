@@ -4,27 +4,28 @@ import {
   rejects as assertRejects,
   throws as assertThrows,
 } from "node:assert/strict";
-import { f32bits, type Gpu, GpuTimer, grid, requestGpu } from "../kernels/gpu.ts";
+import { type Gpu, grid, requestGpu } from "../kernels/gpu.ts";
+import { GpuTimer } from "../kernels/timer.ts";
 import { gpuTest, testGpu } from "./helpers.ts";
 
 const SCALE = /* wgsl */ `
-struct P { n: u32, s: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+struct Params { n: u32, s: f32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;       // (n)
+@group(0) @binding(2) var<storage, read_write> y: array<f32>; // (n)
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nw: vec3u) {
   let i = g.x + g.y * nw.x * 64u;
-  if (i >= p.n) { return; }
-  y[i] = x[i] * bitcast<f32>(p.s);
+  if (i >= params.n) { return; }
+  y[i] = x[i] * params.s;
 }`;
 
 function scale(gpu: Gpu, x: GPUBuffer, y: GPUBuffer, n: number, s: number) {
   return gpu.kernel({
     label: "scale",
     code: SCALE,
-    buffers: [x, y],
-    params: [n, f32bits(s)],
+    buffers: { y, x }, // any order: bound by name
+    params: { s, n },
     workgroups: Math.ceil(n / 64),
   });
 }
@@ -52,12 +53,69 @@ gpuTest("Gpu.scoped() names the operation on a validation error", async (gpu) =>
     () =>
       gpu.scoped("a bad bind", () => {
         const x = gpu.buffer("x", 16);
-        // binding count mismatch: the shader wants 3 bindings, we give 1
-        gpu.kernel({ label: "bad", code: SCALE, buffers: [x], workgroups: 1 });
+        // a buffer too small for the uniform's binding: the shader wants 8 bytes of params
+        const pipeline = gpu.pipeline("scale", SCALE);
+        gpu.device.createBindGroup({
+          layout: pipeline.getBindGroupLayout(0),
+          entries: [{ binding: 0, resource: { buffer: x, size: 4 } }],
+        });
       }),
     /validation error during a bad bind/,
   );
 });
+
+gpuTest(
+  "Gpu.kernel() binds by the names the WGSL declares, with i32 and f32 params",
+  async (gpu) => {
+    const code = /* wgsl */ `
+struct Params { n: u32, shift: i32, s: f32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(2) var<storage, read> second: array<f32>;       // (n)
+@group(0) @binding(1) var<storage, read_write> first: array<f32>;  // (n)
+@compute @workgroup_size(8)
+fn main(@builtin(global_invocation_id) g: vec3u) {
+  if (g.x >= params.n) { return; }
+  first[g.x] = second[g.x] * params.s + f32(params.shift);
+}`;
+    const second = gpu.upload("second (3)", new Float32Array([1, 2, 3]));
+    const first = gpu.buffer("first (3)", 12);
+    gpu.run("named", [
+      gpu.kernel({
+        label: "named",
+        code,
+        buffers: { second, first },
+        params: { n: 3, shift: -2, s: 0.5 },
+        workgroups: 1,
+      }),
+    ]);
+    deepStrictEqual(await gpu.readF32(first), new Float32Array([-1.5, -1, -0.5]));
+  },
+);
+
+gpuTest(
+  "Gpu.kernel() names the kernel and the names when buffers or params do not match",
+  (gpu) => {
+    const x = gpu.buffer("x", 16), y = gpu.buffer("y", 16);
+    const k = (buffers: Record<string, GPUBuffer>, params: Record<string, number>) => () =>
+      gpu.kernel({ label: "scale", code: SCALE, buffers, params, workgroups: 1 });
+    assertThrows(k({ x }, { n: 1, s: 1 }), /kernel "scale": buffers: missing "y"/);
+    assertThrows(k({ x, y, z: x }, { n: 1, s: 1 }), /not declared by the shader "z"/);
+    assertThrows(k({ x, y }, { n: 1 }), /kernel "scale": params: missing "s"/);
+    assertThrows(k({ x, y }, { n: 1, s: 1, t: 2 }), /params: not declared by the shader "t"/);
+    assertThrows(k({ x, y }, { n: 1, s: NaN }), /param "s" is NaN, not a number/);
+    assertThrows(
+      () =>
+        gpu.kernel({
+          label: "two uniforms",
+          code: "struct P { n: u32 }\n@group(0) @binding(0) var<uniform> p: P;\n" +
+            "@compute @workgroup_size(1) fn main() { _ = p.n; }",
+          buffers: {},
+          workgroups: 1,
+        }),
+      /declares uniforms p; the convention is one uniform named "params"/,
+    );
+  },
+);
 
 Deno.test("grid() splits large workgroup counts", () => {
   assertEquals(grid(10), [10, 1, 1]);
