@@ -105,7 +105,7 @@ const MODEL_WEIGHTS: Readonly<Record<ModelWeightName, WeightEntry>> = {
 };
 
 /** The checkpoint name of the rotary inverse frequencies (a buffer, not a parameter). */
-export const ROTARY_INV_FREQ = "rotary_emb.inv_freq";
+export const ROTARY_INV_FREQ: string = "rotary_emb.inv_freq";
 
 /**
  * The checkpoint name of a per-layer weight.
