@@ -14,7 +14,20 @@ export interface PooledCache {
   release: () => void;
 }
 
-/** KV caches per (batch, maxLen), created on first need and freed by {@link CachePool.destroy}. */
+/**
+ * KV caches per (batch, maxLen), created on first need and freed by {@link CachePool.destroy}.
+ * Each model holds one (`model.caches`), freed with the model.
+ *
+ * @example
+ * ```ts
+ * import { Decoder, requestGpu } from "@x/specdec";
+ * const model = Decoder.create(await requestGpu(), { numTokens: 256, dim: 64, depth: 2 });
+ * const { cache, release } = model.caches.acquire(4, 128); // 4 rows of up to 128 positions
+ * const step = model.forwardPlan(cache, 1); // plans are cached per cache: reuse pays off
+ * release(); // the next acquire(4, 128) gets the same cache (and its plans)
+ * model.destroy(); // frees the pooled caches too
+ * ```
+ */
 export class CachePool {
   readonly #create: (batch: number, maxLen: number) => KVCache;
   readonly #entries = new Map<string, { cache: KVCache; busy: boolean }[]>();

@@ -23,6 +23,7 @@ import { buildLossPlan, type LossPlan, nextTokenTargets } from "./loss_plan.ts";
 import { backwardDispatches } from "./backward.ts";
 import { CachePool } from "./cache_pool.ts";
 
+// the plan types, re-exported for modules that import them with the Decoder (decoding.ts)
 export type { ForwardPlan, LayerActivations } from "./forward_plan.ts";
 export type { LossPlan } from "./loss_plan.ts";
 
