@@ -28,15 +28,12 @@ export {
   PRESETS,
   resolveConfig,
 } from "./model/config.ts";
-export {
-  type CreateOptions,
-  Decoder,
-  type ForwardPlan,
-  type LayerActivations,
-  type LossPlan,
-  validateTokens,
-} from "./model/decoder.ts";
+export { type CreateOptions, Decoder, validateTokens } from "./model/decoder.ts";
+export { type ForwardPlan, type LayerActivations } from "./model/forward_plan.ts";
+export { type LossPlan } from "./model/loss_plan.ts";
+export { type LayerWeights, type ModelWeights } from "./model/params.ts";
 export { KVCache } from "./model/kv_cache.ts";
+export { CachePool, type PooledCache } from "./model/cache_pool.ts";
 export {
   readSafetensors,
   type Safetensors,

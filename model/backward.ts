@@ -4,44 +4,37 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "../kernels/gpu.ts";
+import type { Dispatch } from "../kernels/gpu.ts";
 import { matmulNN, matmulTN } from "../kernels/matmul.ts";
 import { rmsNormBackward } from "../kernels/norm.ts";
 import { geluBackward, sumRows } from "../kernels/activation.ts";
 import { embeddingBackward } from "../kernels/embedding.ts";
 import { rotaryBackward } from "../kernels/rotary.ts";
 import { attentionBackward } from "../kernels/attention.ts";
-import type { FullDecoderConfig } from "./config.ts";
-import type { ForwardPlan } from "./decoder.ts";
+import type { ForwardPlan } from "./forward_plan.ts";
+import type { ModelState } from "./state.ts";
 
 /**
  * Builds the backward dispatches of a training {@link ForwardPlan}.
  *
- * @param alloc allocates the backward's scratch buffers (the model tracks them to free them)
- * @param gpu the runtime
- * @param config the model's config
- * @param params parameter buffers by checkpoint name
- * @param grads gradient buffers by checkpoint name (accumulated into)
+ * Shapes: B rows, T = B·n tokens, C = dim, H heads of D = dimHead, F = ffMult·C, V = numTokens.
+ *
+ * @param model parameters, gradients (accumulated into), config and allocator
  * @param plan a training forward plan (per-layer activations kept, start = 0)
  * @param dLogits `(T, V)` gradient of the loss w.r.t. the logits
  * @returns the dispatches, in order
  */
 export function backwardDispatches(
-  alloc: (label: string, bytes: number) => GPUBuffer,
-  gpu: Gpu,
-  config: FullDecoderConfig,
-  params: Map<string, GPUBuffer>,
-  grads: Map<string, GPUBuffer>,
+  model: ModelState,
   plan: ForwardPlan,
   dLogits: GPUBuffer,
 ): Dispatch[] {
   if (!plan.training) throw new Error("specdec: backward needs a training forward plan");
-  const P = (k: string) => params.get(k)!, G = (k: string) => grads.get(k)!;
+  const { gpu, config, weights } = model, grads = model.gradWeights;
   const B = plan.batch, n = plan.n, T = B * n, C = config.dim, H = config.heads, D = config.dimHead;
   const HD = H * D, F = config.ffMult * C, V = config.numTokens, maxLen = plan.cache.maxLen;
-  const L = `bwd B${B} n${n}`;
-  const buf = (name: string, shape: number[]) =>
-    alloc(`${L} ${name} (${shape.join(", ")})`, shape.reduce((a, b) => a * b, 1) * 4);
+  const label = `${model.label} bwd B${B} n${n}`;
+  const buf = (name: string, shape: number[]) => model.tensor(`${label} ${name}`, shape);
   const dX = buf("dx stream", [T, C]); // gradient of the residual stream
   const dXn = buf("dxn", [T, C]); // gradient of a norm's output
   const dA = buf("da", [T, F]);
@@ -51,52 +44,50 @@ export function backwardDispatches(
   const acc = { accumulate: true };
   const d: Dispatch[] = [];
 
-  // logits = xf · Wlᵀ
+  // logits = xf · logitsWeightᵀ
   d.push(
-    matmulTN(gpu, { a: dLogits, b: plan.xf, c: G("to_logits.1.weight"), M: V, N: C, K: T, ...acc }),
+    matmulTN(gpu, { a: dLogits, b: plan.xf, c: grads.logitsWeight, M: V, N: C, K: T, ...acc }),
   );
-  d.push(matmulNN(gpu, { a: dLogits, b: P("to_logits.1.weight"), c: dXn, M: T, N: C, K: V }));
+  d.push(matmulNN(gpu, { a: dLogits, b: weights.logitsWeight, c: dXn, M: T, N: C, K: V }));
   d.push(...rmsNormBackward(gpu, {
     x: plan.xFinal,
-    weight: P("to_logits.0.weight"),
+    weight: weights.finalNorm,
     rstd: plan.rstdF,
     dy: dXn,
     dx: dX,
-    dWeight: G("to_logits.0.weight"),
+    dWeight: grads.finalNorm,
     T,
     C,
     accumulateDx: false,
     accumulateDw: true,
   }));
   for (let l = config.depth - 1; l >= 0; l--) {
-    const a = plan.layers[l], p = `layers.${l}`;
-    // next = xmid + a·W2ᵀ + b2
-    d.push(matmulTN(gpu, { a: dX, b: a.a, c: G(`${p}.1.3.weight`), M: C, N: F, K: T, ...acc }));
-    d.push(sumRows(gpu, { x: dX, out: G(`${p}.1.3.bias`), M: T, N: C, accumulate: true }));
-    d.push(matmulNN(gpu, { a: dX, b: P(`${p}.1.3.weight`), c: dA, M: T, N: F, K: C }));
+    const a = plan.layers[l], w = weights.layers[l], g = grads.layers[l];
+    // next = xmid + a · ffOutᵀ + ffOutBias
+    d.push(matmulTN(gpu, { a: dX, b: a.a, c: g.ffOut, M: C, N: F, K: T, ...acc }));
+    d.push(sumRows(gpu, { x: dX, out: g.ffOutBias, M: T, N: C, accumulate: true }));
+    d.push(matmulNN(gpu, { a: dX, b: w.ffOut, c: dA, M: T, N: F, K: C }));
     d.push(geluBackward(gpu, { x: a.h, dy: dA, dx: dH, n: T * F }));
-    // h = xn2 · W1ᵀ + b1
-    d.push(matmulTN(gpu, { a: dH, b: a.xn2, c: G(`${p}.1.1.weight`), M: F, N: C, K: T, ...acc }));
-    d.push(sumRows(gpu, { x: dH, out: G(`${p}.1.1.bias`), M: T, N: F, accumulate: true }));
-    d.push(matmulNN(gpu, { a: dH, b: P(`${p}.1.1.weight`), c: dXn, M: T, N: C, K: F }));
+    // h = xn2 · ffInᵀ + ffInBias
+    d.push(matmulTN(gpu, { a: dH, b: a.xn2, c: g.ffIn, M: F, N: C, K: T, ...acc }));
+    d.push(sumRows(gpu, { x: dH, out: g.ffInBias, M: T, N: F, accumulate: true }));
+    d.push(matmulNN(gpu, { a: dH, b: w.ffIn, c: dXn, M: T, N: C, K: F }));
     // xn2 = norm(xmid): dX becomes d(xmid) = d(next) + norm backward
     d.push(...rmsNormBackward(gpu, {
       x: a.xmid,
-      weight: P(`${p}.1.0.weight`),
+      weight: w.ffNorm,
       rstd: a.rstd2,
       dy: dXn,
       dx: dX,
-      dWeight: G(`${p}.1.0.weight`),
+      dWeight: g.ffNorm,
       T,
       C,
       accumulateDx: true,
       accumulateDw: true,
     }));
-    // xmid = x + att · Woᵀ
-    d.push(
-      matmulTN(gpu, { a: dX, b: a.att, c: G(`${p}.0.to_out.weight`), M: C, N: HD, K: T, ...acc }),
-    );
-    d.push(matmulNN(gpu, { a: dX, b: P(`${p}.0.to_out.weight`), c: dAtt, M: T, N: HD, K: C }));
+    // xmid = x + att · attnOutᵀ
+    d.push(matmulTN(gpu, { a: dX, b: a.att, c: g.attnOut, M: C, N: HD, K: T, ...acc }));
+    d.push(matmulNN(gpu, { a: dX, b: w.attnOut, c: dAtt, M: T, N: HD, K: C }));
     d.push(...attentionBackward(gpu, {
       qkv: a.qkv,
       kv: plan.cache.layers[l],
@@ -123,26 +114,17 @@ export function backwardDispatches(
         maxLen,
       }),
     );
-    // qkv = xn · Wqkvᵀ
-    d.push(
-      matmulTN(gpu, {
-        a: dQkv,
-        b: a.xn,
-        c: G(`${p}.0.to_qkv.weight`),
-        M: 3 * HD,
-        N: C,
-        K: T,
-        ...acc,
-      }),
-    );
-    d.push(matmulNN(gpu, { a: dQkv, b: P(`${p}.0.to_qkv.weight`), c: dXn, M: T, N: C, K: 3 * HD }));
+    // qkv = xn · qkvᵀ
+    d.push(matmulTN(gpu, { a: dQkv, b: a.xn, c: g.qkv, M: 3 * HD, N: C, K: T, ...acc }));
+    d.push(matmulNN(gpu, { a: dQkv, b: w.qkv, c: dXn, M: T, N: C, K: 3 * HD }));
+    // xn = norm(x): dX becomes d(x) = d(xmid) + norm backward
     d.push(...rmsNormBackward(gpu, {
       x: a.x,
-      weight: P(`${p}.0.norm.weight`),
+      weight: w.norm,
       rstd: a.rstd,
       dy: dXn,
       dx: dX,
-      dWeight: G(`${p}.0.norm.weight`),
+      dWeight: g.norm,
       T,
       C,
       accumulateDx: true,
@@ -153,7 +135,7 @@ export function backwardDispatches(
     embeddingBackward(gpu, {
       tokens: plan.tokens,
       dOut: dX,
-      dTable: G("token_emb.weight"),
+      dTable: grads.tokenEmbedding,
       T,
       C,
       V,

@@ -6,8 +6,14 @@
  * `{ name: { dtype, shape, data_offsets: [begin, end] }, "__metadata__"?: {…} }`, then the data;
  * offsets count from the end of the header.
  *
+ * A model checkpoint is such a file with the reference's PyTorch state_dict names (see params.ts);
+ * {@link readModelCheckpoint} and {@link writeModelCheckpoint} convert between it and a config plus
+ * parameter values.
+ *
  * @module
  */
+import { type FullDecoderConfig, resolveConfig } from "./config.ts";
+import { layerWeightName, modelWeightName, paramSpecs, ROTARY_INV_FREQ } from "./params.ts";
 
 /** A float32 tensor with its shape. */
 export interface Tensor {
@@ -212,4 +218,154 @@ export function writeSafetensors(
     at += d.byteLength;
   }
   return out;
+}
+
+/** A model as a checkpoint holds it. */
+export interface ModelCheckpoint {
+  /** The config, inferred from tensor shapes. */
+  config: FullDecoderConfig;
+  /** Every parameter's values by checkpoint name. */
+  values: Map<string, Float32Array<ArrayBuffer>>;
+  /** Rotary inverse frequencies `(D/2)`, when the file has `rotary_emb.inv_freq`. */
+  invFreq?: Float32Array;
+}
+
+/**
+ * Reads a model checkpoint: safetensors with PyTorch state_dict names (F32, F16 or BF16). The
+ * config is inferred from tensor shapes ({@link inferConfig}); every parameter must be present
+ * with its shape, and nothing else.
+ *
+ * @param bytes the safetensors file
+ * @param options `maxSeqLen` for the config; `source` names the file in errors
+ * @returns config, parameter values and rotary frequencies
+ * @throws Error naming missing, unexpected or mis-shaped tensors
+ */
+export function readModelCheckpoint(
+  bytes: Uint8Array,
+  options: { maxSeqLen?: number; source?: string } = {},
+): ModelCheckpoint {
+  const source = options.source ?? "checkpoint";
+  const { tensors, metadata } = readSafetensors(bytes, source);
+  const config = inferConfig(tensors, source, options.maxSeqLen, metadata);
+  const expected = paramSpecs(config);
+  const known = new Set(expected.map((s) => s.name));
+  known.add(ROTARY_INV_FREQ);
+  const extra = [...tensors.keys()].filter((k) => !known.has(k));
+  if (extra.length) {
+    throw new Error(
+      `specdec: ${source} has unexpected tensors: ${extra.slice(0, 5).join(", ")}` +
+        `${extra.length > 5 ? ` (+${extra.length - 5} more)` : ""}`,
+    );
+  }
+  const values = new Map<string, Float32Array<ArrayBuffer>>();
+  for (const s of expected) {
+    const t = tensors.get(s.name);
+    if (!t) {
+      throw new Error(`specdec: ${source} is missing tensor "${s.name}" (shape [${s.shape}])`);
+    }
+    if (t.shape.length !== s.shape.length || t.shape.some((d, i) => d !== s.shape[i])) {
+      throw new Error(
+        `specdec: ${source} tensor "${s.name}" has shape [${t.shape}], expected [${s.shape}]`,
+      );
+    }
+    values.set(s.name, new Float32Array(t.data));
+  }
+  return { config, values, invFreq: tensors.get(ROTARY_INV_FREQ)?.data };
+}
+
+/**
+ * Writes a model checkpoint: safetensors (F32) with PyTorch state_dict names, including
+ * `rotary_emb.inv_freq`, loadable by `torch` + `safetensors` into the reference `Decoder`. The
+ * metadata records heads, dimHead and ffMult.
+ *
+ * @param config the model's config
+ * @param values parameter values in {@link paramSpecs} order
+ * @param invFreq rotary inverse frequencies `(D/2)`
+ * @returns the file's bytes
+ */
+export function writeModelCheckpoint(
+  config: FullDecoderConfig,
+  values: Float32Array[],
+  invFreq: Float32Array,
+): Uint8Array<ArrayBuffer> {
+  const tensors: Record<string, Tensor> = {};
+  paramSpecs(config).forEach((s, i) => tensors[s.name] = { shape: s.shape, data: values[i] });
+  tensors[ROTARY_INV_FREQ] = { shape: [invFreq.length], data: invFreq };
+  const { heads, dimHead, ffMult } = config;
+  return writeSafetensors(tensors, {
+    format: "pt",
+    specdec: JSON.stringify({ heads, dimHead, ffMult }),
+  });
+}
+
+/**
+ * Infers a model config from checkpoint tensor shapes: numTokens and dim from the token
+ * embedding, depth from the layers present, dimHead from `rotary_emb.inv_freq` (else the metadata
+ * specdec writes, else 64), heads from `to_qkv`, ffMult from the first FF projection.
+ *
+ * @param tensors the checkpoint's tensors
+ * @param source names the file in errors
+ * @param maxSeqLen the config's maxSeqLen (default 4096)
+ * @param metadata the file's `__metadata__`
+ * @returns the full config
+ * @throws Error naming the tensor whose shape does not fit
+ */
+export function inferConfig(
+  tensors: Map<string, Tensor>,
+  source: string,
+  maxSeqLen?: number,
+  metadata: Record<string, string> = {},
+): FullDecoderConfig {
+  const need = (name: string): Tensor => {
+    const t = tensors.get(name);
+    if (!t) throw new Error(`specdec: ${source} is missing tensor "${name}"`);
+    return t;
+  };
+  const embName = modelWeightName("tokenEmbedding");
+  const emb = need(embName);
+  if (emb.shape.length !== 2) {
+    throw new Error(
+      `specdec: ${source} tensor "${embName}" has shape [${emb.shape}], expected [numTokens, dim]`,
+    );
+  }
+  const [numTokens, dim] = emb.shape;
+  let depth = 0;
+  while (
+    tensors.has(layerWeightName(depth, "norm")) || tensors.has(layerWeightName(depth, "qkv"))
+  ) depth++;
+  const qkvName = layerWeightName(0, "qkv");
+  if (depth === 0) throw new Error(`specdec: ${source} has no layers ("${qkvName}" missing)`);
+  const inv = tensors.get(ROTARY_INV_FREQ);
+  // dimHead: from rotary_emb.inv_freq, else from the metadata specdec writes, else the default 64
+  let saved: { dimHead?: number } = {};
+  try {
+    saved = JSON.parse(metadata.specdec ?? "{}");
+  } catch { /* foreign metadata: ignore */ }
+  const dimHead = inv ? 2 * inv.data.length : (saved.dimHead ?? 64);
+  const qkv = need(qkvName);
+  const inner = qkv.shape[0] / 3;
+  const heads = inner / dimHead;
+  if (!Number.isInteger(heads) || heads < 1) {
+    throw new Error(
+      `specdec: ${source} tensor "${qkvName}" has shape [${qkv.shape}], which is not ` +
+        `[3·heads·${dimHead}, ${dim}] for dimHead ${dimHead} (from rotary_emb.inv_freq)`,
+    );
+  }
+  const ffInName = layerWeightName(0, "ffIn");
+  const ff = need(ffInName);
+  const ffMult = ff.shape[0] / dim;
+  if (!Number.isInteger(ffMult) || ffMult < 1) {
+    throw new Error(
+      `specdec: ${source} tensor "${ffInName}" has shape [${ff.shape}], not [ffMult·${dim}, ${dim}]`,
+    );
+  }
+  return resolveConfig({
+    numTokens,
+    dim,
+    depth,
+    heads,
+    dimHead,
+    ffMult,
+    maxSeqLen: maxSeqLen ?? 4096,
+  });
 }

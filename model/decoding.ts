@@ -136,27 +136,6 @@ function validatePrompt(
   return { B: batch, P: n };
 }
 
-/** KV caches kept per model and shape, so repeated decodes reuse caches and forward plans. */
-const cachePool = new WeakMap<Decoder, Map<string, { cache: KVCache; busy: boolean }[]>>();
-
-/** A free cache of (batch, maxLen) for `model` (created on first need), and its release. */
-function acquireCache(
-  model: Decoder,
-  batch: number,
-  maxLen: number,
-): { cache: KVCache; release: () => void } {
-  let pool = cachePool.get(model);
-  if (!pool) cachePool.set(model, pool = new Map());
-  const key = `${batch}x${maxLen}`;
-  let list = pool.get(key);
-  if (!list) pool.set(key, list = []);
-  let entry = list.find((e) => !e.busy);
-  if (!entry) list.push(entry = { cache: model.createCache(batch, maxLen), busy: false });
-  entry.busy = true;
-  const e = entry;
-  return { cache: e.cache, release: () => void (e.busy = false) };
-}
-
 /** A named, consecutive part of a decode step (for profiles). */
 export interface StepPart {
   /** What the part computes, e.g. `"draft forward n=1"` or `"accept"`. */
@@ -396,7 +375,7 @@ export function baseDecodingEngine(
   try {
     const state = initialState(gpu, layout, prompt, label);
     cleanup.add(() => state.destroy());
-    const { cache, release } = acquireCache(model, B, L);
+    const { cache, release } = model.caches.acquire(B, L);
     cleanup.add(release);
     const plan = model.forwardPlan(cache, 1);
     const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
@@ -534,9 +513,9 @@ export function speculativeDecodingEngine(
     cleanup.add(() => state.destroy());
     const q = buffer(`q (${B}, ${G}, ${V})`, B * G * V * 4);
     const drafts = buffer(`draft tokens u32 (${B}, ${G})`, B * G * 4);
-    const { cache: tc, release: releaseT } = acquireCache(target, B, maxLen);
+    const { cache: tc, release: releaseT } = target.caches.acquire(B, maxLen);
     cleanup.add(releaseT);
-    const { cache: dc, release: releaseD } = acquireCache(draft, B, maxLen);
+    const { cache: dc, release: releaseD } = draft.caches.acquire(B, maxLen);
     cleanup.add(releaseD);
     const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
     const d2 = draft.forwardPlan(dc, 2), d1 = draft.forwardPlan(dc, 1);

@@ -1,9 +1,154 @@
 /**
- * The Decoder's parameters: names (PyTorch state_dict keys), shapes, initialisation.
+ * The Decoder's parameters: each weight's role (`layer.qkv`, `layer.ffIn`, …), its PyTorch
+ * state_dict name, torch shape and initialisation, in ONE table; everything else (plans,
+ * checkpoints, the optimizer) goes through it.
  *
  * @module
  */
 import type { FullDecoderConfig } from "./config.ts";
+
+/**
+ * One transformer block's weights by role. The reference's block is
+ * `Sequential(Residual(Attention), Residual(Sequential(RMSNorm, Linear, GELU, Linear)))`, so torch
+ * names them by Sequential index; {@link LAYER_WEIGHTS} maps the roles to those names.
+ */
+export interface LayerWeights<T> {
+  /** Attention pre-norm weight `(C)`. */
+  norm: T;
+  /** Fused q, k, v projection `(3·H·D, C)`, output in (qkv, head, dimHead) order. */
+  qkv: T;
+  /** Attention output projection `(C, H·D)`. */
+  attnOut: T;
+  /** Feed-forward pre-norm weight `(C)`. */
+  ffNorm: T;
+  /** Feed-forward input projection `(F, C)`. */
+  ffIn: T;
+  /** Its bias `(F)`. */
+  ffInBias: T;
+  /** Feed-forward output projection `(C, F)`. */
+  ffOut: T;
+  /** Its bias `(C)`. */
+  ffOutBias: T;
+}
+
+/** The whole model's weights by role. */
+export interface ModelWeights<T> {
+  /** Token embedding `(V, C)`. */
+  tokenEmbedding: T;
+  /** The blocks, first to last. */
+  layers: LayerWeights<T>[];
+  /** Final RMSNorm weight `(C)`. */
+  finalNorm: T;
+  /** Output projection to the logits `(V, C)`, no bias. */
+  logitsWeight: T;
+}
+
+/** A per-layer weight's role. */
+export type LayerWeightName = keyof LayerWeights<unknown>;
+/** A model-level weight's role. */
+export type ModelWeightName = Exclude<keyof ModelWeights<unknown>, "layers">;
+
+/** Sizes the shapes are written in: C = dim, HD = heads·dimHead, F = ffMult·dim, V = numTokens. */
+interface Sizes {
+  C: number;
+  HD: number;
+  F: number;
+  V: number;
+}
+
+/** How PyTorch initialises a tensor: Linear `U(±1/√fanIn)`, embedding `N(0,1)`, norm weights 1. */
+export type ParamInit = { kind: "uniform"; fanIn: number } | { kind: "normal" } | {
+  kind: "ones";
+};
+
+/** A row of the weight table: torch name, torch shape, initialisation. */
+interface WeightEntry {
+  /** The state_dict name (after `layers.{i}.` for per-layer weights). */
+  torch: string;
+  /** torch shape (Linear weights are `[out, in]`). */
+  shape: (s: Sizes) => number[];
+  /** Initialisation (a Linear's bias uses the weight's fan-in). */
+  init: (s: Sizes) => ParamInit;
+}
+
+const ONES = (): ParamInit => ({ kind: "ones" });
+const NORMAL = (): ParamInit => ({ kind: "normal" });
+const uniform = (fanIn: (s: Sizes) => number) => (s: Sizes): ParamInit => ({
+  kind: "uniform",
+  fanIn: fanIn(s),
+});
+
+/**
+ * Per-layer weights, in checkpoint order: role → state_dict name after `layers.{i}.`. The only
+ * place the torch Sequential indices appear.
+ */
+const LAYER_WEIGHTS: Readonly<Record<LayerWeightName, WeightEntry>> = {
+  norm: { torch: "0.norm.weight", shape: ({ C }) => [C], init: ONES },
+  qkv: { torch: "0.to_qkv.weight", shape: ({ C, HD }) => [3 * HD, C], init: uniform((s) => s.C) },
+  attnOut: { torch: "0.to_out.weight", shape: ({ C, HD }) => [C, HD], init: uniform((s) => s.HD) },
+  ffNorm: { torch: "1.0.weight", shape: ({ C }) => [C], init: ONES },
+  ffIn: { torch: "1.1.weight", shape: ({ C, F }) => [F, C], init: uniform((s) => s.C) },
+  ffInBias: { torch: "1.1.bias", shape: ({ F }) => [F], init: uniform((s) => s.C) },
+  ffOut: { torch: "1.3.weight", shape: ({ C, F }) => [C, F], init: uniform((s) => s.F) },
+  ffOutBias: { torch: "1.3.bias", shape: ({ C }) => [C], init: uniform((s) => s.F) },
+};
+
+/** Model-level weights: role → state_dict name (the embedding first, the output last). */
+const MODEL_WEIGHTS: Readonly<Record<ModelWeightName, WeightEntry>> = {
+  tokenEmbedding: { torch: "token_emb.weight", shape: ({ V, C }) => [V, C], init: NORMAL },
+  finalNorm: { torch: "to_logits.0.weight", shape: ({ C }) => [C], init: ONES },
+  logitsWeight: {
+    torch: "to_logits.1.weight",
+    shape: ({ V, C }) => [V, C],
+    init: uniform((s) => s.C),
+  },
+};
+
+/** The checkpoint name of the rotary inverse frequencies (a buffer, not a parameter). */
+export const ROTARY_INV_FREQ: string = "rotary_emb.inv_freq";
+
+/**
+ * The checkpoint name of a per-layer weight.
+ *
+ * @param layer block index
+ * @param role the weight's role
+ * @returns e.g. `layers.3.1.3.weight` for (3, "ffOut")
+ */
+export function layerWeightName(layer: number, role: LayerWeightName): string {
+  return `layers.${layer}.${LAYER_WEIGHTS[role].torch}`;
+}
+
+/**
+ * The checkpoint name of a model-level weight.
+ *
+ * @param role the weight's role
+ * @returns e.g. `token_emb.weight`
+ */
+export function modelWeightName(role: ModelWeightName): string {
+  return MODEL_WEIGHTS[role].torch;
+}
+
+/**
+ * The model's weights by role, each looked up by its checkpoint name.
+ *
+ * @param depth number of layers
+ * @param byName the value of a checkpoint name (e.g. a parameter or gradient buffer)
+ * @returns the named record
+ */
+export function namedWeights<T>(depth: number, byName: (name: string) => T): ModelWeights<T> {
+  const layer = (i: number) =>
+    Object.fromEntries(
+      (Object.keys(LAYER_WEIGHTS) as LayerWeightName[]).map((
+        r,
+      ) => [r, byName(layerWeightName(i, r))]),
+    ) as unknown as LayerWeights<T>;
+  return {
+    tokenEmbedding: byName(modelWeightName("tokenEmbedding")),
+    layers: Array.from({ length: depth }, (_, i) => layer(i)),
+    finalNorm: byName(modelWeightName("finalNorm")),
+    logitsWeight: byName(modelWeightName("logitsWeight")),
+  };
+}
 
 /** One parameter tensor's checkpoint name and torch shape. */
 export interface ParamSpec {
@@ -12,44 +157,26 @@ export interface ParamSpec {
   /** torch shape (Linear weights are `[out, in]`). */
   shape: number[];
   /** How PyTorch initialises it: Linear `U(±1/√fanIn)`, embedding `N(0,1)`, norm weights 1. */
-  init: { kind: "uniform"; fanIn: number } | { kind: "normal" } | { kind: "ones" };
+  init: ParamInit;
 }
 
 /** Parameter names and shapes, in checkpoint order (not including `rotary_emb.inv_freq`). */
 export function paramSpecs(c: FullDecoderConfig): ParamSpec[] {
-  const inner = c.heads * c.dimHead;
-  const ff = c.ffMult * c.dim;
-  const specs: ParamSpec[] = [
-    { name: "token_emb.weight", shape: [c.numTokens, c.dim], init: { kind: "normal" } },
-  ];
+  const sizes: Sizes = { C: c.dim, HD: c.heads * c.dimHead, F: c.ffMult * c.dim, V: c.numTokens };
+  const spec = (name: string, e: WeightEntry): ParamSpec => ({
+    name,
+    shape: e.shape(sizes),
+    init: e.init(sizes),
+  });
+  const specs = [spec(modelWeightName("tokenEmbedding"), MODEL_WEIGHTS.tokenEmbedding)];
   for (let i = 0; i < c.depth; i++) {
-    const p = `layers.${i}`;
-    specs.push(
-      { name: `${p}.0.norm.weight`, shape: [c.dim], init: { kind: "ones" } },
-      {
-        name: `${p}.0.to_qkv.weight`,
-        shape: [3 * inner, c.dim],
-        init: { kind: "uniform", fanIn: c.dim },
-      },
-      {
-        name: `${p}.0.to_out.weight`,
-        shape: [c.dim, inner],
-        init: { kind: "uniform", fanIn: inner },
-      },
-      { name: `${p}.1.0.weight`, shape: [c.dim], init: { kind: "ones" } },
-      { name: `${p}.1.1.weight`, shape: [ff, c.dim], init: { kind: "uniform", fanIn: c.dim } },
-      { name: `${p}.1.1.bias`, shape: [ff], init: { kind: "uniform", fanIn: c.dim } },
-      { name: `${p}.1.3.weight`, shape: [c.dim, ff], init: { kind: "uniform", fanIn: ff } },
-      { name: `${p}.1.3.bias`, shape: [c.dim], init: { kind: "uniform", fanIn: ff } },
-    );
+    for (const role of Object.keys(LAYER_WEIGHTS) as LayerWeightName[]) {
+      specs.push(spec(layerWeightName(i, role), LAYER_WEIGHTS[role]));
+    }
   }
   specs.push(
-    { name: "to_logits.0.weight", shape: [c.dim], init: { kind: "ones" } },
-    {
-      name: "to_logits.1.weight",
-      shape: [c.numTokens, c.dim],
-      init: { kind: "uniform", fanIn: c.dim },
-    },
+    spec(modelWeightName("finalNorm"), MODEL_WEIGHTS.finalNorm),
+    spec(modelWeightName("logitsWeight"), MODEL_WEIGHTS.logitsWeight),
   );
   return specs;
 }

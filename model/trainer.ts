@@ -8,7 +8,8 @@
  */
 import type { Gpu } from "../kernels/gpu.ts";
 import type { GpuTimer } from "../kernels/timer.ts";
-import { type Decoder, type LossPlan, nextTokenTargets, validateTokens } from "./decoder.ts";
+import { type Decoder, validateTokens } from "./decoder.ts";
+import { type LossPlan, nextTokenTargets } from "./loss_plan.ts";
 import { Adam, type AdamOptions, type AdamStats, decodeAdamStats } from "./optimizer.ts";
 import { paramSpecs } from "./params.ts";
 import { readSafetensors, writeSafetensors } from "./checkpoint.ts";

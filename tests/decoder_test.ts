@@ -1,6 +1,8 @@
 import { deepStrictEqual, ok, rejects, throws } from "node:assert/strict";
 import { Decoder } from "../model/decoder.ts";
 import { writeSafetensors } from "../model/checkpoint.ts";
+import { baseDecoding } from "../model/decoding.ts";
+import type { KVCache } from "../model/kv_cache.ts";
 import { decoderLogitsRef, decoderLossRef, type RefConfig } from "./reference/model.ts";
 import { assertClose, gpuTest, randomRows } from "./helpers.ts";
 
@@ -324,4 +326,58 @@ gpuTest("Decoder.fromSafetensors() explains a config it cannot infer", async (gp
     /bad\.safetensors is not a valid safetensors file/,
   );
   model.destroy();
+});
+
+gpuTest("Decoder.weights name every parameter once, by its PyTorch state_dict name", (gpu) => {
+  const model = Decoder.create(gpu, CFG, { seed: 1 });
+  const param = (name: string) => model.params.get(name)!;
+  const named: [GPUBuffer, string][] = [
+    [model.weights.tokenEmbedding, "token_emb.weight"],
+    [model.weights.finalNorm, "to_logits.0.weight"],
+    [model.weights.logitsWeight, "to_logits.1.weight"],
+  ];
+  model.weights.layers.forEach((layer, i) => {
+    named.push(
+      [layer.norm, `layers.${i}.0.norm.weight`],
+      [layer.qkv, `layers.${i}.0.to_qkv.weight`],
+      [layer.attnOut, `layers.${i}.0.to_out.weight`],
+      [layer.ffNorm, `layers.${i}.1.0.weight`],
+      [layer.ffIn, `layers.${i}.1.1.weight`],
+      [layer.ffInBias, `layers.${i}.1.1.bias`],
+      [layer.ffOut, `layers.${i}.1.3.weight`],
+      [layer.ffOutBias, `layers.${i}.1.3.bias`],
+    );
+  });
+  deepStrictEqual(model.weights.layers.length, CFG.depth);
+  for (const [buffer, name] of named) ok(buffer === param(name), `${name} is not its named weight`);
+  deepStrictEqual(new Set(named.map(([b]) => b)).size, model.params.size);
+  model.destroy();
+});
+
+gpuTest("Decoder.destroy() frees the decode caches it pooled", async (gpu) => {
+  const model = Decoder.create(gpu, CFG, { seed: 2 });
+  await baseDecoding(model, tokenRows(2, 3, 5), 8, { temperature: 0 });
+  const pooled = model.caches.size;
+  ok(pooled >= 1, "a decode leaves its cache in the model's pool");
+  // the next decode of that shape reuses it; a second holder gets another
+  const first = model.caches.acquire(2, 8), second = model.caches.acquire(2, 8);
+  ok(first.cache !== second.cache, "a cache in use is not handed out twice");
+  second.release();
+  deepStrictEqual(model.caches.acquire(2, 8).cache, second.cache);
+  const held: KVCache[] = [first.cache, second.cache];
+  const freed = new Set<KVCache>();
+  for (const cache of held) {
+    const destroy = cache.destroy.bind(cache);
+    cache.destroy = () => {
+      freed.add(cache);
+      destroy();
+    };
+  }
+  model.destroy();
+  deepStrictEqual(model.caches.size, 0);
+  ok(held.every((c) => freed.has(c)), "destroy() freed every pooled cache");
+  // the GPU agrees: writing into a freed cache buffer is an error
+  gpu.device.pushErrorScope("validation");
+  gpu.device.queue.writeBuffer(first.cache.layers[0], 0, new Float32Array(4));
+  ok(await gpu.device.popErrorScope(), "a pooled cache buffer is still alive after destroy()");
 });

@@ -48,10 +48,20 @@ export function decoderLogitsRef(p: Params, c: RefConfig, tokens: number[][]): F
     for (let j = 0; j < C; j++) x[t * C + j] = p["token_emb.weight"][tok * C + j];
   }
   for (let l = 0; l < c.depth; l++) {
-    const pre = `layers.${l}`;
-    // attention block: x += to_out(attn(rotary(to_qkv(norm(x)))))
-    const xn = rmsNorm(x, p[`${pre}.0.norm.weight`], T, C);
-    const qkv = linear(xn, p[`${pre}.0.to_qkv.weight`], T, C, 3 * HD); // (T, 3, H, D)
+    // this layer's weights, spelled out in torch's names here (independently of model/params.ts)
+    const w = {
+      norm: p[`layers.${l}.0.norm.weight`], // (C)
+      qkv: p[`layers.${l}.0.to_qkv.weight`], // (3·H·D, C)
+      attnOut: p[`layers.${l}.0.to_out.weight`], // (C, H·D)
+      ffNorm: p[`layers.${l}.1.0.weight`], // (C)
+      ffIn: p[`layers.${l}.1.1.weight`], // (F, C)
+      ffInBias: p[`layers.${l}.1.1.bias`], // (F)
+      ffOut: p[`layers.${l}.1.3.weight`], // (C, F)
+      ffOutBias: p[`layers.${l}.1.3.bias`], // (C)
+    };
+    // attention block: x += attnOut(attn(rotary(qkv(norm(x)))))
+    const xn = rmsNorm(x, w.norm, T, C);
+    const qkv = linear(xn, w.qkv, T, C, 3 * HD); // (T, 3, H, D)
     // rotary on q (s=0) and k (s=1) at position i within the row; angle float32 like torch
     for (let t = 0; t < T; t++) {
       const pos = t % n;
@@ -93,12 +103,12 @@ export function decoderLogitsRef(p: Params, c: RefConfig, tokens: number[][]): F
         }
       }
     }
-    const o = linear(att, p[`${pre}.0.to_out.weight`], T, HD, C);
+    const o = linear(att, w.attnOut, T, HD, C);
     for (let i = 0; i < T * C; i++) x[i] += o[i];
-    // feed-forward block: x += W2 · gelu(W1 · norm(x) + b1) + b2
-    const xn2 = rmsNorm(x, p[`${pre}.1.0.weight`], T, C);
-    const h = geluRef(linear(xn2, p[`${pre}.1.1.weight`], T, C, F, p[`${pre}.1.1.bias`]));
-    const y = linear(h, p[`${pre}.1.3.weight`], T, F, C, p[`${pre}.1.3.bias`]);
+    // feed-forward block: x += ffOut · gelu(ffIn · norm(x) + ffInBias) + ffOutBias
+    const xn2 = rmsNorm(x, w.ffNorm, T, C);
+    const h = geluRef(linear(xn2, w.ffIn, T, C, F, w.ffInBias));
+    const y = linear(h, w.ffOut, T, F, C, w.ffOutBias);
     x = x.map((v, i) => v + y[i]);
   }
   const xf = rmsNorm(x, p["to_logits.0.weight"], T, C);
