@@ -25,8 +25,10 @@ export {
   CONFIG_DEFAULTS,
   type DecoderConfig,
   type FullDecoderConfig,
+  type Preset,
   PRESETS,
   resolveConfig,
+  type TrainingDefaults,
 } from "./model/config.ts";
 export {
   type CreateOptions,
