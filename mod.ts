@@ -25,8 +25,10 @@ export {
   CONFIG_DEFAULTS,
   type DecoderConfig,
   type FullDecoderConfig,
+  type Preset,
   PRESETS,
   resolveConfig,
+  type TrainingDefaults,
 } from "./model/config.ts";
 export { type CreateOptions, Decoder, validateTokens } from "./model/decoder.ts";
 export { type ForwardPlan, type LayerActivations } from "./model/forward_plan.ts";

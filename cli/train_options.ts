@@ -1,10 +1,12 @@
 /**
- * train.ts's command line: its flags (with the reference train.py's defaults), presets, `--help`
- * text, and number parsing with errors that name the flag.
+ * Step 1 of a run, parse the run config: train.ts's flags (with the reference train.py's
+ * defaults), its `--help` text, and the {@link RunConfig} they give, with errors that name the
+ * flag. The per-preset defaults come from the one preset table, `PRESETS` in model/config.ts.
  *
  * @module
  */
-import { PRESETS } from "../model/config.ts";
+import { parseArgs } from "node:util";
+import { PRESETS, type TrainingDefaults } from "../model/config.ts";
 
 /** Every flag, with the reference's defaults (for the `seed` preset). */
 export const FLAGS = {
@@ -57,49 +59,6 @@ export const FLAGS = {
   help: { type: "boolean", short: "h", help: "show this help" },
 } as const;
 
-/** Preset training settings: the reference's for `seed`, smaller ones for a software adapter. */
-export const TRAIN_PRESETS: Record<string, Record<string, number>> = {
-  seed: {
-    steps: 100000,
-    batch: 4,
-    accumulate: 4,
-    lr: 1e-4,
-    clip: 0.5,
-    seqLen: 512,
-    validateEvery: 100,
-    generateEvery: 500,
-    primeLen: 128,
-    generateLen: 512,
-    gamma: 5,
-  },
-  small: {
-    steps: 2000,
-    batch: 4,
-    accumulate: 2,
-    lr: 1e-3,
-    clip: 0.5,
-    seqLen: 128,
-    validateEvery: 50,
-    generateEvery: 250,
-    primeLen: 32,
-    generateLen: 128,
-    gamma: 5,
-  },
-  tiny: {
-    steps: 300,
-    batch: 4,
-    accumulate: 1,
-    lr: 2e-3,
-    clip: 0.5,
-    seqLen: 64,
-    validateEvery: 25,
-    generateEvery: 100,
-    primeLen: 16,
-    generateLen: 64,
-    gamma: 5,
-  },
-};
-
 /** The `--help` text: every flag and the presets. */
 export function usage(): string {
   const lines = ["Usage: deno run -A train.ts [options]", "", "Options:"];
@@ -108,16 +67,141 @@ export function usage(): string {
     lines.push(`  ${flag.padEnd(26)} ${f.help}`);
   }
   lines.push("", "Presets (per-preset defaults; any flag overrides):");
-  for (const [p, v] of Object.entries(TRAIN_PRESETS)) {
-    const m = PRESETS[p];
+  for (const [p, { target, draft, training: v }] of Object.entries(PRESETS)) {
     lines.push(
       `  ${
         p.padEnd(6)
-      } target dim ${m.target.dim} depth ${m.target.depth}, draft depth ${m.draft.depth}; ` +
+      } target dim ${target.dim} depth ${target.depth}, draft depth ${draft.depth}; ` +
         `batch ${v.batch}×${v.accumulate}, seq ${v.seqLen}, lr ${v.lr}, ${v.steps} steps`,
     );
   }
   return lines.join("\n");
+}
+
+/** A bad command line: train.ts prints the message and the `--help` text, and exits with 2. */
+export class UsageError extends Error {}
+
+/** The parsed flags, by flag name (`"seq-len"`); absent flags are undefined. */
+export type Flags = Record<string, string | boolean | undefined>;
+
+/** The flags saved with a checkpoint (state.json `args`), by flag name, read back on resume. */
+export type SavedArgs = Record<string, number | string | boolean>;
+
+/**
+ * Reads the command line.
+ *
+ * @param args the arguments (Deno.args)
+ * @returns the flags by name
+ * @throws UsageError for an unknown flag, a missing value or a positional argument
+ */
+export function parseFlags(args: string[]): Flags {
+  try {
+    return parseArgs({ args, options: FLAGS as never, strict: true, allowPositionals: false })
+      .values as Flags;
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+/** Everything a run is configured by: the preset's training settings after the flags, and where. */
+export interface RunConfig extends TrainingDefaults {
+  /** The preset's name: a key of `PRESETS`. */
+  preset: string;
+  /** Save a checkpoint every this many steps (also on Ctrl-C and at the end). */
+  checkpointEvery: number;
+  /** Seed of initialisation, data sampling and generation. */
+  seed: number;
+  /** The corpus file; undefined: data/enwik8.gz, else the project's own text. */
+  data?: string;
+  /** Skip an optimizer step whose gradient norm is NaN/Inf instead of stopping. */
+  skipNonFinite: boolean;
+  /** The run folder: metrics, plot and checkpoints. */
+  runDir: string;
+}
+
+/** The flag of a config field: `seqLen` → `seq-len`. */
+const flagName = (key: string) => key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
+
+/**
+ * The run config: each flag given now, else (resuming) the value the run was saved with, else the
+ * preset's default. Without `--preset`, a software adapter gets `tiny` (one line says so) and a
+ * GPU `seed`.
+ *
+ * @param flags the command line
+ * @param saved the resumed run's saved flags (state.json `args`), if resuming
+ * @param adapter the GPU, to pick the default preset
+ * @returns the validated config
+ * @throws Error naming the flag whose value is out of range
+ */
+export function runConfig(
+  flags: Flags,
+  saved: SavedArgs | undefined,
+  adapter: { isSoftware: boolean; adapterName: string },
+): RunConfig {
+  const pick = (name: string) =>
+    (flags[name] as string | undefined) ??
+      (saved?.[name] !== undefined ? String(saved[name]) : undefined);
+  let preset = pick("preset");
+  if (preset === undefined) {
+    preset = adapter.isSoftware ? "tiny" : "seed";
+    if (adapter.isSoftware) {
+      console.log(
+        `software adapter (${adapter.adapterName}): using --preset tiny so progress shows within minutes; --preset seed forces the reference's full run`,
+      );
+    }
+  }
+  if (!(preset in PRESETS)) {
+    throw new Error(`--preset must be one of ${Object.keys(PRESETS).join(", ")}, got "${preset}"`);
+  }
+  const d = PRESETS[preset].training;
+  const int = (key: string, fallback: number, min: number) =>
+    num(flagName(key), pick(flagName(key)), fallback, { int: true, min });
+  const config: RunConfig = {
+    steps: int("steps", d.steps, 1),
+    batch: int("batch", d.batch, 1),
+    accumulate: int("accumulate", d.accumulate, 1),
+    lr: num("lr", pick("lr"), d.lr),
+    clip: num("clip", pick("clip"), d.clip),
+    seqLen: int("seqLen", d.seqLen, 2),
+    validateEvery: int("validateEvery", d.validateEvery, 1),
+    generateEvery: int("generateEvery", d.generateEvery, 1),
+    primeLen: int("primeLen", d.primeLen, 1),
+    generateLen: int("generateLen", d.generateLen, 2),
+    gamma: int("gamma", d.gamma, 1),
+    checkpointEvery: int("checkpointEvery", 500, 1),
+    seed: int("seed", 0, 0),
+    preset,
+    data: pick("data"),
+    skipNonFinite: Boolean(flags["skip-nonfinite"] ?? saved?.["skip-nonfinite"]),
+    runDir: (flags.resume as string | undefined) ?? (flags["run-dir"] as string | undefined) ??
+      `runs/${new Date().toISOString().replace(/[:]/g, "-").replace(/\..*/, "")}`,
+  };
+  if (!(config.lr > 0)) throw new Error(`--lr must be > 0, got ${config.lr}`);
+  if (!(config.clip > 0)) throw new Error(`--clip must be > 0, got ${config.clip}`);
+  if (config.primeLen >= config.generateLen) {
+    throw new Error(
+      `--prime-len (${config.primeLen}) must be shorter than --generate-len (${config.generateLen})`,
+    );
+  }
+  return config;
+}
+
+/**
+ * The flags to save with a checkpoint, under the flags' own names, so that a resumed run reads
+ * them back like a command line ({@link runConfig}'s `saved`). The run folder is not among them:
+ * `--resume` names it.
+ *
+ * @param config the run config
+ * @returns flag name → value
+ */
+export function savedArgs(config: RunConfig): SavedArgs {
+  const { preset, data, skipNonFinite, runDir: _, ...numbers } = config;
+  return {
+    ...Object.fromEntries(Object.entries(numbers).map(([k, x]) => [flagName(k), x])),
+    preset,
+    ...(data !== undefined ? { data } : {}),
+    "skip-nonfinite": skipNonFinite,
+  };
 }
 
 /** Parses a numeric flag with a clear error. */
@@ -141,7 +225,3 @@ export function num(
   }
   return v;
 }
-
-/** Byte to printable character, as the reference: codes below 32 become a space. */
-export const decodeTokens = (t: number[]): string =>
-  t.map((c) => String.fromCharCode(Math.max(32, c))).join("");

@@ -97,8 +97,9 @@ export function splitCorpus(data: Uint8Array, minWindow: number, source = "corpu
 }
 
 /**
- * Random windows of a byte corpus from a seeded generator (xorshift128+ on two u32 words), like
- * the reference's `TextSamplerDataset`: a start in `[0, len − window − 1)`, `window` bytes.
+ * Random windows of a byte corpus, like the reference's `TextSamplerDataset`: a start in
+ * `[0, len − window − 1)`, `window` bytes. The seeded generator is Marsaglia's xorshift128 (128
+ * bits of state in four u32 words, period 2^128 − 1, one u32 per draw); a start takes two draws.
  */
 export class WindowSampler {
   #data: Uint8Array;
@@ -127,7 +128,10 @@ export class WindowSampler {
     for (let i = 0; i < 8; i++) this.#next();
   }
 
-  /** xorshift128: the next u32. */
+  /**
+   * xorshift128 (Marsaglia 2003): the next u32. `s[3]` is the oldest word (Marsaglia's x), `s[0]`
+   * the newest (w), which is returned.
+   */
   #next(): number {
     const s = this.#state;
     let t = s[3];
@@ -141,7 +145,7 @@ export class WindowSampler {
     return s[0];
   }
 
-  /** A uniform integer in [0, n). */
+  /** A uniform integer in [0, n): two u32 draws as a 64-bit fraction of n. */
   randInt(n: number): number {
     return Math.floor((this.#next() * 4294967296 + this.#next()) / 18446744073709552000 * n);
   }

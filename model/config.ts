@@ -1,5 +1,6 @@
 /**
- * Decoder configuration: the reference architecture's hyperparameters, with defaults and presets.
+ * Decoder configuration: the reference architecture's hyperparameters, with defaults, and the
+ * named presets (model shapes with their training settings).
  *
  * @module
  */
@@ -38,21 +39,100 @@ export const CONFIG_DEFAULTS: Omit<FullDecoderConfig, "numTokens" | "dim" | "dep
 };
 
 /**
- * Named presets. `seed` is the reference's train.py (target depth 10, draft depth 2, dim 512);
- * `small` and `tiny` keep the shape but fit a software adapter.
+ * train.ts's training settings for a preset: its defaults, each overridden by the flag of the
+ * same name (`seqLen` is `--seq-len`). The `seed` preset's are the reference train.py's.
  */
-export const PRESETS: Record<string, { target: DecoderConfig; draft: DecoderConfig }> = {
+export interface TrainingDefaults {
+  /** Training steps (reference NUM_BATCHES: 100000). */
+  steps: number;
+  /** Rows per micro-batch (reference BATCH_SIZE: 4). */
+  batch: number;
+  /** Micro-batches per optimizer step (reference GRAD_ACCUM_EVERY: 4). */
+  accumulate: number;
+  /** Adam learning rate (reference LEARNING_RATE: 1e-4). */
+  lr: number;
+  /** Gradient clipping max norm (reference: 0.5). */
+  clip: number;
+  /** Training sequence length (reference SEQ_LEN: 512). */
+  seqLen: number;
+  /** Validation every this many steps (reference VALIDATE_EVERY: 100). */
+  validateEvery: number;
+  /** Base vs speculative decoding comparison every this many steps (reference GENERATE_EVERY: 500). */
+  generateEvery: number;
+  /** Prime length of a comparison (reference PRIME_LENGTH: 128). */
+  primeLen: number;
+  /** Total generated length of a comparison, prime included (reference GENERATE_LENGTH: 512). */
+  generateLen: number;
+  /** Draft tokens per speculative step (reference GAMMA: 5). */
+  gamma: number;
+}
+
+/** A named preset: the target and draft shapes and the training settings that go with them. */
+export interface Preset {
+  /** The target (large) model's shape. */
+  target: DecoderConfig;
+  /** The draft (small) model's shape. */
+  draft: DecoderConfig;
+  /** train.ts's defaults for this pair. */
+  training: TrainingDefaults;
+}
+
+/**
+ * Named presets, the one table of them. `seed` is the reference's train.py (target depth 10,
+ * draft depth 2, dim 512, and its training settings); `small` and `tiny` keep the shape but fit a
+ * software adapter.
+ */
+export const PRESETS: Record<string, Preset> = {
   seed: {
     target: { numTokens: 256, dim: 512, depth: 10, heads: 8, dimHead: 64 },
     draft: { numTokens: 256, dim: 512, depth: 2, heads: 8, dimHead: 64 },
+    training: {
+      steps: 100000,
+      batch: 4,
+      accumulate: 4,
+      lr: 1e-4,
+      clip: 0.5,
+      seqLen: 512,
+      validateEvery: 100,
+      generateEvery: 500,
+      primeLen: 128,
+      generateLen: 512,
+      gamma: 5,
+    },
   },
   small: {
     target: { numTokens: 256, dim: 128, depth: 4, heads: 4, dimHead: 32 },
     draft: { numTokens: 256, dim: 128, depth: 1, heads: 4, dimHead: 32 },
+    training: {
+      steps: 2000,
+      batch: 4,
+      accumulate: 2,
+      lr: 1e-3,
+      clip: 0.5,
+      seqLen: 128,
+      validateEvery: 50,
+      generateEvery: 250,
+      primeLen: 32,
+      generateLen: 128,
+      gamma: 5,
+    },
   },
   tiny: {
     target: { numTokens: 256, dim: 64, depth: 2, heads: 2, dimHead: 32 },
     draft: { numTokens: 256, dim: 64, depth: 1, heads: 2, dimHead: 32 },
+    training: {
+      steps: 300,
+      batch: 4,
+      accumulate: 1,
+      lr: 2e-3,
+      clip: 0.5,
+      seqLen: 64,
+      validateEvery: 25,
+      generateEvery: 100,
+      primeLen: 16,
+      generateLen: 64,
+      gamma: 5,
+    },
   },
 };
 

@@ -124,3 +124,21 @@ Deno.test({
     await Deno.remove(dir, { recursive: true });
   },
 });
+
+Deno.test("WindowSampler's generator is Marsaglia's xorshift128", () => {
+  // the paper's code (Marsaglia 2003, "Xorshift RNGs"), on its example seeds
+  let [x, y, z, w] = [123456789, 362436069, 521288629, 88675123];
+  const xorshift128 = () => {
+    const t = (x ^ (x << 11)) >>> 0;
+    [x, y, z] = [y, z, w];
+    w = (w ^ (w >>> 19) ^ (t ^ (t >>> 8))) >>> 0;
+    return w;
+  };
+  const expected = Array.from({ length: 8 }, xorshift128);
+  deepStrictEqual(expected[0], 3701687786); // the sequence's well-known first value
+  const s = new WindowSampler(text, 16, 0);
+  s.state = [88675123, 521288629, 362436069, 123456789]; // newest word first: w, z, y, x
+  // randInt(2^32) is the first of its two draws
+  const got = Array.from({ length: 4 }, () => s.randInt(2 ** 32));
+  deepStrictEqual(got, [expected[0], expected[2], expected[4], expected[6]]);
+});

@@ -3,8 +3,10 @@
  * validation, a generation comparison, checkpoints, an exact resume, and every data error.
  */
 import { fileURLToPath } from "node:url";
-import { deepStrictEqual, ok } from "node:assert/strict";
+import { deepStrictEqual, ok, throws } from "node:assert/strict";
 import { testGpu } from "./helpers.ts";
+import { PRESETS } from "../model/config.ts";
+import { parseFlags, runConfig, savedArgs, UsageError } from "../cli/train_options.ts";
 
 const TRAIN = fileURLToPath(new URL("../train.ts", import.meta.url));
 
@@ -69,6 +71,39 @@ function trainLosses(dir: string): Map<number, [number, number]> {
   }
   return m;
 }
+
+Deno.test("the run config: preset defaults, flags over them, and a resume reads back its flags", () => {
+  const gpu = { isSoftware: false, adapterName: "test" };
+  const seed = runConfig(parseFlags([]), undefined, gpu);
+  deepStrictEqual(
+    { ...seed, runDir: "" },
+    {
+      ...PRESETS.seed.training,
+      checkpointEvery: 500,
+      seed: 0,
+      preset: "seed",
+      data: undefined,
+      skipNonFinite: false,
+      runDir: "",
+    },
+  );
+  const given = runConfig(
+    parseFlags([...SMALL, "--lr", "0.01", "--skip-nonfinite", "--data", "x.txt", "--run-dir", "r"]),
+    undefined,
+    gpu,
+  );
+  deepStrictEqual(
+    [given.preset, given.batch, given.seqLen, given.lr, given.steps, given.skipNonFinite],
+    ["tiny", 2, 16, 0.01, PRESETS.tiny.training.steps, true],
+  );
+  // a resumed run keeps every setting it was saved with; a flag given now overrides one
+  deepStrictEqual(runConfig(parseFlags(["--resume", "r"]), savedArgs(given), gpu), given);
+  deepStrictEqual(
+    runConfig(parseFlags(["--resume", "r", "--steps", "9"]), savedArgs(given), gpu),
+    { ...given, steps: 9 },
+  );
+  throws(() => parseFlags(["--bogus"]), UsageError);
+});
 
 Deno.test({
   name: "train.ts trains, compares decodings, checkpoints and resumes exactly",

@@ -1,0 +1,285 @@
+/**
+ * The run record, one plain object that every step of train.ts reads and updates, and the steps
+ * around the training loop: open or resume a run, save a checkpoint, write the plot, stop on
+ * Ctrl-C, and the closing summary.
+ *
+ * A run folder holds metrics.jsonl, loss.svg and checkpoint/ (target and draft weights, their
+ * optimizer states, and state.json: the steps done, the flags and the samplers' states), so that a
+ * resumed run continues exactly: the same batches and the same losses as one that never stopped.
+ *
+ * @module
+ */
+import type { Gpu } from "../kernels/gpu.ts";
+import { Decoder } from "../model/decoder.ts";
+import { PRESETS } from "../model/config.ts";
+import { Trainer } from "../model/trainer.ts";
+import { splitCorpus, WindowSampler } from "../data/corpus.ts";
+import { atomicWrite, findCheckpoint, writeCheckpoint } from "./fsutil.ts";
+import { appendMetric, type MetricRecord, type Metrics, openMetrics } from "./metrics.ts";
+import { Progress } from "./progress.ts";
+import { trainingChart } from "./plot.ts";
+import { loadCorpus } from "./train_data.ts";
+import { type RunConfig, type SavedArgs, savedArgs } from "./train_options.ts";
+
+/** A training step submitted to the GPU whose losses are not read yet. */
+export interface PendingStep {
+  /** The step's index. */
+  step: number;
+  /** The target trainer's result index. */
+  target: number;
+  /** The draft trainer's result index. */
+  draft: number;
+}
+
+/** Everything a run is: its config, models, trainers, samplers, metrics and where it stands. */
+export interface Run {
+  /** The device. */
+  gpu: Gpu;
+  /** The parsed flags. */
+  config: RunConfig;
+  /** The target (large) model. */
+  target: Decoder;
+  /** The draft (small) model. */
+  draft: Decoder;
+  /** One trainer (Adam, accumulation, clipping) per model. */
+  trainers: { target: Trainer; draft: Trainer };
+  /** Training windows, validation windows, and the primes of the decoding comparisons. */
+  samplers: { train: WindowSampler; val: WindowSampler; gen: WindowSampler };
+  /** metrics.jsonl. */
+  metrics: Metrics;
+  /** The progress bar; {@link log} prints above it. */
+  progress: Progress;
+  /** Steps done: the index of the next step to run (a checkpoint saves this). */
+  step: number;
+  /** The step this process started at (0, or the resumed checkpoint's). */
+  startStep: number;
+  /** When this process started training (performance.now(), ms). */
+  startTime: number;
+  /** The last step submitted, until its losses are read and recorded. */
+  pending?: PendingStep;
+  /** Ctrl-C was pressed: stop after the current step. */
+  stopping: boolean;
+  /** A checkpoint is being written (a second Ctrl-C must not cut it). */
+  saving: boolean;
+}
+
+/** checkpoint/state.json. */
+export interface RunState {
+  /** Steps done. */
+  step: number;
+  /** The run's flags, by flag name. */
+  args: SavedArgs;
+  /** The samplers' generator states. */
+  samplers: { train: number[]; val: number[]; gen: number[] };
+}
+
+/** A run folder's saved checkpoint, to resume. */
+export interface Checkpoint {
+  /** The checkpoint folder. */
+  dir: string;
+  /** Its state.json. */
+  state: RunState;
+}
+
+/**
+ * Reads the checkpoint of a run folder (for `--resume`).
+ *
+ * @param runDir the run folder
+ * @returns the checkpoint folder and its state
+ * @throws Error when the folder has no complete checkpoint
+ */
+export async function readCheckpoint(runDir: string): Promise<Checkpoint> {
+  const dir = await findCheckpoint(runDir);
+  if (!dir) {
+    throw new Error(
+      `specdec: --resume ${runDir}: no checkpoint/state.json there (not a run folder, or no checkpoint saved yet)`,
+    );
+  }
+  return { dir, state: JSON.parse(await Deno.readTextFile(`${dir}/state.json`)) as RunState };
+}
+
+/**
+ * Opens a run: loads and splits the corpus, creates the target and draft models (or loads them,
+ * their optimizer states and the samplers' states from `resumed`), opens metrics.jsonl and
+ * prints a line describing the run.
+ *
+ * @param gpu the device
+ * @param config the run config
+ * @param resumed the checkpoint to continue from, if any
+ * @returns the run record, at step 0 or the checkpoint's step
+ */
+export async function openRun(gpu: Gpu, config: RunConfig, resumed?: Checkpoint): Promise<Run> {
+  const c = config;
+  await Deno.mkdir(c.runDir, { recursive: true });
+  const corpus = await loadCorpus(c.data, console.log);
+  const window = c.seqLen + 1; // seqLen + 1 bytes give seqLen next-token predictions
+  const split = splitCorpus(corpus.bytes, Math.max(window, c.generateLen), corpus.name);
+
+  const maxSeqLen = Math.max(window, c.generateLen) + c.gamma + 2;
+  const shapes = PRESETS[c.preset];
+  const load = async (name: "target" | "draft") => {
+    const path = `${resumed!.dir}/${name}.safetensors`;
+    return await Decoder.fromSafetensors(gpu, await Deno.readFile(path), {
+      maxSeqLen,
+      label: name,
+      source: path,
+    });
+  };
+  const target = resumed
+    ? await load("target")
+    : Decoder.create(gpu, { ...shapes.target, maxSeqLen }, {
+      seed: c.seed * 2 + 1,
+      label: "target",
+    });
+  const draft = resumed
+    ? await load("draft")
+    : Decoder.create(gpu, { ...shapes.draft, maxSeqLen }, { seed: c.seed * 2 + 2, label: "draft" });
+  const opts = {
+    batch: c.batch,
+    seqLen: window,
+    accumulate: c.accumulate,
+    lr: c.lr,
+    clipNorm: c.clip,
+    skipNonFinite: c.skipNonFinite,
+  };
+  const trainers = { target: new Trainer(target, opts), draft: new Trainer(draft, opts) };
+  const samplers = {
+    train: new WindowSampler(split.train, window, c.seed * 3 + 1),
+    val: new WindowSampler(split.val, window, c.seed * 3 + 2),
+    gen: new WindowSampler(split.val, c.primeLen, c.seed * 3 + 3),
+  };
+  let step = 0;
+  if (resumed) {
+    step = resumed.state.step;
+    samplers.train.state = resumed.state.samplers.train;
+    samplers.val.state = resumed.state.samplers.val;
+    samplers.gen.state = resumed.state.samplers.gen;
+    for (const name of ["target", "draft"] as const) {
+      const path = `${resumed.dir}/${name}.optim.safetensors`;
+      trainers[name].loadState(await Deno.readFile(path), path);
+    }
+    console.log(`resuming ${c.runDir} at step ${step}`);
+  }
+  const millions = (m: Decoder) =>
+    ([...m.params.values()].reduce((a, b) => a + b.size / 4, 0) / 1e6).toFixed(2);
+  console.log(
+    `specdec train: ${gpu.adapterName}; preset ${c.preset}; ` +
+      `target ${millions(target)}M params (depth ${target.config.depth}), ` +
+      `draft ${millions(draft)}M (depth ${draft.config.depth}); data ${corpus.name}: ` +
+      `${split.train.length} train / ${split.val.length} val bytes; run folder ${c.runDir}`,
+  );
+  const metrics = await openMetrics(`${c.runDir}/metrics.jsonl`, step);
+  return {
+    gpu,
+    config,
+    target,
+    draft,
+    trainers,
+    samplers,
+    metrics,
+    progress: new Progress(c.steps, step, 1), // both losses every step, like train.py
+    step,
+    startStep: step,
+    startTime: performance.now(),
+    stopping: false,
+    saving: false,
+  };
+}
+
+/** Prints a line above the progress bar. */
+export function log(run: Run, message: string): void {
+  run.progress.log(message);
+}
+
+/** Appends a record to metrics.jsonl. */
+export async function record(run: Run, metric: MetricRecord): Promise<void> {
+  await appendMetric(run.metrics, metric);
+}
+
+/**
+ * Saves a checkpoint of `run.step` steps done (the models, their optimizer states and state.json)
+ * as one set that replaces the previous one. A Ctrl-C during the save waits for it to finish.
+ * The caller first records the losses of every step the checkpoint holds (no `run.pending`), so
+ * that a resume finds metrics.jsonl complete up to the checkpoint.
+ *
+ * @param run the run
+ * @param why said in the log line ("periodic", "Ctrl-C", "end")
+ */
+export async function saveCheckpoint(run: Run, why: string): Promise<void> {
+  if (run.pending) throw new Error("specdec: saveCheckpoint() with a step's losses unrecorded");
+  run.saving = true;
+  try {
+    const state: RunState = {
+      step: run.step,
+      args: savedArgs(run.config),
+      samplers: {
+        train: run.samplers.train.state,
+        val: run.samplers.val.state,
+        gen: run.samplers.gen.state,
+      },
+    };
+    const dir = await writeCheckpoint(run.config.runDir, {
+      "target.safetensors": await run.target.toSafetensors(),
+      "draft.safetensors": await run.draft.toSafetensors(),
+      "target.optim.safetensors": await run.trainers.target.saveState(),
+      "draft.optim.safetensors": await run.trainers.draft.saveState(),
+      "state.json": JSON.stringify(state, null, 2),
+    });
+    log(run, `checkpoint (${why}) at step ${run.step} → ${dir}`);
+  } finally {
+    run.saving = false;
+  }
+}
+
+/** Redraws loss.svg from the metrics. */
+export async function writePlot(run: Run): Promise<void> {
+  await atomicWrite(
+    `${run.config.runDir}/loss.svg`,
+    trainingChart(run.metrics.records, run.config.preset, run.config.gamma),
+  );
+}
+
+/**
+ * Makes Ctrl-C stop the run after the current step (the caller then saves a checkpoint). A
+ * second Ctrl-C exits at once, except during a save, which is never cut short: then the run stops
+ * right after it.
+ *
+ * @param run the run whose `stopping` Ctrl-C sets
+ * @returns a function that removes the handler
+ */
+export function stopOnCtrlC(run: Run): () => void {
+  const onSigint = () => {
+    if (run.saving) { // never cut a save short: stop right after it
+      run.stopping = true;
+      return log(run, "saving a checkpoint; stopping right after");
+    }
+    if (run.stopping) Deno.exit(130);
+    run.stopping = true;
+  };
+  try {
+    Deno.addSignalListener("SIGINT", onSigint);
+  } catch { /* not supported here */ }
+  return () => {
+    try {
+      Deno.removeSignalListener("SIGINT", onSigint);
+    } catch { /* ignore */ }
+  };
+}
+
+/** Tokens one training step reads, per model. */
+export function tokensPerStep(config: RunConfig): number {
+  return config.batch * config.accumulate * config.seqLen;
+}
+
+/** The closing line: steps, time, throughput, where the files are, how to continue. */
+export function summary(run: Run): string {
+  const secs = (performance.now() - run.startTime) / 1000;
+  const done = run.step - run.startStep;
+  const dir = run.config.runDir;
+  return `${run.stopping ? "stopped" : "done"}: ${done} steps in ${secs.toFixed(1)} s ` +
+    `(${(secs / Math.max(1, done)).toFixed(2)} s/step, ${
+      Math.round((done * tokensPerStep(run.config) * 2) / secs)
+    } tokens/s over both models); ` +
+    `metrics ${run.metrics.path}, plot ${dir}/loss.svg` +
+    (run.stopping ? `; continue with --resume ${dir}` : "");
+}
