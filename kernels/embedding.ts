@@ -56,13 +56,15 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let v = blockIndex / params.colBlocks;
   if (v >= params.V) { return; }
   let c = (blockIndex % params.colBlocks) * COLS + lid;
-  var a = vec4f(0.0); // the sums of columns c + WG·j, j = 0..3
+  var a = vec4f(0.0); // the sums of columns c, c + 64, c + 128, c + 192
   for (var t = 0u; t < params.T; t++) {
     if (tokens[t] != v) { continue; }
-    for (var j = 0u; j < 4u; j++) {
-      let cj = c + WG * j;
-      if (cj < params.C) { a[j] += dOut[t * params.C + cj]; }
-    }
+    // Written out: a loop over the four columns with a[j] measured 10 to 20% slower (lavapipe).
+    let row = t * params.C + c;
+    if (c < params.C) { a.x += dOut[row]; }
+    if (c + 64u < params.C) { a.y += dOut[row + 64u]; }
+    if (c + 128u < params.C) { a.z += dOut[row + 128u]; }
+    if (c + 192u < params.C) { a.w += dOut[row + 192u]; }
   }
   let acc = params.accumulate != 0u;
   for (var j = 0u; j < 4u; j++) {
