@@ -43,52 +43,58 @@ fn erf_f32(a: f32) -> f32 {
   return fma(r, a, a);
 }`;
 
-/** The linear element index of an elementwise kernel whose grid may be split over x and y. */
-const EW_INDEX = `let i = (wid.x + wid.y * nwg.x) * ${EW}u + lid;`;
-const EW_ENTRY = `@compute @workgroup_size(${EW})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32)`;
-
-/** y = 0.5·x·(1 + erf(x/√2)). */
+/** y = 0.5·x·(1 + erf(x/√2)), one element per invocation. */
 const GELU = /* wgsl */ `
-struct P { n: u32 }
-@group(0) @binding(0) var<uniform> p: P;
+struct Params { n: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;       // (n)
 @group(0) @binding(2) var<storage, read_write> y: array<f32>; // (n)
+const WG: u32 = ${EW}u;
 ${ERF_WGSL}
-${EW_ENTRY} {
-  ${EW_INDEX}
-  if (i >= p.n) { return; }
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nwg.x) * WG + lid; // the grid may be split over x and y
+  if (i >= params.n) { return; }
   let v = x[i];
   y[i] = 0.5 * v * (1.0 + erf_f32(v * 0.70710678118654752));
 }`;
 
 /** dx = dy · (Φ(x) + x·φ(x)) with Φ the normal CDF and φ its density. */
 const GELU_BACKWARD = /* wgsl */ `
-struct P { n: u32 }
-@group(0) @binding(0) var<uniform> p: P;
+struct Params { n: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;        // (n)
 @group(0) @binding(2) var<storage, read> dy: array<f32>;       // (n)
 @group(0) @binding(3) var<storage, read_write> dx: array<f32>; // (n)
+const WG: u32 = ${EW}u;
 ${ERF_WGSL}
-${EW_ENTRY} {
-  ${EW_INDEX}
-  if (i >= p.n) { return; }
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nwg.x) * WG + lid; // the grid may be split over x and y
+  if (i >= params.n) { return; }
   let v = x[i];
   let cdf = 0.5 * (1.0 + erf_f32(v * 0.70710678118654752));
   let pdf = 0.39894228040143268 * exp(-0.5 * v * v);
   dx[i] = dy[i] * (cdf + v * pdf);
 }`;
 
-/** x += y. */
+/** x += y, one element per invocation. */
 const ADD = /* wgsl */ `
-struct P { n: u32 }
-@group(0) @binding(0) var<uniform> p: P;
+struct Params { n: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>; // (n)
 @group(0) @binding(2) var<storage, read> y: array<f32>;       // (n)
-${EW_ENTRY} {
-  ${EW_INDEX}
-  if (i >= p.n) { return; }
+const WG: u32 = ${EW}u;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let i = (wid.x + wid.y * nwg.x) * WG + lid; // the grid may be split over x and y
+  if (i >= params.n) { return; }
   x[i] = x[i] + y[i];
 }`;
 
@@ -97,8 +103,8 @@ ${EW_ENTRY} {
  * in order, then a tree over the lanes: a fixed order, so results are deterministic.
  */
 const SUM_ROWS = /* wgsl */ `
-struct P { M: u32, N: u32, accumulate: u32 }
-@group(0) @binding(0) var<uniform> p: P;
+struct Params { M: u32, N: u32, accumulate: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;         // (M, N)
 @group(0) @binding(2) var<storage, read_write> out: array<f32>; // (N)
 const COLS: u32 = 8u;
@@ -108,12 +114,12 @@ var<workgroup> red: array<f32, 256>; // (LANES, COLS)
 @compute @workgroup_size(8, 32)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_id) lid: vec3u) {
-  let c0 = (wid.x + wid.y * nwg.x) * COLS;
-  if (c0 >= p.N) { return; }
+  let c0 = (wid.x + wid.y * nwg.x) * COLS; // the grid may be split over x and y
+  if (c0 >= params.N) { return; }
   let c = c0 + lid.x;
   var s = 0.0;
-  if (c < p.N) {
-    for (var m = lid.y; m < p.M; m += LANES) { s += x[m * p.N + c]; }
+  if (c < params.N) {
+    for (var m = lid.y; m < params.M; m += LANES) { s += x[m * params.N + c]; }
   }
   red[lid.y * COLS + lid.x] = s;
   workgroupBarrier();
@@ -121,9 +127,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     if (lid.y < h) { red[lid.y * COLS + lid.x] += red[(lid.y + h) * COLS + lid.x]; }
     workgroupBarrier();
   }
-  if (lid.y == 0u && c < p.N) {
+  if (lid.y == 0u && c < params.N) {
     var v = red[lid.x];
-    if (p.accumulate != 0u) { v = v + out[c]; }
+    if (params.accumulate != 0u) { v = v + out[c]; }
     out[c] = v;
   }
 }`;
@@ -148,8 +154,8 @@ export function gelu(gpu: Gpu, a: { x: GPUBuffer; y: GPUBuffer; n: number }): Di
   return gpu.kernel({
     label: `gelu n=${a.n}`,
     code: GELU,
-    buffers: [a.x, a.y],
-    params: [a.n],
+    params: { n: a.n },
+    buffers: { x: a.x, y: a.y },
     workgroups: Math.ceil(a.n / EW),
   });
 }
@@ -168,8 +174,8 @@ export function geluBackward(
   return gpu.kernel({
     label: `geluBackward n=${a.n}`,
     code: GELU_BACKWARD,
-    buffers: [a.x, a.dy, a.dx],
-    params: [a.n],
+    params: { n: a.n },
+    buffers: { x: a.x, dy: a.dy, dx: a.dx },
     workgroups: Math.ceil(a.n / EW),
   });
 }
@@ -185,8 +191,8 @@ export function add(gpu: Gpu, a: { x: GPUBuffer; y: GPUBuffer; n: number }): Dis
   return gpu.kernel({
     label: `add n=${a.n}`,
     code: ADD,
-    buffers: [a.x, a.y],
-    params: [a.n],
+    params: { n: a.n },
+    buffers: { x: a.x, y: a.y },
     workgroups: Math.ceil(a.n / EW),
   });
 }
@@ -215,8 +221,8 @@ export function sumRows(
   return gpu.kernel({
     label: `sumRows M=${a.M} N=${a.N}`,
     code: SUM_ROWS,
-    buffers: [a.x, a.out],
-    params: [a.M, a.N, a.accumulate ? 1 : 0],
+    params: { M: a.M, N: a.N, accumulate: a.accumulate ? 1 : 0 },
+    buffers: { x: a.x, out: a.out },
     workgroups: Math.ceil(a.N / 8),
   });
 }

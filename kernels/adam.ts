@@ -10,7 +10,7 @@
  *
  * @module
  */
-import { type Dispatch, f32bits, type Gpu, grid } from "./gpu.ts";
+import { type Dispatch, type Gpu, grid } from "./gpu.ts";
 
 /** Threads per workgroup of every kernel here. */
 const WG = 256;
@@ -49,25 +49,27 @@ struct Stats {
 
 /** Per-workgroup partial sums of g² over one gradient buffer (see {@link gradSumSquares}). */
 const SUMSQ = /* wgsl */ `
-struct P { n: u32, offset: u32 }
-@group(0) @binding(0) var<uniform> p: P;
+struct Params { n: u32, offset: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> grad: array<f32>;            // (n) f32
 @group(0) @binding(2) var<storage, read_write> partials: array<f32>;  // (total partials) f32
-var<workgroup> acc: array<f32, ${WG}>;
+const WG: u32 = ${WG}u;
+const CHUNK: u32 = ${SUMSQ_CHUNK}u; // elements per workgroup: WG × 8
+var<workgroup> acc: array<f32, WG>;
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nw: vec3u,
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let group = wid.x + wid.y * nw.x;
-  let groups = (p.n + ${SUMSQ_CHUNK - 1}u) / ${SUMSQ_CHUNK}u;
+  let group = wid.x + wid.y * nwg.x; // the grid may be split over x and y
+  let groups = (params.n + CHUNK - 1u) / CHUNK;
   // A 2-D grid may overshoot: those workgroups must not write over the next buffer's partials.
   // The condition is uniform over the workgroup, so the barriers below stay in uniform flow.
   if (group >= groups) { return; }
-  let base = group * ${SUMSQ_CHUNK}u;
+  let base = group * CHUNK;
   var s = 0.0;
-  for (var k = 0u; k < ${SUMSQ_CHUNK / WG}u; k++) {
-    let i = base + k * ${WG}u + lid;  // coalesced: neighbouring threads read neighbouring floats
-    if (i < p.n) {
+  for (var k = 0u; k < CHUNK / WG; k++) {
+    let i = base + k * WG + lid;  // coalesced: neighbouring threads read neighbouring floats
+    if (i < params.n) {
       let g = grad[i];
       s += g * g;
     }
@@ -75,11 +77,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nw: vec3u,
   // Fixed tree order: the same inputs always give the same bits (no float atomics).
   acc[lid] = s;
   workgroupBarrier();
-  for (var w = ${WG / 2}u; w > 0u; w >>= 1u) {
+  for (var w = WG / 2u; w > 0u; w >>= 1u) {
     if (lid < w) { acc[lid] += acc[lid + w]; }
     workgroupBarrier();
   }
-  if (lid == 0u) { partials[p.offset + group] = acc[0]; }
+  if (lid == 0u) { partials[params.offset + group] = acc[0]; }
 }`;
 
 /**
@@ -88,13 +90,21 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nw: vec3u,
  */
 const FINALIZE = /* wgsl */ `
 ${STATS_STRUCT}
-struct P { count: u32, clip: u32, maxNorm: f32, skipNonFinite: u32, lnBeta1: f32, lnBeta2: f32 }
+struct Params {
+  count: u32,         // partial sums
+  clip: u32,          // 1: clip the gradients to maxNorm
+  maxNorm: f32,
+  skipNonFinite: u32, // 1: a NaN/Inf norm skips the step
+  lnBeta1: f32,       // ln beta1, from float64
+  lnBeta2: f32,       // ln beta2, from float64
+}
 struct Hyper { lr: f32 }
-@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> partials: array<f32>;  // (count) f32
-@group(0) @binding(2) var<storage, read> hyper: Hyper;          // written by the host per step
-@group(0) @binding(3) var<storage, read_write> stats: Stats;
-var<workgroup> acc: array<f32, ${WG}>;
+@group(0) @binding(2) var<storage, read> hyper: Hyper;          // (1): written by the host per step
+@group(0) @binding(3) var<storage, read_write> stats: Stats;    // (STATS_WORDS)
+const WG: u32 = ${WG}u;
+var<workgroup> acc: array<f32, WG>;
 
 // Bit tests: WGSL compilers may assume floats are finite and fold x != x away.
 fn nonFinite(x: f32) -> bool { return (bitcast<u32>(x) & 0x7f800000u) == 0x7f800000u; }
@@ -112,13 +122,13 @@ fn expm1Neg(x: f32) -> f32 {
   return exp(x) - 1.0;
 }
 
-@compute @workgroup_size(${WG})
+@compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
   var s = 0.0;
-  for (var i = lid; i < p.count; i += ${WG}u) { s += partials[i]; }
+  for (var i = lid; i < params.count; i += WG) { s += partials[i]; }
   acc[lid] = s;
   workgroupBarrier();
-  for (var w = ${WG / 2}u; w > 0u; w >>= 1u) {
+  for (var w = WG / 2u; w > 0u; w >>= 1u) {
     if (lid < w) { acc[lid] += acc[lid + w]; }
     workgroupBarrier();
   }
@@ -126,7 +136,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   let sumSq = acc[0];
   let total = sqrt(sumSq);
   stats.norm = total;
-  if (p.skipNonFinite != 0u && nonFinite(sumSq)) {
+  if (params.skipNonFinite != 0u && nonFinite(sumSq)) {
     // Like a GradScaler-skipped step: params, moments and the step count stay as they are.
     stats.skip = 1u;
     stats.skipped += 1u;
@@ -134,7 +144,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
   }
   stats.skip = 0u;
   var coef = 1.0;
-  if (p.clip != 0u) {
+  if (params.clip != 0u) {
     // torch: clip_coef = max_norm / (total_norm + 1e-6); grads *= clamp(clip_coef, max=1).
     let d = total + 1e-6;
     if (isNan(d)) {
@@ -142,15 +152,15 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     } else if (nonFinite(d)) {
       coef = 0.0;  // max / inf; spelled out since GPU division is only specified in range
     } else {
-      coef = min(p.maxNorm / d, 1.0);
+      coef = min(params.maxNorm / d, 1.0);
     }
   }
   stats.coef = coef;
   let t = stats.step + 1u;
   stats.step = t;
   // 1 - beta^t = -expm1(t ln beta); the host passes ln beta from float64.
-  let bc1 = -expm1Neg(f32(t) * p.lnBeta1);
-  let bc2 = -expm1Neg(f32(t) * p.lnBeta2);
+  let bc1 = -expm1Neg(f32(t) * params.lnBeta1);
+  let bc2 = -expm1Neg(f32(t) * params.lnBeta2);
   stats.stepSize = hyper.lr / bc1;
   stats.bc2Sqrt = sqrt(bc2);
 }`;
@@ -158,45 +168,47 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 /** The Adam update of one parameter buffer, one element per thread. */
 const ADAM = /* wgsl */ `
 ${STATS_STRUCT}
-struct P { n: u32, w1: f32, beta2: f32, omb2: f32, eps: f32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read_write> param: array<f32>;  // (n) f32
-@group(0) @binding(2) var<storage, read> grad: array<f32>;         // (n) f32, unscaled
+struct Params { n: u32, w1: f32, beta2: f32, omb2: f32, eps: f32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> param: array<f32>;    // (n) f32
+@group(0) @binding(2) var<storage, read> grad: array<f32>;           // (n) f32, unscaled
 @group(0) @binding(3) var<storage, read_write> expAvg: array<f32>;   // (n) f32, m
 @group(0) @binding(4) var<storage, read_write> expAvgSq: array<f32>; // (n) f32, v
-@group(0) @binding(5) var<storage, read> stats: Stats;
+@group(0) @binding(5) var<storage, read> stats: Stats;               // (STATS_WORDS)
+const WG: u32 = ${WG}u;
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nw: vec3u,
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.x + wid.y * nw.x) * ${WG}u + lid;
-  if (i >= p.n || stats.skip != 0u) { return; }
+  let i = (wid.x + wid.y * nwg.x) * WG + lid; // the grid may be split over x and y
+  if (i >= params.n || stats.skip != 0u) { return; }
   // Clipping scales g on the fly (torch scales the stored gradient first: same f32 product).
   let g = grad[i] * stats.coef;
   let m0 = expAvg[i];
   // torch: exp_avg.lerp_(grad, 1 - beta1), with lerp's two branches for accuracy.
   var m: f32;
-  if (p.w1 < 0.5) { m = m0 + p.w1 * (g - m0); } else { m = g - (g - m0) * (1.0 - p.w1); }
+  if (params.w1 < 0.5) { m = m0 + params.w1 * (g - m0); } else { m = g - (g - m0) * (1.0 - params.w1); }
   // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-  let v = expAvgSq[i] * p.beta2 + p.omb2 * g * g;
+  let v = expAvgSq[i] * params.beta2 + params.omb2 * g * g;
   expAvg[i] = m;
   expAvgSq[i] = v;
   // torch: denom = sqrt(v) / sqrt(bias_correction2) + eps; param.addcdiv_(m, denom, -step_size)
-  let denom = sqrt(v) / stats.bc2Sqrt + p.eps;
+  let denom = sqrt(v) / stats.bc2Sqrt + params.eps;
   param[i] = param[i] - stats.stepSize * (m / denom);
 }`;
 
 /** Writes zeros over the first n floats of a buffer. */
 const FILL_ZERO = /* wgsl */ `
-struct P { n: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read_write> buf: array<f32>;  // (n) f32
+struct Params { n: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> buf: array<f32>; // (≥ n) f32
+const WG: u32 = ${WG}u;
 
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nw: vec3u,
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.x + wid.y * nw.x) * ${WG}u + lid;
-  if (i < p.n) { buf[i] = 0.0; }
+  let i = (wid.x + wid.y * nwg.x) * WG + lid; // the grid may be split over x and y
+  if (i < params.n) { buf[i] = 0.0; }
 }`;
 
 /**
@@ -225,8 +237,8 @@ export function gradSumSquares(
   return gpu.kernel({
     label: `grad sum of squares (${args.n})`,
     code: SUMSQ,
-    buffers: [args.grad, args.partials],
-    params: [args.n, args.offset],
+    params: { n: args.n, offset: args.offset },
+    buffers: { grad: args.grad, partials: args.partials },
     workgroups: grid(sumSquaresPartials(args.n), args.gridLimit),
   });
 }
@@ -261,15 +273,15 @@ export function adamFinalize(
   return gpu.kernel({
     label: "adam finalize (norm, clip, bias correction)",
     code: FINALIZE,
-    buffers: [args.partials, args.hyper, args.stats],
-    params: [
-      args.count,
-      clip ? 1 : 0,
-      f32bits(clip ? args.maxNorm : 0),
-      args.skipNonFinite ? 1 : 0,
-      f32bits(ln(args.beta1)),
-      f32bits(ln(args.beta2)),
-    ],
+    params: {
+      count: args.count,
+      clip: clip ? 1 : 0,
+      maxNorm: clip ? args.maxNorm : 0,
+      skipNonFinite: args.skipNonFinite ? 1 : 0,
+      lnBeta1: ln(args.beta1),
+      lnBeta2: ln(args.beta2),
+    },
+    buffers: { partials: args.partials, hyper: args.hyper, stats: args.stats },
     workgroups: 1,
   });
 }
@@ -303,15 +315,21 @@ export function adamUpdate(
   return gpu.kernel({
     label: `adam update (${args.n})`,
     code: ADAM,
-    buffers: [args.param, args.grad, args.expAvg, args.expAvgSq, args.stats],
     // 1 − β computed in float64 then rounded, like torch's Python-float scalars.
-    params: [
-      args.n,
-      f32bits(1 - args.beta1),
-      f32bits(args.beta2),
-      f32bits(1 - args.beta2),
-      f32bits(args.eps),
-    ],
+    params: {
+      n: args.n,
+      w1: 1 - args.beta1,
+      beta2: args.beta2,
+      omb2: 1 - args.beta2,
+      eps: args.eps,
+    },
+    buffers: {
+      param: args.param,
+      grad: args.grad,
+      expAvg: args.expAvg,
+      expAvgSq: args.expAvgSq,
+      stats: args.stats,
+    },
     workgroups: grid(Math.ceil(args.n / WG), args.gridLimit),
   });
 }
@@ -327,8 +345,8 @@ export function fillZero(gpu: Gpu, args: { buffer: GPUBuffer; n: number }): Disp
   return gpu.kernel({
     label: `zero (${args.n})`,
     code: FILL_ZERO,
-    buffers: [args.buffer],
-    params: [args.n],
+    params: { n: args.n },
+    buffers: { buf: args.buffer },
     workgroups: Math.ceil(args.n / WG),
   });
 }

@@ -2,10 +2,13 @@
  * Softmax cross-entropy over rows of logits, with its gradient fused in, and a deterministic
  * sum of per-row losses.
  *
+ * Cross-entropy has three variants, one whole shader each: loss only (evaluation), loss and
+ * gradient into `dLogits` (training), and loss and gradient written in place over the logits.
+ *
  * @module
  */
-import { type Dispatch, f32bits, type Gpu } from "./gpu.ts";
-import { rowWorkgroupSize, treeReduce } from "./rows.ts";
+import type { Dispatch, Gpu } from "./gpu.ts";
+import { rowWorkgroupSize } from "./rows.ts";
 
 /** Target value meaning "no loss at this row" (loss 0, zero gradient row). */
 export const IGNORE: number = 0xffffffff;
@@ -17,26 +20,16 @@ const NAN_BITS = 0x7fc00000;
 const SUM_WG = 256;
 
 /**
- * One workgroup per row t: m = max logits, sum = Σ exp(l − m), loss = log(sum) − (l[target] − m);
- * with a gradient, dLogits = scale·(softmax − onehot), written to `dLogits` or (in place) over
- * `logits`. Ignored rows: loss 0 (and a zero gradient row); a target ≥ V that isn't IGNORE:
- * NaN, so the bug shows.
+ * Loss only, one workgroup per row t: m = max logits, sum = Σ exp(l − m),
+ * loss = log(sum) − (l[target] − m). Ignored rows: loss 0; a target ≥ V that isn't IGNORE: NaN,
+ * so the bug shows.
  */
-const crossEntropyCode = (wg: number, grad: "none" | "separate" | "inPlace"): string => {
-  const out = grad === "inPlace" ? "logits" : "dLogits";
-  return /* wgsl */ `
-struct P { T: u32, V: u32, scale: f32, nanBits: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, ${
-    grad === "inPlace" ? "read_write" : "read"
-  }> logits: array<f32>; // (T, V)
-@group(0) @binding(2) var<storage, read> targets: array<u32>;       // (T) u32
-@group(0) @binding(3) var<storage, read_write> losses: array<f32>;  // (T)
-${
-    grad === "separate"
-      ? "@group(0) @binding(4) var<storage, read_write> dLogits: array<f32>; // (T, V)"
-      : ""
-  }
+const crossEntropyCode = (wg: number): string => /* wgsl */ `
+struct Params { T: u32, V: u32, nanBits: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;       // (T, V)
+@group(0) @binding(2) var<storage, read> targets: array<u32>;      // (T) u32
+@group(0) @binding(3) var<storage, read_write> losses: array<f32>; // (T)
 const WG: u32 = ${wg}u;
 const IGNORE: u32 = 0xffffffffu;
 var<workgroup> red: array<f32, WG>;
@@ -45,51 +38,176 @@ var<workgroup> red: array<f32, WG>;
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
   let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
-  if (row >= p.T) { return; }
-  let base = row * p.V;
+  if (row >= params.T) { return; }
+  let base = row * params.V;
   let tgt = targets[row];
   let ignored = tgt == IGNORE;
-  let valid = tgt < p.V;
-  // Read before the barriers below: an in-place gradient overwrites the row afterwards.
+  let valid = tgt < params.V;
   var lt = 0.0;
   if (valid) { lt = logits[base + tgt]; }
 
   var m = -3.40282347e38;
-  for (var v = lid; v < p.V; v += WG) { m = max(m, logits[base + v]); }
+  for (var v = lid; v < params.V; v += WG) { m = max(m, logits[base + v]); }
   red[lid] = m;
-  ${treeReduce("max(red[lid], red[lid + s])")}
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+    workgroupBarrier();
+  }
   m = red[0];
   workgroupBarrier(); // everyone has read the max before red is reused
 
   var sum = 0.0;
-  for (var v = lid; v < p.V; v += WG) { sum += exp(logits[base + v] - m); }
+  for (var v = lid; v < params.V; v += WG) { sum += exp(logits[base + v] - m); }
   red[lid] = sum;
-  ${treeReduce("red[lid] + red[lid + s]")}
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
+    workgroupBarrier();
+  }
   sum = red[0];
 
   if (lid == 0u) {
     var loss = 0.0;
     if (valid) { loss = log(sum) - (lt - m); } // shift first: exact for big logits
-    else if (!ignored) { loss = bitcast<f32>(p.nanBits); }
+    else if (!ignored) { loss = bitcast<f32>(params.nanBits); }
     losses[row] = loss;
   }
-${
-    grad === "none" ? "" : `
-  let k = p.scale / sum;
-  for (var v = lid; v < p.V; v += WG) {
+}`;
+
+/**
+ * Loss and gradient, one workgroup per row t: the loss as in {@link crossEntropyCode}, then
+ * dLogits = scale·(softmax − onehot) (zero rows where ignored, NaN rows for a bad target).
+ */
+const crossEntropyGradCode = (wg: number): string => /* wgsl */ `
+struct Params { T: u32, V: u32, scale: f32, nanBits: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;        // (T, V)
+@group(0) @binding(2) var<storage, read> targets: array<u32>;       // (T) u32
+@group(0) @binding(3) var<storage, read_write> losses: array<f32>;  // (T)
+@group(0) @binding(4) var<storage, read_write> dLogits: array<f32>; // (T, V)
+const WG: u32 = ${wg}u;
+const IGNORE: u32 = 0xffffffffu;
+var<workgroup> red: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
+  if (row >= params.T) { return; }
+  let base = row * params.V;
+  let tgt = targets[row];
+  let ignored = tgt == IGNORE;
+  let valid = tgt < params.V;
+  var lt = 0.0;
+  if (valid) { lt = logits[base + tgt]; }
+
+  var m = -3.40282347e38;
+  for (var v = lid; v < params.V; v += WG) { m = max(m, logits[base + v]); }
+  red[lid] = m;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+    workgroupBarrier();
+  }
+  m = red[0];
+  workgroupBarrier(); // everyone has read the max before red is reused
+
+  var sum = 0.0;
+  for (var v = lid; v < params.V; v += WG) { sum += exp(logits[base + v] - m); }
+  red[lid] = sum;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
+    workgroupBarrier();
+  }
+  sum = red[0];
+
+  if (lid == 0u) {
+    var loss = 0.0;
+    if (valid) { loss = log(sum) - (lt - m); } // shift first: exact for big logits
+    else if (!ignored) { loss = bitcast<f32>(params.nanBits); }
+    losses[row] = loss;
+  }
+
+  let k = params.scale / sum;
+  for (var v = lid; v < params.V; v += WG) {
     var g = 0.0;
-    if (valid) { g = exp(logits[base + v] - m) * k - select(0.0, p.scale, v == tgt); }
-    else if (!ignored) { g = bitcast<f32>(p.nanBits); }
-    ${out}[base + v] = g; // each invocation rewrites only what it alone reads
-  }`
+    if (valid) { g = exp(logits[base + v] - m) * k - select(0.0, params.scale, v == tgt); }
+    else if (!ignored) { g = bitcast<f32>(params.nanBits); }
+    dLogits[base + v] = g;
   }
 }`;
-};
+
+/**
+ * Loss and gradient written in place over the logits: {@link crossEntropyGradCode} with
+ * `logits` read-write and no `dLogits`. The target's logit is read before the barriers, and each
+ * invocation overwrites only the logits it alone reads after them.
+ */
+const crossEntropyGradInPlaceCode = (wg: number): string => /* wgsl */ `
+struct Params { T: u32, V: u32, scale: f32, nanBits: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read_write> logits: array<f32>; // (T, V), then dLogits
+@group(0) @binding(2) var<storage, read> targets: array<u32>;      // (T) u32
+@group(0) @binding(3) var<storage, read_write> losses: array<f32>; // (T)
+const WG: u32 = ${wg}u;
+const IGNORE: u32 = 0xffffffffu;
+var<workgroup> red: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
+  if (row >= params.T) { return; }
+  let base = row * params.V;
+  let tgt = targets[row];
+  let ignored = tgt == IGNORE;
+  let valid = tgt < params.V;
+  // Read before the barriers below: the gradient overwrites the row afterwards.
+  var lt = 0.0;
+  if (valid) { lt = logits[base + tgt]; }
+
+  var m = -3.40282347e38;
+  for (var v = lid; v < params.V; v += WG) { m = max(m, logits[base + v]); }
+  red[lid] = m;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
+    workgroupBarrier();
+  }
+  m = red[0];
+  workgroupBarrier(); // everyone has read the max before red is reused
+
+  var sum = 0.0;
+  for (var v = lid; v < params.V; v += WG) { sum += exp(logits[base + v] - m); }
+  red[lid] = sum;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
+    workgroupBarrier();
+  }
+  sum = red[0];
+
+  if (lid == 0u) {
+    var loss = 0.0;
+    if (valid) { loss = log(sum) - (lt - m); } // shift first: exact for big logits
+    else if (!ignored) { loss = bitcast<f32>(params.nanBits); }
+    losses[row] = loss;
+  }
+
+  let k = params.scale / sum;
+  for (var v = lid; v < params.V; v += WG) {
+    var g = 0.0;
+    if (valid) { g = exp(logits[base + v] - m) * k - select(0.0, params.scale, v == tgt); }
+    else if (!ignored) { g = bitcast<f32>(params.nanBits); }
+    logits[base + v] = g; // each invocation rewrites only what it alone reads
+  }
+}`;
 
 /** out[0] (+)= scale · Σ losses: one workgroup, invocation i sums i, i+256, … then a tree. */
 const SUM_LOSS = /* wgsl */ `
-struct P { T: u32, scale: f32, accumulate: u32 }
-@group(0) @binding(0) var<uniform> p: P;
+struct Params { T: u32, scale: f32, accumulate: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> losses: array<f32>;    // (T)
 @group(0) @binding(2) var<storage, read_write> out: array<f32>; // (1)
 const WG: u32 = ${SUM_WG}u;
@@ -98,12 +216,16 @@ var<workgroup> red: array<f32, WG>;
 @compute @workgroup_size(WG)
 fn main(@builtin(local_invocation_index) lid: u32) {
   var acc = 0.0;
-  for (var t = lid; t < p.T; t += WG) { acc += losses[t]; }
+  for (var t = lid; t < params.T; t += WG) { acc += losses[t]; }
   red[lid] = acc;
-  ${treeReduce("red[lid] + red[lid + s]")}
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
+    workgroupBarrier();
+  }
   if (lid == 0u) {
-    var v = p.scale * red[0];
-    if (p.accumulate != 0u) { v = v + out[0]; }
+    var v = params.scale * red[0];
+    if (params.accumulate != 0u) { v = v + out[0]; }
     out[0] = v;
   }
 }`;
@@ -142,15 +264,33 @@ export function crossEntropy(
     scale: number;
   },
 ): Dispatch {
-  const grad = a.dLogits === undefined ? "none" : a.dLogits === a.logits ? "inPlace" : "separate";
+  const { logits, targets, losses, dLogits, T, V, scale } = a;
+  const wg = rowWorkgroupSize(V);
+  if (dLogits === undefined) {
+    return gpu.kernel({
+      label: `crossEntropy T=${T} V=${V}`,
+      code: crossEntropyCode(wg),
+      params: { T, V, nanBits: NAN_BITS },
+      buffers: { logits, targets, losses },
+      workgroups: T,
+    });
+  }
+  const params = { T, V, scale, nanBits: NAN_BITS };
+  if (dLogits === logits) {
+    return gpu.kernel({
+      label: `crossEntropy+grad in place T=${T} V=${V}`,
+      code: crossEntropyGradInPlaceCode(wg),
+      params,
+      buffers: { logits, targets, losses },
+      workgroups: T,
+    });
+  }
   return gpu.kernel({
-    label: `crossEntropy${grad === "none" ? "" : "+grad"} T=${a.T} V=${a.V}`,
-    code: crossEntropyCode(rowWorkgroupSize(a.V), grad),
-    buffers: grad === "separate"
-      ? [a.logits, a.targets, a.losses, a.dLogits!]
-      : [a.logits, a.targets, a.losses],
-    params: [a.T, a.V, f32bits(a.scale), NAN_BITS],
-    workgroups: a.T,
+    label: `crossEntropy+grad T=${T} V=${V}`,
+    code: crossEntropyGradCode(wg),
+    params,
+    buffers: { logits, targets, losses, dLogits },
+    workgroups: T,
   });
 }
 
@@ -179,8 +319,8 @@ export function sumLoss(
   return gpu.kernel({
     label: `sumLoss T=${a.T}`,
     code: SUM_LOSS,
-    buffers: [a.losses, a.out],
-    params: [a.T, f32bits(a.scale), a.accumulate ? 1 : 0],
+    params: { T: a.T, scale: a.scale, accumulate: a.accumulate ? 1 : 0 },
+    buffers: { losses: a.losses, out: a.out },
     workgroups: 1,
   });
 }

@@ -2,15 +2,22 @@
  * RMSNorm forward and backward: `y = x · rstd · weight` with `rstd = 1/sqrt(mean(x²) + eps)`
  * over each row of `x (T, C)`, like the reference's `RMSNorm` (eps = float32 epsilon).
  *
- * Row reductions run one workgroup per row with a tree reduction in workgroup memory (on
- * software adapters: 8 lanes per row, forward and backward); the weight gradient's reduction over
- * rows is deterministic (fixed order, no float atomics).
+ * Two variants of each kernel:
+ * - "wide" (hardware, where it was tuned): one workgroup of 32 to 256 invocations per row with a
+ *   tree reduction in workgroup memory; dWeight by workgroups of 8 columns × 32 lanes.
+ * - "narrow" (software adapters): a workgroup of 8 lanes per row, reading vec4s when C % 4 = 0;
+ *   dWeight by lanes that each own a column and loop over rows. On lavapipe every storage or
+ *   workgroup access is a loop over the SIMD lanes (8, run on one CPU thread), and a workgroup
+ *   wider than one SIMD group pays for each barrier by switching between its groups: 32 to 256
+ *   lanes over a row of a few hundred values mostly wait.
+ *
+ * Every reduction has a fixed order (no float atomics): results are deterministic.
  *
  * @module
  */
-import { type Dispatch, f32bits, type Gpu } from "./gpu.ts";
+import type { Dispatch, Gpu } from "./gpu.ts";
 import { sumRows } from "./activation.ts";
-import { rowWorkgroupSize, treeReduce } from "./rows.ts";
+import { rowWorkgroupSize } from "./rows.ts";
 
 /** RMSNorm epsilon: float32 machine epsilon (2⁻²³ = 1.1920929e-7), as `torch.finfo(float32).eps`. */
 export const RMS_EPS: number = 2 ** -23;
@@ -18,18 +25,19 @@ export const RMS_EPS: number = 2 ** -23;
 /** Rows of the weight-gradient reduction each workgroup of the first stage handles. */
 const DW_CHUNK_ROWS = 512;
 
-/** The same for the narrow kernel ({@link rmsNormDwNarrowCode}), whose lanes loop over rows. */
-const DW_NARROW_CHUNK_ROWS = 512;
+/** Lanes per row of the narrow kernels: one SIMD group of the software adapter. */
+const NARROW_LANES = 8;
 
-/** WGSL that sums `red[0..WG)` into `red[0]` (see {@link treeReduce}). */
-const TREE_SUM: string = treeReduce("red[lid] + red[lid + s]");
-
-/** Forward: one workgroup per row; writes y and the row's rstd. */
+/**
+ * Forward, one workgroup of WG lanes per row: lane l sums x² over columns l, l+WG, …, a tree
+ * sums the lanes, then every lane writes its columns of y. Wide with WG = 32 to 256; narrow
+ * (WG = 8) when C is not a multiple of 4.
+ */
 const rmsNormCode = (wg: number): string => /* wgsl */ `
-struct P { T: u32, C: u32, eps: f32 }
-@group(0) @binding(0) var<uniform> p: P;
+struct Params { T: u32, C: u32, eps: f32 }
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;          // (T, C)
-@group(0) @binding(2) var<storage, read> w: array<f32>;          // (C)
+@group(0) @binding(2) var<storage, read> weight: array<f32>;     // (C)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;    // (T, C)
 @group(0) @binding(4) var<storage, read_write> rstd: array<f32>; // (T)
 const WG: u32 = ${wg}u;
@@ -39,43 +47,36 @@ var<workgroup> red: array<f32, WG>;
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
   let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
-  if (row >= p.T) { return; }
-  let base = row * p.C;
+  if (row >= params.T) { return; }
+  let base = row * params.C;
   var ss = 0.0;
-  for (var c = lid; c < p.C; c += WG) {
+  for (var c = lid; c < params.C; c += WG) {
     let v = x[base + c];
     ss = fma(v, v, ss);
   }
   red[lid] = ss;
-  ${TREE_SUM}
-  let r = 1.0 / sqrt(red[0] / f32(p.C) + p.eps);
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
+    workgroupBarrier();
+  }
+  let r = 1.0 / sqrt(red[0] / f32(params.C) + params.eps);
   if (lid == 0u) { rstd[row] = r; }
-  for (var c = lid; c < p.C; c += WG) {
-    y[base + c] = x[base + c] * r * w[c];
+  for (var c = lid; c < params.C; c += WG) {
+    y[base + c] = x[base + c] * r * weight[c];
   }
 }`;
 
 /**
- * Lanes per row of the narrow forward ({@link rmsNormNarrowCode}): one SIMD group of the
- * software adapter (lavapipe runs a workgroup 8 invocations at a time on one CPU thread).
+ * Forward, narrow with vec4 reads (C % 4 = 0): 8 lanes per row, lane l sums the vec4s l, l+8, …
+ * of the row, then its four components pairwise, then a 3-step tree over the lanes.
  */
-const NARROW_LANES = 8;
-
-/**
- * Forward for software adapters: a workgroup of 8 lanes per row, reading vec4s when C % 4 = 0.
- * On lavapipe every storage or workgroup access is a loop over the SIMD lanes, and a workgroup
- * wider than one SIMD group pays for each barrier by switching between its groups: 32 to 256
- * lanes over a row of a few hundred values mostly wait. Lane l sums elements (or vec4s)
- * l, l+8, …, then a 3-step tree in workgroup memory: a fixed order, deterministic.
- */
-const rmsNormNarrowCode = (vec: boolean): string => {
-  const e = vec ? "vec4f" : "f32";
-  return /* wgsl */ `
-struct P { T: u32, C: u32, eps: f32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<${e}>;          // (T, C)${vec ? " as vec4" : ""}
-@group(0) @binding(2) var<storage, read> w: array<${e}>;          // (C)${vec ? " as vec4" : ""}
-@group(0) @binding(3) var<storage, read_write> y: array<${e}>;    // (T, C)${vec ? " as vec4" : ""}
+const RMS_NORM_NARROW_VEC4 = /* wgsl */ `
+struct Params { T: u32, C: u32, eps: f32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4f>;        // (T, C/4)
+@group(0) @binding(2) var<storage, read> weight: array<vec4f>;   // (C/4)
+@group(0) @binding(3) var<storage, read_write> y: array<vec4f>;  // (T, C/4)
 @group(0) @binding(4) var<storage, read_write> rstd: array<f32>; // (T)
 const WG: u32 = ${NARROW_LANES}u;
 var<workgroup> red: array<f32, WG>;
@@ -84,33 +85,36 @@ var<workgroup> red: array<f32, WG>;
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
   let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
-  if (row >= p.T) { return; }
-  let n = ${vec ? "p.C / 4u" : "p.C"}; // elements per row
+  if (row >= params.T) { return; }
+  let n = params.C / 4u; // vec4s per row
   let base = row * n;
-  var ss = ${e}();
+  var ss = vec4f();
   for (var c = lid; c < n; c += WG) {
     let v = x[base + c];
     ss = fma(v, v, ss);
   }
-  red[lid] = ${vec ? "(ss.x + ss.y) + (ss.z + ss.w)" : "ss"};
-  ${TREE_SUM}
-  let r = 1.0 / sqrt(red[0] / f32(p.C) + p.eps);
+  red[lid] = (ss.x + ss.y) + (ss.z + ss.w);
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
+    workgroupBarrier();
+  }
+  let r = 1.0 / sqrt(red[0] / f32(params.C) + params.eps);
   if (lid == 0u) { rstd[row] = r; }
   for (var c = lid; c < n; c += WG) {
-    y[base + c] = x[base + c] * r * w[c];
+    y[base + c] = x[base + c] * r * weight[c];
   }
 }`;
-};
 
 /**
- * Backward for dx, one workgroup per row:
- * `dx = rstd·w·dy − x · rstd³/C · Σ_c(w·dy·x)` (written or added).
+ * Backward for dx, wide: one workgroup of WG = 32 to 256 lanes per row,
+ * `dx = rstd·w·dy − x · rstd³/C · Σ_c(w·dy·x)`, written or (`accumulate`) added.
  */
 const rmsNormDxCode = (wg: number): string => /* wgsl */ `
-struct P { T: u32, C: u32, accumulate: u32 }
-@group(0) @binding(0) var<uniform> p: P;
+struct Params { T: u32, C: u32, accumulate: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;        // (T, C)
-@group(0) @binding(2) var<storage, read> w: array<f32>;        // (C)
+@group(0) @binding(2) var<storage, read> weight: array<f32>;   // (C)
 @group(0) @binding(3) var<storage, read> rstd: array<f32>;     // (T)
 @group(0) @binding(4) var<storage, read> dy: array<f32>;       // (T, C)
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>; // (T, C)
@@ -120,110 +124,155 @@ var<workgroup> red: array<f32, WG>;
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x;
-  if (row >= p.T) { return; }
-  let base = row * p.C;
+  let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
+  if (row >= params.T) { return; }
+  let base = row * params.C;
   var dot = 0.0;
-  for (var c = lid; c < p.C; c += WG) {
-    dot = fma(w[c] * dy[base + c], x[base + c], dot);
+  for (var c = lid; c < params.C; c += WG) {
+    dot = fma(weight[c] * dy[base + c], x[base + c], dot);
   }
   red[lid] = dot;
-  ${TREE_SUM}
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
+    workgroupBarrier();
+  }
   let r = rstd[row];
-  let k = red[0] * r * r * r / f32(p.C);
-  for (var c = lid; c < p.C; c += WG) {
-    var g = r * w[c] * dy[base + c] - x[base + c] * k;
-    if (p.accumulate != 0u) { g = g + dx[base + c]; }
+  let k = red[0] * r * r * r / f32(params.C);
+  for (var c = lid; c < params.C; c += WG) {
+    var g = r * weight[c] * dy[base + c] - x[base + c] * k;
+    if (params.accumulate != 0u) { g = g + dx[base + c]; }
     dx[base + c] = g;
   }
 }`;
 
 /**
- * Backward for dx on software adapters, like {@link rmsNormNarrowCode}: 8 lanes per row, vec4
- * reads when C % 4 = 0, lane l sums `w·dy·x` over elements l, l+8, … then a fixed 3-step tree.
- * `accumulate` is baked in (one pipeline per flag) so the write loop has no branch.
+ * Backward for dx, narrow (C not a multiple of 4): 8 lanes per row, lane l sums `w·dy·x` over
+ * columns l, l+8, …, then a fixed 3-step tree. `accumulate` is baked in (one pipeline per flag)
+ * so the write loop has no branch.
  */
-const rmsNormDxNarrowCode = (vec: boolean, accumulate: boolean): string => {
-  const e = vec ? "vec4f" : "f32";
-  const as = vec ? " as vec4" : "";
-  const add = accumulate ? "dx[base + c] + " : "";
-  return /* wgsl */ `
-struct P { T: u32, C: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<${e}>;        // (T, C)${as}
-@group(0) @binding(2) var<storage, read> w: array<${e}>;        // (C)${as}
+const rmsNormDxNarrowCode = (accumulate: boolean): string => /* wgsl */ `
+struct Params { T: u32, C: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;        // (T, C)
+@group(0) @binding(2) var<storage, read> weight: array<f32>;   // (C)
 @group(0) @binding(3) var<storage, read> rstd: array<f32>;     // (T)
-@group(0) @binding(4) var<storage, read> dy: array<${e}>;       // (T, C)${as}
-@group(0) @binding(5) var<storage, read_write> dx: array<${e}>; // (T, C)${as}
+@group(0) @binding(4) var<storage, read> dy: array<f32>;       // (T, C)
+@group(0) @binding(5) var<storage, read_write> dx: array<f32>; // (T, C)
 const WG: u32 = ${NARROW_LANES}u;
+const ACCUMULATE: bool = ${accumulate};
 var<workgroup> red: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
   let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
-  if (row >= p.T) { return; }
-  let n = ${vec ? "p.C / 4u" : "p.C"}; // elements per row
-  let base = row * n;
-  var d = ${e}();
-  for (var c = lid; c < n; c += WG) {
-    d = fma(w[c] * dy[base + c], x[base + c], d);
+  if (row >= params.T) { return; }
+  let base = row * params.C;
+  var d = 0.0;
+  for (var c = lid; c < params.C; c += WG) {
+    d = fma(weight[c] * dy[base + c], x[base + c], d);
   }
-  red[lid] = ${vec ? "(d.x + d.y) + (d.z + d.w)" : "d"};
-  ${TREE_SUM}
+  red[lid] = d;
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
+    workgroupBarrier();
+  }
   let r = rstd[row];
-  let k = red[0] * r * r * r / f32(p.C);
-  for (var c = lid; c < n; c += WG) {
-    dx[base + c] = ${add}(r * w[c] * dy[base + c] - x[base + c] * k);
+  let k = red[0] * r * r * r / f32(params.C);
+  for (var c = lid; c < params.C; c += WG) {
+    var g = r * weight[c] * dy[base + c] - x[base + c] * k;
+    if (ACCUMULATE) { g = g + dx[base + c]; }
+    dx[base + c] = g;
   }
 }`;
-};
 
 /**
- * Backward for dWeight on software adapters, first stage: 8 lanes per workgroup, each lane owns
- * one column (a vec4 of columns when C % 4 = 0) and sums `dy·x·rstd` over the chunk's rows in
- * row order: no workgroup memory or barriers, deterministic. Writes `out[chunk, c]` (added to
- * when `accumulate`); with one chunk, `out` is dWeight itself.
+ * Backward for dx, narrow with vec4 reads (C % 4 = 0): 8 lanes per row, lane l sums `w·dy·x`
+ * over the vec4s l, l+8, …, then its components pairwise, then a fixed 3-step tree.
  */
-const rmsNormDwNarrowCode = (vec: boolean): string => {
-  const e = vec ? "vec4f" : "f32";
-  const as = vec ? " as vec4" : "";
-  return /* wgsl */ `
-struct P { T: u32, C: u32, chunkRows: u32, colBlocks: u32, accumulate: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<${e}>;         // (T, C)${as}
-@group(0) @binding(2) var<storage, read> rstd: array<f32>;      // (T)
-@group(0) @binding(3) var<storage, read> dy: array<${e}>;        // (T, C)${as}
-@group(0) @binding(4) var<storage, read_write> out: array<${e}>; // (chunks, C)${as}
+const rmsNormDxNarrowVec4Code = (accumulate: boolean): string => /* wgsl */ `
+struct Params { T: u32, C: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<vec4f>;        // (T, C/4)
+@group(0) @binding(2) var<storage, read> weight: array<vec4f>;   // (C/4)
+@group(0) @binding(3) var<storage, read> rstd: array<f32>;       // (T)
+@group(0) @binding(4) var<storage, read> dy: array<vec4f>;       // (T, C/4)
+@group(0) @binding(5) var<storage, read_write> dx: array<vec4f>; // (T, C/4)
+const WG: u32 = ${NARROW_LANES}u;
+const ACCUMULATE: bool = ${accumulate};
+var<workgroup> red: array<f32, WG>;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
+  if (row >= params.T) { return; }
+  let n = params.C / 4u; // vec4s per row
+  let base = row * n;
+  var d = vec4f();
+  for (var c = lid; c < n; c += WG) {
+    d = fma(weight[c] * dy[base + c], x[base + c], d);
+  }
+  red[lid] = (d.x + d.y) + (d.z + d.w);
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
+    workgroupBarrier();
+  }
+  let r = rstd[row];
+  let k = red[0] * r * r * r / f32(params.C);
+  for (var c = lid; c < n; c += WG) {
+    var g = r * weight[c] * dy[base + c] - x[base + c] * k;
+    if (ACCUMULATE) { g = g + dx[base + c]; }
+    dx[base + c] = g;
+  }
+}`;
+
+/**
+ * Backward for dWeight, narrow, first stage: 8 lanes per workgroup, each lane owns one column
+ * (E = f32) or a vec4 of columns (E = vec4f, C % 4 = 0) and sums `dy·x·rstd` over the chunk's
+ * rows in row order: no workgroup memory or barriers. Writes `out[chunk, c]` (added to when
+ * `accumulate`).
+ */
+const rmsNormDwNarrowCode = (vec4: boolean): string => /* wgsl */ `
+alias E = ${vec4 ? "vec4f" : "f32"};
+const WIDTH: u32 = ${vec4 ? 4 : 1}u; // columns per element of E
+struct Params { T: u32, C: u32, chunkRows: u32, colBlocks: u32, accumulate: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> x: array<E>;         // (T, C/WIDTH)
+@group(0) @binding(2) var<storage, read> rstd: array<f32>;    // (T)
+@group(0) @binding(3) var<storage, read> dy: array<E>;        // (T, C/WIDTH)
+@group(0) @binding(4) var<storage, read_write> out: array<E>; // (chunks, C/WIDTH)
 const WG: u32 = ${NARROW_LANES}u;
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let block = wid.x + wid.y * nwg.x; // the grid may be split over x and y
-  let chunk = block / p.colBlocks;
-  let n = ${vec ? "p.C / 4u" : "p.C"}; // elements per row
-  let c = (block % p.colBlocks) * WG + lid;
-  let t0 = chunk * p.chunkRows;
-  if (t0 >= max(p.T, 1u) || c >= n) { return; }
-  let t1 = min(p.T, t0 + p.chunkRows);
-  var s = ${e}();
+  let blockIndex = wid.x + wid.y * nwg.x; // the grid may be split over x and y
+  let chunk = blockIndex / params.colBlocks;
+  let n = params.C / WIDTH; // elements per row
+  let c = (blockIndex % params.colBlocks) * WG + lid;
+  let t0 = chunk * params.chunkRows;
+  if (t0 >= max(params.T, 1u) || c >= n) { return; }
+  let t1 = min(params.T, t0 + params.chunkRows);
+  var s = E();
   for (var t = t0; t < t1; t++) {
-    s = fma(dy[t * n + c] * x[t * n + c], ${e}(rstd[t]), s);
+    s = fma(dy[t * n + c] * x[t * n + c], E(rstd[t]), s);
   }
-  if (p.accumulate != 0u) { s = s + out[chunk * n + c]; }
+  if (params.accumulate != 0u) { s = s + out[chunk * n + c]; }
   out[chunk * n + c] = s;
 }`;
-};
 
 /**
- * Backward for dWeight, first stage: workgroup (8 columns × 32 lanes) sums
- * `dy·x·rstd` over one chunk of rows in a fixed order (lane-strided, then a tree over lanes)
- * into `out[chunk, c]`. With one chunk, `out` is dWeight itself and may be accumulated into.
+ * Backward for dWeight, wide, first stage: a workgroup of 8 columns × 32 lanes sums `dy·x·rstd`
+ * over one chunk of rows (lane l takes rows l, l+32, …, then a tree over the lanes) into
+ * `out[chunk, c]` (added to when `accumulate`).
  */
-const RMS_NORM_DW = /* wgsl */ `
-struct P { T: u32, C: u32, chunkRows: u32, colBlocks: u32, accumulate: u32 }
-@group(0) @binding(0) var<uniform> p: P;
+const RMS_NORM_DW_WIDE = /* wgsl */ `
+struct Params { T: u32, C: u32, chunkRows: u32, colBlocks: u32, accumulate: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;         // (T, C)
 @group(0) @binding(2) var<storage, read> rstd: array<f32>;      // (T)
 @group(0) @binding(3) var<storage, read> dy: array<f32>;        // (T, C)
@@ -235,17 +284,17 @@ var<workgroup> red: array<f32, 256>; // (LANES, COLS)
 @compute @workgroup_size(8, 32)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_id) lid: vec3u) {
-  let block = wid.x + wid.y * nwg.x;
-  let chunk = block / p.colBlocks;
-  let c0 = (block % p.colBlocks) * COLS;
-  let t0 = chunk * p.chunkRows;
-  if (t0 >= max(p.T, 1u)) { return; }
-  let t1 = min(p.T, t0 + p.chunkRows);
+  let blockIndex = wid.x + wid.y * nwg.x; // the grid may be split over x and y
+  let chunk = blockIndex / params.colBlocks;
+  let c0 = (blockIndex % params.colBlocks) * COLS;
+  let t0 = chunk * params.chunkRows;
+  if (t0 >= max(params.T, 1u)) { return; }
+  let t1 = min(params.T, t0 + params.chunkRows);
   let c = c0 + lid.x;
   var s = 0.0;
-  if (c < p.C) {
+  if (c < params.C) {
     for (var t = t0 + lid.y; t < t1; t += LANES) {
-      s = fma(dy[t * p.C + c] * x[t * p.C + c], rstd[t], s);
+      s = fma(dy[t * params.C + c] * x[t * params.C + c], rstd[t], s);
     }
   }
   red[lid.y * COLS + lid.x] = s;
@@ -254,10 +303,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     if (lid.y < h) { red[lid.y * COLS + lid.x] += red[(lid.y + h) * COLS + lid.x]; }
     workgroupBarrier();
   }
-  if (lid.y == 0u && c < p.C) {
+  if (lid.y == 0u && c < params.C) {
     var v = red[lid.x];
-    if (p.accumulate != 0u) { v = v + out[chunk * p.C + c]; }
-    out[chunk * p.C + c] = v;
+    if (params.accumulate != 0u) { v = v + out[chunk * params.C + c]; }
+    out[chunk * params.C + c] = v;
   }
 }`;
 
@@ -295,15 +344,18 @@ export function rmsNorm(
     narrow?: boolean;
   },
 ): Dispatch {
+  const { x, weight, y, rstd, T, C } = a;
   const narrow = a.narrow ?? gpu.isSoftware;
   // vec4 bindings need at least 16 bytes: no vec4 reads of empty buffers
-  const vec = a.C % 4 === 0 && a.C > 0 && a.T > 0;
+  const vec4 = C % 4 === 0 && C > 0 && T > 0;
   return gpu.kernel({
-    label: `rmsNorm T=${a.T} C=${a.C}`,
-    code: narrow ? rmsNormNarrowCode(vec) : rmsNormCode(rowWorkgroupSize(a.C)),
-    buffers: [a.x, a.weight, a.y, a.rstd],
-    params: [a.T, a.C, f32bits(RMS_EPS)],
-    workgroups: a.T,
+    label: `rmsNorm T=${T} C=${C}`,
+    code: narrow && vec4
+      ? RMS_NORM_NARROW_VEC4
+      : rmsNormCode(narrow ? NARROW_LANES : rowWorkgroupSize(C)),
+    params: { T, C, eps: RMS_EPS },
+    buffers: { x, weight, y, rstd },
+    workgroups: T,
   });
 }
 
@@ -353,46 +405,47 @@ export function rmsNormBackward(
     narrow?: boolean;
   },
 ): Dispatch[] {
-  const { T, C } = a;
+  const { x, weight, rstd, dy, dx, T, C } = a;
   const narrow = a.narrow ?? gpu.isSoftware;
+  const accumulateDx = !!a.accumulateDx;
   // vec4 bindings need at least 16 bytes: no vec4 reads of empty buffers
-  const vec = narrow && C % 4 === 0 && C > 0 && T > 0;
-  const accDw = a.accumulateDw ? 1 : 0;
+  const vec4 = narrow && C % 4 === 0 && C > 0 && T > 0;
   const dispatches: Dispatch[] = [
     narrow
       ? gpu.kernel({
         label: `rmsNormBackward dx narrow T=${T} C=${C}`,
-        code: rmsNormDxNarrowCode(vec, !!a.accumulateDx),
-        buffers: [a.x, a.weight, a.rstd, a.dy, a.dx],
-        params: [T, C],
+        code: vec4 ? rmsNormDxNarrowVec4Code(accumulateDx) : rmsNormDxNarrowCode(accumulateDx),
+        params: { T, C },
+        buffers: { x, weight, rstd, dy, dx },
         workgroups: T,
       })
       : gpu.kernel({
         label: `rmsNormBackward dx T=${T} C=${C}`,
         code: rmsNormDxCode(rowWorkgroupSize(C)),
-        buffers: [a.x, a.weight, a.rstd, a.dy, a.dx],
-        params: [T, C, a.accumulateDx ? 1 : 0],
+        params: { T, C, accumulate: accumulateDx ? 1 : 0 },
+        buffers: { x, weight, rstd, dy, dx },
         workgroups: T,
       }),
   ];
-  const chunkRows = narrow ? DW_NARROW_CHUNK_ROWS : DW_CHUNK_ROWS;
+  const chunkRows = DW_CHUNK_ROWS;
   const chunks = Math.max(1, Math.ceil(T / chunkRows));
   // columns per workgroup: 8 (wide), or 8 lanes of one column or one vec4 of columns (narrow)
-  const colBlocks = Math.ceil((vec ? C / 4 : C) / 8);
+  const colBlocks = Math.ceil((vec4 ? C / 4 : C) / 8);
   // One chunk: reduce straight into dWeight. Several: partials (chunks, C), then their column sums.
-  const partials = chunks === 1
+  const out = chunks === 1
     ? a.dWeight
     : gpu.buffer(`rmsNormBackward dWeight partials (${chunks}, ${C})`, chunks * C * 4);
+  const accumulate = chunks === 1 && a.accumulateDw ? 1 : 0;
   dispatches.push(gpu.kernel({
     label: `rmsNormBackward dWeight${narrow ? " narrow" : ""} T=${T} C=${C}`,
-    code: narrow ? rmsNormDwNarrowCode(vec) : RMS_NORM_DW,
-    buffers: [a.x, a.rstd, a.dy, partials],
-    params: [T, C, chunkRows, colBlocks, chunks === 1 ? accDw : 0],
+    code: narrow ? rmsNormDwNarrowCode(vec4) : RMS_NORM_DW_WIDE,
+    params: { T, C, chunkRows, colBlocks, accumulate },
+    buffers: { x, rstd, dy, out },
     workgroups: chunks * colBlocks,
   }));
   if (chunks > 1) {
     dispatches.push(
-      sumRows(gpu, { x: partials, out: a.dWeight, M: chunks, N: C, accumulate: a.accumulateDw }),
+      sumRows(gpu, { x: out, out: a.dWeight, M: chunks, N: C, accumulate: a.accumulateDw }),
     );
   }
   return dispatches;

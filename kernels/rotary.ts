@@ -74,35 +74,39 @@ export function rotaryTable(
   return { cos, sin };
 }
 
-/** Forward (`sign = 1`) or backward (`sign = −1`, the transpose) rotation of q and k in place. */
+/**
+ * Rotates q and k in place, one invocation per (token t, s ∈ {q, k}, head h, pair i < D/2):
+ * forward (SIN_SIGN = 1) or backward (SIN_SIGN = −1: the transpose, the same rotation with −sin).
+ */
 function rotaryCode(backward: boolean): string {
   return /* wgsl */ `
-struct P { B: u32, n: u32, H: u32, D: u32, maxLen: u32, total: u32 }
-@group(0) @binding(0) var<uniform> p: P;
+struct Params { B: u32, n: u32, H: u32, D: u32, maxLen: u32, total: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>; // (T, 3, H, D) qkv or dqkv
 @group(0) @binding(2) var<storage, read> cosT: array<f32>;    // (maxLen, D/2)
 @group(0) @binding(3) var<storage, read> sinT: array<f32>;    // (maxLen, D/2)
 @group(0) @binding(4) var<storage, read> start: array<u32>;   // (B) first position of each row
+const WG: u32 = 64u;
+const SIN_SIGN: f32 = ${backward ? "-1.0" : "1.0"};
 
-// One invocation per (token t, s ∈ {q, k}, head h, pair i < D/2).
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
-        @builtin(local_invocation_index) li: u32) {
-  let id = (wg.x + wg.y * nw.x) * 64u + li;
-  if (id >= p.total) { return; }
-  let half = p.D / 2u;
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let id = (wid.x + wid.y * nwg.x) * WG + lid; // the grid may be split over x and y
+  if (id >= params.total) { return; }
+  let half = params.D / 2u;
   let i = id % half;
   var r = id / half;
-  let h = r % p.H;
-  r = r / p.H;
+  let h = r % params.H;
+  r = r / params.H;
   let s = r % 2u;
   let t = r / 2u;
-  let pos = start[t / p.n] + t % p.n;
+  let pos = start[t / params.n] + t % params.n;
   // Positions past the table have no angle (and no cache slot): leave them as they are.
-  if (pos >= p.maxLen) { return; }
+  if (pos >= params.maxLen) { return; }
   let c = cosT[pos * half + i];
-  let sn = ${backward ? "-" : ""}sinT[pos * half + i];
-  let base = ((t * 3u + s) * p.H + h) * p.D + i;
+  let sn = SIN_SIGN * sinT[pos * half + i];
+  let base = ((t * 3u + s) * params.H + h) * params.D + i;
   let x1 = x[base];
   let x2 = x[base + half];
   // [x1, x2]·cos + [−x2, x1]·sin (backward: the same with −sin, the transpose)
@@ -138,8 +142,8 @@ function rotaryDispatch(gpu: Gpu, x: GPUBuffer, a: RotaryArgs, backward: boolean
   return gpu.kernel({
     label: backward ? "rotaryBackward" : "rotary",
     code: rotaryCode(backward),
-    buffers: [x, a.cos, a.sin, a.start],
-    params: [B, n, H, D, maxLen, total],
+    params: { B, n, H, D, maxLen, total },
+    buffers: { x, cosT: a.cos, sinT: a.sin, start: a.start },
     workgroups: Math.ceil(total / 64),
   });
 }

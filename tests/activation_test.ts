@@ -43,8 +43,8 @@ Deno.test("erfRef() matches known values and its derivative", () => {
 
 gpuTest("ERF_WGSL is within ~1e-7 of float64 erf on a dense grid over [-10, 10]", async (gpu) => {
   const code = `
-@group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;       // (n)
+@group(0) @binding(2) var<storage, read_write> y: array<f32>; // (n)
 ${ERF_WGSL}
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) g: vec3u) {
@@ -58,7 +58,12 @@ fn main(@builtin(global_invocation_id) g: vec3u) {
   const x = Float32Array.from(xs);
   const xb = gpu.upload("x", x), yb = gpu.buffer("y", x.length * 4);
   gpu.run("erf", [
-    gpu.kernel({ label: "erf", code, buffers: [xb, yb], workgroups: Math.ceil(x.length / 256) }),
+    gpu.kernel({
+      label: "erf",
+      code,
+      buffers: { x: xb, y: yb },
+      workgroups: Math.ceil(x.length / 256),
+    }),
   ]);
   const y = await gpu.readF32(yb);
   const ref = Array.from(x, erfRef);

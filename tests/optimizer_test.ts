@@ -1,6 +1,6 @@
 import { deepStrictEqual as assertEquals, ok, throws as assertThrows } from "node:assert/strict";
 import { adamUpdate, gradSumSquares, STATS_WORDS, StatsWord } from "../kernels/adam.ts";
-import { f32bits, type Gpu } from "../kernels/gpu.ts";
+import type { Gpu } from "../kernels/gpu.ts";
 import { Adam, type AdamOptions, type Parameter } from "../model/optimizer.ts";
 import { assertClose, gpuTest, randomF32, randomNormal } from "./helpers.ts";
 import {
@@ -237,9 +237,10 @@ gpuTest("Adam kernels cover every element once when workgroups split over x and 
 
   // The update with a 28 × 10 grid (274 needed) equals the update with a 1-D grid, bitwise.
   const stats = new Uint32Array(STATS_WORDS);
-  stats[StatsWord.coef] = f32bits(0.5);
-  stats[StatsWord.stepSize] = f32bits(1e-2 / 0.1);
-  stats[StatsWord.bc2Sqrt] = f32bits(Math.sqrt(1e-3));
+  const statsF32 = new Float32Array(stats.buffer); // the f32 words of the same buffer
+  statsF32[StatsWord.coef] = 0.5;
+  statsF32[StatsWord.stepSize] = 1e-2 / 0.1;
+  statsF32[StatsWord.bc2Sqrt] = Math.sqrt(1e-3);
   const statsBuf = gpu.upload("stats", stats);
   const p0 = randomF32(n, 42);
   const results: Float32Array[] = [];
