@@ -8,13 +8,16 @@
  *
  * (the marker comment first in the body; the start a literal; the bound a literal like `16u`, a
  * `const` the shader declares like `const R: u32 = 16u;`, or a product of those) becomes one
- * block per iteration, `{ let i = 0u; acc[i] += a[i] * b; } { let i = 1u; … }`. Nested marked
- * loops are unrolled too.
+ * block per iteration with the variable replaced by its value, `{ acc[0u] += a[0u] * b; }
+ * { acc[1u] += a[1u] * b; } …`, so every index is a constant expression. Nested marked loops are
+ * unrolled too. (The loop variable must not be redeclared inside the body.)
  *
  * Why: on the software adapter (lavapipe) a private array indexed in a loop stays in memory,
  * while after unrolling every index is a constant and the array lives in registers. Measured on
  * the register-tile GEMM (16×8 tile, 512³): the same WGSL ran 1.4× slower with its loops left
- * in; DESIGN §8 records ~3× for an earlier kernel. So: only loops over register arrays.
+ * in; DESIGN §8 records ~3× for an earlier kernel. Substituting the value (rather than declaring
+ * `let i = 0u;` per block) keeps the compile time of the old hand-unrolled kernels: the indices
+ * are folded in the WGSL front end. So: only loops over register arrays.
  *
  * @module
  */
@@ -35,7 +38,7 @@ const LOOP = /for \(var (\w+) = (\d+)u; \1 < ([\w *]+?); \1\+\+\) \{\s*\/\* unro
  * ```ts
  * import { unrollLoops } from "./unroll.ts";
  * const wgsl = unrollLoops("const R: u32 = 2u; for (var i = 0u; i < R; i++) { /* unroll *\/ f(i); }");
- * // "const R: u32 = 2u; { let i = 0u; f(i); } { let i = 1u; f(i); }"
+ * // "const R: u32 = 2u; { f(0u); } { f(1u); }"
  * ```
  */
 export function unrollLoops(code: string): string {
@@ -62,7 +65,8 @@ export function unrollLoops(code: string): string {
     if (depth !== 0) throw new Error(`specdec: unrollLoops: unclosed loop over ${name}`);
     const body = out.slice(from, to - 1);
     const copies: string[] = [];
-    for (let i = Number(start); i < end; i++) copies.push(`{ let ${name} = ${i}u;${body}}`);
+    const uses = new RegExp(`\\b${name}\\b`, "g");
+    for (let i = Number(start); i < end; i++) copies.push(`{${body.replace(uses, `${i}u`)}}`);
     out = out.slice(0, m.index) + copies.join(" ") + out.slice(to);
   }
   if (out.includes(MARKER)) throw new Error("specdec: unrollLoops: a marker outside a loop head");

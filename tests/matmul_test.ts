@@ -10,6 +10,7 @@ import {
   matmulNT,
   matmulTN,
 } from "../kernels/matmul.ts";
+import { unrollLoops } from "../kernels/unroll.ts";
 import { assertClose, gpuTest, randomF32 } from "./helpers.ts";
 import { matmulNNRef, matmulNTRef, matmulTNRef } from "./reference/matmul.ts";
 
@@ -98,6 +99,23 @@ Deno.test("matmul references agree with each other under transposes", () => {
     atol: 1e-12,
     label: "TN",
   });
+});
+
+Deno.test("unrollLoops() expands marked loops, nested and with const bounds, and nothing else", () => {
+  const code = "const R: u32 = 2u;\n" +
+    "for (var i = 0u; i < R; i++) { /* unroll */ for (var j = 1u; j < 3u; j++) { /* unroll */ " +
+    "x[i * 4u + j] = f(i); } }\nfor (var k = 0u; k < n; k++) { y[k] = 0.0; }";
+  deepStrictEqual(
+    unrollLoops(code),
+    "const R: u32 = 2u;\n" +
+      "{ { x[0u * 4u + 1u] = f(0u); } { x[0u * 4u + 2u] = f(0u); } } " +
+      "{ { x[1u * 4u + 1u] = f(1u); } { x[1u * 4u + 2u] = f(1u); } }\n" +
+      "for (var k = 0u; k < n; k++) { y[k] = 0.0; }",
+  );
+  throws(
+    () => unrollLoops("for (var i = 0u; i < n; i++) { /* unroll */ f(i); }"),
+    /unknown loop bound "n"/,
+  );
 });
 
 for (const { name, fn, ref } of LAYOUTS) {
