@@ -8,7 +8,7 @@ import type { Dispatch, Gpu } from "./gpu.ts";
 import { headElem, headVectors, TILE, tileRows } from "./attention_head.ts";
 import { unrollLoops } from "./unroll.ts";
 
-// Training: start = 0, the keys of row b are its own tokens b·n + j. (training: start = 0, the keys of row b are its own tokens b·n + j)
+// Training only: start = 0, so the keys of row b are its own tokens b·n + j.
 //
 // With P = softmax(S), S = scale·q·kᵀ (causal), O = P·v and Δᵢ = dOᵢ·Oᵢ (= Σⱼ Pᵢⱼ dPᵢⱼ):
 //   dPᵢⱼ = dOᵢ·vⱼ,  dSᵢⱼ = Pᵢⱼ (dPᵢⱼ − Δᵢ),
@@ -34,7 +34,9 @@ ${headVectors(D, ["qkv", "out", "dout"], ["dqkv"])}
 const TILE: u32 = ${TILE}u; // queries (or keys) per workgroup, one per thread`;
 }
 
-/** dq: a workgroup per 64 queries of one (row, head), keys j ≤ i streamed through shared memory. */
+/**
+ * dq: a workgroup per 64 queries of one (row, head), keys j ≤ i streamed through shared memory.
+ */
 function attentionBackwardQCode(D: number): string {
   return unrollLoops(/* wgsl */ `${backwardBindings(D)}
 const KT: u32 = ${tileRows(D)}u; // keys per shared-memory tile
@@ -91,12 +93,16 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
     workgroupBarrier();
   }
   if (i0 + li < params.n) {
-    for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv(t * 3u * params.H + h, c, dq[c] * scale); }
+    let qRow = t * 3u * params.H + h;
+    for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv(qRow, c, dq[c] * scale); }
   }
 }`);
 }
 
-/** dk, dv: a workgroup per 64 keys of one (row, head), queries i ≥ j streamed through shared memory. */
+/**
+ * dk, dv: a workgroup per 64 keys of one (row, head), queries i ≥ j streamed through shared
+ * memory.
+ */
 function attentionBackwardKVCode(D: number): string {
   return unrollLoops(/* wgsl */ `${backwardBindings(D)}
 const QT: u32 = ${tileRows(D)}u; // queries per shared-memory tile
@@ -167,16 +173,18 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
     workgroupBarrier();
   }
   if (j0 + li < params.n) {
-    for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv((tj * 3u + 1u) * params.H + h, c, dk[c] * scale); }
-    for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv((tj * 3u + 2u) * params.H + h, c, dv[c]); }
+    let kRow = (tj * 3u + 1u) * params.H + h;
+    let vRow = (tj * 3u + 2u) * params.H + h;
+    for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv(kRow, c, dk[c] * scale); }
+    for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv(vRow, c, dv[c]); }
   }
 }`);
 }
 
 /**
- * The backward of {@link "./attention_forward.ts" | attention} for training. **Requires `start[b] = 0` for every row** of
- * the forward (so the keys of row b are its own tokens `b·n + j`, j ≤ i): it reads q, k and v
- * from `qkv`, not from the cache. Writes (overwrites) all of `dqkv`: dq, dk and dv.
+ * The backward of {@link "./attention_forward.ts" | attention} for training. **Requires
+ * `start[b] = 0` for every row** of the forward (so the keys of row b are its own tokens
+ * `b·n + j`, j ≤ i): it reads q, k and v from `qkv`, not from the cache. Writes (overwrites) all of `dqkv`: dq, dk and dv.
  *
  * Two dispatches, no atomics: dq per query looping over its keys, then dk and dv per key looping
  * over its queries. Softmax weights are recomputed from the forward's `lse`.

@@ -281,7 +281,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   var acc: array<vec4f, R * C4>; // c(m0 + i, n0 + 4q..4q+4) at acc[i * C4 + q]
   for (var k = 0u; k < K4; k++) {${NT_VEC4_STEP}
   }
-  var out: array<vec4f, R * C4>;
+  var out: array<vec4f, R * C4>; // acc stays in registers only while every index is constant
   for (var q = 0u; q < R * C4; q++) { /* unroll */ out[q] = acc[q]; }
   for (var q = 0u; q < R * C4; q++) { store4(m0 + q / C4, n0 + (q % C4) * 4u, out[q]); }
 }`;
@@ -322,7 +322,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
       }
     }
   }
-  var out: array<vec4f, R * C4>;
+  var out: array<vec4f, R * C4>; // acc stays in registers only while every index is constant
   for (var q = 0u; q < R * C4; q++) { /* unroll */ out[q] = acc[q]; }
   for (var q = 0u; q < R * C4; q++) { store4(m0 + q / C4, n0 + (q % C4) * 4u, out[q]); }
 }`;
@@ -360,7 +360,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
       }
     }
   }
-  var out: array<vec4f, R * C4>;
+  var out: array<vec4f, R * C4>; // acc stays in registers only while every index is constant
   for (var q = 0u; q < R * C4; q++) { /* unroll */ out[q] = acc[q]; }
   for (var q = 0u; q < R * C4; q++) { store4(m0 + q / C4, n0 + (q % C4) * 4u, out[q]); }
 }`;
@@ -406,12 +406,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     }
     for (var i = 0u; i < R; i++) { /* unroll */
       let av = vec4f(a[ai[i] + ka]);
-      for (var q = 0u; q < C4; q++) { /* unroll */ acc[i * C4 + q] = fma(av, bv[q], acc[i * C4 + q]); }
+      for (var q = 0u; q < C4; q++) { /* unroll */
+        acc[i * C4 + q] = fma(av, bv[q], acc[i * C4 + q]);
+      }
     }
     ka += params.aK;
     kb += params.bK;
   }
-  var out: array<vec4f, R * C4>;
+  var out: array<vec4f, R * C4>; // acc stays in registers only while every index is constant
   for (var q = 0u; q < R * C4; q++) { /* unroll */ out[q] = acc[q]; }
   for (var q = 0u; q < R * C4; q++) { store4(m0 + q / C4, n0 + (q % C4) * 4u, out[q]); }
 }`);
