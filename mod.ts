@@ -68,7 +68,16 @@ export {
   type SpeculativeOptions,
   type SpeculativeResult,
 } from "./model/decoding.ts";
-export { gemvNT, linear, type MatmulArgs, matmulNN, matmulNT, matmulTN } from "./kernels/matmul.ts";
+export {
+  type GemmVariant,
+  gemvNT,
+  type GemvVariant,
+  linear,
+  type MatmulArgs,
+  matmulNN,
+  matmulNT,
+  matmulTN,
+} from "./kernels/matmul.ts";
 export { RMS_EPS, rmsNorm, rmsNormBackward } from "./kernels/norm.ts";
 export { add, gelu, geluBackward, sumRows } from "./kernels/activation.ts";
 export { embedding, embeddingBackward } from "./kernels/embedding.ts";

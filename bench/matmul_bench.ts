@@ -1,6 +1,6 @@
 /**
  * Matrix-multiply benchmarks: the GEMM layouts (NT, NN, TN) at 512³ and 1024³ with their
- * numbered variants, and the GEMV for the decode shapes of the default model (M = 1).
+ * named variants, and the GEMV for the decode shapes of the default model (M = 1).
  *
  * `XDG_RUNTIME_DIR=/tmp deno bench -A bench/matmul_bench.ts` runs the `Deno.bench` groups
  * "gemm" and "gemv" (wall time per pass, readback included) and, at the end, prints a table of
@@ -11,11 +11,19 @@
  */
 import { type Dispatch, type Gpu, requestGpu } from "../kernels/gpu.ts";
 import { GpuTimer } from "../kernels/timer.ts";
-import { gemvNT, type MatmulArgs, matmulNN, matmulNT, matmulTN } from "../kernels/matmul.ts";
+import {
+  type GemmVariant,
+  gemvNT,
+  type GemvVariant,
+  type MatmulArgs,
+  matmulNN,
+  matmulNT,
+  matmulTN,
+} from "../kernels/matmul.ts";
 
 /** One row of the report: GPU milliseconds per dispatch and the rate it gives. */
 export interface MatmulReportRow {
-  /** Case name, e.g. `"NT 1024³ v3"`. */
+  /** Case name, e.g. `"NT 1024³ registerTile"`. */
   name: string;
   /** Median GPU time per dispatch, milliseconds. */
   ms: number;
@@ -34,7 +42,7 @@ interface Case {
   M: number;
   N: number;
   K: number;
-  variant?: number;
+  variant?: GemmVariant | GemvVariant;
   baseline?: boolean;
 }
 
@@ -45,19 +53,13 @@ const KERNELS: Record<Kind, (gpu: Gpu, args: MatmulArgs) => Dispatch> = {
   gemv: gemvNT,
 };
 
-const VARIANT_NAMES: Record<number, string> = {
-  1: "v1 naive",
-  2: "v2 workgroup tiles",
-  3: "v3 register tiles",
-};
-
 /** The benchmark cases, in order. */
 function cases(): Case[] {
   const out: Case[] = [];
-  const gemm = (kind: Kind, S: number, variant: number, baseline = false) =>
+  const gemm = (kind: Kind, S: number, variant: GemmVariant, baseline = false) =>
     out.push({
       group: "gemm",
-      name: `${kind} ${S}³ ${VARIANT_NAMES[variant]}`,
+      name: `${kind} ${S}³ ${variant}`,
       kind,
       M: S,
       N: S,
@@ -65,11 +67,11 @@ function cases(): Case[] {
       variant,
       baseline,
     });
-  gemm("NT", 512, 1, true);
-  for (const kind of ["NT", "NN", "TN"] as const) gemm(kind, 512, 2);
-  for (const kind of ["NT", "NN", "TN"] as const) gemm(kind, 512, 3);
-  gemm("NT", 1024, 2);
-  for (const kind of ["NT", "NN", "TN"] as const) gemm(kind, 1024, 3);
+  gemm("NT", 512, "naive", true);
+  for (const kind of ["NT", "NN", "TN"] as const) gemm(kind, 512, "workgroupTile");
+  for (const kind of ["NT", "NN", "TN"] as const) gemm(kind, 512, "registerTile");
+  gemm("NT", 1024, "workgroupTile");
+  for (const kind of ["NT", "NN", "TN"] as const) gemm(kind, 1024, "registerTile");
   // Decode shapes of the default model (dim 512): qkv, ff in, ff out, logits.
   const shapes: [number, number][] = [[1536, 512], [2048, 512], [512, 2048], [256, 512]];
   out.push({
@@ -81,12 +83,11 @@ function cases(): Case[] {
     K: 512,
     baseline: true,
   });
-  for (const variant of [1, 2]) {
+  for (const variant of ["registerTile", "splitK"] as const) {
     for (const [N, K] of shapes) {
-      const v = variant === 1 ? "v1 register tiles" : "v2 split-K";
       out.push({
         group: "gemv",
-        name: `M=1 N=${N} K=${K} ${v}`,
+        name: `M=1 N=${N} K=${K} ${variant}`,
         kind: "gemv",
         M: 1,
         N,
@@ -231,7 +232,7 @@ for (const c of cases()) {
     group: c.group,
     baseline: c.baseline,
     // Fixed iteration counts: a 1024³ pass takes about a second on a software adapter.
-    n: big || c.variant === 1 && c.group === "gemm" ? 3 : 10,
+    n: big || c.variant === "naive" ? 3 : 10,
     warmup: 1,
     async fn(b) {
       const gpu = await benchGpu();

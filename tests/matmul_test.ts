@@ -1,13 +1,16 @@
 import { deepStrictEqual, ok, throws } from "node:assert/strict";
 import { type Dispatch, type Gpu, grid } from "../kernels/gpu.ts";
 import {
+  type GemmVariant,
   gemvNT,
+  type GemvVariant,
   linear,
   type MatmulArgs,
   matmulNN,
   matmulNT,
   matmulTN,
 } from "../kernels/matmul.ts";
+import { unrollLoops } from "../kernels/unroll.ts";
 import { assertClose, gpuTest, randomF32 } from "./helpers.ts";
 import { matmulNNRef, matmulNTRef, matmulTNRef } from "./reference/matmul.ts";
 
@@ -39,7 +42,7 @@ interface Case {
   K: number;
   bias?: boolean;
   accumulate?: boolean;
-  variant?: number;
+  variant?: GemmVariant | GemvVariant;
   split?: boolean;
 }
 
@@ -98,6 +101,23 @@ Deno.test("matmul references agree with each other under transposes", () => {
   });
 });
 
+Deno.test("unrollLoops() expands marked loops, nested and with const bounds, and nothing else", () => {
+  const code = "const R: u32 = 2u;\n" +
+    "for (var i = 0u; i < R; i++) { /* unroll */ for (var j = 1u; j < 3u; j++) { /* unroll */ " +
+    "x[i * 4u + j] = f(i); } }\nfor (var k = 0u; k < n; k++) { y[k] = 0.0; }";
+  deepStrictEqual(
+    unrollLoops(code),
+    "const R: u32 = 2u;\n" +
+      "{ { x[0u * 4u + 1u] = f(0u); } { x[0u * 4u + 2u] = f(0u); } } " +
+      "{ { x[1u * 4u + 1u] = f(1u); } { x[1u * 4u + 2u] = f(1u); } }\n" +
+      "for (var k = 0u; k < n; k++) { y[k] = 0.0; }",
+  );
+  throws(
+    () => unrollLoops("for (var i = 0u; i < n; i++) { /* unroll */ f(i); }"),
+    /unknown loop bound "n"/,
+  );
+});
+
 for (const { name, fn, ref } of LAYOUTS) {
   gpuTest(`${name}() matches the reference on odd and aligned sizes`, async (gpu) => {
     for (const [M, N, K] of SHAPES) {
@@ -108,8 +128,8 @@ for (const { name, fn, ref } of LAYOUTS) {
     await check(gpu, name, fn, ref, { M: 9, N: 5, K: 17, accumulate: true });
   });
 
-  gpuTest(`${name}() variants 1 and 2 match the reference`, async (gpu) => {
-    for (const variant of [1, 2]) {
+  gpuTest(`${name}() variants naive and workgroupTile match the reference`, async (gpu) => {
+    for (const variant of ["naive", "workgroupTile"] as const) {
       for (const [M, N, K] of [[33, 65, 130], [70, 129, 20], [1, 1, 1]]) {
         await check(gpu, name, fn, ref, { M, N, K, variant, bias: true, accumulate: M === 1 });
       }
@@ -117,7 +137,7 @@ for (const { name, fn, ref } of LAYOUTS) {
   });
 
   gpuTest(`${name}() computes the linear tile id of a grid split over x and y`, async (gpu) => {
-    for (const variant of [1, 2, 3]) {
+    for (const variant of ["naive", "workgroupTile", "registerTile"] as const) {
       await check(gpu, name, fn, ref, { M: 70, N: 300, K: 8, variant, split: true });
     }
     await check(gpu, name, fn, ref, { M: 33, N: 150, K: 7, split: true });
@@ -151,7 +171,7 @@ gpuTest("matmul kernels handle K = 0 (c = bias) and M = 0 (nothing)", async (gpu
 });
 
 gpuTest("gemvNT() matches the reference for small M, both variants", async (gpu) => {
-  for (const variant of [1, 2]) {
+  for (const variant of ["registerTile", "splitK"] as const) {
     for (const [M, N, K] of [[1, 65, 130], [1, 260, 132], [3, 33, 64], [16, 20, 36]]) {
       await check(gpu, "gemvNT", gemvNT, matmulNTRef, { M, N, K, variant });
       await check(gpu, "gemvNT", gemvNT, matmulNTRef, {
@@ -177,7 +197,7 @@ gpuTest("gemvNT() and linear() match the reference for every M from 2 to 15", as
   for (let M = 2; M <= 15; M++) {
     for (const [N, K] of GEMV_SHAPES) {
       const flags = { bias: M % 2 === 0, accumulate: M % 3 === 0 };
-      for (const variant of [1, 2]) {
+      for (const variant of ["registerTile", "splitK"] as const) {
         checks.push(check(gpu, "gemvNT", gemvNT, matmulNTRef, { M, N, K, variant, ...flags }));
       }
       checks.push(check(gpu, "linear", linear, matmulNTRef, { M, N, K, ...flags }));
@@ -197,7 +217,7 @@ async function rows(
   M: number,
   N: number,
   K: number,
-  variant?: number,
+  variant?: GemmVariant | GemvVariant,
 ): Promise<Float32Array> {
   const a = gpu.upload("a (M, K)", host.a.slice(0, M * K)), b = gpu.upload("b (N, K)", host.b);
   const bias = gpu.upload("bias (N)", more.bias),
@@ -209,10 +229,10 @@ async function rows(
 }
 
 gpuTest(
-  "gemvNT() variant 1 gives each row the GEMM's bits whatever M is; linear() too on software",
+  "gemvNT() registerTile gives each row the GEMM's bits whatever M is; linear() too on software",
   async (gpu) => {
-    // Promised by kernels/matmul.ts: GEMV variant 1 (register tiles) sums each output in the
-    // order of the register-tile GEMM (variant 3: k in order, then bias, then c), so a row
+    // Promised by kernels/matmul.ts: the GEMV's "registerTile" sums each output in the order of
+    // the GEMM's "registerTile" (k in order, then bias, then c), so a row
     // gets the same bits at every M. On software adapters those are linear()'s and matmulNT()'s
     // defaults, so speculative verification (M = γ + 1) reproduces decode steps (M = 1). On
     // hardware they are the split-K GEMV and the workgroup-tile GEMM, whose sums run in other
@@ -222,18 +242,21 @@ gpuTest(
       const seed = 31 * N + K;
       const host = { a: randomF32(MAX * K, seed), b: randomF32(N * K, seed + 1) };
       const more = { bias: randomF32(N, seed + 2), c0: randomF32(MAX * N, seed + 3) };
-      const gemm = await rows(gpu, matmulNT, host, more, MAX, N, K, 3); // (MAX, N)
+      const gemm = await rows(gpu, matmulNT, host, more, MAX, N, K, "registerTile"); // (MAX, N)
       const want = matmulNTRef(host.a, host.b, MAX, N, K, more.bias).map((v, i) => v + more.c0[i]);
       assertClose(gemm, want, { atol: 1e-4, rtol: 1e-4, label: `GEMM N=${N} K=${K}` });
       const gemv = await Promise.all(
-        Array.from({ length: MAX }, (_, i) => rows(gpu, gemvNT, host, more, i + 1, N, K, 1)),
+        Array.from(
+          { length: MAX },
+          (_, i) => rows(gpu, gemvNT, host, more, i + 1, N, K, "registerTile"),
+        ),
       );
       const lin = await Promise.all(
         Array.from({ length: MAX }, (_, i) => rows(gpu, linear, host, more, i + 1, N, K)),
       );
       for (let M = 1; M <= MAX; M++) {
         const label = `N=${N} K=${K} M=${M}`;
-        deepStrictEqual(gemv[M - 1], gemm.slice(0, M * N), `gemvNT variant 1 ${label}`);
+        deepStrictEqual(gemv[M - 1], gemm.slice(0, M * N), `gemvNT registerTile ${label}`);
         if (gpu.isSoftware) deepStrictEqual(lin[M - 1], gemm.slice(0, M * N), `linear ${label}`);
       }
     }
@@ -264,6 +287,6 @@ gpuTest("matmul kernels reject bad sizes and unknown variants", (gpu) => {
   throws(() => matmulNT(gpu, { ...args, M: -1 }), /M = -1/);
   throws(() => matmulNN(gpu, { ...args, K: 1.5 }), /K = 1.5/);
   throws(() => matmulTN(gpu, { ...args, N: 2 ** 31 }), /N = 2147483648/);
-  throws(() => matmulNT(gpu, { ...args, variant: 9 }), /unknown variant 9/);
-  throws(() => gemvNT(gpu, { ...args, variant: 3 }), /unknown variant 3/);
+  throws(() => matmulNT(gpu, { ...args, variant: "splitK" }), /unknown variant splitK/);
+  throws(() => gemvNT(gpu, { ...args, variant: "naive" }), /unknown variant naive/);
 });

@@ -1,0 +1,390 @@
+/**
+ * The forward of causal attention over a per-row KV cache: {@link kvWrite} and {@link attention}
+ * with its two variants, `"tiled"` and `"split"` (layouts and semantics: kernels/attention.ts).
+ *
+ * @module
+ */
+import type { Dispatch, Gpu } from "./gpu.ts";
+import { headElem, headVectors, NEG_MAX, TILE, tileRows } from "./attention_head.ts";
+import { unrollLoops } from "./unroll.ts";
+
+/**
+ * kvWrite, one invocation per copied element: a scalar f32 for any D, or a vec4 when D % 4 = 0
+ * (a quarter of the invocations and index computations, and on software adapters a quarter of
+ * the per-lane load and store loops).
+ */
+function kvWriteCode(elem: "f32" | "vec4f"): string {
+  return /* wgsl */ `
+struct Params {
+  B: u32, n: u32, H: u32,
+  Dw: u32,     // words (elem) per head vector: D, or D / 4 as vec4
+  maxLen: u32,
+  total: u32,  // words to copy: B·n · 2 · H · Dw
+}
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> qkv: array<${elem}>;      // (T, 3, H, D)
+@group(0) @binding(2) var<storage, read_write> kv: array<${elem}>; // (2, B, H, maxLen, D)
+@group(0) @binding(3) var<storage, read> start: array<u32>;    // (B)
+
+// One invocation per (token t, s ∈ {k, v}, head h, word d < Dw).
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let id = (wg.x + wg.y * nw.x) * 64u + li;
+  if (id >= params.total) { return; }
+  let d = id % params.Dw;
+  var r = id / params.Dw;
+  let h = r % params.H;
+  r = r / params.H;
+  let s = r % 2u;
+  let t = r / 2u;
+  let b = t / params.n;
+  let pos = start[b] + t % params.n;
+  if (pos >= params.maxLen) { return; } // no slot: the cache keeps positions < maxLen only
+  let to = (((s * params.B + b) * params.H + h) * params.maxLen + pos) * params.Dw + d;
+  kv[to] = qkv[((t * 3u + 1u + s) * params.H + h) * params.Dw + d];
+}`;
+}
+
+/** Sizes shared by the attention kernels. */
+export interface AttentionSizes {
+  /** Number of rows. */
+  B: number;
+  /** Tokens per row in this forward (T = B·n). */
+  n: number;
+  /** Heads. */
+  H: number;
+  /** dimHead. */
+  D: number;
+  /** Cache positions per row. */
+  maxLen: number;
+}
+
+/**
+ * Copies k and v of every token `(b, i)` of this forward into the cache at position
+ * `start[b] + i` (positions ≥ maxLen are skipped). Run it after {@link "./rotary.ts" | rotary}
+ * (the cache holds rotated keys) and before {@link attention}.
+ *
+ * @param gpu the runtime
+ * @param a `qkv (T, 3, H, D)`, `kv (2, B, H, maxLen, D)` (written), `start (B)` u32, and sizes
+ * @returns the dispatch
+ * @example
+ * ```ts
+ * import { requestGpu } from "./gpu.ts";
+ * import { attention, kvWrite } from "./attention.ts";
+ * const gpu = await requestGpu();
+ * const [B, n, H, D, maxLen] = [2, 3, 2, 8, 16];
+ * const qkv = gpu.upload("qkv (T, 3, H, D)", new Float32Array(B * n * 3 * H * D).fill(0.5));
+ * const kv = gpu.buffer("kv (2, B, H, maxLen, D)", 2 * B * H * maxLen * D * 4);
+ * const start = gpu.upload("start (B)", new Uint32Array([0, 5]));
+ * const out = gpu.buffer("out (T, H, D)", B * n * H * D * 4);
+ * const lse = gpu.buffer("lse (B, H, n)", B * H * n * 4);
+ * const sizes = { B, n, H, D, maxLen };
+ * gpu.run("attend", [
+ *   kvWrite(gpu, { qkv, kv, start, ...sizes }),
+ *   attention(gpu, { qkv, kv, start, out, lse, ...sizes }),
+ * ]);
+ * ```
+ */
+export function kvWrite(
+  gpu: Gpu,
+  a: AttentionSizes & { qkv: GPUBuffer; kv: GPUBuffer; start: GPUBuffer },
+): Dispatch {
+  const { B, n, H, D, maxLen } = a;
+  // vec4 bindings need at least 16 bytes: no vec4 path for an empty forward or cache
+  const vec = D % 4 === 0 && B * n * H * D > 0 && maxLen > 0;
+  const Dw = vec ? D / 4 : D; // copied words (vec4 or f32) per head vector
+  const total = B * n * 2 * H * Dw;
+  return gpu.kernel({
+    label: "kvWrite",
+    code: kvWriteCode(vec ? "vec4f" : "f32"),
+    params: { B, n, H, Dw, maxLen, total },
+    buffers: { qkv: a.qkv, kv: a.kv, start: a.start },
+    workgroups: Math.ceil(total / 64),
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// attention forward
+
+/** Params and bindings of both forward variants. */
+function forwardBindings(D: number): string {
+  const elem = headElem(D);
+  return /* wgsl */ `
+struct Params {
+  B: u32, n: u32, H: u32, maxLen: u32,
+  scale: f32,  // dimHead^-0.5
+  tiles: u32,  // workgroups per (row, head)
+}
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> qkv: array<${elem}>;      // (T, 3, H, D)
+@group(0) @binding(2) var<storage, read> kv: array<${elem}>;       // (2, B, H, maxLen, D)
+@group(0) @binding(3) var<storage, read> start: array<u32>;        // (B)
+@group(0) @binding(4) var<storage, read_write> out: array<${elem}>; // (T, H, D)
+@group(0) @binding(5) var<storage, read_write> lse: array<f32>;    // (B, H, n)
+${headVectors(D, ["qkv", "kv"], ["out"])}
+const NEG_MAX: f32 = ${NEG_MAX};`;
+}
+
+/**
+ * Tiled forward: a workgroup takes TILE consecutive queries of one (row, head), one query per
+ * thread, and streams the keys they need through shared memory KT at a time. Each thread keeps
+ * an online softmax (running max m, sum l, weighted values a), rescaling only when m grows.
+ * (The key loop is not unrolled: lavapipe's JIT took tens of seconds on fully unrolled tiles.)
+ */
+function attentionTiledCode(D: number): string {
+  return unrollLoops(/* wgsl */ `${forwardBindings(D)}
+const TILE: u32 = ${TILE}u; // queries per workgroup, one per thread
+const KT: u32 = ${tileRows(D)}u;  // keys per shared-memory tile
+var<workgroup> kS: array<vec4f, KT * D4>; // (KT, D4) key tile
+var<workgroup> vS: array<vec4f, KT * D4>; // (KT, D4) value tile
+
+@compute @workgroup_size(TILE)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let w = wg.x + wg.y * nw.x; // (b, h, tile)
+  let tile = w % params.tiles;
+  let h = (w / params.tiles) % params.H;
+  let b = w / (params.tiles * params.H);
+  if (b >= params.B) { return; } // whole workgroup: grid overshoot
+  let scale = params.scale;
+  let i0 = tile * TILE;
+  let lastQ = min(i0 + TILE, params.n) - 1u;
+  let st = start[b];
+  let keyEnd = min(st + lastQ, params.maxLen - 1u); // last key any query of the tile sees
+  let iq = min(i0 + li, lastQ); // threads past n shadow the last query and write nothing
+  let limit = min(st + iq, params.maxLen - 1u); // this query's last key (inclusive)
+  let t = b * params.n + iq;
+  let qRow = t * 3u * params.H + h;
+  var q: array<vec4f, D4>;
+  for (var c = 0u; c < D4; c++) { /* unroll */ q[c] = ld_qkv(qRow, c); }
+  var m = NEG_MAX; // running max
+  var l = 0.0;     // running sum of exp(s - m)
+  var a: array<vec4f, D4>; // running sum of exp(s - m) · v
+  let kRow = (b * params.H + h) * params.maxLen;
+  let vRow = kRow + params.B * params.H * params.maxLen;
+  for (var j0 = 0u; j0 <= keyEnd; j0 += KT) {
+    for (var e = li; e < KT * D4; e += TILE) {
+      let j = j0 + e / D4;
+      var kx = vec4f();
+      var vx = vec4f();
+      if (j <= keyEnd) {
+        kx = ld_kv(kRow + j, e % D4);
+        vx = ld_kv(vRow + j, e % D4);
+      }
+      kS[e] = kx;
+      vS[e] = vx;
+    }
+    workgroupBarrier();
+    // this query's keys in the tile (none for threads past n: they only help load)
+    let kEnd = select(0u, min(KT, limit + 1u - min(j0, limit + 1u)), i0 + li < params.n);
+    for (var k = 0u; k < kEnd; k++) {
+      var s = dot(q[0], kS[k * D4]);
+      for (var c = 1u; c < D4; c++) { /* unroll */ s += dot(q[c], kS[k * D4 + c]); }
+      s *= scale;
+      if (s > m) { // new running max: rescale what was summed so far
+        let alpha = exp(m - s);
+        l = l * alpha;
+        for (var c = 0u; c < D4; c++) { /* unroll */ a[c] = a[c] * alpha; }
+        m = s;
+      }
+      let pk = exp(s - m);
+      l = l + pk;
+      for (var c = 0u; c < D4; c++) { /* unroll */ a[c] = a[c] + pk * vS[k * D4 + c]; }
+    }
+    workgroupBarrier();
+  }
+  if (i0 + li < params.n) {
+    let inv = 1.0 / l;
+    for (var c = 0u; c < D4; c++) { /* unroll */ st_out(t * params.H + h, c, a[c] * inv); }
+    lse[(b * params.H + h) * params.n + iq] = m + log(l);
+  }
+}`);
+}
+
+/**
+ * Shape of the split forward: S threads stride over the keys of QC queries of one (row, head).
+ * Every key and value loaded serves all QC queries (decode steps and verification have few
+ * queries and many keys, so key and value loads dominate); each thread keeps an online softmax
+ * per query, and the S states of each query are combined in workgroup memory (≤ 12 KiB).
+ *
+ * On software adapters (lavapipe runs a workgroup's invocations 8 at a time on one CPU thread,
+ * and every storage or workgroup load is a per-lane loop) S = 8: one SIMD group, no idle lanes
+ * and a short combine. On hardware S = 32 spreads the keys over more threads.
+ *
+ * @param gpu the runtime (software adapters get narrower workgroups)
+ * @param D head size
+ * @param n queries per row in this forward
+ * @returns threads S and queries QC per workgroup
+ */
+function splitShape(gpu: Gpu, D: number, n: number): { S: number; QC: number } {
+  const D4 = Math.ceil(D / 4);
+  const S = gpu.isSoftware ? 8 : 32;
+  const fit = Math.floor(12288 / (S * (D4 * 16 + 8)));
+  return { S, QC: Math.max(1, Math.min(8, n, fit)) };
+}
+
+/**
+ * Split forward, for few queries per row (decode, verification): a workgroup takes QC
+ * consecutive queries of one (row, head); its S threads stride over the keys (thread s takes
+ * keys s, s+S, …), loading each key and value once for all QC queries, with a private online
+ * softmax per query; the states are then combined in shared memory in a fixed order. A query's
+ * result depends only on S and its own keys, never on QC or n: a one-token decode step and a
+ * verification forward compute the same bits for the same position.
+ */
+function attentionSplitCode(D: number, S: number, QC: number): string {
+  return unrollLoops(/* wgsl */ `${forwardBindings(D)}
+const S: u32 = ${S}u;   // threads per workgroup, striding over keys
+const QC: u32 = ${QC}u; // queries per workgroup
+var<workgroup> mS: array<f32, QC * S>;        // (QC, S) running max per query and thread
+var<workgroup> lS: array<f32, QC * S>;        // (QC, S) running sum
+var<workgroup> aS: array<vec4f, QC * S * D4>; // (QC, S, D4) running weighted values
+var<workgroup> wM: array<f32, QC>;            // (QC) combined max
+var<workgroup> wL: array<f32, QC>;            // (QC) combined sum
+
+@compute @workgroup_size(S)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let w = wg.x + wg.y * nw.x; // (b, h, chunk of QC queries)
+  let chunk = w % params.tiles;
+  let h = (w / params.tiles) % params.H;
+  let b = w / (params.tiles * params.H);
+  if (b >= params.B) { return; } // whole workgroup: grid overshoot
+  let scale = params.scale;
+  let i0 = chunk * QC;
+  let st = start[b];
+  // per query u of the chunk: its keys [0, ends[u]) (0 keys: past n), its q (row clamped in range)
+  // and its online softmax state m, l, a
+  var ends: array<u32, QC>;
+  var q: array<vec4f, QC * D4>;
+  var m: array<f32, QC>;
+  var l: array<f32, QC>;
+  var a: array<vec4f, QC * D4>;
+  var kEnd = 0u; // keys any query of the chunk sees
+  for (var u = 0u; u < QC; u++) { /* unroll */
+    ends[u] = select(0u, min(st + i0 + u, params.maxLen - 1u) + 1u, i0 + u < params.n);
+    let qRow = (b * params.n + min(i0 + u, params.n - 1u)) * 3u * params.H + h;
+    for (var c = 0u; c < D4; c++) { /* unroll */ q[u * D4 + c] = ld_qkv(qRow, c); }
+    m[u] = NEG_MAX;
+    kEnd = max(kEnd, ends[u]);
+  }
+  let kRow = (b * params.H + h) * params.maxLen;
+  let vRow = kRow + params.B * params.H * params.maxLen;
+  for (var j = li; j < kEnd; j += S) {
+    var kj: array<vec4f, D4>; // key j
+    var vj: array<vec4f, D4>; // value j
+    for (var c = 0u; c < D4; c++) { /* unroll */ kj[c] = ld_kv(kRow + j, c); }
+    for (var c = 0u; c < D4; c++) { /* unroll */ vj[c] = ld_kv(vRow + j, c); }
+    for (var u = 0u; u < QC; u++) { /* unroll */
+      if (j < ends[u]) {
+        var s = dot(q[u * D4], kj[0]);
+        for (var c = 1u; c < D4; c++) { /* unroll */ s += dot(q[u * D4 + c], kj[c]); }
+        s *= scale;
+        if (s > m[u]) { // new running max: rescale what was summed so far
+          let alpha = exp(m[u] - s);
+          l[u] = l[u] * alpha;
+          for (var c = 0u; c < D4; c++) { /* unroll */ a[u * D4 + c] = a[u * D4 + c] * alpha; }
+          m[u] = s;
+        }
+        let pj = exp(s - m[u]);
+        l[u] = l[u] + pj;
+        for (var c = 0u; c < D4; c++) { /* unroll */ a[u * D4 + c] = a[u * D4 + c] + pj * vj[c]; }
+      }
+    }
+  }
+  for (var u = 0u; u < QC; u++) { /* unroll */
+    mS[u * S + li] = m[u];
+    lS[u * S + li] = l[u];
+    for (var c = 0u; c < D4; c++) { /* unroll */ aS[(u * S + li) * D4 + c] = a[u * D4 + c]; }
+  }
+  workgroupBarrier();
+  // Threads that saw no key hold m = −FLT_MAX, l = 0: their weight exp(−FLT_MAX − M) is 0.
+  for (var u = li; u < QC; u += S) {
+    var M = NEG_MAX;
+    for (var s = 0u; s < S; s++) { M = max(M, mS[u * S + s]); }
+    var L = 0.0;
+    for (var s = 0u; s < S; s++) { L = L + exp(mS[u * S + s] - M) * lS[u * S + s]; }
+    wM[u] = M;
+    wL[u] = L;
+    if (i0 + u < params.n) { lse[(b * params.H + h) * params.n + i0 + u] = M + log(L); }
+  }
+  workgroupBarrier();
+  for (var e = li; e < QC * D4; e += S) {
+    let u = e / D4;
+    let c = e % D4;
+    if (i0 + u < params.n) {
+      let M = wM[u];
+      let inv = 1.0 / wL[u];
+      var acc = vec4f();
+      for (var s = 0u; s < S; s++) {
+        acc = acc + exp(mS[u * S + s] - M) * aS[(u * S + s) * D4 + c];
+      }
+      st_out((b * params.n + i0 + u) * params.H + h, c, acc * inv);
+    }
+  }
+}`);
+}
+
+/** Which forward kernel {@link attention} uses. */
+export type AttentionVariant = "tiled" | "split";
+
+/**
+ * Causal attention of this forward's queries over the KV cache: query `(b, i)` attends cache keys
+ * `0..start[b]+i` (inclusive; clamped to maxLen − 1) of its row and head. q comes from `qkv`,
+ * k and v from `kv` ({@link kvWrite} must have run first, in the same or an earlier pass).
+ * Writes the merged-head output and the logsumexp of the scaled scores (kept for the backward).
+ *
+ * Two kernels: `"tiled"` (a workgroup per 64 queries sharing key tiles in shared memory, for
+ * training and prefill) and `"split"` (a workgroup per up to 8 queries of a row and head, keys
+ * split over its threads and each key loaded once for all those queries, for decode,
+ * verification and short prompts). The default picks `"split"` when n < 64: a tiled workgroup
+ * then has idle threads, and small workgroups spread better over the GPU. The split kernel gives
+ * a query the same bits whatever n is, so a verification forward of γ + 1 tokens reproduces the
+ * one-token decode steps exactly.
+ *
+ * @param gpu the runtime
+ * @param a `qkv (T, 3, H, D)`, `kv (2, B, H, maxLen, D)`, `start (B)` u32, outputs
+ *   `out (T, H, D)` and `lse (B, H, n)`, sizes, and optionally the variant
+ * @returns the dispatch
+ * @example
+ * ```ts
+ * import { requestGpu } from "./gpu.ts";
+ * import { attention, kvWrite } from "./attention.ts";
+ * const gpu = await requestGpu();
+ * const [B, n, H, D, maxLen] = [1, 1, 2, 8, 16]; // one decode step at position start[0]
+ * const qkv = gpu.upload("qkv (T, 3, H, D)", new Float32Array(B * n * 3 * H * D).fill(0.5));
+ * const kv = gpu.buffer("kv (2, B, H, maxLen, D)", 2 * B * H * maxLen * D * 4);
+ * const start = gpu.upload("start (B)", new Uint32Array([7]));
+ * const out = gpu.buffer("out (T, H, D)", B * n * H * D * 4);
+ * const lse = gpu.buffer("lse (B, H, n)", B * H * n * 4);
+ * const sizes = { B, n, H, D, maxLen };
+ * gpu.run("decode", [
+ *   kvWrite(gpu, { qkv, kv, start, ...sizes }),
+ *   attention(gpu, { qkv, kv, start, out, lse, ...sizes }),
+ * ]);
+ * ```
+ */
+export function attention(
+  gpu: Gpu,
+  a: AttentionSizes & {
+    qkv: GPUBuffer;
+    kv: GPUBuffer;
+    start: GPUBuffer;
+    out: GPUBuffer;
+    lse: GPUBuffer;
+    variant?: AttentionVariant;
+  },
+): Dispatch {
+  const { B, n, H, D, maxLen } = a;
+  const variant = a.variant ?? (n < TILE ? "split" : "tiled");
+  const tiled = variant === "tiled";
+  const { S, QC } = splitShape(gpu, D, n);
+  const tiles = Math.ceil(n / (tiled ? TILE : QC));
+  return gpu.kernel({
+    label: `attention ${variant}`,
+    code: tiled ? attentionTiledCode(D) : attentionSplitCode(D, S, QC),
+    params: { B, n, H, maxLen, scale: 1 / Math.sqrt(D), tiles },
+    buffers: { qkv: a.qkv, kv: a.kv, start: a.start, out: a.out, lse: a.lse },
+    workgroups: B * H * tiles,
+  });
+}

@@ -1,0 +1,84 @@
+/**
+ * What the attention kernels share: workgroup sizes, key tiles, the mask value, and WGSL access
+ * to head vectors of length D (kernels/attention_forward.ts, kernels/attention_backward.ts).
+ *
+ * q, k, v, accumulators and gradients are held as `array<vec4f, D4>` with D4 = ⌈D/4⌉ (D padded
+ * with zero lanes) in loops over c < D4 that {@link "./unroll.ts" | unrollLoops} unrolls, so
+ * they live in registers. Each D compiles its own pipelines. When D % 4 = 0 the buffers are
+ * bound as `array<vec4f>`, else as `array<f32>`.
+ *
+ * @module
+ */
+
+/** Threads per workgroup of the tiled kernels: one query (or key) per thread. */
+export const TILE = 64;
+
+/** −FLT_MAX as WGSL: the reference's mask value, and "no key yet" for a running max. */
+export const NEG_MAX = "-3.40282347e+38";
+
+/** Largest power of two ≤ x (at least 1). */
+function pow2Floor(x: number): number {
+  let p = 1;
+  while (p * 2 <= x) p *= 2;
+  return p;
+}
+
+/**
+ * Keys (or queries) per shared-memory tile: k and v tiles of this many rows fit in 8 KiB.
+ *
+ * @param D head size
+ * @returns rows per tile
+ */
+export function tileRows(D: number): number {
+  const D4 = Math.ceil(D / 4);
+  return Math.min(16, pow2Floor(8192 / (2 * 16 * D4)));
+}
+
+/**
+ * The element type of head-vector buffers: `vec4f` when D % 4 = 0, else `f32`.
+ *
+ * @param D head size
+ * @returns the WGSL type
+ */
+export function headElem(D: number): string {
+  return D % 4 === 0 ? "vec4f" : "f32";
+}
+
+/**
+ * WGSL constants `D`, `D4` and, for each named buffer, `ld_<buf>(row, c)`, which loads chunk c
+ * (4 floats, zero lanes past D) of head vector `row`, or `st_<buf>(row, c, v)`, which stores it.
+ * A "row" is the index of a D-vector in its buffer: every head vector starts at a multiple of D
+ * in all the attention layouts.
+ *
+ * @param D head size
+ * @param loads buffers read through `ld_`
+ * @param stores buffers written through `st_`
+ * @returns the WGSL declarations
+ */
+export function headVectors(D: number, loads: string[], stores: string[]): string {
+  const vec = D % 4 === 0;
+  const ld = (buf: string) =>
+    vec
+      ? /* wgsl */ `fn ld_${buf}(row: u32, c: u32) -> vec4f { return ${buf}[row * D4 + c]; }`
+      : /* wgsl */ `fn ld_${buf}(row: u32, c: u32) -> vec4f {
+  let e = row * D + 4u * c;
+  return vec4f(${buf}[e], select(0.0, ${buf}[e + 1u], 4u * c + 1u < D),
+    select(0.0, ${buf}[e + 2u], 4u * c + 2u < D), select(0.0, ${buf}[e + 3u], 4u * c + 3u < D));
+}`;
+  const st = (buf: string) =>
+    vec
+      ? /* wgsl */ `fn st_${buf}(row: u32, c: u32, v: vec4f) { ${buf}[row * D4 + c] = v; }`
+      : /* wgsl */ `fn st_${buf}(row: u32, c: u32, v: vec4f) {
+  let e = row * D + 4u * c;
+  ${buf}[e] = v.x;
+  if (4u * c + 1u < D) { ${buf}[e + 1u] = v.y; }
+  if (4u * c + 2u < D) { ${buf}[e + 2u] = v.z; }
+  if (4u * c + 3u < D) { ${buf}[e + 3u] = v.w; }
+}`;
+  return [
+    `const D: u32 = ${D}u;  // head size`,
+    `const D4: u32 = ${Math.ceil(D / 4)}u; // vec4 chunks per head vector`,
+    ...loads.map(ld),
+    ...stores.map(st),
+  ].join("\n");
+}
