@@ -8,6 +8,7 @@
 import {
   makeShaderDataDefinitions,
   makeStructuredView,
+  type ShaderDataDefinitions,
   type VariableDefinition,
 } from "webgpu-utils";
 
@@ -91,7 +92,19 @@ const interfaceCache = new Map<string, ShaderInterface>();
 export function shaderInterface(label: string, code: string): ShaderInterface {
   let iface = interfaceCache.get(code);
   if (iface) return iface;
-  const defs = makeShaderDataDefinitions(code);
+  // Parse only the declarations before the first function: the convention puts `Params` and the
+  // bindings first, and parsing a whole unrolled register-tile shader costs 20-65 ms against
+  // ~2 ms for its head. The whole source is parsed when the head does not parse alone or holds
+  // fewer buffer declarations than the source (a binding declared after a function).
+  const head = code.slice(0, Math.max(0, code.search(/^\s*(@compute|fn )/m))) || code;
+  const bindings = (text: string) => text.match(/var<(storage|uniform)/g)?.length ?? 0;
+  let defs: ShaderDataDefinitions | undefined;
+  if (bindings(head) === bindings(code)) {
+    try {
+      defs = makeShaderDataDefinitions(head);
+    } catch { /* parsed whole below */ }
+  }
+  defs ??= makeShaderDataDefinitions(code);
   const storages = new Map<string, number>();
   for (const [name, v] of Object.entries(defs.storages)) {
     if (v.group !== 0) throw new Error(`specdec: kernel "${label}": "${name}" is not in group 0`);
