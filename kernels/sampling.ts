@@ -266,6 +266,8 @@ var<private> rMax: f32;  // the row's max logit
 var<private> rSum: f32;  // Σ over kept logits of exp((l − max) / T)
 var<private> rArg: u32;  // argmax, first index on ties
 
+const BYTE_SHIFTS = vec4<u32>(0u, 8u, 16u, 24u); // the four byte counters of a u32
+
 // Maps f32 to u32 so that unsigned order is float order.
 fn orderKey(x: f32) -> u32 {
   let b = bitcast<u32>(x);
@@ -326,9 +328,11 @@ fn analyze(base: u32, t: u32) {
     var done = 0u;
     for (var ps = 0u; ps < 8u; ps++) {
       let shift = 28u - 4u * ps;
-      // this thread's candidates per digit; initialised explicitly: without an
-      // initialiser, the translation to Vulkan (naga) zeroed it once, not on every pass
-      var n = array<u32, 16>();
+      // this thread's candidates per digit d, at component d & 3 of n_(d >> 2)
+      var n0 = vec4<u32>();
+      var n1 = vec4<u32>();
+      var n2 = vec4<u32>();
+      var n3 = vec4<u32>();
       // byte counters, four digits per register: at most 255 keys between flushes
       for (var j0 = ch.x; j0 < ch.y; j0 += 255u) {
         var c0 = 0u;
@@ -346,10 +350,17 @@ fn analyze(base: u32, t: u32) {
           c2 += select(0u, one, r == 2u);
           c3 += select(0u, one, r == 3u);
         }
-        let c = vec4<u32>(c0, c1, c2, c3); // digit d is byte d & 3 of c[d >> 2]
-        for (var d = 0u; d < 16u; d++) { n[d] += (c[d >> 2u] >> (8u * (d & 3u))) & 255u; }
+        n0 += (vec4<u32>(c0) >> BYTE_SHIFTS) & vec4<u32>(255u);
+        n1 += (vec4<u32>(c1) >> BYTE_SHIFTS) & vec4<u32>(255u);
+        n2 += (vec4<u32>(c2) >> BYTE_SHIFTS) & vec4<u32>(255u);
+        n3 += (vec4<u32>(c3) >> BYTE_SHIFTS) & vec4<u32>(255u);
       }
-      for (var d = 0u; d < 16u; d++) { wCnt[d * WG + t] = n[d]; }
+      for (var e = 0u; e < 4u; e++) {
+        wCnt[e * WG + t] = n0[e];
+        wCnt[(4u + e) * WG + t] = n1[e];
+        wCnt[(8u + e) * WG + t] = n2[e];
+        wCnt[(12u + e) * WG + t] = n3[e];
+      }
       workgroupBarrier();
       for (var d = t; d < 16u; d += WG) {
         var total = 0u;
