@@ -36,7 +36,7 @@ import {
   type DecodingEngine,
   speculativeDecodingEngine,
 } from "../model/decoding.ts";
-import { stateOffsets } from "../kernels/sampling.ts";
+import { stateOffsets } from "../kernels/decode_state.ts";
 
 /** One row of the profile: a part (or a kind of dispatch inside it) of a step. */
 export interface ProfileRow {

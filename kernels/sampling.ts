@@ -1,8 +1,12 @@
 /**
  * Sampling on the GPU: the reference's top-k filter, temperature, softmax, a counter-based random
  * number generator (Philox4x32-10) and categorical sampling by inverse CDF, one workgroup per row.
+ * This module holds the semantics, their host-side options and the WGSL every sampling kernel
+ * includes ({@link PHILOX_WGSL}, {@link rowCommonWgsl}, {@link LOGITS_CORE}); the kernels are the
+ * decode step kernels (decode_step.ts) and the acceptance kernel (speculative.ts).
  *
- * Semantics, exactly as the reference (lucidrains/speculative-decoding) and the design (§3):
+ * Semantics, exactly as the reference (lucidrains/speculative-decoding), with its unspecified
+ * corners made deterministic:
  * - top-k keeps the `k = ceil((1 − filterThres) · V)` largest logits and drops the rest (−inf).
  *   Ties at the k-th largest value keep the LOWEST indices first, so exactly k logits survive
  *   (torch.topk leaves the choice among ties unspecified; this makes it deterministic).
@@ -22,15 +26,15 @@
  *
  * @module
  */
-import { type Dispatch, f32bits, type Gpu } from "./gpu.ts";
 
 /**
  * Threads per row workgroup. On hardware: a power of two from 32 to 128, about a quarter of the
  * row, so short vocabularies don't leave most invocations idle at every barrier (64 for
  * V = 256); at most 128 keeps the radix select's per-thread digit counts (16 words a thread)
- * and the other partials under 12 KiB of workgroup memory. On software adapters: 8, one SIMD group of lavapipe's 256-bit JIT, which runs a
- * workgroup's invocations 8 at a time on one CPU thread: wider groups only add coroutine
- * switches at every barrier and longer serial scans over the per-thread partials.
+ * and the other partials under 12 KiB of workgroup memory. On software adapters: 8, one SIMD
+ * group of lavapipe's 256-bit JIT, which runs a workgroup's invocations 8 at a time on one CPU
+ * thread: wider groups only add coroutine switches at every barrier and longer serial scans over
+ * the per-thread partials.
  *
  * @param numTokens the row length V
  * @param software whether the adapter is a software one (default false)
@@ -97,7 +101,13 @@ export function seedWords(seed: number): [number, number] {
   return [seed >>> 0, Math.floor(seed / 2 ** 32) >>> 0];
 }
 
-/** The sampling words every row kernel's uniform starts with (see {@link LOGITS_CORE}). */
+/** The Philox key of a seed as the `seedLo, seedHi` params of a kernel. */
+export function seedParams(seed: number): { seedLo: number; seedHi: number } {
+  const [seedLo, seedHi] = seedWords(seed);
+  return { seedLo, seedHi };
+}
+
+/** The options every row kernel's params start with (see {@link samplingParams}). */
 export interface SamplingOptions {
   /** Vocabulary size V. */
   numTokens: number;
@@ -107,17 +117,23 @@ export interface SamplingOptions {
   filterThres: number;
 }
 
-/** Uniform words `V, k, invT bits, greedy` shared by the row kernels' Params structs. */
-function samplingWords({ numTokens, temperature, filterThres }: SamplingOptions): number[] {
+/**
+ * The params `V: u32, k: u32, invT: f32, greedy: u32` that {@link LOGITS_CORE} reads, from
+ * validated sampling options.
+ *
+ * @param options vocabulary size, temperature and filter threshold
+ * @returns the params fields by name
+ * @throws Error on a bad temperature or filterThres
+ */
+export function samplingParams(
+  { numTokens, temperature, filterThres }: SamplingOptions,
+): { V: number; k: number; invT: number; greedy: number } {
   validateSampling(temperature, filterThres);
   const greedy = temperature === 0;
   // like the reference's safe_div: logits / max(T, 1e-10), so 1/T stays finite in f32
   const invT = greedy ? 1 : 1 / Math.max(temperature, 1e-10);
-  return [numTokens, topK(numTokens, filterThres), f32bits(invT), +greedy];
+  return { V: numTokens, k: topK(numTokens, filterThres), invT, greedy: +greedy };
 }
-
-/** The Params fields every row kernel starts with (the core reads them as `P.V`, …). */
-const SAMPLING_FIELDS = `V: u32, k: u32, invT: f32, greedy: u32,`;
 
 /**
  * WGSL: Philox4x32-10 (Salmon et al. 2011, as in Random123) and a 24-bit uniform in [0, 1).
@@ -148,12 +164,16 @@ fn uniform01(ctr: vec4<u32>, key: vec2<u32>) -> f32 {
 `;
 
 /**
- * WGSL shared by every row kernel: workgroup scratch, each thread's contiguous chunk of the row,
- * and `invCdf(t, u)`, the categorical sample over `weight(j, &tie)` that the including kernel
- * defines (called for each j of a chunk in increasing order; `tie` is the tie counter the
- * logits core needs). Needs a uniform `P` with a field `V`.
+ * WGSL shared by every row kernel (one workgroup of `wg` threads per row): workgroup scratch,
+ * each thread's contiguous chunk of the row, and `invCdf(t, u)`, the categorical sample over
+ * `weight(j, &tie)` that the including kernel defines (called for each j of a chunk in increasing
+ * order; `tie` is the tie counter {@link LOGITS_CORE} needs). Needs `params.V`.
+ *
+ * @param wg threads per workgroup ({@link samplingWorkgroupSize})
+ * @returns the WGSL
  */
-const rowCommon = (wg: number): string => /* wgsl */ `
+export function rowCommonWgsl(wg: number): string {
+  return /* wgsl */ `
 const WG: u32 = ${wg}u;
 const NONE: u32 = 0xffffffffu;
 var<workgroup> wf: array<f32, WG>;      // per-thread partial sums of invCdf
@@ -163,9 +183,9 @@ var<workgroup> wword: u32;              // a word loaded by thread 0, broadcast 
 
 // The contiguous chunk [x, y) of the row that thread t owns (chunks keep index order).
 fn chunkOf(t: u32) -> vec2<u32> {
-  let c = (P.V + WG - 1u) / WG;
-  let lo = min(t * c, P.V);
-  return vec2<u32>(lo, min(lo + c, P.V));
+  let c = (params.V + WG - 1u) / WG;
+  let lo = min(t * c, params.V);
+  return vec2<u32>(lo, min(lo + c, params.V));
 }
 
 // Categorical sample: the first j with Σ_{i≤j} w_i > u · Σ w (w_j > 0), NONE if Σ w = 0.
@@ -213,20 +233,22 @@ fn invCdf(t: u32, u: f32) -> u32 {
   return workgroupUniformLoad(&wpick);
 }
 `;
+}
 
 /**
- * WGSL core of the filtered, tempered probabilities of one logits row (needs a binding `logits`
- * and a uniform `P` with `V, k, invT, greedy`). `analyze(base, t)` (uniform control flow) finds
- * the row's max and argmax, the top-k threshold by a radix select on order-preserving keys, and
- * the softmax sum; then `logitProb(j, &tie)` is the probability of j (walk chunks in order).
- * `probAt(x)` is the probability of one index x. The including kernel defines `weight` for
- * `invCdf` (`logitProb`, or the acceptance kernel's residual).
+ * WGSL core of the filtered, tempered probabilities of one logits row (needs a storage buffer
+ * `logits` and `params.V, k, invT, greedy`; see {@link samplingParams}). `analyze(base, t)`
+ * (uniform control flow) finds the row's max and argmax, the top-k threshold by a radix select on
+ * order-preserving keys, and the softmax sum; then `logitProb(j, &tie)` is the probability of j
+ * (walk chunks in order). `probAt(x)` is the probability of one index x. The including kernel
+ * defines `weight` for `invCdf` (`logitProb`, or the acceptance kernel's residual).
  *
  * The radix select takes 4 bits per pass from the top (up to 8 passes, stopping as soon as
  * every candidate left in the chosen digit is kept): each thread counts its chunk's candidates
  * per digit in registers (byte counters, four digits per register; no atomics), the 16 totals
- * are summed over threads in a fixed order, and every thread picks the digit itself. Reductions over the per-thread partials (max, sums)
- * are done by every thread in the same order, so all agree without a broadcast barrier.
+ * are summed over threads in a fixed order, and every thread picks the digit itself. Reductions
+ * over the per-thread partials (max, sums) are done by every thread in the same order, so all
+ * agree without a broadcast barrier.
  */
 export const LOGITS_CORE: string = /* wgsl */ `
 var<workgroup> wMaxV: array<f32, WG>;     // per-thread max
@@ -244,6 +266,8 @@ var<private> rMax: f32;  // the row's max logit
 var<private> rSum: f32;  // Σ over kept logits of exp((l − max) / T)
 var<private> rArg: u32;  // argmax, first index on ties
 
+const BYTE_SHIFTS = vec4<u32>(0u, 8u, 16u, 24u); // the four byte counters of a u32
+
 // Maps f32 to u32 so that unsigned order is float order.
 fn orderKey(x: f32) -> u32 {
   let b = bitcast<u32>(x);
@@ -260,11 +284,11 @@ fn keptExp(j: u32, tie: ptr<function, u32>) -> f32 {
     *tie = *tie + 1u;
   }
   if (!keep) { return 0.0; }
-  return exp((l - rMax) * P.invT);
+  return exp((l - rMax) * params.invT);
 }
 
 fn logitProb(j: u32, tie: ptr<function, u32>) -> f32 {
-  if (P.greedy != 0u) { return select(0.0, 1.0, j == rArg); }
+  if (params.greedy != 0u) { return select(0.0, 1.0, j == rArg); }
   return keptExp(j, tie) / rSum;
 }
 
@@ -296,15 +320,19 @@ fn analyze(base: u32, t: u32) {
   rThr = 0u;
   rKeep = NONE;
   rSum = 1.0;
-  if (P.greedy != 0u) { return; }
-  if (P.k < P.V) {
+  if (params.greedy != 0u) { return; }
+  if (params.k < params.V) {
     var prefix = 0u;
     var mask = 0u;
-    var kk = P.k;
+    var kk = params.k;
     var done = 0u;
     for (var ps = 0u; ps < 8u; ps++) {
       let shift = 28u - 4u * ps;
-${Array.from({ length: 16 }, (_, d) => `      var n${d} = 0u;`).join("\n")}
+      // this thread's candidates per digit d, at component d & 3 of n_(d >> 2)
+      var n0 = vec4<u32>();
+      var n1 = vec4<u32>();
+      var n2 = vec4<u32>();
+      var n3 = vec4<u32>();
       // byte counters, four digits per register: at most 255 keys between flushes
       for (var j0 = ch.x; j0 < ch.y; j0 += 255u) {
         var c0 = 0u;
@@ -322,19 +350,22 @@ ${Array.from({ length: 16 }, (_, d) => `      var n${d} = 0u;`).join("\n")}
           c2 += select(0u, one, r == 2u);
           c3 += select(0u, one, r == 3u);
         }
-${
-  Array.from({ length: 16 }, (_, d) => `        n${d} += (c${d >> 2} >> ${8 * (d & 3)}u) & 255u;`)
-    .join(
-      "\n",
-    )
-}
+        n0 += (vec4<u32>(c0) >> BYTE_SHIFTS) & vec4<u32>(255u);
+        n1 += (vec4<u32>(c1) >> BYTE_SHIFTS) & vec4<u32>(255u);
+        n2 += (vec4<u32>(c2) >> BYTE_SHIFTS) & vec4<u32>(255u);
+        n3 += (vec4<u32>(c3) >> BYTE_SHIFTS) & vec4<u32>(255u);
       }
-${Array.from({ length: 16 }, (_, d) => `      wCnt[${d}u * WG + t] = n${d};`).join("\n")}
+      for (var e = 0u; e < 4u; e++) {
+        wCnt[e * WG + t] = n0[e];
+        wCnt[(4u + e) * WG + t] = n1[e];
+        wCnt[(8u + e) * WG + t] = n2[e];
+        wCnt[(12u + e) * WG + t] = n3[e];
+      }
       workgroupBarrier();
       for (var d = t; d < 16u; d += WG) {
-        var n = 0u;
-        for (var c = 0u; c < WG; c++) { n += wCnt[d * WG + c]; }
-        wTot[d] = n;
+        var total = 0u;
+        for (var c = 0u; c < WG; c++) { total += wCnt[d * WG + c]; }
+        wTot[d] = total;
       }
       workgroupBarrier();
       // the digit of the kk-th largest candidate, from the top; every thread finds the same
@@ -343,9 +374,9 @@ ${Array.from({ length: 16 }, (_, d) => `      wCnt[${d}u * WG + t] = n${d};`).jo
       var selCount = 0u;
       for (var e = 0u; e < 16u; e++) {
         let d = 15u - e;
-        let n = wTot[d];
-        if (acc + n >= kk) { sel = d; selCount = n; break; }
-        acc += n;
+        let count = wTot[d];
+        if (acc + count >= kk) { sel = d; selCount = count; break; }
+        acc += count;
       }
       prefix = prefix | (sel << shift);
       kk = kk - acc;
@@ -386,7 +417,7 @@ ${Array.from({ length: 16 }, (_, d) => `      wCnt[${d}u * WG + t] = n${d};`).jo
 // p(x) of the analyzed row for one index x, as logitProb gives it when walking the row in order
 // (the ties at the threshold before x are counted; usually none matter).
 fn probAt(x: u32) -> f32 {
-  if (P.greedy != 0u) { return select(0.0, 1.0, x == rArg); }
+  if (params.greedy != 0u) { return select(0.0, 1.0, x == rArg); }
   var tie = 0u;
   if (rKeep != NONE) {
     for (var j = 0u; j < x; j++) {
@@ -396,405 +427,3 @@ fn probAt(x: u32) -> f32 {
   return keptExp(x, &tie) / rSum;
 }
 `;
-
-/** `weight` for `invCdf` when sampling from the analyzed row itself. */
-const LOGITS_WEIGHT = /* wgsl */ `
-fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
-`;
-
-/** Assembles a row kernel: params struct, bindings, shared WGSL and the main body. */
-function rowKernel(
-  wg: number,
-  fields: string,
-  bindings: string,
-  core: string,
-  body: string,
-): string {
-  return /* wgsl */ `
-struct Params { ${SAMPLING_FIELDS} ${fields} }
-@group(0) @binding(0) var<uniform> P: Params;
-${bindings}
-${rowCommon(wg)}
-${PHILOX_WGSL}
-${core}
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) t: u32) {
-  let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
-${body}
-}`;
-}
-
-const probsCode = (wg: number): string =>
-  rowKernel(
-    wg,
-    "rows: u32,",
-    /* wgsl */ `
-@group(0) @binding(1) var<storage, read> logits: array<f32>;      // (R, V)
-@group(0) @binding(2) var<storage, read_write> probs: array<f32>; // (R, V)`,
-    LOGITS_CORE + LOGITS_WEIGHT,
-    /* wgsl */ `
-  if (row >= P.rows) { return; }
-  analyze(row * P.V, t);
-  let ch = chunkOf(t);
-  var tie = tieBase[t];
-  for (var j = ch.x; j < ch.y; j++) { probs[row * P.V + j] = logitProb(j, &tie); }`,
-  );
-
-/**
- * Filtered, tempered probabilities of each logits row: `probs = softmax(topk(logits) / T)`, or a
- * one-hot at the argmax when the temperature is 0. One workgroup per row.
- *
- * @param gpu the runtime
- * @param args `logits (R, V)` f32 in, `probs (R, V)` f32 out, `rows` R and the sampling options
- * @returns the dispatch
- */
-export function probsKernel(
-  gpu: Gpu,
-  args: SamplingOptions & { logits: GPUBuffer; probs: GPUBuffer; rows: number },
-): Dispatch {
-  return gpu.kernel({
-    label: `probs (${args.rows}, ${args.numTokens})`,
-    code: probsCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware)),
-    buffers: [args.logits, args.probs],
-    params: [...samplingWords(args), args.rows],
-    workgroups: args.rows,
-  });
-}
-
-const sampleCode = (wg: number): string =>
-  rowKernel(
-    wg,
-    "rows: u32, seedLo: u32, seedHi: u32,",
-    /* wgsl */ `
-@group(0) @binding(1) var<storage, read> logits: array<f32>;       // (R, V)
-@group(0) @binding(2) var<storage, read> counters: array<u32>;     // (R, 4) Philox counters
-@group(0) @binding(3) var<storage, read_write> tokens: array<u32>; // (R)`,
-    LOGITS_CORE + LOGITS_WEIGHT,
-    /* wgsl */ `
-  if (row >= P.rows) { return; }
-  analyze(row * P.V, t);
-  var tok = rArg;
-  if (P.greedy == 0u) {
-    let c = vec4<u32>(counters[4u * row], counters[4u * row + 1u], counters[4u * row + 2u],
-                      counters[4u * row + 3u]);
-    tok = invCdf(t, uniform01(c, vec2<u32>(P.seedLo, P.seedHi)));
-  }
-  if (t == 0u) { tokens[row] = tok; }`,
-  );
-
-/**
- * Samples one token per logits row from `softmax(topk(logits) / T)` (argmax at T = 0), with the
- * uniform of each row drawn from Philox under `seed` at that row's counter. The building block
- * the decoding kernels specialise; handy for tests and benchmarks.
- *
- * @param gpu the runtime
- * @param args `logits (R, V)` f32, `counters (R, 4)` u32 Philox counters, `tokens (R)` u32 out,
- *   `rows`, `seed` and the sampling options
- * @returns the dispatch
- */
-export function sampleKernel(
-  gpu: Gpu,
-  args: SamplingOptions & {
-    logits: GPUBuffer;
-    counters: GPUBuffer;
-    tokens: GPUBuffer;
-    rows: number;
-    seed: number;
-  },
-): Dispatch {
-  return gpu.kernel({
-    label: `sample (${args.rows}, ${args.numTokens})`,
-    code: sampleCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware)),
-    buffers: [args.logits, args.counters, args.tokens],
-    params: [...samplingWords(args), args.rows, ...seedWords(args.seed)],
-    workgroups: args.rows,
-  });
-}
-
-const RANDOM_CODE = /* wgsl */ `
-struct Params { rows: u32, seedLo: u32, seedHi: u32 }
-@group(0) @binding(0) var<uniform> P: Params;
-@group(0) @binding(1) var<storage, read> counters: array<u32>;  // (R, 4)
-@group(0) @binding(2) var<storage, read_write> out: array<u32>; // (R, 4)
-${PHILOX_WGSL}
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) g: vec3u, @builtin(num_workgroups) nwg: vec3u) {
-  let r = g.x + g.y * nwg.x * 64u;
-  if (r >= P.rows) { return; }
-  let c = vec4<u32>(counters[4u * r], counters[4u * r + 1u], counters[4u * r + 2u], counters[4u * r + 3u]);
-  let o = philox(c, vec2<u32>(P.seedLo, P.seedHi));
-  out[4u * r] = o.x; out[4u * r + 1u] = o.y; out[4u * r + 2u] = o.z; out[4u * r + 3u] = o.w;
-}`;
-
-/**
- * The raw Philox4x32-10 words of each counter under `seed` (to check the GPU generator bit for
- * bit against a CPU implementation).
- *
- * @param gpu the runtime
- * @param args `counters (R, 4)` u32 in, `out (R, 4)` u32 out, `rows`, `seed`
- * @returns the dispatch
- */
-export function philoxKernel(
-  gpu: Gpu,
-  args: { counters: GPUBuffer; out: GPUBuffer; rows: number; seed: number },
-): Dispatch {
-  return gpu.kernel({
-    label: `philox (${args.rows})`,
-    code: RANDOM_CODE,
-    buffers: [args.counters, args.out],
-    params: [args.rows, ...seedWords(args.seed)],
-    workgroups: Math.ceil(args.rows / 64),
-  });
-}
-
-/**
- * Where the decoding state lives in its single u32 buffer (so one readback per chunk gets
- * everything): `[pos (B) | stats (B, statsWidth) | seq (B, seqLen)]`.
- */
-export interface StateLayout {
-  /** Rows B. */
-  batch: number;
-  /** Sequence length L (prompt + generated). */
-  seqLen: number;
-  /** u32 counters per row (base: 1 = steps; speculative: 2 + gamma). */
-  statsWidth: number;
-}
-
-/** Word offsets of the parts of the state buffer and its total size in words. */
-export function stateOffsets(
-  layout: StateLayout,
-): { pos: number; stats: number; seq: number; words: number } {
-  const { batch: B, seqLen: L, statsWidth: W } = layout;
-  return { pos: 0, stats: B, seq: B + B * W, words: B + B * W + B * L };
-}
-
-/** Uniform words (B, L, statsOff, seqOff, statsWidth) of a state layout. */
-function layoutWords(layout: StateLayout): number[] {
-  const o = stateOffsets(layout);
-  return [layout.batch, layout.seqLen, o.stats, o.seq, layout.statsWidth];
-}
-
-const LAYOUT_FIELDS = `B: u32, L: u32, statsOff: u32, seqOff: u32, statsW: u32,`;
-
-const baseStepCode = (wg: number, feed: boolean): string =>
-  rowKernel(
-    wg,
-    `${LAYOUT_FIELDS} n: u32, seedLo: u32, seedHi: u32,`,
-    /* wgsl */ `
-@group(0) @binding(1) var<storage, read> logits: array<f32>;      // (B, n, V)
-@group(0) @binding(2) var<storage, read_write> state: array<u32>; // [pos (B) | stats (B, W) | seq (B, L)]
-${
-      feed
-        ? `@group(0) @binding(3) var<storage, read_write> feedTokens: array<u32>; // (B)
-@group(0) @binding(4) var<storage, read_write> feedStart: array<u32>;  // (B)`
-        : ""
-    }`,
-    LOGITS_CORE + LOGITS_WEIGHT,
-    /* wgsl */ `
-  let b = row;
-  if (b >= P.B) { return; }
-  if (t == 0u) { wword = state[b]; }
-  let pos = workgroupUniformLoad(&wword);
-  if (pos >= P.L) { return; } // finished rows do nothing
-  analyze((b * P.n + P.n - 1u) * P.V, t);
-  var tok = rArg;
-  if (P.greedy == 0u) {
-    tok = invCdf(t, uniform01(vec4<u32>(b, pos, ${RNG_PURPOSE.base}u, 0u), vec2<u32>(P.seedLo, P.seedHi)));
-  }
-  if (t == 0u) {
-    state[P.seqOff + b * P.L + pos] = tok;
-    state[b] = pos + 1u;
-    state[P.statsOff + b * P.statsW] += 1u;
-    ${
-      feed
-        ? `feedTokens[b] = tok; // the next step's one-token forward feeds it
-    feedStart[b] = pos;   // at its position`
-        : ""
-    }
-  }`,
-  );
-
-/**
- * One base decoding step's sampling: for each unfinished row b (pos[b] < L), samples a token
- * from the last logits row of b, writes it at seq[b, pos[b]], advances pos[b] and counts the
- * step in stats[b, 0]. The uniform's counter is (b, pos[b], base, 0). With `feedTokens` and
- * `feedStart` it also feeds the next step's one-token forward (the token at its position), as
- * {@link "./speculative.ts" | seqFeedKernel} with `n = 1, back = 1` would from the new state,
- * which saves that dispatch per step (finished rows keep their last feed, which is the same).
- *
- * @param gpu the runtime
- * @param args `logits (B, n, V)` f32, the `state` buffer and its `layout`, `n`, `seed`, the
- *   sampling options, and optionally the next forward's `feedTokens (B)`, `feedStart (B)` u32
- * @returns the dispatch
- */
-export function baseStepKernel(
-  gpu: Gpu,
-  args: SamplingOptions & {
-    logits: GPUBuffer;
-    state: GPUBuffer;
-    layout: StateLayout;
-    n: number;
-    seed: number;
-    feedTokens?: GPUBuffer;
-    feedStart?: GPUBuffer;
-  },
-): Dispatch {
-  const feed = !!(args.feedTokens && args.feedStart);
-  return gpu.kernel({
-    label: `base step sample (${args.layout.batch}, ${args.numTokens})`,
-    code: baseStepCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware), feed),
-    buffers: [args.logits, args.state, ...(feed ? [args.feedTokens!, args.feedStart!] : [])],
-    params: [...samplingWords(args), ...layoutWords(args.layout), args.n, ...seedWords(args.seed)],
-    workgroups: args.layout.batch,
-  });
-}
-
-/** How a draft sampling kernel feeds the next forward: none, the next draft step, the target. */
-type DraftFeed = "none" | "draft" | "target";
-
-/** The draft sampling kernel, with or without writing the next forward's feed. */
-const draftStepCode = (wg: number, feed: DraftFeed): string =>
-  rowKernel(
-    wg,
-    `${LAYOUT_FIELDS} n: u32, seedLo: u32, seedHi: u32, i: u32, gamma: u32,`,
-    /* wgsl */ `
-@group(0) @binding(1) var<storage, read> logits: array<f32>;      // (B, n, V)
-@group(0) @binding(2) var<storage, read> state: array<u32>;       // [pos (B) | … | seq (B, L)]
-@group(0) @binding(3) var<storage, read_write> q: array<f32>;     // (B, gamma, V)
-@group(0) @binding(4) var<storage, read_write> draft: array<u32>; // (B, gamma)
-${
-      feed === "draft"
-        ? `@group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B)
-@group(0) @binding(6) var<storage, read_write> feedStart: array<u32>;  // (B)`
-        : feed === "target"
-        ? `@group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B, gamma + 1)
-@group(0) @binding(6) var<storage, read_write> feedStart: array<u32>;  // (B)
-
-// The verification forward's feed, as targetFeedKernel writes it from the state:
-// [seq[b, pos − 1], x_1 .. x_γ] at start pos − 1.
-fn feedTarget(b: u32, pos: u32) {
-  let n = P.gamma + 1u;
-  feedTokens[b * n] = state[P.seqOff + b * P.L + min(pos - 1u, P.L - 1u)];
-  for (var j = 1u; j < n; j++) { feedTokens[b * n + j] = draft[b * P.gamma + j - 1u]; }
-  feedStart[b] = pos - 1u;
-}`
-        : ""
-    }`,
-    LOGITS_CORE + LOGITS_WEIGHT,
-    /* wgsl */ `
-  let b = row;
-  if (b >= P.B) { return; }
-  if (t == 0u) { wword = state[b]; }
-  let pos = workgroupUniformLoad(&wword);
-  if (pos >= P.L) { // finished rows do nothing${
-      feed === "target" ? " (but feed the target as before)" : ""
-    }
-    ${feed === "target" ? "if (t == 0u) { feedTarget(b, pos); }" : ""}
-    return;
-  }
-  // the logits row of interest: with n = 2 the forward started at max(pos − 2, 0)
-  var r = 0u;
-  if (P.n == 2u && pos >= 2u) { r = 1u; }
-  analyze((b * P.n + r) * P.V, t);
-  let qBase = (b * P.gamma + P.i - 1u) * P.V;
-  let ch = chunkOf(t);
-  var tie = tieBase[t];
-  for (var j = ch.x; j < ch.y; j++) { q[qBase + j] = logitProb(j, &tie); }
-  var tok = rArg;
-  if (P.greedy == 0u) {
-    tok = invCdf(t, uniform01(vec4<u32>(b, pos, ${RNG_PURPOSE.draft}u, P.i), vec2<u32>(P.seedLo, P.seedHi)));
-  }
-  if (t == 0u) {
-    draft[b * P.gamma + P.i - 1u] = tok;
-    ${
-      feed === "draft"
-        ? `feedTokens[b] = tok;            // the next draft forward feeds x_i
-    feedStart[b] = pos + P.i - 1u;     // at its position`
-        : feed === "target"
-        ? "feedTarget(b, pos);"
-        : ""
-    }
-  }`,
-  );
-
-/**
- * Draft step i (1-based) of a speculative step: for each unfinished row b, computes q_i from
- * the draft's logits row of interest (with `n = 2` the forward started at max(pos − 2, 0), so the
- * row is pos − 1 − start; with `n = 1` it is the only row), stores q_i at `q[b, i − 1]`, samples
- * x_i (counter (b, pos, draft, i)) into `draft[b, i − 1]`, and, when `feedTokens`/`feedStart` are
- * given, feeds x_i at position pos + i − 1 to the next draft forward. With `targetTokens` and
- * `targetStart` instead (the last draft step) it feeds the target's verification forward as
- * {@link "./speculative.ts" | targetFeedKernel} would, for every row: one dispatch less per step.
- *
- * @param gpu the runtime
- * @param args `logits (B, n, V)`, `state` (pos read), `q (B, gamma, V)` and `draft (B, gamma)`
- *   out, optional `feedTokens (B)`/`feedStart (B)` u32 out, or optional
- *   `targetTokens (B, gamma + 1)`/`targetStart (B)` u32 out, `n` (1 or 2), `i`, `gamma`, `seed`
- *   and the sampling options
- * @returns the dispatch
- */
-export function draftStepKernel(
-  gpu: Gpu,
-  args: SamplingOptions & {
-    logits: GPUBuffer;
-    state: GPUBuffer;
-    layout: StateLayout;
-    q: GPUBuffer;
-    draft: GPUBuffer;
-    feedTokens?: GPUBuffer;
-    feedStart?: GPUBuffer;
-    targetTokens?: GPUBuffer;
-    targetStart?: GPUBuffer;
-    n: number;
-    i: number;
-    gamma: number;
-    seed: number;
-  },
-): Dispatch {
-  const feed: DraftFeed = args.feedTokens && args.feedStart
-    ? "draft"
-    : args.targetTokens && args.targetStart
-    ? "target"
-    : "none";
-  const feedBuffers = feed === "draft"
-    ? [args.feedTokens!, args.feedStart!]
-    : feed === "target"
-    ? [args.targetTokens!, args.targetStart!]
-    : [];
-  return gpu.kernel({
-    label: `draft step ${args.i} sample (${args.layout.batch}, ${args.numTokens})`,
-    code: draftStepCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware), feed),
-    buffers: [args.logits, args.state, args.q, args.draft, ...feedBuffers],
-    params: [
-      ...samplingWords(args),
-      ...layoutWords(args.layout),
-      args.n,
-      ...seedWords(args.seed),
-      args.i,
-      args.gamma,
-    ],
-    workgroups: args.layout.batch,
-  });
-}
-
-/** WGSL pieces the acceptance kernel (speculative.ts) reuses. */
-export const ROW_WGSL: {
-  common: (wg: number) => string;
-  philox: string;
-  samplingFields: string;
-  layoutFields: string;
-  logitsCore: string;
-} = {
-  common: rowCommon,
-  philox: PHILOX_WGSL,
-  samplingFields: SAMPLING_FIELDS,
-  layoutFields: LAYOUT_FIELDS,
-  logitsCore: LOGITS_CORE,
-};
-
-/** Uniform word helpers the acceptance kernel (speculative.ts) reuses. */
-export const ROW_WORDS: {
-  sampling: (o: SamplingOptions) => number[];
-  layout: (l: StateLayout) => number[];
-} = { sampling: samplingWords, layout: layoutWords };

@@ -4,7 +4,14 @@ import { GpuTimer } from "../kernels/timer.ts";
 import { readSafetensors, type Tensor, writeSafetensors } from "../model/checkpoint.ts";
 import type { DecoderConfig } from "../model/config.ts";
 import { Decoder } from "../model/decoder.ts";
-import { baseDecoding, decodingCosts, speculativeDecoding } from "../model/decoding.ts";
+import {
+  baseDecoding,
+  decodingCosts,
+  speculativeDecoding,
+  speculativeDecodingWith,
+} from "../model/decoding.ts";
+import { acceptKernel } from "../kernels/speculative.ts";
+import { brokenAcceptKernel } from "./kernels/broken_accept.ts";
 import { gpuTest, randomNormal, randomRows } from "./helpers.ts";
 import { chiSquare, probsRef } from "./reference/sampling.ts";
 
@@ -179,15 +186,16 @@ gpuTest(
     const prompt = Array.from({ length: B }, (_, b) => group[b % 2]);
     const laws: Float64Array[] = [];
     for (const g of group) laws.push(await exactJoint(target, g, 0, 1));
+    // residual false: corrections from p, not max(0, p − q) (a deliberately wrong sampler)
     const run = async (residual: boolean) => {
       const counts = [new Array(V * V).fill(0), new Array(V * V).fill(0)];
       for (const seed of [1, 2]) {
-        const out = await speculativeDecoding(target, draft, prompt, seqLen, {
+        const accept = residual ? acceptKernel : brokenAcceptKernel;
+        const out = await speculativeDecodingWith(accept, target, draft, prompt, seqLen, {
           gamma: 2,
           temperature: 1,
           filterThres: 0,
           seed,
-          residual,
         });
         jointCounts(out.tokens, 2, V).forEach((c, g) => c.forEach((n, i) => counts[g][i] += n));
         assert(
@@ -216,15 +224,16 @@ gpuTest(
     const draft = Decoder.create(gpu, LAW_CFG, { seed: 32 });
     const group = [[4, 1], [2, 7]];
     const prompt = Array.from({ length: B }, (_, b) => group[b % 2]);
+    // residual false: corrections from p, not max(0, p − q) (a deliberately wrong sampler)
     const run = async (residual: boolean) => {
       const counts = [new Array(V * V).fill(0), new Array(V * V).fill(0)];
       for (const seed of [5, 6]) {
-        const out = await speculativeDecoding(target, draft, prompt, seqLen, {
+        const accept = residual ? acceptKernel : brokenAcceptKernel;
+        const out = await speculativeDecodingWith(accept, target, draft, prompt, seqLen, {
           gamma: 3,
           temperature,
           filterThres,
           seed,
-          residual,
         });
         jointCounts(out.tokens, 2, V).forEach((c, g) => c.forEach((n, i) => counts[g][i] += n));
       }

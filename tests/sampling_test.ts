@@ -1,15 +1,9 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import type { Gpu } from "../kernels/gpu.ts";
-import {
-  baseStepKernel,
-  draftStepKernel,
-  philoxKernel,
-  probsKernel,
-  RNG_PURPOSE,
-  sampleKernel,
-  stateOffsets,
-  topK,
-} from "../kernels/sampling.ts";
+import { stateOffsets } from "../kernels/decode_state.ts";
+import { baseStepKernel, draftStepKernel } from "../kernels/decode_step.ts";
+import { RNG_PURPOSE, topK } from "../kernels/sampling.ts";
+import { philoxKernel, probsKernel, sampleKernel } from "./kernels/sampling_kernels.ts";
 import { assertClose, gpuTest, randomInts, randomNormal } from "./helpers.ts";
 import {
   chiSquare,
@@ -302,11 +296,26 @@ gpuTest("baseStepKernel() samples at each row's position and skips finished rows
   const state = gpu.upload("state", init);
   const x = randomNormal(B * n * V, 21, 2);
   const logits = gpu.upload("logits (4, 2, 13)", x);
+  const SENT = 0xdead;
+  const feedTokens = gpu.upload("feed tokens (4)", new Uint32Array(B).fill(SENT));
+  const feedStart = gpu.upload("feed start (4)", new Uint32Array(B).fill(SENT));
   gpu.run("base step", [
-    baseStepKernel(gpu, { logits, state, layout, n, seed, numTokens: V, temperature, filterThres }),
+    baseStepKernel(gpu, {
+      logits,
+      state,
+      layout,
+      n,
+      seed,
+      numTokens: V,
+      temperature,
+      filterThres,
+      feedTokens,
+      feedStart,
+    }),
   ]);
   const got = await gpu.readU32(state);
   const want = init.slice();
+  const wantFeed = new Array(B).fill(SENT), wantStart = new Array(B).fill(SENT);
   for (let b = 0; b < B; b++) {
     if (pos[b] >= L) continue;
     const row = x.subarray((b * n + n - 1) * V, (b * n + n) * V); // the last position's logits
@@ -314,12 +323,16 @@ gpuTest("baseStepKernel() samples at each row's position and skips finished rows
     want[o.seq + b * L + pos[b]] = sampleRef(probsRef(row, filterThres, temperature), u);
     want[b]++;
     want[o.stats + b]++;
+    wantFeed[b] = want[o.seq + b * L + pos[b]]; // the next forward feeds the new token
+    wantStart[b] = pos[b]; // at its position
   }
   assertEquals(Array.from(got), Array.from(want));
+  assertEquals(Array.from(await gpu.readU32(feedTokens)), wantFeed);
+  assertEquals(Array.from(await gpu.readU32(feedStart)), wantStart);
 });
 
 gpuTest(
-  "draftStepKernel() writes q_i, x_i and the next feed from the row of interest",
+  "draftStepKernel() writes q_i, x_i and the next draft or target feed from the row of interest",
   async (gpu) => {
     const B = 3, V = 13, L = 6, G = 3, seed = 5, temperature = 1.2, filterThres = 0.4;
     const layout = { batch: B, seqLen: L, statsWidth: 2 + G };
@@ -332,6 +345,8 @@ gpuTest(
     const draft = gpu.upload("draft (3, 3)", new Uint32Array(B * G).fill(SENT));
     const feedTokens = gpu.upload("feed tokens (3)", new Uint32Array(B).fill(SENT));
     const feedStart = gpu.upload("feed start (3)", new Uint32Array(B).fill(SENT));
+    const targetTokens = gpu.upload("target tokens (3, 4)", new Uint32Array(B * (G + 1)));
+    const targetStart = gpu.upload("target start (3)", new Uint32Array(B).fill(SENT));
     const x2 = randomNormal(B * 2 * V, 31, 2), x1 = randomNormal(B * V, 32, 2);
     const logits2 = gpu.upload("logits (3, 2, 13)", x2),
       logits1 = gpu.upload("logits (3, 1, 13)", x1);
@@ -348,7 +363,7 @@ gpuTest(
     };
     gpu.run("draft steps", [
       draftStepKernel(gpu, { ...common, logits: logits2, n: 2, i: 1, feedTokens, feedStart }),
-      draftStepKernel(gpu, { ...common, logits: logits1, n: 1, i: 3 }),
+      draftStepKernel(gpu, { ...common, logits: logits1, n: 1, i: 3, targetTokens, targetStart }),
     ]);
     const gq = await gpu.readF32(q), gd = Array.from(await gpu.readU32(draft));
     const gft = Array.from(await gpu.readU32(feedTokens)),
@@ -369,5 +384,9 @@ gpuTest(
     assertEquals(gd, wd);
     assertEquals(gft, wft);
     assertEquals(gfs, wfs);
+    // the last step feeds the target for every row: [seq[pos − 1] (0 here), x_1, x_2, x_3]
+    const wtt = pos.flatMap((_, b) => [0, ...wd.slice(b * G, (b + 1) * G)]);
+    assertEquals(Array.from(await gpu.readU32(targetTokens)), wtt);
+    assertEquals(Array.from(await gpu.readU32(targetStart)), pos.map((p) => p - 1));
   },
 );

@@ -1,12 +1,10 @@
 import { deepStrictEqual as assertEquals, ok as assert } from "node:assert/strict";
 import type { Gpu } from "../kernels/gpu.ts";
-import { RNG_PURPOSE, type StateLayout, stateOffsets } from "../kernels/sampling.ts";
-import {
-  acceptKernel,
-  seqFeedKernel,
-  speculativeStatsWidth,
-  targetFeedKernel,
-} from "../kernels/speculative.ts";
+import { seqFeedKernel, type StateLayout, stateOffsets } from "../kernels/decode_state.ts";
+import { RNG_PURPOSE } from "../kernels/sampling.ts";
+import { acceptKernel, speculativeStatsWidth } from "../kernels/speculative.ts";
+import { brokenAcceptKernel } from "./kernels/broken_accept.ts";
+import { probsKernel, targetFeedKernel } from "./kernels/sampling_kernels.ts";
 import { gpuTest, randomInts, randomNormal, rng } from "./helpers.ts";
 import {
   chiSquare,
@@ -46,13 +44,21 @@ gpuTest("seqFeedKernel() and targetFeedKernel() feed from each row's position", 
   assertEquals(Array.from(await gpu.readU32(start)), [0, 3, 5]);
 });
 
-/** Inputs of an acceptance run: per row p (γ+1, V), q (γ, V) as f32, draft tokens, state. */
+/**
+ * Inputs of an acceptance run: per row the target's logits (γ+1, V) (p is their filtered,
+ * tempered softmax), q (γ, V) as f32, draft tokens, state.
+ */
 interface AcceptCase {
   B: number;
   V: number;
   gamma: number;
   L: number;
-  p: Float32Array<ArrayBuffer>; // (B, γ+1, V)
+  logits: Float32Array<ArrayBuffer>; // (B, γ+1, V)
+  filterThres: number; // of p, from the logits
+  // (B, γ+1, V) p as the GPU computes it from the logits (probsKernel runs the acceptance
+  // kernel's own WGSL, so the same bits): the reference's p, so that p − q = 0 exactly when the
+  // draft has the target's law, as on the GPU
+  p: Float32Array<ArrayBuffer>;
   q: Float32Array<ArrayBuffer>; // (B, γ, V)
   draft: Uint32Array<ArrayBuffer>; // (B, γ)
   pos: number[];
@@ -60,31 +66,62 @@ interface AcceptCase {
   seq: number[][];
 }
 
-/** Runs acceptKernel on a case and returns the state words. */
+/**
+ * Runs acceptKernel (with `residual: false`, the deliberately broken one of the tests) on a case
+ * and returns the state words and the next draft feed it wrote.
+ */
 async function runAccept(
   gpu: Gpu,
   c: AcceptCase,
   o: { temperature: number; lenience: number; seed: number; residual?: boolean },
-): Promise<Uint32Array> {
+): Promise<{ state: Uint32Array; feedTokens: Uint32Array; feedStart: Uint32Array }> {
   const layout = { batch: c.B, seqLen: c.L, statsWidth: speculativeStatsWidth(c.gamma) };
   const state = gpu.upload("state", packState(layout, c.pos, c.stats, c.seq));
-  const p = gpu.upload("p (B, γ+1, V)", c.p);
+  const logits = gpu.upload("logits (B, γ+1, V)", c.logits);
   const q = gpu.upload("q (B, γ, V)", c.q);
   const draft = gpu.upload("draft (B, γ)", c.draft);
+  const feedTokens = gpu.buffer("feed tokens (B, 2)", c.B * 8);
+  const feedStart = gpu.buffer("feed start (B)", c.B * 4);
+  const accept = o.residual === false ? brokenAcceptKernel : acceptKernel;
   gpu.run("accept", [
-    acceptKernel(gpu, {
+    accept(gpu, {
       state,
       layout,
-      p,
+      logits,
       q,
       draft,
+      feedTokens,
+      feedStart,
       gamma: c.gamma,
       numTokens: c.V,
-      filterThres: 0,
-      ...o,
+      filterThres: c.filterThres,
+      temperature: o.temperature,
+      lenience: o.lenience,
+      seed: o.seed,
     }),
   ]);
-  return await gpu.readU32(state);
+  return {
+    state: await gpu.readU32(state),
+    feedTokens: await gpu.readU32(feedTokens),
+    feedStart: await gpu.readU32(feedStart),
+  };
+}
+
+/** The target's probabilities of logits rows, computed on the GPU (see {@link AcceptCase}). */
+async function targetProbs(
+  gpu: Gpu,
+  x: Float32Array<ArrayBuffer>,
+  V: number,
+  filterThres: number,
+  temperature: number,
+): Promise<Float32Array<ArrayBuffer>> {
+  const rows = x.length / V;
+  const logits = gpu.upload(`target logits (${rows}, ${V})`, x);
+  const probs = gpu.buffer(`target probs (${rows}, ${V})`, x.length * 4);
+  gpu.run("target probs", [
+    probsKernel(gpu, { logits, probs, rows, numTokens: V, filterThres, temperature }),
+  ]);
+  return new Float32Array(await gpu.readF32(probs));
 }
 
 /** The state after acceptance, computed row by row with the float64 reference. */
@@ -121,27 +158,28 @@ function acceptRef(
 }
 
 /** A random case: p and q from random logits, draft tokens drawn from q on the CPU. */
-function randomCase(
+async function randomCase(
+  gpu: Gpu,
   B: number,
   V: number,
   gamma: number,
   L: number,
   seed: number,
   temperature: number,
-): AcceptCase {
+): Promise<AcceptCase> {
   const r = rng(seed);
-  const p = new Float32Array(B * (gamma + 1) * V), q = new Float32Array(B * gamma * V);
-  const pl = randomNormal(p.length, seed + 1, 1.5), ql = randomNormal(q.length, seed + 2, 1.5);
-  for (let i = 0; i < B * (gamma + 1); i++) {
-    p.set(probsRef(pl.subarray(i * V, (i + 1) * V), 0.3, temperature), i * V);
-  }
+  const q = new Float32Array(B * gamma * V);
+  const pl = randomNormal(B * (gamma + 1) * V, seed + 1, 1.5);
+  const ql = randomNormal(q.length, seed + 2, 1.5);
+  const p = await targetProbs(gpu, pl, V, 0.3, temperature);
   const draft = new Uint32Array(B * gamma);
   for (let b = 0; b < B; b++) {
     // every other row drafts with the target's own law (all accepted when lenience ≥ 1)
     for (let i = 0; i < gamma; i++) {
       const k = b * gamma + i, pk = b * (gamma + 1) + i;
-      const logits = b % 2 ? pl.subarray(pk * V, (pk + 1) * V) : ql.subarray(k * V, (k + 1) * V);
-      const row = probsRef(logits, 0.3, temperature);
+      const row = b % 2
+        ? p.subarray(pk * V, (pk + 1) * V)
+        : probsRef(ql.subarray(k * V, (k + 1) * V), 0.3, temperature);
       q.set(row, k * V);
       draft[k] = sampleRef(row, r());
     }
@@ -152,7 +190,7 @@ function randomCase(
     (_, b) => Array.from({ length: 2 + gamma }, (_, i) => b + i),
   );
   const seq = Array.from({ length: B }, (_, b) => randomInts(L, V, seed + 10 + b));
-  return { B, V, gamma, L, p, q, draft, pos, stats, seq };
+  return { B, V, gamma, L, logits: pl, filterThres: 0.3, p, q, draft, pos, stats, seq };
 }
 
 gpuTest("acceptKernel() matches the float64 reference row by row", async (gpu) => {
@@ -164,10 +202,23 @@ gpuTest("acceptKernel() matches the float64 reference row by row", async (gpu) =
       { temperature: 1, lenience: 1, seed: 5, residual: false },
     ].entries()
   ) {
-    const c = randomCase(29, 11, 3, 9, 100 + i, o.temperature);
-    const got = await runAccept(gpu, c, o);
+    const c = await randomCase(gpu, 29, 11, 3, 9, 100 + i, o.temperature);
+    const run = await runAccept(gpu, c, o);
+    const got = run.state;
     const want = acceptRef(c, o);
     assertEquals(Array.from(got), Array.from(want), `case ${i} ${JSON.stringify(o)}`);
+    // active rows feed the next step's first draft forward: seq[s], seq[s + 1] at s = pos − 2
+    const seqOff = stateOffsets({ batch: c.B, seqLen: c.L, statsWidth: 2 + c.gamma }).seq;
+    for (let b = 0; b < c.B; b++) {
+      if (c.pos[b] >= c.L) continue;
+      const s = Math.max(got[b] - 2, 0),
+        at = (j: number) => seqOff + b * c.L + Math.min(j, c.L - 1);
+      assertEquals([run.feedTokens[2 * b], run.feedTokens[2 * b + 1]], [
+        got[at(s)],
+        got[at(s + 1)],
+      ]);
+      assertEquals(run.feedStart[b], s);
+    }
     // the case must exercise rejections, full acceptance and finished rows
     const a = c.pos.map((s, b) => got[b] - s);
     assert(a.some((d) => d === 1) && a.some((d) => d === c.gamma + 1), `accepted ${a}`);
@@ -186,6 +237,8 @@ gpuTest(
       V,
       gamma: G,
       L,
+      logits: oneHot([2, 5, 1, 7, 2, 5, 1, 7, 2, 5, 1, 7]), // p = one-hot at the argmax
+      filterThres: 0,
       p: oneHot([2, 5, 1, 7, 2, 5, 1, 7, 2, 5, 1, 7]),
       q: oneHot([2, 5, 3, 2, 5, 1, 4, 4, 4]),
       draft: new Uint32Array([2, 5, 3, 2, 5, 1, 4, 4, 4]),
@@ -193,7 +246,7 @@ gpuTest(
       stats: [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
       seq: [[9, 9, 0, 0, 0, 0, 0, 0, 0], [9, 9, 0, 0, 0, 0, 0, 0, 0], [9, 9, 9, 9, 9, 9, 9, 0, 0]],
     };
-    const got = await runAccept(gpu, c, { temperature: 0, lenience: 1, seed: 0 });
+    const got = (await runAccept(gpu, c, { temperature: 0, lenience: 1, seed: 0 })).state;
     const o = stateOffsets({ batch: 3, seqLen: L, statsWidth: 2 + G });
     assertEquals(Array.from(got.subarray(0, 3)), [5, 6, 8]);
     assertEquals(Array.from(got.subarray(o.stats, o.seq)), [
@@ -225,15 +278,15 @@ gpuTest(
 async function firstTokenCounts(
   gpu: Gpu,
   o: { gamma: number; residual: boolean; lenience: number },
-  pRows: Float64Array[],
+  pLogits: Float32Array[],
   qRows: Float64Array[],
 ): Promise<number[]> {
-  const B = 4096, V = pRows[0].length, G = o.gamma, L = 4 + G;
+  const B = 4096, V = pLogits[0].length, G = o.gamma, L = 4 + G;
   const r = rng(77);
-  const p = new Float32Array(B * (G + 1) * V), q = new Float32Array(B * G * V);
+  const logits = new Float32Array(B * (G + 1) * V), q = new Float32Array(B * G * V);
   const draft = new Uint32Array(B * G);
   for (let b = 0; b < B; b++) {
-    for (let i = 0; i <= G; i++) p.set(pRows[i], (b * (G + 1) + i) * V);
+    for (let i = 0; i <= G; i++) logits.set(pLogits[i], (b * (G + 1) + i) * V);
     for (let i = 0; i < G; i++) {
       q.set(qRows[i], (b * G + i) * V);
       draft[b * G + i] = sampleRef(qRows[i], r()); // x_i ~ q_i, independent of the GPU's RNG
@@ -244,14 +297,16 @@ async function firstTokenCounts(
     V,
     gamma: G,
     L,
-    p,
+    logits,
+    filterThres: 0,
+    p: await targetProbs(gpu, logits, V, 0, 1),
     q,
     draft,
     pos: new Array(B).fill(2),
     stats: Array.from({ length: B }, () => new Array(2 + G).fill(0)),
     seq: Array.from({ length: B }, () => new Array(L).fill(0)),
   };
-  const got = await runAccept(gpu, c, { temperature: 1, seed: 9, ...o });
+  const got = (await runAccept(gpu, c, { temperature: 1, seed: 9, ...o })).state;
   const seqOff = stateOffsets({ batch: B, seqLen: L, statsWidth: 2 + G }).seq;
   const counts = new Array(V).fill(0);
   for (let b = 0; b < B; b++) counts[got[seqOff + b * L + 2]]++;
@@ -260,16 +315,22 @@ async function firstTokenCounts(
 
 gpuTest("acceptKernel() keeps the target's law; the broken residual is rejected", async (gpu) => {
   const V = 8;
-  const pRows = [0, 1, 2, 3].map((i) => probsRef(randomNormal(V, 200 + i, 1.5), 0, 1));
+  const pLogits = [0, 1, 2, 3].map((i) => randomNormal(V, 200 + i, 1.5));
+  const pRows = pLogits.map((l) => probsRef(l, 0, 1));
   const qRows = [0, 1, 2].map((i) => probsRef(randomNormal(V, 300 + i, 1.5), 0, 1));
   for (const gamma of [1, 3]) {
-    const exact = await firstTokenCounts(gpu, { gamma, residual: true, lenience: 1 }, pRows, qRows);
+    const exact = await firstTokenCounts(
+      gpu,
+      { gamma, residual: true, lenience: 1 },
+      pLogits,
+      qRows,
+    );
     const fit = chiSquare(exact, pRows[0]);
     assert(fit.pValue > 1e-3, `gamma ${gamma}: exact sampler rejected ${JSON.stringify(fit)}`);
     const broken = await firstTokenCounts(
       gpu,
       { gamma, residual: false, lenience: 1 },
-      pRows,
+      pLogits,
       qRows,
     );
     const bad = chiSquare(broken, pRows[0]);
@@ -279,7 +340,7 @@ gpuTest("acceptKernel() keeps the target's law; the broken residual is rejected"
   const lenient = await firstTokenCounts(
     gpu,
     { gamma: 1, residual: true, lenience: 4 },
-    pRows,
+    pLogits,
     qRows,
   );
   assert(chiSquare(lenient, pRows[0]).pValue < 1e-6, "lenience 4 kept the target's law");

@@ -1,0 +1,278 @@
+/**
+ * The sampling kernels of a decode step, one workgroup per row: the base step's (sample the next
+ * token into the state) and the draft steps' of speculative decoding (store q_i, sample x_i).
+ * Each also feeds the next forward of the step (its input tokens and start positions), so a step
+ * has no feed dispatches. Sampling semantics and the shared WGSL are in sampling.ts.
+ *
+ * @module
+ */
+import type { Dispatch, Gpu } from "./gpu.ts";
+import { layoutParams, type StateLayout } from "./decode_state.ts";
+import {
+  LOGITS_CORE,
+  PHILOX_WGSL,
+  RNG_PURPOSE,
+  rowCommonWgsl,
+  type SamplingOptions,
+  samplingParams,
+  samplingWorkgroupSize,
+  seedParams,
+} from "./sampling.ts";
+
+/** The base step: sample the last logits row of each unfinished row, feed the next forward. */
+const baseStepCode = (wg: number): string => /* wgsl */ `
+struct Params {
+  V: u32, k: u32, invT: f32, greedy: u32,
+  B: u32, L: u32, statsOff: u32, seqOff: u32, statsW: u32,
+  n: u32, seedLo: u32, seedHi: u32,
+}
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;           // (B, n, V)
+@group(0) @binding(2) var<storage, read_write> state: array<u32>;      // [pos (B) | stats (B, W) | seq (B, L)]
+@group(0) @binding(3) var<storage, read_write> feedTokens: array<u32>; // (B) next forward's tokens
+@group(0) @binding(4) var<storage, read_write> feedStart: array<u32>;  // (B) and their positions
+${rowCommonWgsl(wg)}
+${PHILOX_WGSL}
+${LOGITS_CORE}
+fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) t: u32) {
+  let b = wid.x + wid.y * nwg.x; // the grid may be split over x and y
+  if (b >= params.B) { return; }
+  if (t == 0u) { wword = state[b]; }
+  let pos = workgroupUniformLoad(&wword);
+  if (pos >= params.L) { return; } // finished rows do nothing (their last feed stays, the same)
+  analyze((b * params.n + params.n - 1u) * params.V, t);
+  var tok = rArg;
+  if (params.greedy == 0u) {
+    let ctr = vec4<u32>(b, pos, ${RNG_PURPOSE.base}u, 0u);
+    tok = invCdf(t, uniform01(ctr, vec2<u32>(params.seedLo, params.seedHi)));
+  }
+  if (t == 0u) {
+    state[params.seqOff + b * params.L + pos] = tok;
+    state[b] = pos + 1u;
+    state[params.statsOff + b * params.statsW] += 1u;
+    feedTokens[b] = tok; // the next step's one-token forward feeds it
+    feedStart[b] = pos;  // at its position
+  }
+}`;
+
+/**
+ * One base decoding step's sampling: for each unfinished row b (pos[b] < L), samples a token
+ * from the last logits row of b, writes it at seq[b, pos[b]], advances pos[b] and counts the
+ * step in stats[b, 0]. The uniform's counter is (b, pos[b], base, 0). It also feeds the next
+ * step's one-token forward (the token at its position), as {@link "./decode_state.ts" |
+ * seqFeedKernel} with `n = 1, back = 1` would from the new state, which saves that dispatch per
+ * step (finished rows keep their last feed, which is the same).
+ *
+ * @param gpu the runtime
+ * @param args `logits (B, n, V)` f32, the `state` buffer and its `layout`, `n`, `seed`, the
+ *   sampling options, and the next forward's `feedTokens (B)`, `feedStart (B)` u32
+ * @returns the dispatch
+ */
+export function baseStepKernel(
+  gpu: Gpu,
+  args: SamplingOptions & {
+    logits: GPUBuffer;
+    state: GPUBuffer;
+    layout: StateLayout;
+    n: number;
+    seed: number;
+    feedTokens: GPUBuffer;
+    feedStart: GPUBuffer;
+  },
+): Dispatch {
+  return gpu.kernel({
+    label: `base step sample (${args.layout.batch}, ${args.numTokens})`,
+    code: baseStepCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware)),
+    params: {
+      ...samplingParams(args),
+      ...layoutParams(args.layout),
+      n: args.n,
+      ...seedParams(args.seed),
+    },
+    buffers: {
+      logits: args.logits,
+      state: args.state,
+      feedTokens: args.feedTokens,
+      feedStart: args.feedStart,
+    },
+    workgroups: args.layout.batch,
+  });
+}
+
+/**
+ * Draft step i that feeds the next draft forward (i < γ): q_i and x_i, then x_i at its position.
+ * With n = 2 the forward started at max(pos − 2, 0), so the row of interest is 1 once pos ≥ 2.
+ */
+const draftStepFeedDraftCode = (wg: number): string => /* wgsl */ `
+struct Params {
+  V: u32, k: u32, invT: f32, greedy: u32,
+  B: u32, L: u32, seqOff: u32,
+  n: u32, seedLo: u32, seedHi: u32, i: u32, gamma: u32,
+}
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;           // (B, n, V)
+@group(0) @binding(2) var<storage, read> state: array<u32>;            // [pos (B) | … | seq (B, L)]
+@group(0) @binding(3) var<storage, read_write> q: array<f32>;          // (B, gamma, V)
+@group(0) @binding(4) var<storage, read_write> draft: array<u32>;      // (B, gamma)
+@group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B) next draft forward
+@group(0) @binding(6) var<storage, read_write> feedStart: array<u32>;  // (B)
+${rowCommonWgsl(wg)}
+${PHILOX_WGSL}
+${LOGITS_CORE}
+fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) t: u32) {
+  let b = wid.x + wid.y * nwg.x; // the grid may be split over x and y
+  if (b >= params.B) { return; }
+  if (t == 0u) { wword = state[b]; }
+  let pos = workgroupUniformLoad(&wword);
+  if (pos >= params.L) { return; } // finished rows do nothing
+  var r = 0u;
+  if (params.n == 2u && pos >= 2u) { r = 1u; }
+  analyze((b * params.n + r) * params.V, t);
+  let qBase = (b * params.gamma + params.i - 1u) * params.V;
+  let ch = chunkOf(t);
+  var tie = tieBase[t];
+  for (var j = ch.x; j < ch.y; j++) { q[qBase + j] = logitProb(j, &tie); }
+  var tok = rArg;
+  if (params.greedy == 0u) {
+    let ctr = vec4<u32>(b, pos, ${RNG_PURPOSE.draft}u, params.i);
+    tok = invCdf(t, uniform01(ctr, vec2<u32>(params.seedLo, params.seedHi)));
+  }
+  if (t == 0u) {
+    draft[b * params.gamma + params.i - 1u] = tok;
+    feedTokens[b] = tok;                // the next draft forward feeds x_i
+    feedStart[b] = pos + params.i - 1u; // at its position
+  }
+}`;
+
+/**
+ * The last draft step (i = γ), which feeds the target's verification forward for every row,
+ * finished ones included (as the separate feed kernel it replaces did):
+ * `[seq[b, pos − 1], x_1 .. x_γ]` at start pos − 1.
+ */
+const draftStepFeedTargetCode = (wg: number): string => /* wgsl */ `
+struct Params {
+  V: u32, k: u32, invT: f32, greedy: u32,
+  B: u32, L: u32, seqOff: u32,
+  n: u32, seedLo: u32, seedHi: u32, i: u32, gamma: u32,
+}
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> logits: array<f32>;             // (B, n, V)
+@group(0) @binding(2) var<storage, read> state: array<u32>;              // [pos (B) | … | seq (B, L)]
+@group(0) @binding(3) var<storage, read_write> q: array<f32>;            // (B, gamma, V)
+@group(0) @binding(4) var<storage, read_write> draft: array<u32>;        // (B, gamma)
+@group(0) @binding(5) var<storage, read_write> targetTokens: array<u32>; // (B, gamma + 1)
+@group(0) @binding(6) var<storage, read_write> targetStart: array<u32>;  // (B)
+${rowCommonWgsl(wg)}
+${PHILOX_WGSL}
+${LOGITS_CORE}
+fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+
+fn feedTarget(b: u32, pos: u32) {
+  let n = params.gamma + 1u;
+  targetTokens[b * n] = state[params.seqOff + b * params.L + min(pos - 1u, params.L - 1u)];
+  for (var j = 1u; j < n; j++) { targetTokens[b * n + j] = draft[b * params.gamma + j - 1u]; }
+  targetStart[b] = pos - 1u;
+}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) t: u32) {
+  let b = wid.x + wid.y * nwg.x; // the grid may be split over x and y
+  if (b >= params.B) { return; }
+  if (t == 0u) { wword = state[b]; }
+  let pos = workgroupUniformLoad(&wword);
+  if (pos >= params.L) { // finished rows sample nothing, but feed the target as before
+    if (t == 0u) { feedTarget(b, pos); }
+    return;
+  }
+  var r = 0u;
+  if (params.n == 2u && pos >= 2u) { r = 1u; }
+  analyze((b * params.n + r) * params.V, t);
+  let qBase = (b * params.gamma + params.i - 1u) * params.V;
+  let ch = chunkOf(t);
+  var tie = tieBase[t];
+  for (var j = ch.x; j < ch.y; j++) { q[qBase + j] = logitProb(j, &tie); }
+  var tok = rArg;
+  if (params.greedy == 0u) {
+    let ctr = vec4<u32>(b, pos, ${RNG_PURPOSE.draft}u, params.i);
+    tok = invCdf(t, uniform01(ctr, vec2<u32>(params.seedLo, params.seedHi)));
+  }
+  if (t == 0u) {
+    draft[b * params.gamma + params.i - 1u] = tok;
+    feedTarget(b, pos);
+  }
+}`;
+
+/**
+ * Draft step i (1-based) of a speculative step: for each unfinished row b, computes q_i from
+ * the draft's logits row of interest (with `n = 2` the forward started at max(pos − 2, 0), so the
+ * row is pos − 1 − start; with `n = 1` it is the only row), stores q_i at `q[b, i − 1]` and
+ * samples x_i (counter (b, pos, draft, i)) into `draft[b, i − 1]`. Then it feeds the next
+ * forward, which saves a feed dispatch per step: with `feedTokens`/`feedStart` (steps i < γ) x_i
+ * at position pos + i − 1 to the next draft forward; with `targetTokens`/`targetStart` (the last
+ * step) the target's verification forward, `[seq[b, pos − 1], x_1 .. x_γ]` at pos − 1, for
+ * every row.
+ *
+ * @param gpu the runtime
+ * @param args `logits (B, n, V)`, `state` (pos read), `q (B, gamma, V)` and `draft (B, gamma)`
+ *   out, either `feedTokens (B)`/`feedStart (B)` u32 out or `targetTokens (B, gamma + 1)`/
+ *   `targetStart (B)` u32 out, `n` (1 or 2), `i`, `gamma`, `seed` and the sampling options
+ * @returns the dispatch
+ * @throws Error unless exactly one of the two feeds is given
+ */
+export function draftStepKernel(
+  gpu: Gpu,
+  args: SamplingOptions & {
+    logits: GPUBuffer;
+    state: GPUBuffer;
+    layout: StateLayout;
+    q: GPUBuffer;
+    draft: GPUBuffer;
+    feedTokens?: GPUBuffer;
+    feedStart?: GPUBuffer;
+    targetTokens?: GPUBuffer;
+    targetStart?: GPUBuffer;
+    n: number;
+    i: number;
+    gamma: number;
+    seed: number;
+  },
+): Dispatch {
+  const toDraft = !!(args.feedTokens && args.feedStart);
+  const toTarget = !!(args.targetTokens && args.targetStart);
+  if (toDraft === toTarget) {
+    throw new Error(
+      "specdec: draftStepKernel needs exactly one feed: feedTokens and feedStart (the next " +
+        "draft forward) or targetTokens and targetStart (the verification forward)",
+    );
+  }
+  const wg = samplingWorkgroupSize(args.numTokens, gpu.isSoftware);
+  const { B, L, seqOff } = layoutParams(args.layout);
+  const common = { logits: args.logits, state: args.state, q: args.q, draft: args.draft };
+  return gpu.kernel({
+    label: `draft step ${args.i} sample (${args.layout.batch}, ${args.numTokens})`,
+    code: toDraft ? draftStepFeedDraftCode(wg) : draftStepFeedTargetCode(wg),
+    params: {
+      ...samplingParams(args),
+      B,
+      L,
+      seqOff,
+      n: args.n,
+      ...seedParams(args.seed),
+      i: args.i,
+      gamma: args.gamma,
+    },
+    buffers: toDraft
+      ? { ...common, feedTokens: args.feedTokens!, feedStart: args.feedStart! }
+      : { ...common, targetTokens: args.targetTokens!, targetStart: args.targetStart! },
+    workgroups: args.layout.batch,
+  });
+}

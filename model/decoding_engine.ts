@@ -1,0 +1,228 @@
+/**
+ * The decoding engine shared by base and speculative decoding: a decode ready to run (its state
+ * buffer and the fixed dispatches of the prefill and of one step), the host loop that runs it in
+ * chunks of steps with one readback per chunk, and the pieces both engine builders use.
+ *
+ * @module
+ */
+import type { Dispatch, Gpu } from "../kernels/gpu.ts";
+import { seqFeedKernel, type StateLayout, stateOffsets } from "../kernels/decode_state.ts";
+import type { Decoder } from "./decoder.ts";
+import type { KVCache } from "./kv_cache.ts";
+import { type DecodingOptions, integerOption } from "./decoding_options.ts";
+import type { DecodingResult } from "./decoding_results.ts";
+
+/** A named, consecutive part of a decode step (for profiles). */
+export interface StepPart {
+  /** What the part computes, e.g. `"draft forward n=1"` or `"accept"`. */
+  name: string;
+  /** Its dispatches, in order. */
+  dispatches: Dispatch[];
+}
+
+/**
+ * A decode ready to run: its state buffer and the fixed dispatches of the prefill and of one
+ * step. {@link baseDecoding} and {@link speculativeDecoding} build one, run it and destroy it;
+ * profiles (bench/profile_decoding.ts) encode its parts themselves.
+ */
+export interface DecodingEngine {
+  /** The runtime. */
+  gpu: Gpu;
+  /** Label of its submissions. */
+  label: string;
+  /** Where pos, stats and seq live in `state`. */
+  layout: StateLayout;
+  /** Prompt length P. */
+  promptLen: number;
+  /** The state buffer `[pos (B) | stats (B, W) | seq (B, L)]` u32. */
+  state: GPUBuffer;
+  /** Dispatches run once before the first step (the prompt's prefill). */
+  prefill: Dispatch[];
+  /** Dispatches of one decode step: the concatenation of `parts`. */
+  step: Dispatch[];
+  /** The step's parts, in order. */
+  parts: StepPart[];
+  /** Most tokens a row can gain in one step (1, or gamma + 1). */
+  maxRate: number;
+  /** Frees the state and scratch buffers and releases the KV caches. */
+  destroy(): void;
+}
+
+/** What {@link runEngine} measured. */
+export interface EngineRun {
+  tokens: number[][];
+  rowSteps: number[];
+  stats: Uint32Array;
+  stepsEncoded: number;
+  readbacks: number;
+  submits: number;
+  dispatches: number;
+  gpuMs?: number;
+}
+
+/**
+ * The host loop: submits chunks of steps, reads the state back once per chunk while the next
+ * chunk runs, and stops when every row reached seqLen. Chunk sizes come from each row's observed
+ * tokens per step, so little work runs after the last row finishes.
+ */
+async function runEngine(e: DecodingEngine, options: DecodingOptions): Promise<EngineRun> {
+  const { gpu, layout, promptLen: P } = e;
+  const { batch: B, seqLen: L, statsWidth: W } = layout;
+  const off = stateOffsets(layout);
+  const N = L - P;
+  const maxChunk = integerOption("chunkSteps", options.chunkSteps ?? 128, 1);
+  const readbacks0 = gpu.readbacks;
+  let encoded = 0, submits = 0, dispatches = 0;
+  // the last state read back, and how many steps had been encoded when it was captured
+  let pos = new Array<number>(B).fill(P);
+  let rowSteps = new Array<number>(B).fill(0);
+  let knownAt = 0;
+  let words: Uint32Array | undefined;
+  const pending: { words: Promise<Uint32Array>; at: number }[] = [];
+
+  const submit = (steps: number, first: Dispatch[] = []) => {
+    const list: Dispatch[] = [...first];
+    for (let s = 0; s < steps; s++) list.push(...e.step);
+    gpu.run(`${e.label} ${steps} steps`, list, options.timer);
+    submits++;
+    dispatches += list.length;
+    encoded += steps;
+    // the copy is queued now, behind this chunk and ahead of any later one
+    pending.push({ words: gpu.readU32(e.state), at: encoded });
+  };
+
+  // Steps still needed after everything encoded so far, estimated from the last known state.
+  const stepsNeeded = (): number => {
+    const ahead = encoded - knownAt;
+    let need = 0;
+    for (let b = 0; b < B; b++) {
+      const rem = L - pos[b];
+      if (rem <= ahead) continue; // done even at one token per step
+      const rate = rowSteps[b] > 0 ? Math.max(1, (pos[b] - P) / rowSteps[b]) : e.maxRate;
+      need = Math.max(need, Math.ceil((rem - rate * ahead) / rate));
+    }
+    return Math.min(need, maxChunk, N - encoded); // N steps always suffice
+  };
+
+  submit(Math.min(maxChunk, Math.ceil(N / e.maxRate)), e.prefill);
+  const seen = new Array<number>(B).fill(P);
+  while (true) {
+    // keep the GPU busy while this chunk's readback travels
+    if (pending.length < 2) {
+      const c = stepsNeeded();
+      if (c > 0) submit(c);
+    }
+    const next = pending.shift()!;
+    words = await next.words;
+    knownAt = next.at;
+    pos = Array.from(words.subarray(off.pos, off.pos + B));
+    rowSteps = Array.from({ length: B }, (_, b) => words![off.stats + b * W]);
+    if (options.onTokens) {
+      const rows = pos.map((p, b) =>
+        Array.from(words!.subarray(off.seq + b * L + seen[b], off.seq + b * L + p))
+      );
+      if (rows.some((r) => r.length > 0)) options.onTokens(rows);
+      pos.forEach((p, b) => seen[b] = p);
+    }
+    if (pos.every((p) => p >= L)) break;
+    if (pending.length === 0) submit(Math.max(1, stepsNeeded()));
+  }
+  await Promise.all(pending.map((p) => p.words)); // leftover chunks only idled
+  const readbacks = gpu.readbacks - readbacks0;
+  const gpuMs = options.timer ? await options.timer.read() : undefined;
+  const final = words!;
+  return {
+    tokens: Array.from(
+      { length: B },
+      (_, b) => Array.from(final.subarray(off.seq + b * L + P, off.seq + (b + 1) * L)),
+    ),
+    rowSteps,
+    stats: final.slice(off.stats, off.seq),
+    stepsEncoded: encoded,
+    readbacks,
+    submits,
+    dispatches,
+    gpuMs,
+  };
+}
+
+/** The initial state: pos = prompt length, stats 0, seq = prompt then zeros. */
+export function initialState(
+  gpu: Gpu,
+  layout: StateLayout,
+  prompt: number[][],
+  label: string,
+): GPUBuffer {
+  const o = stateOffsets(layout);
+  const s = new Uint32Array(o.words);
+  prompt.forEach((row, b) => {
+    s[o.pos + b] = row.length;
+    s.set(row, o.seq + b * layout.seqLen);
+  });
+  return gpu.upload(`${label} state [pos (B) | stats (B, W) | seq (B, L)] u32`, s);
+}
+
+/** Prefill dispatches: the first P − 1 prompt tokens of each row at start 0 (none when P = 1). */
+export function prefillDispatches(
+  model: Decoder,
+  cache: KVCache,
+  state: GPUBuffer,
+  layout: StateLayout,
+  P: number,
+): Dispatch[] {
+  if (P < 2) return [];
+  const plan = model.forwardPlan(cache, P - 1);
+  return [
+    seqFeedKernel(model.gpu, {
+      state,
+      layout,
+      tokens: plan.tokens,
+      start: plan.start,
+      n: P - 1,
+      back: P,
+    }),
+    ...plan.dispatches,
+  ];
+}
+
+/**
+ * Builds an engine inside an error scope, runs it, frees it, and assembles the result fields both
+ * decoders share (`extra` adds the rest from the same run).
+ */
+export async function decode<T extends DecodingResult>(
+  label: string,
+  gpu: Gpu,
+  seqLen: number,
+  options: DecodingOptions,
+  makeEngine: () => DecodingEngine,
+  extra: (e: DecodingEngine, run: EngineRun) => Omit<T, keyof DecodingResult>,
+): Promise<T> {
+  const t0 = performance.now();
+  let engine: DecodingEngine | undefined;
+  try {
+    const run = await gpu.scoped(label, () => runEngine(engine = makeEngine(), options));
+    const P = engine!.promptLen, generated = engine!.layout.batch * (seqLen - P);
+    return {
+      tokens: run.tokens,
+      steps: Math.max(...run.rowSteps),
+      stepsEncoded: run.stepsEncoded,
+      targetForwards: run.stepsEncoded + (P > 1 ? 1 : 0),
+      readbacks: run.readbacks,
+      readbacksPerToken: run.readbacks / generated,
+      submits: run.submits,
+      dispatches: run.dispatches,
+      generated,
+      gpuMs: run.gpuMs,
+      wallMs: performance.now() - t0,
+      ...extra(engine!, run),
+    } as T;
+  } finally {
+    engine?.destroy();
+  }
+}
+
+/** Collects destructors; runs them (in order) on `destroy`. */
+export function cleanupList(): { add: (f: () => void) => void; run: () => void } {
+  const fs: (() => void)[] = [];
+  return { add: (f) => void fs.push(f), run: () => fs.splice(0).forEach((f) => f()) };
+}

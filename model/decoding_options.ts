@@ -1,0 +1,134 @@
+/**
+ * The options of {@link "./decoding.ts" | baseDecoding} and speculativeDecoding and their
+ * validation (every bad value throws an error naming it before anything touches the GPU).
+ *
+ * @module
+ */
+import type { GpuTimer } from "../kernels/timer.ts";
+import { seedWords, validateSampling } from "../kernels/sampling.ts";
+import { type Decoder, validateTokens } from "./decoder.ts";
+
+/** Options shared by {@link baseDecoding} and {@link speculativeDecoding}. */
+export interface DecodingOptions {
+  /** Softmax temperature ≥ 0; 0 is greedy (argmax) everywhere. Default 1. */
+  temperature?: number;
+  /** Top-k threshold in [0, 1): keeps ceil((1 − filterThres) · numTokens) logits. Default 0.9. */
+  filterThres?: number;
+  /** Seed of the GPU's counter-based generator: same seed, same output. Default 0. */
+  seed?: number;
+  /** Most decode steps per submission (default 128: at most one readback per 128 steps). */
+  chunkSteps?: number;
+  /** Called once per chunk with each row's new tokens (empty rows when a row had none). */
+  onTokens?: (rows: number[][]) => void;
+  /** Adds the GPU time of every submission; the result's `gpuMs` reads it. */
+  timer?: GpuTimer;
+}
+
+/** Options of {@link speculativeDecoding}. */
+export interface SpeculativeOptions extends DecodingOptions {
+  /** Draft tokens per step, an integer ≥ 1. Default 5. */
+  gamma?: number;
+  /** Acceptance lenience > 0: accept while r ≤ p / (lenience · q). 1 (default) keeps the target's law. */
+  lenience?: number;
+}
+
+/** Checks an option is an integer ≥ min. */
+export function integerOption(name: string, v: number, min: number): number {
+  if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
+    throw new Error(`specdec: ${name} must be an integer ≥ ${min}, got ${v}`);
+  }
+  return v;
+}
+
+/** Validates the prompt and seqLen against a model; returns batch and prompt length. */
+export function validatePrompt(
+  model: Decoder,
+  prompt: number[][],
+  seqLen: number,
+  maxSeqLen: number,
+): { B: number; P: number } {
+  const { batch, n } = validateTokens(prompt, model.config.numTokens, maxSeqLen, "prompt");
+  integerOption("seqLen", seqLen, 1);
+  if (n >= seqLen) {
+    throw new Error(
+      `specdec: the prompt has ${n} tokens, so seqLen (which counts the prompt) must be more than ` +
+        `${n}; got ${seqLen}`,
+    );
+  }
+  if (seqLen > maxSeqLen) {
+    throw new Error(`specdec: seqLen ${seqLen} is over the model's maxSeqLen ${maxSeqLen}`);
+  }
+  return { B: batch, P: n };
+}
+
+/** The sampling options of a decode, with their defaults, after validation. */
+export interface ResolvedSampling {
+  /** Softmax temperature (default 1). */
+  temperature: number;
+  /** Top-k threshold (default 0.9). */
+  filterThres: number;
+  /** Philox seed (default 0). */
+  seed: number;
+}
+
+/**
+ * Validates the options and prompt of a base decode.
+ *
+ * @param model the model
+ * @param prompt a batch of equal-length rows of tokens
+ * @param seqLen total length, prompt included
+ * @param options the decode's options
+ * @returns the sampling options with their defaults, batch B and prompt length P
+ * @throws Error naming the bad option or input
+ */
+export function validateBase(
+  model: Decoder,
+  prompt: number[][],
+  seqLen: number,
+  options: DecodingOptions,
+): ResolvedSampling & { B: number; P: number } {
+  const { temperature = 1, filterThres = 0.9, seed = 0 } = options;
+  validateSampling(temperature, filterThres);
+  seedWords(seed);
+  const { B, P } = validatePrompt(model, prompt, seqLen, model.config.maxSeqLen);
+  return { temperature, filterThres, seed, B, P };
+}
+
+/**
+ * Validates the options, models and prompt of a speculative decode.
+ *
+ * @param target the large model
+ * @param draft the small model
+ * @param prompt a batch of equal-length rows of tokens
+ * @param seqLen total length, prompt included
+ * @param options the decode's options
+ * @returns the options with their defaults, batch B and prompt length P
+ * @throws Error naming the bad option or input
+ */
+export function validateSpeculative(
+  target: Decoder,
+  draft: Decoder,
+  prompt: number[][],
+  seqLen: number,
+  options: SpeculativeOptions,
+): ResolvedSampling & { gamma: number; lenience: number; B: number; P: number } {
+  const { temperature = 1, filterThres = 0.9, seed = 0, lenience = 1, gamma = 5 } = options;
+  integerOption("gamma", gamma, 1);
+  validateSampling(temperature, filterThres);
+  if (typeof lenience !== "number" || !Number.isFinite(lenience) || lenience <= 0) {
+    throw new Error(`specdec: lenience must be a finite number > 0, got ${lenience}`);
+  }
+  seedWords(seed);
+  if (target.config.numTokens !== draft.config.numTokens) {
+    throw new Error(
+      `specdec: target and draft must share the vocabulary; target has numTokens ` +
+        `${target.config.numTokens}, draft ${draft.config.numTokens}`,
+    );
+  }
+  if (target.gpu !== draft.gpu) {
+    throw new Error("specdec: target and draft must be on the same Gpu");
+  }
+  const maxSeqLen = Math.min(target.config.maxSeqLen, draft.config.maxSeqLen);
+  const { B, P } = validatePrompt(target, prompt, seqLen, maxSeqLen);
+  return { temperature, filterThres, seed, gamma, lenience, B, P };
+}
