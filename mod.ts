@@ -17,8 +17,8 @@
  *
  * @module
  */
-export { type Dispatch, f32bits, Gpu, requestGpu } from "./kernels/gpu.ts";
-export type { LegacyKernelSpec, PassTimer, RequestGpuOptions } from "./kernels/gpu.ts";
+export { type Dispatch, Gpu, requestGpu } from "./kernels/gpu.ts";
+export type { PassTimer, RequestGpuOptions } from "./kernels/gpu.ts";
 export type { KernelSpec } from "./kernels/bindings.ts";
 export { GpuTimer } from "./kernels/timer.ts";
 export {

@@ -41,28 +41,6 @@ export interface PassTimer {
   resolve(enc: GPUCommandEncoder): void;
 }
 
-/**
- * The old positional form of {@link KernelSpec} (buffers in binding order, params as u32 words),
- * kept only while kernels move to names; not part of the public API.
- */
-export interface LegacyKernelSpec {
-  /** Label. */
-  label: string;
-  /** WGSL source. */
-  code: string;
-  /** Storage buffers in binding order (after the uniform at 0, if params are given). */
-  buffers: GPUBuffer[];
-  /** Uniform words. */
-  params?: ArrayLike<number>;
-  /** Workgroup counts. */
-  workgroups: number | [number, number, number];
-}
-
-/** The bits of a float32 as a u32, for passing floats through u32 uniform words. */
-export function f32bits(x: number): number {
-  return new Uint32Array(new Float32Array([x]).buffer)[0];
-}
-
 /** Splits a 1-D workgroup count over x and y so neither exceeds the device limit (65535). */
 export function grid(count: number, limit = 65535): [number, number, number] {
   if (count <= limit) return [Math.max(1, count), 1, 1];
@@ -280,39 +258,7 @@ export class Gpu {
    * @throws Error naming the kernel and the names when `buffers` or `params` do not match the
    *   shader's declarations exactly
    */
-  kernel(spec: KernelSpec | LegacyKernelSpec): Dispatch {
-    if (Array.isArray(spec.buffers)) return this.#legacyKernel(spec as LegacyKernelSpec);
-    return this.#namedKernel(spec as KernelSpec);
-  }
-
-  /** The transition path: buffers and u32 param words by position (removed once unused). */
-  #legacyKernel(spec: LegacyKernelSpec): Dispatch {
-    const pipeline = this.pipeline(spec.label, spec.code);
-    const entries: GPUBindGroupEntry[] = [];
-    let binding = 0;
-    if (spec.params) {
-      const words = new Uint32Array(Math.max(4, Math.ceil(spec.params.length / 4) * 4));
-      words.set(Array.from(spec.params, (v) => v >>> 0));
-      const u = this.buffer(`${spec.label} params`, words.byteLength, 0x40 | 0x8); // UNIFORM|COPY_DST
-      this.device.queue.writeBuffer(u, 0, words);
-      entries.push({ binding: binding++, resource: { buffer: u } });
-    }
-    for (const b of spec.buffers) entries.push({ binding: binding++, resource: { buffer: b } });
-    const bindGroup = this.device.createBindGroup({
-      label: spec.label,
-      layout: pipeline.getBindGroupLayout(0),
-      entries,
-    });
-    const w = spec.workgroups;
-    return {
-      label: spec.label,
-      pipeline,
-      bindGroup,
-      workgroups: typeof w === "number" ? grid(w) : w,
-    };
-  }
-
-  #namedKernel(spec: KernelSpec): Dispatch {
+  kernel(spec: KernelSpec): Dispatch {
     const iface = shaderInterface(spec.label, spec.code);
     checkNames(spec.label, "buffers:", [...iface.storages.keys()], Object.keys(spec.buffers));
     const entries: GPUBindGroupEntry[] = [];
