@@ -16,9 +16,9 @@
  * while after unrolling every index is a constant and the array lives in registers. Measured on
  * the register-tile GEMM (16×8 tile, 512³): the same WGSL ran 1.4× slower with its loops left
  * in (an earlier GEMM ran ~3× faster with named vec4 registers than with an indexed private
- * array). Substituting the value (rather than declaring
- * `let i = 0u;` per block) keeps the compile time of the old hand-unrolled kernels: the indices
- * are folded in the WGSL front end. So: only loops over register arrays.
+ * array). Substituting the value (rather than declaring `let i = 0u;` per block) keeps the
+ * compile time of the old hand-unrolled kernels: the indices are folded in the WGSL front end.
+ * So: only loops over register arrays.
  *
  * @module
  */
