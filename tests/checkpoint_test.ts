@@ -47,7 +47,7 @@ Deno.test("readSafetensors() reports bad dtypes, shapes and offsets", () => {
   const data = new Uint8Array(16);
   throws(
     () => readSafetensors(raw({ w: { dtype: "I64", shape: [2], data_offsets: [0, 16] } }, data)),
-    /tensor "w" has dtype I64; supported: F32, F16, BF16, F64/,
+    /tensor "w" has dtype "I64" \(not read by specdec\); supported: F32, F16, BF16, F64/,
   );
   throws(
     () => readSafetensors(raw({ w: { dtype: "F32", shape: [2, -1], data_offsets: [0, 8] } }, data)),
