@@ -288,7 +288,11 @@ function mutate(base: Uint8Array, r: () => number): Mutant {
     case 17: { // valid rewrites: keys reordered, whitespace inside, longer padding, unknown field
       const keys = Object.keys(header);
       const shuffled: Record<string, unknown> = {};
-      for (const k of keys.sort(() => r() - 0.5)) shuffled[k] = header[k];
+      for (let k = keys.length - 1; k > 0; k--) { // Fisher–Yates (sort() with a random comparator is not reproducible)
+        const j = int(k + 1);
+        [keys[k], keys[j]] = [keys[j], keys[k]];
+      }
+      for (const k of keys) shuffled[k] = header[k];
       (shuffled[name] as Record<string, unknown>).note = "ignored";
       const json = JSON.stringify(shuffled, null, int(3)) + " ".repeat(int(20));
       return { bytes: assemble(json, data), kind: "valid rewrite", mustReject: false };
