@@ -37,6 +37,7 @@ export { type LayerWeights, type ModelWeights } from "./model/params.ts";
 export { KVCache } from "./model/kv_cache.ts";
 export { CachePool, type PooledCache } from "./model/cache_pool.ts";
 export {
+  type CheckpointOptions,
   readSafetensors,
   type Safetensors,
   type Tensor,

@@ -195,21 +195,25 @@ export class Gpu {
    * @param label buffer label (shape in the label helps: `"x (B, T, C)"`)
    * @param bytes size in bytes (rounded up to a multiple of 4, at least 4)
    * @param usage GPUBufferUsage flags
+   * @param hint what shrinks this buffer, for the too-large error (e.g. "use a smaller batch or
+   *   sequence length" for activations, "the model is too large for this device" for a weight);
+   *   without it the error names the buffer and the limit only
    * @returns the buffer
+   * @throws Error naming the buffer, its size and the device limit it exceeds
    */
-  buffer(label: string, bytes: number, usage: number = STORAGE): GPUBuffer {
+  buffer(label: string, bytes: number, usage: number = STORAGE, hint?: string): GPUBuffer {
     const size = Math.max(4, Math.ceil(bytes / 4) * 4);
+    const advice = hint ? `; ${hint}` : "";
     if (size > this.device.limits.maxBufferSize) {
       throw new Error(
         `specdec: buffer "${label}" needs ${size} bytes, over the device's maxBufferSize ` +
-          `${this.device.limits.maxBufferSize}`,
+          `${this.device.limits.maxBufferSize}${advice}`,
       );
     }
     if ((usage & 0x80) && size > this.device.limits.maxStorageBufferBindingSize) {
       throw new Error(
         `specdec: buffer "${label}" needs ${size} bytes, over the device's storage binding limit ` +
-          `maxStorageBufferBindingSize ${this.device.limits.maxStorageBufferBindingSize}; ` +
-          `use a smaller batch or sequence length`,
+          `maxStorageBufferBindingSize ${this.device.limits.maxStorageBufferBindingSize}${advice}`,
       );
     }
     this.buffersCreated++;
@@ -222,14 +226,16 @@ export class Gpu {
    * @param label buffer label
    * @param data initial contents
    * @param usage GPUBufferUsage flags
+   * @param hint what shrinks this buffer, for the too-large error (see {@link Gpu.buffer})
    * @returns the buffer
    */
   upload(
     label: string,
     data: Float32Array<ArrayBuffer> | Uint32Array<ArrayBuffer> | Int32Array<ArrayBuffer>,
     usage: number = STORAGE,
+    hint?: string,
   ): GPUBuffer {
-    const b = this.buffer(label, data.byteLength, usage);
+    const b = this.buffer(label, data.byteLength, usage, hint);
     if (data.byteLength > 0) this.device.queue.writeBuffer(b, 0, data);
     return b;
   }

@@ -1,223 +1,46 @@
 /**
- * safetensors reading and writing (float32 little-endian out; F32, F16, BF16 and F64 in), with
- * errors that name the file, the tensor and the limit.
+ * Model checkpoints: safetensors files (see safetensors.ts, re-exported here) with the reference's
+ * PyTorch state_dict names (see params.ts). {@link readModelCheckpoint} and
+ * {@link writeModelCheckpoint} convert between such a file and a config plus parameter values.
  *
- * Format: an 8-byte little-endian header length N, N bytes of JSON
- * `{ name: { dtype, shape, data_offsets: [begin, end] }, "__metadata__"?: {…} }`, then the data;
- * offsets count from the end of the header.
- *
- * A model checkpoint is such a file with the reference's PyTorch state_dict names (see params.ts);
- * {@link readModelCheckpoint} and {@link writeModelCheckpoint} convert between it and a config plus
- * parameter values.
+ * Loading is strict: the file must be a valid safetensors file, every parameter present with its
+ * shape and nothing else, every weight finite (unless `allowNonFinite`), and the config must
+ * follow from the file without guessing: `dimHead` comes from `rotary_emb.inv_freq`, the caller's
+ * `heads`/`dimHead`, or the `specdec` metadata this library writes; when none is there and the
+ * shapes allow more than one heads × dimHead split, loading is refused with the possible splits.
  *
  * @module
  */
 import { type FullDecoderConfig, resolveConfig } from "./config.ts";
 import { layerWeightName, modelWeightName, paramSpecs, ROTARY_INV_FREQ } from "./params.ts";
+import { describeValue, readSafetensors, type Tensor, writeSafetensors } from "./safetensors.ts";
 
-/** A float32 tensor with its shape. */
-export interface Tensor {
-  /** Dimensions, outermost first (torch order). */
-  shape: number[];
-  /** Row-major values. */
-  data: Float32Array;
-}
+export {
+  MAX_HEADER_BYTES,
+  readSafetensors,
+  type Safetensors,
+  type Tensor,
+  writeSafetensors,
+} from "./safetensors.ts";
 
-/** A parsed safetensors file. */
-export interface Safetensors {
-  /** Tensors by name, converted to float32. */
-  tensors: Map<string, Tensor>;
-  /** The `__metadata__` string map (empty when absent). */
-  metadata: Record<string, string>;
-}
-
-const DTYPE_BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2, F64: 8 };
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
-// one shared word to reinterpret a bfloat16 (the top half of a float32) without allocating
-const bf16Bits = new Uint32Array(1);
-const bf16Value = new Float32Array(bf16Bits.buffer);
-
-function f16ToF32(h: number): number {
-  const s = h & 0x8000 ? -1 : 1;
-  const e = (h >> 10) & 0x1f;
-  const f = h & 0x3ff;
-  if (e === 0) return s * f * 2 ** -24;
-  if (e === 31) return f ? NaN : s * Infinity;
-  return s * (1 + f / 1024) * 2 ** (e - 15);
-}
-
-/**
- * Parses a safetensors file.
- *
- * @param bytes the whole file
- * @param source a name for error messages (a path, or "checkpoint")
- * @returns tensors (as float32) and metadata
- * @throws Error naming the source and the problem: truncated file, bad JSON, unknown dtype,
- *   offsets out of range or overlapping, shape/size mismatch
- * @example
- * ```ts
- * import { readSafetensors, writeSafetensors } from "@x/specdec";
- * const bytes = writeSafetensors({ w: { shape: [2], data: new Float32Array([1, 2]) } });
- * console.log(readSafetensors(bytes).tensors.get("w")?.data); // Float32Array [1, 2]
- * ```
- */
-export function readSafetensors(bytes: Uint8Array, source = "checkpoint"): Safetensors {
-  const fail = (msg: string): never => {
-    throw new Error(`specdec: ${source} is not a valid safetensors file: ${msg}`);
-  };
-  if (!(bytes instanceof Uint8Array)) fail("expected the file's bytes as a Uint8Array");
-  if (bytes.byteLength < 8) {
-    fail(`only ${bytes.byteLength} bytes; the 8-byte header length is missing`);
-  }
-  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const headerLen = Number(view.getBigUint64(0, true));
-  if (headerLen > bytes.byteLength - 8) {
-    fail(`header length ${headerLen} runs past the end of the file (${bytes.byteLength} bytes)`);
-  }
-  let header: Record<string, unknown>;
-  try {
-    header = JSON.parse(
-      new TextDecoder("utf-8", { fatal: true }).decode(bytes.subarray(8, 8 + headerLen)),
-    );
-  } catch (e) {
-    return fail(`header is not valid JSON (${(e as Error).message})`);
-  }
-  if (header === null || typeof header !== "object" || Array.isArray(header)) {
-    fail("header is not a JSON object");
-  }
-  const dataStart = 8 + headerLen;
-  const dataLen = bytes.byteLength - dataStart;
-  const metadata: Record<string, string> = {};
-  const ranges: [number, number, string][] = [];
-  const tensors = new Map<string, Tensor>();
-  for (const [name, raw] of Object.entries(header)) {
-    if (name === "__metadata__") {
-      if (raw && typeof raw === "object") {
-        for (const [k, v] of Object.entries(raw)) metadata[k] = String(v);
-      }
-      continue;
-    }
-    const info = raw as { dtype?: unknown; shape?: unknown; data_offsets?: unknown };
-    if (!info || typeof info !== "object") fail(`tensor "${name}" has no description`);
-    const dtype = String(info.dtype);
-    const width = DTYPE_BYTES[dtype];
-    if (!width) {
-      fail(
-        `tensor "${name}" has dtype ${dtype}; supported: ${Object.keys(DTYPE_BYTES).join(", ")}`,
-      );
-    }
-    const shape = info.shape;
-    if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
-      fail(`tensor "${name}" has an invalid shape ${JSON.stringify(shape)}`);
-    }
-    const offs = info.data_offsets;
-    if (
-      !Array.isArray(offs) || offs.length !== 2 || !offs.every((o) => Number.isInteger(o) && o >= 0)
-    ) fail(`tensor "${name}" has invalid data_offsets ${JSON.stringify(offs)}`);
-    const [begin, end] = offs as [number, number];
-    if (begin > end || end > dataLen) {
-      fail(
-        `tensor "${name}" data_offsets [${begin}, ${end}] are out of range (data is ${dataLen} bytes)`,
-      );
-    }
-    const count = (shape as number[]).reduce((a, b) => a * b, 1);
-    if (count * width !== end - begin) {
-      fail(
-        `tensor "${name}" of shape [${shape}] and dtype ${dtype} needs ${count * width} bytes, ` +
-          `its data_offsets span ${end - begin}`,
-      );
-    }
-    ranges.push([begin, end, name]);
-    const at = dataStart + begin;
-    let data: Float32Array;
-    if (dtype === "F32" && LITTLE_ENDIAN) {
-      // bulk copy (the offset need not be 4-aligned in the file, so copy the bytes first)
-      data = new Float32Array(bytes.slice(at, at + 4 * count).buffer);
-      tensors.set(name, { shape: shape as number[], data });
-      continue;
-    }
-    data = new Float32Array(count);
-    for (let i = 0; i < count; i++) {
-      switch (dtype) {
-        case "F32":
-          data[i] = view.getFloat32(at + 4 * i, true);
-          break;
-        case "F64":
-          data[i] = view.getFloat64(at + 8 * i, true);
-          break;
-        case "F16":
-          data[i] = f16ToF32(view.getUint16(at + 2 * i, true));
-          break;
-        case "BF16":
-          bf16Bits[0] = view.getUint16(at + 2 * i, true) << 16;
-          data[i] = bf16Value[0];
-          break;
-      }
-    }
-    tensors.set(name, { shape: shape as number[], data });
-  }
-  ranges.sort((a, b) => a[0] - b[0]);
-  for (let i = 1; i < ranges.length; i++) {
-    if (ranges[i][0] < ranges[i - 1][1]) {
-      fail(`tensors "${ranges[i - 1][2]}" and "${ranges[i][2]}" overlap in the data section`);
-    }
-  }
-  return { tensors, metadata };
-}
-
-/**
- * Serialises float32 tensors as safetensors (F32, little-endian, header padded to 8 bytes).
- *
- * @param tensors tensors by name
- * @param metadata optional `__metadata__` strings
- * @returns the file's bytes
- * @example
- * ```ts
- * import { writeSafetensors } from "@x/specdec";
- * const bytes = writeSafetensors({ w: { shape: [2, 1], data: new Float32Array([1, 2]) } });
- * await Deno.writeFile("w.safetensors", bytes);
- * ```
- */
-export function writeSafetensors(
-  tensors: Record<string, Tensor>,
-  metadata?: Record<string, string>,
-): Uint8Array<ArrayBuffer> {
-  const header: Record<string, unknown> = {};
-  if (metadata && Object.keys(metadata).length) header.__metadata__ = metadata;
-  let offset = 0;
-  const names = Object.keys(tensors).sort();
-  for (const name of names) {
-    const t = tensors[name];
-    const count = t.shape.reduce((a, b) => a * b, 1);
-    if (count !== t.data.length) {
-      throw new Error(
-        `specdec: tensor "${name}" has shape [${t.shape}] (${count} values) but ${t.data.length} values`,
-      );
-    }
-    header[name] = { dtype: "F32", shape: t.shape, data_offsets: [offset, offset + 4 * count] };
-    offset += 4 * count;
-  }
-  let json = new TextEncoder().encode(JSON.stringify(header));
-  const padded = Math.ceil(json.length / 8) * 8;
-  if (padded !== json.length) {
-    const p = new Uint8Array(padded).fill(0x20);
-    p.set(json);
-    json = p;
-  }
-  const out = new Uint8Array(8 + json.length + offset);
-  const view = new DataView(out.buffer);
-  view.setBigUint64(0, BigInt(json.length), true);
-  out.set(json, 8);
-  let at = 8 + json.length;
-  for (const name of names) {
-    const d = tensors[name].data;
-    const bytes = new Uint8Array(d.buffer, d.byteOffset, d.byteLength);
-    // Float32Array is host-endian; WebGPU hosts are little-endian in practice, but be exact:
-    if (LITTLE_ENDIAN) out.set(bytes, at);
-    else for (let i = 0; i < d.length; i++) view.setFloat32(at + 4 * i, d[i], true);
-    at += d.byteLength;
-  }
-  return out;
+/** Options of {@link readModelCheckpoint} (and `Decoder.fromSafetensors`). */
+export interface CheckpointOptions {
+  /** The config's maxSeqLen (default 4096). */
+  maxSeqLen?: number;
+  /** Names the file in errors (default "checkpoint"). */
+  source?: string;
+  /**
+   * Attention heads, for a file without `rotary_emb.inv_freq` and specdec metadata (PyTorch does
+   * not always save that buffer); checked against the file when it has them.
+   */
+  heads?: number;
+  /** Width of each head, as `heads` (give either; the other follows from `to_qkv`). */
+  dimHead?: number;
+  /**
+   * Load weights that are NaN or ±Infinity (with one console.warn naming them) instead of
+   * refusing the file. Default false.
+   */
+  allowNonFinite?: boolean;
 }
 
 /** A model as a checkpoint holds it. */
@@ -231,22 +54,27 @@ export interface ModelCheckpoint {
 }
 
 /**
- * Reads a model checkpoint: safetensors with PyTorch state_dict names (F32, F16 or BF16). The
+ * Reads a model checkpoint: safetensors with PyTorch state_dict names (F32, F16, BF16 or F64). The
  * config is inferred from tensor shapes ({@link inferConfig}); every parameter must be present
- * with its shape, and nothing else.
+ * with its shape, and nothing else; every weight must be finite unless `allowNonFinite`.
  *
  * @param bytes the safetensors file
- * @param options `maxSeqLen` for the config; `source` names the file in errors
+ * @param options `maxSeqLen` for the config; `heads`/`dimHead` for a file that does not say;
+ *   `allowNonFinite`; `source` names the file in errors
  * @returns config, parameter values and rotary frequencies
- * @throws Error naming missing, unexpected or mis-shaped tensors
+ * @throws Error naming the file and the tensor: an invalid file, missing, unexpected, mis-shaped
+ *   or non-finite tensors, a config it cannot infer, or a bad option
  */
 export function readModelCheckpoint(
   bytes: Uint8Array,
-  options: { maxSeqLen?: number; source?: string } = {},
+  options: CheckpointOptions = {},
 ): ModelCheckpoint {
+  if (options === null || typeof options !== "object") {
+    throw new Error(`specdec: checkpoint options must be an object, got ${describeValue(options)}`);
+  }
   const source = options.source ?? "checkpoint";
   const { tensors, metadata } = readSafetensors(bytes, source);
-  const config = inferConfig(tensors, source, options.maxSeqLen, metadata);
+  const config = inferConfig(tensors, source, options.maxSeqLen, metadata, options);
   const expected = paramSpecs(config);
   const known = new Set(expected.map((s) => s.name));
   known.add(ROTARY_INV_FREQ);
@@ -270,7 +98,43 @@ export function readModelCheckpoint(
     }
     values.set(s.name, new Float32Array(t.data));
   }
-  return { config, values, invFreq: tensors.get(ROTARY_INV_FREQ)?.data };
+  const invFreq = tensors.get(ROTARY_INV_FREQ)?.data;
+  checkFinite(source, [...values, ...(invFreq ? [[ROTARY_INV_FREQ, invFreq] as const] : [])], {
+    allow: options.allowNonFinite === true,
+  });
+  return { config, values, invFreq };
+}
+
+/**
+ * Refuses (or, when allowed, warns once about) tensors holding NaN or ±Infinity: such a weight
+ * makes every logit NaN, which no sampler can turn into a token.
+ */
+function checkFinite(
+  source: string,
+  tensors: Iterable<readonly [string, Float32Array]>,
+  { allow }: { allow: boolean },
+): void {
+  const bad: string[] = [];
+  for (const [name, data] of tensors) {
+    let nan = 0, inf = 0;
+    for (let i = 0; i < data.length; i++) {
+      const v = data[i];
+      if (v - v !== 0) Number.isNaN(v) ? nan++ : inf++; // v - v is NaN for NaN and ±Infinity
+    }
+    if (nan || inf) {
+      const what = [nan && `${nan} NaN`, inf && `${inf} ±Infinity`].filter(Boolean).join(" and ");
+      bad.push(`"${name}" (${what} of ${data.length} values)`);
+    }
+  }
+  if (!bad.length) return;
+  const list = `${bad.slice(0, 5).join(", ")}${bad.length > 5 ? ` (+${bad.length - 5} more)` : ""}`;
+  if (!allow) {
+    throw new Error(
+      `specdec: ${source} has non-finite weights in ${list}; refusing to load it ` +
+        `(pass { allowNonFinite: true } to load it anyway)`,
+    );
+  }
+  console.warn(`specdec: warning: ${source} has non-finite weights in ${list}; loading anyway`);
 }
 
 /**
@@ -298,29 +162,81 @@ export function writeModelCheckpoint(
   });
 }
 
+/** The caller's or the file's heads/dimHead, as inferConfig weighs them. */
+interface HeadSplit {
+  heads?: number;
+  dimHead?: number;
+}
+
+/** The `specdec` metadata this library writes (heads, dimHead, ffMult), validated. */
+function savedSplit(source: string, metadata: Record<string, string>): HeadSplit {
+  const raw = metadata.specdec;
+  if (raw === undefined) return {};
+  const bad = (why: string): never => {
+    throw new Error(
+      `specdec: ${source} has invalid "specdec" metadata ${JSON.stringify(raw)}: ${why}`,
+    );
+  };
+  let saved: unknown;
+  try {
+    saved = JSON.parse(raw);
+  } catch {
+    bad("not JSON");
+  }
+  if (saved === null || typeof saved !== "object" || Array.isArray(saved)) {
+    bad(`expected an object like {"heads":4,"dimHead":32}, got ${describeValue(saved)}`);
+  }
+  const out: HeadSplit = {};
+  for (const k of ["heads", "dimHead"] as const) {
+    const v = (saved as Record<string, unknown>)[k];
+    if (v === undefined) continue;
+    if (!Number.isSafeInteger(v) || (v as number) < 1) {
+      bad(`${k} must be a positive integer, got ${describeValue(v)}`);
+    }
+    out[k] = v as number;
+  }
+  return out;
+}
+
 /**
- * Infers a model config from checkpoint tensor shapes: numTokens and dim from the token
- * embedding, depth from the layers present, dimHead from `rotary_emb.inv_freq` (else the metadata
- * specdec writes, else 64), heads from `to_qkv`, ffMult from the first FF projection.
+ * Infers a model config from checkpoint tensor shapes: numTokens from the token embedding (and
+ * the output projection), dim from the tensors that carry it (by majority, so the odd one out is
+ * the one named), depth from the layers present, heads × dimHead from `to_qkv` split by
+ * `rotary_emb.inv_freq`, the caller's `heads`/`dimHead`, or the metadata specdec writes (these
+ * must agree), ffMult from the first FF projection. With none of them, a split is taken only when
+ * it is the only one the shapes allow.
  *
  * @param tensors the checkpoint's tensors
  * @param source names the file in errors
  * @param maxSeqLen the config's maxSeqLen (default 4096)
  * @param metadata the file's `__metadata__`
+ * @param given the caller's `heads` and/or `dimHead`
  * @returns the full config
- * @throws Error naming the tensor whose shape does not fit
+ * @throws Error naming the tensor whose shape does not fit, the sources that disagree, or the
+ *   possible splits and the option that picks one
  */
 export function inferConfig(
   tensors: Map<string, Tensor>,
   source: string,
   maxSeqLen?: number,
   metadata: Record<string, string> = {},
+  given: HeadSplit = {},
 ): FullDecoderConfig {
   const need = (name: string): Tensor => {
     const t = tensors.get(name);
     if (!t) throw new Error(`specdec: ${source} is missing tensor "${name}"`);
     return t;
   };
+  for (const k of ["heads", "dimHead"] as const) {
+    const v = given[k];
+    if (v !== undefined && (!Number.isSafeInteger(v) || v < 1)) {
+      throw new Error(
+        `specdec: option ${k} must be a positive integer, got ${
+          describeValue(v)
+        } (loading ${source})`,
+      );
+    }
+  }
   const embName = modelWeightName("tokenEmbedding");
   const emb = need(embName);
   if (emb.shape.length !== 2) {
@@ -328,33 +244,43 @@ export function inferConfig(
       `specdec: ${source} tensor "${embName}" has shape [${emb.shape}], expected [numTokens, dim]`,
     );
   }
-  const [numTokens, dim] = emb.shape;
+  const numTokens = emb.shape[0];
+  const outName = modelWeightName("logitsWeight");
+  const out = tensors.get(outName);
+  if (out && out.shape.length === 2 && out.shape[0] !== numTokens) {
+    throw new Error(
+      `specdec: ${source} tensor "${embName}" has ${numTokens} rows but "${outName}" has ` +
+        `${out.shape[0]}: both must be numTokens (shapes [${emb.shape}] and [${out.shape}])`,
+    );
+  }
   let depth = 0;
   while (
     tensors.has(layerWeightName(depth, "norm")) || tensors.has(layerWeightName(depth, "qkv"))
   ) depth++;
   const qkvName = layerWeightName(0, "qkv");
   if (depth === 0) throw new Error(`specdec: ${source} has no layers ("${qkvName}" missing)`);
-  const inv = tensors.get(ROTARY_INV_FREQ);
-  // dimHead: from rotary_emb.inv_freq, else from the metadata specdec writes, else the default 64
-  let saved: { dimHead?: number } = {};
-  try {
-    saved = JSON.parse(metadata.specdec ?? "{}");
-  } catch { /* foreign metadata: ignore */ }
-  const dimHead = inv ? 2 * inv.data.length : (saved.dimHead ?? 64);
+  const dim = majorityDim(tensors, depth);
   const qkv = need(qkvName);
-  const inner = qkv.shape[0] / 3;
+  const inner = qkv.shape.length === 2 && qkv.shape[0] % 3 === 0 ? qkv.shape[0] / 3 : NaN;
+  const { dimHead, from } = headWidth(tensors, source, metadata, given, inner, qkvName, dim);
   const heads = inner / dimHead;
-  if (!Number.isInteger(heads) || heads < 1) {
+  if (!Number.isInteger(heads) || heads < 1 || qkv.shape[1] !== dim) {
+    const known = Number.isInteger(dimHead);
     throw new Error(
       `specdec: ${source} tensor "${qkvName}" has shape [${qkv.shape}], which is not ` +
-        `[3·heads·${dimHead}, ${dim}] for dimHead ${dimHead} (from rotary_emb.inv_freq)`,
+        `[3·heads·${known ? dimHead : "dimHead"}, ${dim}]` +
+        (known ? ` for dimHead ${dimHead} (from ${from})` : ""),
+    );
+  }
+  if (dimHead % 2 !== 0) {
+    throw new Error(
+      `specdec: ${source}: dimHead ${dimHead} (from ${from}) is odd; rotary needs an even dimHead`,
     );
   }
   const ffInName = layerWeightName(0, "ffIn");
   const ff = need(ffInName);
   const ffMult = ff.shape[0] / dim;
-  if (!Number.isInteger(ffMult) || ffMult < 1) {
+  if (ff.shape.length !== 2 || !Number.isInteger(ffMult) || ffMult < 1) {
     throw new Error(
       `specdec: ${source} tensor "${ffInName}" has shape [${ff.shape}], not [ffMult·${dim}, ${dim}]`,
     );
@@ -368,4 +294,109 @@ export function inferConfig(
     ffMult,
     maxSeqLen: maxSeqLen ?? 4096,
   });
+}
+
+/**
+ * The model width by majority over every tensor that carries it (ties go to the token
+ * embedding's), so that one mis-shaped tensor is reported by its own name, not its neighbours'.
+ */
+function majorityDim(tensors: Map<string, Tensor>, depth: number): number {
+  const carriers: [string, number, number][] = [ // name, rank, axis holding dim
+    [modelWeightName("tokenEmbedding"), 2, 1],
+    [modelWeightName("logitsWeight"), 2, 1],
+    [modelWeightName("finalNorm"), 1, 0],
+  ];
+  for (let l = 0; l < depth; l++) {
+    carriers.push(
+      [layerWeightName(l, "norm"), 1, 0],
+      [layerWeightName(l, "qkv"), 2, 1],
+      [layerWeightName(l, "attnOut"), 2, 0],
+      [layerWeightName(l, "ffNorm"), 1, 0],
+      [layerWeightName(l, "ffIn"), 2, 1],
+      [layerWeightName(l, "ffOut"), 2, 0],
+      [layerWeightName(l, "ffOutBias"), 1, 0],
+    );
+  }
+  const votes = new Map<number, number>();
+  for (const [name, rank, axis] of carriers) {
+    const t = tensors.get(name);
+    if (t && t.shape.length === rank) votes.set(t.shape[axis], (votes.get(t.shape[axis]) ?? 0) + 1);
+  }
+  let best = tensors.get(carriers[0][0])!.shape[1], most = votes.get(best) ?? 0;
+  for (const [d, n] of votes) if (n > most) best = d, most = n;
+  return best;
+}
+
+/**
+ * dimHead from every source that states it (rotary_emb.inv_freq, the caller, the specdec
+ * metadata), which must agree; else the only even split of `inner` = heads·dimHead, or an error
+ * listing the splits.
+ */
+function headWidth(
+  tensors: Map<string, Tensor>,
+  source: string,
+  metadata: Record<string, string>,
+  given: HeadSplit,
+  inner: number,
+  qkvName: string,
+  dim: number,
+): { dimHead: number; from: string } {
+  const stated: { dimHead: number; from: string }[] = [];
+  const inv = tensors.get(ROTARY_INV_FREQ);
+  if (inv) {
+    if (inv.shape.length !== 1 || inv.shape[0] < 1) {
+      throw new Error(
+        `specdec: ${source} tensor "${ROTARY_INV_FREQ}" has shape [${inv.shape}], expected ` +
+          `[dimHead/2]`,
+      );
+    }
+    stated.push({ dimHead: 2 * inv.shape[0], from: ROTARY_INV_FREQ });
+  }
+  const saved = savedSplit(source, metadata);
+  for (const [split, who] of [[given, "option"], [saved, "specdec metadata"]] as const) {
+    if (split.dimHead !== undefined) {
+      stated.push({ dimHead: split.dimHead, from: `${who} dimHead ${split.dimHead}` });
+    }
+    if (split.heads !== undefined) {
+      if (Number.isInteger(inner) && inner % split.heads !== 0) {
+        throw new Error(
+          `specdec: ${source} tensor "${qkvName}" has shape [${3 * inner}, ${dim}], which is not ` +
+            `[3·${split.heads}·dimHead, ${dim}] for ${who} heads ${split.heads}`,
+        );
+      }
+      stated.push({ dimHead: inner / split.heads, from: `${who} heads ${split.heads}` });
+    }
+  }
+  if (stated.length) {
+    const first = stated[0];
+    const other = stated.find((s) => s.dimHead !== first.dimHead);
+    if (other && Number.isFinite(inner)) {
+      throw new Error(
+        `specdec: ${source}: ${first.from} gives dimHead ${first.dimHead} but ${other.from} ` +
+          `gives ${fmt(other.dimHead)} (with "${qkvName}" of ${3 * inner} rows = 3·heads·dimHead)`,
+      );
+    }
+    return first;
+  }
+  if (!Number.isInteger(inner)) {
+    return { dimHead: NaN, from: "nowhere" }; // the caller reports the shape of to_qkv
+  }
+  const splits: string[] = [];
+  let only = 0;
+  for (let d = 2; d <= inner; d += 2) {
+    if (inner % d === 0) splits.push(`${inner / d}×${d}`), only = d;
+  }
+  if (splits.length === 1) return { dimHead: only, from: `the only split of ${inner}` };
+  throw new Error(
+    `specdec: ${source} has no "${ROTARY_INV_FREQ}" and no specdec metadata, and ` +
+      `"${qkvName}" of shape [${3 * inner}, ${dim}] allows ` +
+      (splits.length
+        ? `${splits.length} heads×dimHead splits: ${splits.join(", ")}; pass { heads } or ` +
+          `{ dimHead } to Decoder.fromSafetensors to choose one`
+        : `no split with an even dimHead (heads·dimHead = ${inner})`),
+  );
+}
+
+function fmt(n: number): string {
+  return Number.isInteger(n) ? String(n) : `${+n.toFixed(3)} (not an integer)`;
 }

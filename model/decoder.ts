@@ -16,7 +16,7 @@ import type { Gpu } from "../kernels/gpu.ts";
 import { type DecoderConfig, type FullDecoderConfig, resolveConfig } from "./config.ts";
 import { KVCache } from "./kv_cache.ts";
 import { initParams, type ModelWeights } from "./params.ts";
-import { readModelCheckpoint, writeModelCheckpoint } from "./checkpoint.ts";
+import { type CheckpointOptions, readModelCheckpoint, writeModelCheckpoint } from "./checkpoint.ts";
 import { ModelState } from "./state.ts";
 import { buildForwardPlan, type ForwardPlan } from "./forward_plan.ts";
 import { buildLossPlan, type LossPlan, nextTokenTargets } from "./loss_plan.ts";
@@ -35,14 +35,28 @@ export interface CreateOptions {
   label?: string;
 }
 
-/** Checks tokens: a non-empty batch of equal-length rows of integers in [0, numTokens). */
+/**
+ * Checks tokens: a non-empty batch of equal-length rows of integers in [0, numTokens).
+ *
+ * @param tokens the batch (anything: it is checked)
+ * @param numTokens the vocabulary size
+ * @param maxSeqLen the longest row accepted
+ * @param what the argument's name in messages ("tokens", "prompt")
+ * @returns the batch size and the row length
+ * @throws Error naming the argument, the row and the position, with the value it got
+ */
 export function validateTokens(
   tokens: number[][],
   numTokens: number,
   maxSeqLen: number,
   what = "tokens",
 ): { batch: number; n: number } {
-  if (!Array.isArray(tokens) || tokens.length === 0) {
+  if (!Array.isArray(tokens)) {
+    throw new Error(
+      `specdec: ${what} must be an array of rows (number[][]), got ${describeInput(tokens)}`,
+    );
+  }
+  if (tokens.length === 0) {
     throw new Error(
       `specdec: ${what} must be a non-empty array of rows (number[][]), got an empty batch`,
     );
@@ -50,7 +64,12 @@ export function validateTokens(
   const n = Array.isArray(tokens[0]) ? tokens[0].length : -1;
   for (let b = 0; b < tokens.length; b++) {
     const row = tokens[b];
-    if (!Array.isArray(row)) throw new Error(`specdec: ${what}[${b}] is not an array of tokens`);
+    if (!Array.isArray(row)) {
+      throw new Error(
+        `specdec: ${what} must be an array of rows (number[][]); ${what}[${b}] is ` +
+          `${describeInput(row)}, not an array of tokens`,
+      );
+    }
     if (row.length !== n) {
       throw new Error(
         `specdec: ${what} rows must all have the same length; row 0 has ${n}, row ${b} has ${row.length}`,
@@ -60,7 +79,10 @@ export function validateTokens(
       const t = row[i];
       if (!Number.isInteger(t) || t < 0 || t >= numTokens) {
         throw new Error(
-          `specdec: ${what}[${b}][${i}] = ${t} is not a token: expected an integer in [0, ${numTokens})`,
+          `specdec: ${what}[${b}][${i}] = ${
+            describeToken(t)
+          } is not a token: expected an integer ` +
+            `in [0, ${numTokens})`,
         );
       }
     }
@@ -72,6 +94,29 @@ export function validateTokens(
     );
   }
   return { batch: tokens.length, n };
+}
+
+/** A value as messages print it: strings quoted, arrays and objects as (clipped) JSON. */
+function describeInput(v: unknown): string {
+  if (typeof v === "string") return `string ${clip(JSON.stringify(v))}`;
+  if (v === null || v === undefined) return String(v);
+  if (typeof v === "object") {
+    let json: string | undefined;
+    try {
+      json = JSON.stringify(v);
+    } catch { /* cyclic: the kind is enough */ }
+    return `${v.constructor?.name ?? "object"}${json === undefined ? "" : ` ${clip(json)}`}`;
+  }
+  return `${typeof v} ${String(v)}`;
+}
+
+/** A token value: numbers as they are, anything else with its kind (strings quoted). */
+function describeToken(t: unknown): string {
+  return typeof t === "number" ? String(t) : describeInput(t);
+}
+
+function clip(s: string, max = 40): string {
+  return s.length > max ? `${s.slice(0, max)}…` : s;
 }
 
 /**
@@ -130,15 +175,20 @@ export class Decoder {
   }
 
   /**
-   * Loads a model from safetensors bytes with PyTorch state_dict names (F32, F16 or BF16). The
-   * config is inferred from tensor shapes; `heads` from `to_qkv` and `dimHead` from
-   * `rotary_emb.inv_freq` (or 64 when absent).
+   * Loads a model from safetensors bytes with PyTorch state_dict names (F32, F16, BF16 or F64),
+   * checking the file strictly (see `readSafetensors`). The config is inferred from tensor
+   * shapes; heads × dimHead split `to_qkv` by `rotary_emb.inv_freq`, the `heads`/`dimHead`
+   * options, or the metadata specdec writes; a file with none of them whose shapes allow several
+   * splits is refused with the list (pass `heads` or `dimHead`). Weights that are NaN or ±Infinity
+   * are refused unless `allowNonFinite` (then one console.warn names them).
    *
    * @param gpu the runtime
    * @param bytes the safetensors file
-   * @param options `maxSeqLen` and a label; `source` names the file in errors
+   * @param options `maxSeqLen`, `heads`, `dimHead`, `allowNonFinite` (see
+   *   {@link CheckpointOptions}) and a buffer label; `source` names the file in errors
    * @returns the model
-   * @throws Error naming missing, unexpected or mis-shaped tensors
+   * @throws Error naming the file and the tensor: an invalid safetensors file, missing,
+   *   unexpected, mis-shaped or non-finite tensors, or a heads × dimHead split it cannot infer
    * @example
    * ```ts
    * import { Decoder, requestGpu } from "@x/specdec";
@@ -149,7 +199,7 @@ export class Decoder {
   static async fromSafetensors(
     gpu: Gpu,
     bytes: Uint8Array,
-    options: { maxSeqLen?: number; label?: string; source?: string } = {},
+    options: CheckpointOptions & { label?: string } = {},
   ): Promise<Decoder> {
     const { config, values, invFreq } = readModelCheckpoint(bytes, options);
     const state = new ModelState(gpu, config, values, invFreq, options.label ?? "decoder");

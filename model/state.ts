@@ -18,6 +18,12 @@ export interface RotaryTables {
   sin: GPUBuffer;
 }
 
+/** The too-large advice for a weight (or its gradient): only a smaller model shrinks it. */
+const WEIGHT_HINT = "a weight this large does not fit this device: use a smaller model " +
+  "(dim, numTokens, heads·dimHead or ffMult)";
+/** The too-large advice for activations, which scale with the batch and the sequence. */
+const ACTIVATION_HINT = "use a smaller batch or sequence length";
+
 /** A model's GPU state: parameters, gradients (on first use), rotary tables, owned buffers. */
 export class ModelState {
   /** The runtime. */
@@ -61,7 +67,8 @@ export class ModelState {
     this.params = new Map();
     for (const spec of paramSpecs(config)) {
       const v = values.get(spec.name)!;
-      this.params.set(spec.name, gpu.upload(`${label} ${spec.name} (${spec.shape.join(", ")})`, v));
+      const name = `${label} ${spec.name} (${spec.shape.join(", ")})`;
+      this.params.set(spec.name, gpu.upload(name, v, undefined, WEIGHT_HINT));
     }
     this.weights = namedWeights(config.depth, (name) => this.params.get(name)!);
   }
@@ -71,10 +78,11 @@ export class ModelState {
    *
    * @param label the buffer's label
    * @param bytes its size
+   * @param hint what shrinks it, for the too-large error (default: a smaller batch or length)
    * @returns the buffer
    */
-  alloc(label: string, bytes: number): GPUBuffer {
-    const b = this.gpu.buffer(label, bytes);
+  alloc(label: string, bytes: number, hint: string = ACTIVATION_HINT): GPUBuffer {
+    const b = this.gpu.buffer(label, bytes, undefined, hint);
     this.#owned.add(b);
     return b;
   }
@@ -84,10 +92,12 @@ export class ModelState {
    *
    * @param label what it holds
    * @param shape its dimensions, outermost first
+   * @param hint what shrinks it, for the too-large error (default: a smaller batch or length)
    * @returns the buffer, labelled `"<label> (<shape>)"`
    */
-  tensor(label: string, shape: number[]): GPUBuffer {
-    return this.alloc(`${label} (${shape.join(", ")})`, shape.reduce((a, b) => a * b, 1) * 4);
+  tensor(label: string, shape: number[], hint?: string): GPUBuffer {
+    const bytes = shape.reduce((a, b) => a * b, 1) * 4;
+    return this.alloc(`${label} (${shape.join(", ")})`, bytes, hint);
   }
 
   /** Gradient buffers by checkpoint name, same shapes as the parameters (allocated on first use). */
@@ -95,7 +105,7 @@ export class ModelState {
     if (!this.#grads) {
       this.#grads = new Map();
       for (const s of paramSpecs(this.config)) {
-        this.#grads.set(s.name, this.tensor(`${this.label} grad ${s.name}`, s.shape));
+        this.#grads.set(s.name, this.tensor(`${this.label} grad ${s.name}`, s.shape, WEIGHT_HINT));
       }
     }
     return this.#grads;

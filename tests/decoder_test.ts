@@ -381,3 +381,164 @@ gpuTest("Decoder.destroy() frees the decode caches it pooled", async (gpu) => {
   gpu.device.queue.writeBuffer(first.cache.layers[0], 0, new Float32Array(4));
   ok(await gpu.device.popErrorScope(), "a pooled cache buffer is still alive after destroy()");
 });
+
+/** The model's checkpoint as PyTorch may save it: without rotary_emb.inv_freq (and specdec's metadata). */
+async function withoutInvFreq(model: Decoder, keepMetadata = false): Promise<Uint8Array> {
+  const { readSafetensors } = await import("../model/checkpoint.ts");
+  const { tensors, metadata } = readSafetensors(await model.toSafetensors());
+  tensors.delete("rotary_emb.inv_freq");
+  return writeSafetensors(Object.fromEntries(tensors), keepMetadata ? metadata : { format: "pt" });
+}
+
+gpuTest(
+  "Decoder.fromSafetensors() without rotary_emb.inv_freq takes heads from the caller, never a guess",
+  async (gpu) => {
+    const cfg = {
+      numTokens: 11,
+      dim: 16,
+      depth: 1,
+      heads: 4,
+      dimHead: 32,
+      ffMult: 1,
+      maxSeqLen: 8,
+    };
+    const model = Decoder.create(gpu, cfg, { seed: 5 });
+    const bytes = await withoutInvFreq(model);
+    const tokens = tokenRows(2, 5, 3, cfg.numTokens);
+    const want = await model.logits(tokens);
+    // 3·heads·dimHead = 384 rows: seven even splits, so no guess
+    await rejects(
+      Decoder.fromSafetensors(gpu, bytes, { source: "nofreq.safetensors" }),
+      new RegExp(
+        'nofreq\\.safetensors has no "rotary_emb\\.inv_freq" and no specdec metadata, and ' +
+          '"layers\\.0\\.0\\.to_qkv\\.weight" of shape \\[384, 16\\] allows 7 heads×dimHead splits: ' +
+          "64×2, 32×4, 16×8, 8×16, 4×32, 2×64, 1×128; pass \\{ heads \\} or \\{ dimHead \\}",
+      ),
+    );
+    for (const given of [{ heads: 4 }, { dimHead: 32 }, { heads: 4, dimHead: 32 }]) {
+      const loaded = await Decoder.fromSafetensors(gpu, bytes, { ...given, maxSeqLen: 8 });
+      deepStrictEqual(loaded.config, model.config, JSON.stringify(given));
+      deepStrictEqual(await loaded.logits(tokens), want, `logits with ${JSON.stringify(given)}`);
+      loaded.destroy();
+    }
+    // specdec's own metadata says heads and dimHead: no option needed
+    const withMeta = await Decoder.fromSafetensors(gpu, await withoutInvFreq(model, true), {
+      maxSeqLen: 8,
+    });
+    deepStrictEqual(withMeta.config, model.config);
+    withMeta.destroy();
+    // options that contradict the file, or do not divide it, are refused by name
+    const full = await model.toSafetensors();
+    await rejects(
+      Decoder.fromSafetensors(gpu, full, { heads: 2, source: "m.safetensors" }),
+      /m\.safetensors: rotary_emb\.inv_freq gives dimHead 32 but option heads 2 gives 64/,
+    );
+    await rejects(
+      Decoder.fromSafetensors(gpu, bytes, { heads: 5 }),
+      /"layers\.0\.0\.to_qkv\.weight" has shape \[384, 16\], which is not \[3·5·dimHead, 16\] for option heads 5/,
+    );
+    await rejects(
+      Decoder.fromSafetensors(gpu, bytes, { dimHead: 0 }),
+      /option dimHead must be a positive integer, got number 0/,
+    );
+    await rejects(
+      Decoder.fromSafetensors(gpu, bytes, { heads: 128 }),
+      /dimHead 1 \(from option heads 128\) is odd/,
+    );
+    model.destroy();
+  },
+);
+
+gpuTest(
+  "Decoder.fromSafetensors() refuses non-finite weights unless allowNonFinite, then warns once",
+  async (gpu) => {
+    const model = Decoder.create(gpu, CFG, { seed: 2 });
+    const bytes = await editedCheckpoint(model, (t) => {
+      t["to_logits.1.weight"].data[5] = NaN;
+      t["layers.1.1.1.weight"].data[0] = Infinity;
+      t["layers.1.1.1.weight"].data[7] = -Infinity;
+    });
+    await rejects(
+      Decoder.fromSafetensors(gpu, bytes, { source: "nan.safetensors" }),
+      new RegExp(
+        'nan\\.safetensors has non-finite weights in "layers\\.1\\.1\\.1\\.weight" \\(2 ±Infinity of 2304 values\\), ' +
+          '"to_logits\\.1\\.weight" \\(1 NaN of 456 values\\); refusing to load it \\(pass \\{ allowNonFinite: true \\}',
+      ),
+    );
+    const warnings: string[] = [];
+    const warn = console.warn;
+    console.warn = (...args: unknown[]) => void warnings.push(args.join(" "));
+    try {
+      const loaded = await Decoder.fromSafetensors(gpu, bytes, { allowNonFinite: true });
+      ok(Number.isNaN((await loaded.paramValues())["to_logits.1.weight"][5]), "the NaN was loaded");
+      loaded.destroy();
+    } finally {
+      console.warn = warn;
+    }
+    deepStrictEqual(warnings.length, 1, warnings.join("\n"));
+    ok(
+      /non-finite weights in "layers\.1\.1\.1\.weight".*"to_logits\.1\.weight"/.test(warnings[0]),
+      warnings[0],
+    );
+    model.destroy();
+  },
+);
+
+gpuTest(
+  "Decoder.fromSafetensors() names the mis-shaped embedding, not its neighbours",
+  async (gpu) => {
+    const model = Decoder.create(gpu, CFG, { seed: 9 });
+    await rejects(
+      async () =>
+        Decoder.fromSafetensors(
+          gpu,
+          await editedCheckpoint(
+            model,
+            (t) => t["token_emb.weight"] = { shape: [19, 23], data: new Float32Array(19 * 23) },
+          ),
+          { source: "emb.safetensors" },
+        ),
+      /emb\.safetensors tensor "token_emb\.weight" has shape \[19,23\], expected \[19,24\]/,
+    );
+    await rejects(
+      async () =>
+        Decoder.fromSafetensors(
+          gpu,
+          await editedCheckpoint(
+            model,
+            (t) => t["to_logits.1.weight"] = { shape: [18, 24], data: new Float32Array(18 * 24) },
+          ),
+        ),
+      /"token_emb\.weight" has 19 rows but "to_logits\.1\.weight" has 18: both must be numTokens/,
+    );
+    model.destroy();
+  },
+);
+
+gpuTest(
+  "token arguments that are not number[][] say what they got, strings quoted",
+  async (gpu) => {
+    const model = Decoder.create(gpu, CFG, { seed: 1 });
+    const bad = (v: unknown) => model.logits(v as number[][]);
+    await rejects(
+      bad("abc"),
+      /tokens must be an array of rows \(number\[\]\[\]\), got string "abc"/,
+    );
+    await rejects(bad(null), /tokens must be an array of rows \(number\[\]\[\]\), got null/);
+    await rejects(bad(7), /got number 7/);
+    await rejects(bad(new Uint32Array([1, 2])), /got Uint32Array/);
+    await rejects(
+      bad(["ab"]),
+      /tokens must be an array of rows \(number\[\]\[\]\); tokens\[0\] is string "ab", not an array of tokens/,
+    );
+    await rejects(bad([[1, 2], 3]), /tokens\[1\] is number 3/);
+    await rejects(bad([[1, "2"]]), /tokens\[0\]\[1\] = string "2" is not a token/);
+    await rejects(bad([[1, null]]), /tokens\[0\]\[1\] = null is not a token/);
+    const { validateTokens } = await import("../model/decoder.ts");
+    throws(
+      () => validateTokens("hi" as unknown as number[][], 4, 4, "prompt"),
+      /prompt must be an array of rows \(number\[\]\[\]\), got string "hi"/,
+    );
+    model.destroy();
+  },
+);

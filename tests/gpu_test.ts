@@ -139,6 +139,29 @@ gpuTest("Gpu.buffer() names the buffer and the binding limit when a buffer is to
   );
 });
 
+gpuTest(
+  "Gpu.buffer() gives the caller's advice for a too-large buffer, and none it was not given",
+  (gpu) => {
+    const limit = gpu.device.limits.maxStorageBufferBindingSize;
+    // without a hint: the buffer and the limit only (a weight is not shrunk by a smaller batch)
+    const plain = `specdec: buffer "w (V, C)" needs ${limit + 4} bytes, over the device's ` +
+      `storage binding limit maxStorageBufferBindingSize ${limit}`;
+    assertThrows(() => gpu.buffer("w (V, C)", limit + 4), (e: Error) => e.message === plain);
+    assertThrows(
+      () =>
+        gpu.buffer("logits (T, V)", limit + 4, undefined, "use a smaller batch or sequence length"),
+      /maxStorageBufferBindingSize \d+; use a smaller batch or sequence length$/,
+    );
+    const max = gpu.device.limits.maxBufferSize;
+    if (max < Number.MAX_SAFE_INTEGER - 8) {
+      assertThrows(
+        () => gpu.buffer("big", max + 4, 0x8, "the model is too large for this device"),
+        /buffer "big" needs \d+ bytes, over the device's maxBufferSize \d+; the model is too large/,
+      );
+    }
+  },
+);
+
 Deno.test({
   name: "a WebGPU error outside an error scope fails the next readback",
   sanitizeResources: false,
