@@ -81,6 +81,15 @@ export interface Checkpoint {
   state: RunState;
 }
 
+function existsSync(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** A value as an error message shows it: JSON, cut short. */
 function shown(v: unknown): string {
   const s = v === undefined ? "nothing (the field is missing)" : JSON.stringify(v);
@@ -175,9 +184,21 @@ export async function readCheckpoint(runDir: string): Promise<Checkpoint> {
  * @param config the run config
  * @param resumed the checkpoint to continue from, if any
  * @returns the run record, at step 0 or the checkpoint's step
+ * @throws Error when a new run's folder already holds a run (it is never overwritten)
  */
 export async function openRun(gpu: Gpu, config: RunConfig, resumed?: Checkpoint): Promise<Run> {
   const c = config;
+  if (!resumed) { // a new run never overwrites another's metrics or checkpoint
+    const taken = ["metrics.jsonl", "checkpoint", "checkpoint.old"].filter((f) =>
+      existsSync(`${c.runDir}/${f}`)
+    );
+    if (taken.length) {
+      throw new Error(
+        `specdec: --run-dir "${c.runDir}" already holds a run (${taken.join(", ")}); continue it ` +
+          `with --resume "${c.runDir}", or choose another folder`,
+      );
+    }
+  }
   await Deno.mkdir(c.runDir, { recursive: true });
   const corpus = await loadCorpus(c.data, console.log);
   const window = c.seqLen + 1; // seqLen + 1 bytes give seqLen next-token predictions

@@ -249,7 +249,7 @@ export function runConfig(
     const v = saved?.[name];
     if (v === undefined) return { what, E: UsageError };
     const want = name in NUMBER_FLAGS ? "number" : "string";
-    if (typeof v !== want) {
+    if ((want === "number" ? typeof v !== "number" : typeof v !== "string")) {
       throw new Error(`specdec: ${what} must be a ${want}, got ${JSON.stringify(v)}`);
     }
     return { raw: String(v), what, E: Error };

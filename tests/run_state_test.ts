@@ -4,7 +4,8 @@
  */
 import { deepStrictEqual, ok, throws } from "node:assert/strict";
 import { fileURLToPath } from "node:url";
-import { parseRunState, readCheckpoint } from "../cli/run.ts";
+import { openRun, parseRunState, readCheckpoint } from "../cli/run.ts";
+import type { Gpu } from "../kernels/gpu.ts";
 import { openMetrics } from "../cli/metrics.ts";
 import { parseFlags, runConfig, savedArgs } from "../cli/train_options.ts";
 
@@ -177,5 +178,21 @@ Deno.test("train.ts --resume refuses a damaged state.json and leaves the run fol
   let msg = "";
   await readCheckpoint(`${dir}/nothing`).catch((e) => msg = e.message);
   ok(msg.includes(`--resume "${dir}/nothing": no checkpoint`), msg);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("a new run refuses a folder that holds another run's metrics or checkpoint", async () => {
+  const dir = await Deno.makeTempDir({ prefix: "specdec-taken-" });
+  await Deno.writeTextFile(`${dir}/metrics.jsonl`, '{"type":"train","step":0,"loss":5}\n');
+  const gpu = { isSoftware: true, adapterName: "test" };
+  const config = runConfig(parseFlags(["--run-dir", dir]), undefined, gpu);
+  let msg = "";
+  await openRun({} as Gpu, config).catch((e) => msg = e.message); // refused before any GPU use
+  ok(msg.includes(`--run-dir "${dir}" already holds a run (metrics.jsonl)`), msg);
+  ok(msg.includes(`--resume "${dir}"`), msg);
+  deepStrictEqual(
+    await Deno.readTextFile(`${dir}/metrics.jsonl`),
+    '{"type":"train","step":0,"loss":5}\n',
+  );
   await Deno.remove(dir, { recursive: true });
 });
