@@ -23,11 +23,16 @@ import { recordLosses, trainStep, validate } from "./cli/train_step.ts";
 import { compareDecodings } from "./cli/compare.ts";
 
 async function main(): Promise<void> {
-  const flags = parseFlags(Deno.args);
+  const flags = parseFlags(Deno.args); // every flag's syntax and range, before any GPU work
   if (flags.help) return console.log(usage());
-  const gpu = await requestGpu();
   const resumed = flags.resume ? await readCheckpoint(flags.resume as string) : undefined;
-  const config = runConfig(flags, resumed?.state.args, gpu); // flags given now override a resumed run's
+  const gpu = await requestGpu();
+  // flags given now override a resumed run's; sizes checked against the device's limits
+  const config = runConfig(flags, resumed?.state.args, {
+    isSoftware: gpu.isSoftware,
+    adapterName: gpu.adapterName,
+    maxBinding: gpu.maxBinding,
+  }, resumed && `${resumed.dir}/state.json`);
   const run = await openRun(gpu, config, resumed);
   const removeCtrlC = stopOnCtrlC(run); // Ctrl-C: stop after this step and save
 

@@ -24,18 +24,49 @@ export interface Metrics {
  *
  * @param path the .jsonl file (need not exist)
  * @param step steps done (the checkpoint's step)
+ * @param statePath resuming: the checkpoint's state.json, whose `step` the file must reach (the
+ *   losses of every step the checkpoint holds were recorded before it was saved)
  * @returns the metrics kept
+ * @throws Error naming the file and line of a damaged record, or both files when the checkpoint's
+ *   step is beyond the recorded training steps (nothing is rewritten then)
  */
-export async function openMetrics(path: string, step: number): Promise<Metrics> {
+export async function openMetrics(
+  path: string,
+  step: number,
+  statePath?: string,
+): Promise<Metrics> {
   const records: MetricRecord[] = [];
-  if (await exists(path)) {
-    for (const line of (await Deno.readTextFile(path)).split("\n")) {
+  let lastTrain = -1;
+  const present = await exists(path);
+  if (present) {
+    const lines = (await Deno.readTextFile(path)).split("\n");
+    for (const [i, line] of lines.entries()) {
       if (!line.trim()) continue;
-      const m = JSON.parse(line);
+      let m: MetricRecord;
+      try {
+        m = JSON.parse(line);
+      } catch (e) {
+        throw new Error(
+          `specdec: "${path}" line ${i + 1} is not valid JSON: ${(e as Error).message}`,
+        );
+      }
+      if (m === null || typeof m !== "object" || typeof m.step !== "number") {
+        throw new Error(`specdec: "${path}" line ${i + 1} is not a record with a "step"`);
+      }
+      if (m.type === "train" && m.step < step) lastTrain = Math.max(lastTrain, m.step);
       if (m.step < step || (m.step === step && m.type !== "train")) records.push(m);
     }
-    await atomicWrite(path, records.map((m) => JSON.stringify(m) + "\n").join(""));
   }
+  if (statePath !== undefined && step > 0 && lastTrain !== step - 1) {
+    throw new Error(
+      `specdec: field "step" of "${statePath}" is ${step}, beyond the training steps recorded in ` +
+        `"${path}" (${
+          lastTrain < 0 ? "none" : `up to step ${lastTrain}`
+        }); the two do not belong ` +
+        `together`,
+    );
+  }
+  if (present) await atomicWrite(path, records.map((m) => JSON.stringify(m) + "\n").join(""));
   return { path, records };
 }
 

@@ -14,7 +14,7 @@ import { Decoder } from "../model/decoder.ts";
 import { PRESETS } from "../model/config.ts";
 import { Trainer } from "../model/trainer.ts";
 import { splitCorpus, WindowSampler } from "../data/corpus.ts";
-import { atomicWrite, findCheckpoint, writeCheckpoint } from "./fsutil.ts";
+import { atomicWrite, type CheckpointHook, findCheckpoint, writeCheckpoint } from "./fsutil.ts";
 import { appendMetric, type MetricRecord, type Metrics, openMetrics } from "./metrics.ts";
 import { Progress } from "./progress.ts";
 import { trainingChart } from "./plot.ts";
@@ -81,21 +81,98 @@ export interface Checkpoint {
   state: RunState;
 }
 
+function existsSync(path: string): boolean {
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** A value as an error message shows it: JSON, cut short. */
+function shown(v: unknown): string {
+  const s = v === undefined ? "nothing (the field is missing)" : JSON.stringify(v);
+  return s.length > 80 ? s.slice(0, 77) + "..." : s;
+}
+
 /**
- * Reads the checkpoint of a run folder (for `--resume`).
+ * Parses and validates a checkpoint's state.json: an object with a non-negative integer `step`,
+ * an object `args` of the saved flags (their values are checked by `runConfig`), and `samplers`
+ * `train`, `val` and `gen`, each four unsigned 32-bit words not all zero (xorshift128's all-zero
+ * state is a fixed point: it would give the same window forever).
+ *
+ * @param text the file's contents
+ * @param path the file, named in errors
+ * @returns the state
+ * @throws Error naming the file and the field when the JSON is damaged or a field is missing or
+ *   wrong: a damaged state is refused, never trusted or replaced by a fresh start
+ */
+export function parseRunState(text: string, path: string): RunState {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (e) {
+    throw new Error(
+      `specdec: "${path}" is not valid JSON (damaged or cut short?): ${(e as Error).message}`,
+    );
+  }
+  const bad = (field: string, want: string, v: unknown) =>
+    new Error(`specdec: "${path}": field "${field}" must be ${want}, got ${shown(v)}`);
+  if (raw === null || typeof raw !== "object" || Array.isArray(raw)) {
+    throw bad("(top level)", "an object { step, args, samplers }", raw);
+  }
+  const o = raw as Record<string, unknown>;
+  if (!Number.isSafeInteger(o.step) || (o.step as number) < 0) {
+    throw bad("step", "an integer ≥ 0 (the steps done)", o.step);
+  }
+  if (o.args === null || typeof o.args !== "object" || Array.isArray(o.args)) {
+    throw bad("args", "an object of the run's flags", o.args);
+  }
+  for (const [k, v] of Object.entries(o.args)) {
+    if (!["number", "string", "boolean"].includes(typeof v)) {
+      throw bad(`args.${k}`, "a number, a string or true/false", v);
+    }
+  }
+  const s = o.samplers as Record<string, unknown> | null;
+  if (s === null || typeof s !== "object" || Array.isArray(s)) {
+    throw bad("samplers", "an object { train, val, gen }", s);
+  }
+  for (const name of ["train", "val", "gen"]) {
+    const w = s[name];
+    const words = Array.isArray(w) && w.length === 4 &&
+      w.every((x) => Number.isInteger(x) && x >= 0 && x <= 0xffffffff);
+    if (!words) throw bad(`samplers.${name}`, "4 integers from 0 to 4294967295", w);
+    if ((w as number[]).every((x) => x === 0)) {
+      throw bad(
+        `samplers.${name}`,
+        "a generator state not all zero (xorshift128 stays at zero forever)",
+        w,
+      );
+    }
+  }
+  return o as unknown as RunState;
+}
+
+/**
+ * Reads the checkpoint of a run folder (for `--resume`): its newest complete set (a kill during
+ * a save leaves one; see `findCheckpoint`), with state.json validated. Reads only; the next save
+ * tidies the folder.
  *
  * @param runDir the run folder
  * @returns the checkpoint folder and its state
- * @throws Error when the folder has no complete checkpoint
+ * @throws Error when the folder has no complete checkpoint, or naming state.json and the field
+ *   when it is damaged
  */
 export async function readCheckpoint(runDir: string): Promise<Checkpoint> {
   const dir = await findCheckpoint(runDir);
   if (!dir) {
     throw new Error(
-      `specdec: --resume ${runDir}: no checkpoint/state.json there (not a run folder, or no checkpoint saved yet)`,
+      `specdec: --resume "${runDir}": no checkpoint/state.json there (not a run folder, or no checkpoint saved yet)`,
     );
   }
-  return { dir, state: JSON.parse(await Deno.readTextFile(`${dir}/state.json`)) as RunState };
+  const path = `${dir}/state.json`;
+  return { dir, state: parseRunState(await Deno.readTextFile(path), path) };
 }
 
 /**
@@ -107,9 +184,21 @@ export async function readCheckpoint(runDir: string): Promise<Checkpoint> {
  * @param config the run config
  * @param resumed the checkpoint to continue from, if any
  * @returns the run record, at step 0 or the checkpoint's step
+ * @throws Error when a new run's folder already holds a run (it is never overwritten)
  */
 export async function openRun(gpu: Gpu, config: RunConfig, resumed?: Checkpoint): Promise<Run> {
   const c = config;
+  if (!resumed) { // a new run never overwrites another's metrics or checkpoint
+    const taken = ["metrics.jsonl", "checkpoint", "checkpoint.old"].filter((f) =>
+      existsSync(`${c.runDir}/${f}`)
+    );
+    if (taken.length) {
+      throw new Error(
+        `specdec: --run-dir "${c.runDir}" already holds a run (${taken.join(", ")}); continue it ` +
+          `with --resume "${c.runDir}", or choose another folder`,
+      );
+    }
+  }
   await Deno.mkdir(c.runDir, { recursive: true });
   const corpus = await loadCorpus(c.data, console.log);
   const window = c.seqLen + 1; // seqLen + 1 bytes give seqLen next-token predictions
@@ -168,7 +257,11 @@ export async function openRun(gpu: Gpu, config: RunConfig, resumed?: Checkpoint)
       `draft ${millions(draft)}M (depth ${draft.config.depth}); data ${corpus.name}: ` +
       `${split.train.length} train / ${split.val.length} val bytes; run folder ${c.runDir}`,
   );
-  const metrics = await openMetrics(`${c.runDir}/metrics.jsonl`, step);
+  const metrics = await openMetrics(
+    `${c.runDir}/metrics.jsonl`,
+    step,
+    resumed ? `${resumed.dir}/state.json` : undefined,
+  );
   return {
     gpu,
     config,
@@ -224,11 +317,27 @@ export async function saveCheckpoint(run: Run, why: string): Promise<void> {
       "target.optim.safetensors": await run.trainers.target.saveState(),
       "draft.optim.safetensors": await run.trainers.draft.saveState(),
       "state.json": JSON.stringify(state, null, 2),
-    });
+    }, failpoint());
     log(run, `checkpoint (${why}) at step ${run.step} → ${dir}`);
   } finally {
     run.saving = false;
   }
+}
+
+/**
+ * The checkpoint save's kill switch for tests: with `SPECDEC_KILL_AT=<step>` (a step name of
+ * `writeCheckpoint`, as "renamed checkpoint to checkpoint.old"), the process kills itself with
+ * SIGKILL right after that step of a save, as a power cut or `kill -9` would.
+ */
+function failpoint(): CheckpointHook | undefined {
+  let at: string | undefined;
+  try {
+    at = Deno.env.get("SPECDEC_KILL_AT");
+  } catch { /* no env permission: no failpoint */ }
+  if (!at) return undefined;
+  return (step) => {
+    if (step === at) Deno.kill(Deno.pid, "SIGKILL");
+  };
 }
 
 /** Redraws loss.svg from the metrics. */

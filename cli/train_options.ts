@@ -6,7 +6,7 @@
  * @module
  */
 import { parseArgs } from "node:util";
-import { PRESETS, type TrainingDefaults } from "../model/config.ts";
+import { PRESETS, resolveConfig, type TrainingDefaults } from "../model/config.ts";
 
 /** Every flag, with the reference's defaults (for the `seed` preset). */
 export const FLAGS = {
@@ -35,7 +35,10 @@ export const FLAGS = {
     type: "string",
     help: "total generated length incl. prime, GENERATE_LENGTH (reference: 512)",
   },
-  gamma: { type: "string", help: "draft tokens per speculative step (reference: 5)" },
+  gamma: {
+    type: "string",
+    help: "draft tokens per speculative step, at most generate-len − prime-len (reference: 5)",
+  },
   "checkpoint-every": {
     type: "string",
     help: "save a checkpoint every N steps (default 500; also on Ctrl-C and at the end)",
@@ -50,7 +53,8 @@ export const FLAGS = {
   },
   seed: {
     type: "string",
-    help: "seed of initialisation, data sampling and generation (default 0)",
+    help:
+      "seed of initialisation, data sampling and generation, 0 to 2147483647 (default 0; the models' generators take 2·seed + 1 and 2·seed + 2 as 32-bit seeds)",
   },
   "skip-nonfinite": {
     type: "boolean",
@@ -75,6 +79,13 @@ export function usage(): string {
         `batch ${v.batch}×${v.accumulate}, seq ${v.seqLen}, lr ${v.lr}, ${v.steps} steps`,
     );
   }
+  lines.push(
+    "",
+    "Integer flags take plain decimal digits (no sign, hex or exponent), up to 4294967295 (the",
+    "kernels' 32-bit sizes; Adam counts steps in 32 bits); --lr and --clip a decimal number > 0",
+    "that a 32-bit float holds (1e-4 is fine). Sizes are also checked against the device's",
+    "buffer limits before any work starts.",
+  );
   return lines.join("\n");
 }
 
@@ -92,16 +103,93 @@ export type SavedArgs = Record<string, number | string | boolean>;
  *
  * @param args the arguments (Deno.args)
  * @returns the flags by name
- * @throws UsageError for an unknown flag, a missing value or a positional argument
+ * @throws UsageError for an unknown flag, a missing value, a positional argument, a number that
+ *   is not plain decimal or is out of its flag's range, or an unknown preset (checked here, before
+ *   any GPU work)
  */
 export function parseFlags(args: string[]): Flags {
+  let flags: Flags;
   try {
-    return parseArgs({ args, options: FLAGS as never, strict: true, allowPositionals: false })
+    flags = parseArgs({ args, options: FLAGS as never, strict: true, allowPositionals: false })
       .values as Flags;
   } catch (e) {
     throw new UsageError((e as Error).message);
   }
+  for (const name of Object.keys(NUMBER_FLAGS)) {
+    const raw = flags[name];
+    if (typeof raw === "string") num(name, raw, 0);
+  }
+  if (typeof flags.preset === "string") checkPreset(flags.preset, `--preset`, UsageError);
+  for (const name of ["resume", "run-dir", "data"]) {
+    if (flags[name] === "") throw new UsageError(`--${name} needs a path, got ""`);
+  }
+  return flags;
 }
+
+/** Throws unless `preset` names a preset. */
+function checkPreset(preset: string, what: string, E: new (m: string) => Error): void {
+  if (!Object.hasOwn(PRESETS, preset)) {
+    throw new E(
+      `${what} must be one of ${Object.keys(PRESETS).map((p) => `"${p}"`).join(", ")}, got ${
+        JSON.stringify(preset)
+      }`,
+    );
+  }
+}
+
+/** The largest value of the kernels' u32 sizes and of Adam's u32 step counter. */
+export const U32_MAX = 4294967295;
+
+/** Smallest positive normal and largest finite 32-bit float: --lr and --clip go to the GPU as f32. */
+const F32_MIN = 1.1754943508222875e-38, F32_MAX = 3.4028234663852886e38;
+
+/** A numeric flag's kind and range, and why the range is what it is. */
+export interface NumberFlag {
+  /** An integer flag (plain decimal digits), else a decimal number. */
+  int: boolean;
+  /** Smallest value. */
+  min: number;
+  /** Largest value. */
+  max: number;
+  /** The limit's reason, said in the error. */
+  why: string;
+}
+
+const size = (min: number): NumberFlag => ({
+  int: true,
+  min,
+  max: U32_MAX,
+  why: "sizes go to the kernels as 32-bit integers",
+});
+const every: NumberFlag = { ...size(1), why: "a step number is a 32-bit integer" };
+const f32: NumberFlag = {
+  int: false,
+  min: F32_MIN,
+  max: F32_MAX,
+  why: "it goes to the GPU as a 32-bit float",
+};
+
+/** Every numeric flag's range (cross-flag and device limits are checked in {@link runConfig}). */
+export const NUMBER_FLAGS: Record<string, NumberFlag> = {
+  steps: { ...size(1), why: "Adam counts steps in 32 bits" },
+  batch: size(1),
+  accumulate: size(1),
+  lr: f32,
+  clip: f32,
+  "seq-len": size(2),
+  "validate-every": every,
+  "generate-every": every,
+  "prime-len": size(1),
+  "generate-len": size(2),
+  gamma: size(1),
+  "checkpoint-every": every,
+  seed: {
+    int: true,
+    min: 0,
+    max: 2147483647,
+    why: "the models' generators take 2·seed + 1 and 2·seed + 2 as distinct 32-bit seeds",
+  },
+};
 
 /** Everything a run is configured by: the preset's training settings after the flags, and where. */
 export interface RunConfig extends TrainingDefaults {
@@ -122,26 +210,52 @@ export interface RunConfig extends TrainingDefaults {
 /** The flag of a config field: `seqLen` → `seq-len`. */
 const flagName = (key: string) => key.replace(/[A-Z]/g, (c) => "-" + c.toLowerCase());
 
+/** What runConfig needs of the device: whether it is software, its name, its binding limit. */
+export interface AdapterInfo {
+  /** A software adapter (default preset tiny). */
+  isSoftware: boolean;
+  /** Its name, said in a line. */
+  adapterName: string;
+  /** Largest storage buffer binding in bytes; when given, sizes are checked against it. */
+  maxBinding?: number;
+}
+
 /**
  * The run config: each flag given now, else (resuming) the value the run was saved with, else the
  * preset's default. Without `--preset`, a software adapter gets `tiny` (one line says so) and a
- * GPU `seed`.
+ * GPU `seed`. Every value is checked against its flag's range ({@link NUMBER_FLAGS}), the flags
+ * against each other, and (with `adapter.maxBinding`) the buffers they size against the device's
+ * binding limit, before any GPU work.
  *
  * @param flags the command line
  * @param saved the resumed run's saved flags (state.json `args`), if resuming
- * @param adapter the GPU, to pick the default preset
+ * @param adapter the GPU, to pick the default preset and check buffer sizes
+ * @param savedFrom the state.json path the saved flags come from, named in errors
  * @returns the validated config
- * @throws Error naming the flag whose value is out of range
+ * @throws UsageError naming the flag, its value and the limit; Error naming the state.json
+ *   field when a saved value is bad
  */
 export function runConfig(
   flags: Flags,
   saved: SavedArgs | undefined,
-  adapter: { isSoftware: boolean; adapterName: string },
+  adapter: AdapterInfo,
+  savedFrom = "state.json",
 ): RunConfig {
-  const pick = (name: string) =>
-    (flags[name] as string | undefined) ??
-      (saved?.[name] !== undefined ? String(saved[name]) : undefined);
-  let preset = pick("preset");
+  /** The value of a flag, and how an error names it. */
+  const pick = (name: string): { raw?: string; what: string; E: new (m: string) => Error } => {
+    const given = flags[name];
+    if (typeof given === "string") return { raw: given, what: `--${name}`, E: UsageError };
+    const what = `args.${JSON.stringify(name)} of "${savedFrom}"`;
+    const v = saved?.[name];
+    if (v === undefined) return { what, E: UsageError };
+    const want = name in NUMBER_FLAGS ? "number" : "string";
+    if ((want === "number" ? typeof v !== "number" : typeof v !== "string")) {
+      throw new Error(`specdec: ${what} must be a ${want}, got ${JSON.stringify(v)}`);
+    }
+    return { raw: String(v), what, E: Error };
+  };
+  const p = pick("preset");
+  let preset = p.raw;
   if (preset === undefined) {
     preset = adapter.isSoftware ? "tiny" : "seed";
     if (adapter.isSoftware) {
@@ -150,40 +264,118 @@ export function runConfig(
       );
     }
   }
-  if (!(preset in PRESETS)) {
-    throw new Error(`--preset must be one of ${Object.keys(PRESETS).join(", ")}, got "${preset}"`);
-  }
+  checkPreset(preset, p.what, p.E);
   const d = PRESETS[preset].training;
-  const int = (key: string, fallback: number, min: number) =>
-    num(flagName(key), pick(flagName(key)), fallback, { int: true, min });
+  const value = (key: string, fallback: number) => {
+    const { raw, what, E } = pick(flagName(key));
+    return raw === undefined ? fallback : num(flagName(key), raw, fallback, what, E);
+  };
+  const data = pick("data");
+  const skip = flags["skip-nonfinite"] ?? saved?.["skip-nonfinite"];
+  if (skip !== undefined && typeof skip !== "boolean") {
+    throw new Error(
+      `specdec: args."skip-nonfinite" of "${savedFrom}" must be true or false, got ${
+        JSON.stringify(skip)
+      }`,
+    );
+  }
   const config: RunConfig = {
-    steps: int("steps", d.steps, 1),
-    batch: int("batch", d.batch, 1),
-    accumulate: int("accumulate", d.accumulate, 1),
-    lr: num("lr", pick("lr"), d.lr),
-    clip: num("clip", pick("clip"), d.clip),
-    seqLen: int("seqLen", d.seqLen, 2),
-    validateEvery: int("validateEvery", d.validateEvery, 1),
-    generateEvery: int("generateEvery", d.generateEvery, 1),
-    primeLen: int("primeLen", d.primeLen, 1),
-    generateLen: int("generateLen", d.generateLen, 2),
-    gamma: int("gamma", d.gamma, 1),
-    checkpointEvery: int("checkpointEvery", 500, 1),
-    seed: int("seed", 0, 0),
+    steps: value("steps", d.steps),
+    batch: value("batch", d.batch),
+    accumulate: value("accumulate", d.accumulate),
+    lr: value("lr", d.lr),
+    clip: value("clip", d.clip),
+    seqLen: value("seqLen", d.seqLen),
+    validateEvery: value("validateEvery", d.validateEvery),
+    generateEvery: value("generateEvery", d.generateEvery),
+    primeLen: value("primeLen", d.primeLen),
+    generateLen: value("generateLen", d.generateLen),
+    gamma: value("gamma", d.gamma),
+    checkpointEvery: value("checkpointEvery", 500),
+    seed: value("seed", 0),
     preset,
-    data: pick("data"),
-    skipNonFinite: Boolean(flags["skip-nonfinite"] ?? saved?.["skip-nonfinite"]),
+    data: data.raw,
+    skipNonFinite: Boolean(skip),
     runDir: (flags.resume as string | undefined) ?? (flags["run-dir"] as string | undefined) ??
       `runs/${new Date().toISOString().replace(/[:]/g, "-").replace(/\..*/, "")}`,
   };
-  if (!(config.lr > 0)) throw new Error(`--lr must be > 0, got ${config.lr}`);
-  if (!(config.clip > 0)) throw new Error(`--clip must be > 0, got ${config.clip}`);
+  const given = (name: string) => typeof flags[name] === "string";
+  const E = (...names: string[]) => names.some(given) || !saved ? UsageError : Error;
+  const q = (name: string, v: number) => `--${name} "${v}"`;
   if (config.primeLen >= config.generateLen) {
-    throw new Error(
-      `--prime-len (${config.primeLen}) must be shorter than --generate-len (${config.generateLen})`,
+    throw new (E("prime-len", "generate-len"))(
+      `${q("prime-len", config.primeLen)} must be shorter than ${
+        q("generate-len", config.generateLen)
+      } (the generated length counts the prime)`,
     );
   }
+  const toGenerate = config.generateLen - config.primeLen;
+  if (config.gamma > toGenerate) {
+    throw new (E("gamma", "prime-len", "generate-len"))(
+      `${q("gamma", config.gamma)} must be at most --generate-len − --prime-len = ${toGenerate}: ` +
+        `a speculative step never needs more draft tokens than the tokens it generates`,
+    );
+  }
+  if (adapter.maxBinding !== undefined) checkBuffers(config, adapter.maxBinding, E);
   return config;
+}
+
+/**
+ * Checks the largest buffers a run allocates against the device's storage binding limit, so that
+ * a size too big for the device is refused before any GPU work, naming the flags that set it:
+ * a micro-batch's activations `(batch × (seq-len + 1), max(vocabulary, ffMult·dim, 3·heads·
+ * dimHead))` f32 and its training KV cache, the tokens of `accumulate` micro-batches, and the
+ * decoding KV cache `(2, heads, generate-len + gamma + 2, dimHead)` f32 and draft
+ * probabilities `(gamma, vocabulary)` f32.
+ */
+function checkBuffers(
+  c: RunConfig,
+  maxBinding: number,
+  E: (...names: string[]) => new (m: string) => Error,
+): void {
+  const models = [PRESETS[c.preset].target, PRESETS[c.preset].draft].map(resolveConfig);
+  const over = (bytes: number) => bytes > maxBinding;
+  const limit = `this device's storage binding limit of ${maxBinding} bytes`;
+  const T = c.batch * (c.seqLen + 1);
+  const perToken = Math.max(
+    ...models.map((m) =>
+      Math.max(m.numTokens, m.ffMult * m.dim, 3 * m.heads * m.dimHead, 2 * m.heads * m.dimHead)
+    ),
+  );
+  if (over(4 * T * perToken)) {
+    const most = Math.floor(maxBinding / (4 * perToken * (c.seqLen + 1)));
+    throw new (E("batch", "seq-len"))(
+      `--batch "${c.batch}" × (--seq-len "${c.seqLen}" + 1) = ${T} tokens per micro-batch need ` +
+        `${4 * T * perToken}-byte activation buffers, over ${limit}; ` +
+        (most >= 1
+          ? `at most --batch ${most} at this --seq-len`
+          : `at most --seq-len ${Math.floor(maxBinding / (4 * perToken)) - 1} at --batch 1`),
+    );
+  }
+  if (over(4 * T * c.accumulate)) {
+    throw new (E("batch", "seq-len", "accumulate"))(
+      `--accumulate "${c.accumulate}" micro-batches of ${T} tokens need a ` +
+        `${4 * T * c.accumulate}-byte token buffer, over ${limit}; at most --accumulate ${
+          Math.floor(maxBinding / (4 * T))
+        }`,
+    );
+  }
+  const positions = Math.max(c.seqLen + 1, c.generateLen) + c.gamma + 2; // openRun's maxSeqLen
+  const perPosition = Math.max(...models.map((m) => 2 * m.heads * m.dimHead * 4));
+  const vocab = Math.max(...models.map((m) => m.numTokens));
+  if (over(positions * perPosition)) {
+    throw new (E("generate-len", "gamma", "seq-len"))(
+      `--generate-len "${c.generateLen}" + --gamma "${c.gamma}" (and --seq-len "${c.seqLen}"): ` +
+        `decoding needs a KV cache of ${positions} positions, ${positions * perPosition} bytes ` +
+        `per layer, over ${limit}; at most ${Math.floor(maxBinding / perPosition)} positions`,
+    );
+  }
+  if (over(4 * (c.gamma + 1) * vocab)) {
+    throw new (E("gamma"))(
+      `--gamma "${c.gamma}": the target's verification logits (gamma + 1, ${vocab}) need ` +
+        `${4 * (c.gamma + 1) * vocab} bytes, over ${limit}`,
+    );
+  }
 }
 
 /**
@@ -204,24 +396,41 @@ export function savedArgs(config: RunConfig): SavedArgs {
   };
 }
 
-/** Parses a numeric flag with a clear error. */
+/**
+ * Parses a numeric flag's value: plain decimal digits for an integer flag (no sign, hex, octal,
+ * exponent or spaces: `0x10`, `1e3`, `+5` are refused), a decimal number (exponent allowed, as
+ * `1e-4`) otherwise, within the flag's range ({@link NUMBER_FLAGS}).
+ *
+ * @param name the flag, without `--`
+ * @param raw its value as written; undefined gives `fallback`
+ * @param fallback the value when absent
+ * @param what how the error names it (default `--name`)
+ * @param E the error class (default {@link UsageError})
+ * @returns the number
+ * @throws UsageError (or `E`) naming the flag, the value (quoted) and the range
+ */
 export function num(
   name: string,
   raw: string | undefined,
   fallback: number,
-  opts: { int?: boolean; min?: number } = {},
+  what = `--${name}`,
+  E: new (m: string) => Error = UsageError,
 ): number {
   if (raw === undefined) return fallback;
-  const v = Number(raw);
-  if (
-    raw.trim() === "" || !Number.isFinite(v) || (opts.int && !Number.isInteger(v)) ||
-    (opts.min !== undefined && v < opts.min)
-  ) {
-    throw new Error(
-      `--${name} must be ${opts.int ? "an integer" : "a number"}${
-        opts.min !== undefined ? ` ≥ ${opts.min}` : ""
-      }, got "${raw}"`,
+  const f = NUMBER_FLAGS[name];
+  if (!f) throw new Error(`specdec: --${name} is not a numeric flag`);
+  const syntax = f.int ? /^[0-9]+$/ : /^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$/;
+  const v = Number(raw), got = `got ${JSON.stringify(raw)}`;
+  const form = f.int ? "plain decimal digits: no sign, hex or exponent" : "a decimal number";
+  if (!syntax.test(raw) || !(v >= f.min)) {
+    throw new E(
+      f.int
+        ? `${what} must be an integer ≥ ${f.min}, ${got} (${form}; at most ${f.max}: ${f.why})`
+        : syntax.test(raw) && v > 0
+        ? `${what} must be ≥ ${f.min}, ${got} (${f.why})`
+        : `${what} must be > 0, ${got} (${form} such as 1e-4, at most ${f.max}: ${f.why})`,
     );
   }
+  if (v > f.max) throw new E(`${what} must be ≤ ${f.max}, ${got} (${f.why})`);
   return v;
 }

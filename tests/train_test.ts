@@ -11,10 +11,13 @@ import { parseFlags, runConfig, savedArgs, UsageError } from "../cli/train_optio
 const TRAIN = fileURLToPath(new URL("../train.ts", import.meta.url));
 
 /** Runs train.ts with flags; returns exit code and output. */
-async function train(args: string[]): Promise<{ code: number; out: string }> {
+async function train(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ code: number; out: string }> {
   const cmd = new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", TRAIN, ...args],
-    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1" },
+    env: { XDG_RUNTIME_DIR: Deno.env.get("XDG_RUNTIME_DIR") ?? "/tmp", NO_COLOR: "1", ...env },
     stdout: "piped",
     stderr: "piped",
   });
@@ -166,6 +169,34 @@ Deno.test({
     deepStrictEqual([...b.keys()], [0, 1, 2, 3]);
     for (const s of [0, 1, 2, 3]) {
       deepStrictEqual(b.get(s), a.get(s), `step ${s} losses equal after resume`);
+    }
+
+    // killed (SIGKILL) between the two renames of the save at step 2: `checkpoint.old` (step 1)
+    // and the complete set of step 2 in `checkpoint.tmp-<pid>`; resumed, and killed again in the
+    // save at step 3 right after it removed `checkpoint.old`; resumed again: nothing lost
+    const killed = `${dir}/killed`;
+    const kill = (at: string) => ({ SPECDEC_KILL_AT: at });
+    const k1 = await train(
+      [...common, "--checkpoint-every", "1", "--steps", "4", "--run-dir", killed],
+      kill("renamed checkpoint to checkpoint.old"),
+    );
+    ok(k1.code !== 0, k1.out);
+    const left = [...Deno.readDirSync(killed)].map((e) => e.name).sort();
+    ok(left.includes("checkpoint.old") && !left.includes("checkpoint"), left.join(", "));
+    ok(left.some((n) => n.startsWith("checkpoint.tmp-")), left.join(", "));
+    const k2 = await train(["--resume", killed], kill("removed checkpoint.old"));
+    ok(k2.code !== 0 && k2.out.includes(`resuming ${killed} at step 2`), k2.out);
+    const k3 = await train(["--resume", killed]);
+    ok(k3.code === 0 && k3.out.includes(`resuming ${killed} at step 3`), k3.out);
+    deepStrictEqual([...Deno.readDirSync(killed)].map((e) => e.name).sort(), [
+      "checkpoint",
+      "loss.svg",
+      "metrics.jsonl",
+    ]);
+    const c = trainLosses(killed);
+    deepStrictEqual([...c.keys()], [0, 1, 2, 3]);
+    for (const s of [0, 1, 2, 3]) {
+      deepStrictEqual(c.get(s), a.get(s), `step ${s} losses equal after two kills`);
     }
     await Deno.remove(dir, { recursive: true });
   },
