@@ -16,6 +16,7 @@ import { testGpu } from "./helpers.ts";
 import { provenance } from "../web/provenance.ts";
 import { fitAlpha, predictedSpeedup, tokensPerStep } from "../web/speedup.ts";
 import type { DemoHandle } from "../web/app.ts";
+import { lossSvg } from "../web/train.ts";
 
 /**
  * Flags that give headless Chromium a WebGPU adapter on a machine without a GPU: WebGPU is still
@@ -58,7 +59,7 @@ if (!chromiumPath) {
   );
 }
 
-const PROMPT = "The draft ";
+const PROMPT = "export function ";
 const NEW_TOKENS = 40;
 const SEED = 7;
 
@@ -149,6 +150,22 @@ Deno.test({
         }
       }
 
+      // training in the page: a few steps of both models, losses finite and coming down
+      const steps = 12;
+      await page.fill("#train-steps", String(steps));
+      await page.click("#train");
+      await page.waitForFunction(
+        () => (globalThis as unknown as { specdecDemo: Demo }).specdecDemo.state !== "done",
+      );
+      demo = await waitState(page, ["ready", "error"], 120_000);
+      assertEquals(demo.state, "ready", `training failed: ${demo.error}`);
+      const losses = demo.training!;
+      assertEquals(losses.map((p) => p.step), [...Array(steps).keys()]);
+      assert(losses.every((p) => Number.isFinite(p.target) && Number.isFinite(p.draft)));
+      // from ln 256 ≈ 5.5 at initialisation, the tiny preset's lr gets well below in a few steps
+      assert(losses[steps - 1].target < losses[0].target, JSON.stringify(losses));
+      assert(await page.locator("#loss-plot svg polyline").count() === 2);
+
       const shot = Deno.env.get("SPECDEC_SCREENSHOT");
       if (shot) await page.screenshot({ path: shot, fullPage: true });
     });
@@ -202,4 +219,15 @@ Deno.test("demo speedup: Leviathan's formula and the fitted α", () => {
   }
   assertEquals(fitAlpha(0, 5), 0);
   assertEquals(fitAlpha(5, 5), 1);
+});
+
+Deno.test("demo loss plot: one polyline per model, points inside the frame", () => {
+  const svg = lossSvg(
+    [{ step: 0, target: 5.5, draft: 5.6 }, { step: 9, target: 3, draft: 3.2 }],
+    10,
+  );
+  assertEquals(svg.match(/<polyline/g)?.length, 2);
+  for (const [, x, y] of svg.matchAll(/(-?[\d.]+),(-?[\d.]+)/g)) {
+    assert(+x >= 0 && +x <= 560 && +y >= 0 && +y <= 160, `${x},${y} outside the plot`);
+  }
 });

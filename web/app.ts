@@ -23,15 +23,18 @@ import {
 } from "../mod.ts";
 import { type Provenance, provenance } from "./provenance.ts";
 import { fitAlpha, predictedSpeedup } from "./speedup.ts";
+import { type LossPoint, lossSvg, trainTinyPair } from "./train.ts";
 
 /** What the page exposes on `globalThis.specdecDemo`. */
 export interface DemoHandle {
-  /** starting, no-webgpu, loading, ready, running, done or error. */
+  /** starting, no-webgpu, loading, ready, running, training, done or error. */
   state: string;
   /** The last error's message. */
   error?: string;
   /** The adapter's name. */
   adapter?: string;
+  /** The losses of the last training in the page. */
+  training?: LossPoint[];
   /** The last run's inputs and outputs. */
   last?: {
     prompt: number[];
@@ -180,6 +183,12 @@ function num(id: string, integer: boolean): number {
   return v;
 }
 
+/** Whether a character is a control character other than tab and newline. */
+function isControl(ch: string): boolean {
+  const c = ch.charCodeAt(0);
+  return ch.length === 1 && (c < 32 || c === 127) && ch !== "\n" && ch !== "\t";
+}
+
 /** Streams bytes into a <pre> as coloured spans; multi-byte characters are joined across tokens. */
 class TokenView {
   #out: HTMLElement;
@@ -191,7 +200,7 @@ class TokenView {
   add(bytes: number[], kind: Provenance | "prompt" | ""): void {
     const text = this.#dec.decode(new Uint8Array(bytes), { stream: true })
       // control bytes an undertrained model emits would be invisible
-      .replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, "·");
+      .replace(/./gsu, (ch) => (isControl(ch) ? "·" : ch));
     if (!text) return;
     const span = document.createElement("span");
     span.textContent = text;
@@ -351,6 +360,47 @@ function renderStats(
     .join("");
 }
 
+/** Trains a tiny pair in the page on its own bundle's text, plotting both losses. */
+async function train(): Promise<void> {
+  if (!gpu) return;
+  const steps = num("train-steps", true);
+  const buttons = [el<HTMLButtonElement>("train"), el<HTMLButtonElement>("run")];
+  buttons.forEach((b) => b.disabled = true);
+  setState("training");
+  try {
+    const res = await fetch("dist/app.js");
+    if (!res.ok) {
+      throw new Error(`specdec demo: fetching the training text gave HTTP ${res.status}`);
+    }
+    const text = new Uint8Array(await res.arrayBuffer());
+    const points: LossPoint[] = [];
+    const t0 = performance.now();
+    const plot = el("loss-plot"), info = el("train-status");
+    const pair = await trainTinyPair(gpu, text, steps, (p) => {
+      points.push(p);
+      if (p.step % 5 === 0 || p.step === steps - 1) {
+        plot.innerHTML = lossSvg(points, steps);
+        info.textContent = `step ${p.step + 1}/${steps}: loss ${p.target.toFixed(3)}, draft ` +
+          `${p.draft.toFixed(3)} (${((performance.now() - t0) / 1000).toFixed(1)} s)`;
+      }
+    });
+    models.target?.destroy();
+    models.draft?.destroy();
+    Object.assign(models, pair);
+    demo.training = points;
+    el("target-info").textContent = `trained here: ${steps} steps, loss ${
+      points.at(-1)!.target.toFixed(3)
+    }`;
+    el("draft-info").textContent = `trained here: ${steps} steps, loss ${
+      points.at(-1)!.draft.toFixed(3)
+    }`;
+    setState("ready");
+  } finally {
+    el<HTMLButtonElement>("train").disabled = false;
+    el<HTMLButtonElement>("run").disabled = !(models.target && models.draft);
+  }
+}
+
 async function main(): Promise<void> {
   setupDrop("target");
   setupDrop("draft");
@@ -358,6 +408,8 @@ async function main(): Promise<void> {
   if (!gpu) return;
   el("load").addEventListener("click", () => loadFromUrls().catch(fail));
   el("run").addEventListener("click", () => run().catch(fail));
+  el("train").addEventListener("click", () => train().catch(fail));
+  el<HTMLButtonElement>("train").disabled = false;
   await loadFromUrls();
 }
 
