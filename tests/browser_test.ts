@@ -29,14 +29,14 @@ export const WEBGPU_FLAGS = [
   "--use-webgpu-adapter=swiftshader",
 ];
 
+/** Where to look: SPECDEC_CHROMIUM alone when set, else Debian's and Ubuntu's paths. */
+function candidates(): string[] {
+  const chosen = Deno.env.get("SPECDEC_CHROMIUM");
+  return chosen ? [chosen] : ["/usr/bin/chromium", "/usr/bin/chromium-browser"];
+}
+
 function findChromium(): string | undefined {
-  const candidates = [
-    Deno.env.get("SPECDEC_CHROMIUM"),
-    "/usr/bin/chromium",
-    "/usr/bin/chromium-browser",
-  ];
-  for (const p of candidates) {
-    if (!p) continue;
+  for (const p of candidates()) {
     try {
       if (Deno.statSync(p).isFile) return p;
     } catch { /* not there */ }
@@ -49,8 +49,8 @@ const required = Deno.env.get("SPECDEC_REQUIRE_BROWSER") === "1";
 if (!chromiumPath) {
   if (required) {
     throw new Error(
-      "SPECDEC_REQUIRE_BROWSER=1 but no chromium at SPECDEC_CHROMIUM, /usr/bin/chromium or " +
-        "/usr/bin/chromium-browser (`apt-get install -y chromium`)",
+      `SPECDEC_REQUIRE_BROWSER=1 but no chromium at ${candidates().join(" or ")} ` +
+        "(`apt-get install -y chromium`, or set SPECDEC_CHROMIUM)",
     );
   }
   console.warn(
@@ -60,7 +60,7 @@ if (!chromiumPath) {
 }
 
 const PROMPT = "export function ";
-const NEW_TOKENS = 40;
+const NEW_TOKENS = 24;
 const SEED = 7;
 
 type Page = import("playwright-core").Page;
@@ -151,7 +151,7 @@ Deno.test({
       }
 
       // training in the page: a few steps of both models, losses finite and coming down
-      const steps = 12;
+      const steps = 4;
       await page.fill("#train-steps", String(steps));
       await page.click("#train");
       await page.waitForFunction(
