@@ -1,5 +1,6 @@
 /**
- * Benchmarks: `deno bench -A bench.ts` (or `deno task bench`). Every case also records GPU time
+ * Benchmarks: `deno bench bench.ts` (no permissions needed), `deno bench -A bench.ts` or
+ * `deno task bench`. Every case also records GPU time
  * from timestamp queries; a table of GPU time, wall time and rates (GFLOP/s, GB/s, tokens/s,
  * readbacks per token, predicted vs measured speculative speedup) prints when the run ends.
  * Sizes follow the adapter: tiny on a software adapter, the reference config on a GPU.
@@ -12,10 +13,26 @@ import { requestGpu } from "./kernels/gpu.ts";
 import { benchCases, representative, type Sample } from "./bench/suite.ts";
 import { formatTable, summarize } from "./bench/summary.ts";
 
+/**
+ * An environment variable, read only when env access is granted: plain `deno bench bench.ts` has
+ * no permissions (WebGPU needs none), and a read would stop it with NotCapable.
+ */
+function env(name: string): string | undefined {
+  return Deno.permissions.querySync({ name: "env", variable: name }).state === "granted"
+    ? Deno.env.get(name)
+    : undefined;
+}
+
+if (Deno.permissions.querySync({ name: "env" }).state !== "granted") {
+  console.log(
+    "bench.ts: no env access, so SPECDEC_BENCH_QUICK and SPECDEC_BENCH_MODELS are not read " +
+      "(`deno bench -A bench.ts` or `deno task bench` reads them)",
+  );
+}
 const gpu = await requestGpu();
-const quick = Deno.env.get("SPECDEC_BENCH_QUICK") === "1";
+const quick = env("SPECDEC_BENCH_QUICK") === "1";
 const samples = new Map<string, Sample[]>();
-const cases = benchCases(gpu, quick, Deno.env.get("SPECDEC_BENCH_MODELS"));
+const cases = benchCases(gpu, quick, env("SPECDEC_BENCH_MODELS"));
 
 for (const c of cases) {
   let run: (() => Promise<Sample>) | undefined;

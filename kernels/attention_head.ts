@@ -14,7 +14,7 @@
 export const TILE = 64;
 
 /** −FLT_MAX as WGSL: the reference's mask value, and "no key yet" for a running max. */
-export const NEG_MAX = "-3.40282347e+38";
+export const NEG_MAX = "-3.4028234663852886e+38"; // exactly −FLT_MAX (Tint rejects the rounded-up -3.40282347e+38)
 
 /** Largest power of two ≤ x (at least 1). */
 function pow2Floor(x: number): number {

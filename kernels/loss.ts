@@ -46,7 +46,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   var lt = 0.0;
   if (valid) { lt = logits[base + tgt]; }
 
-  var m = -3.40282347e38;
+  var m = -3.4028234663852886e38;
   for (var v = lid; v < params.V; v += WG) { m = max(m, logits[base + v]); }
   red[lid] = m;
   workgroupBarrier();
@@ -102,7 +102,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   var lt = 0.0;
   if (valid) { lt = logits[base + tgt]; }
 
-  var m = -3.40282347e38;
+  var m = -3.4028234663852886e38;
   for (var v = lid; v < params.V; v += WG) { m = max(m, logits[base + v]); }
   red[lid] = m;
   workgroupBarrier();
@@ -167,7 +167,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   var lt = 0.0;
   if (valid) { lt = logits[base + tgt]; }
 
-  var m = -3.40282347e38;
+  var m = -3.4028234663852886e38;
   for (var v = lid; v < params.V; v += WG) { m = max(m, logits[base + v]); }
   red[lid] = m;
   workgroupBarrier();
