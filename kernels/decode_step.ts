@@ -7,7 +7,7 @@
  * @module
  */
 import type { Dispatch, Gpu } from "./gpu.ts";
-import { layoutParams, type StateLayout } from "./decode_state.ts";
+import { FAIL_ROW_WGSL, layoutParams, ROW_ERROR, type StateLayout } from "./decode_state.ts";
 import {
   LOGITS_CORE,
   PHILOX_WGSL,
@@ -23,18 +23,20 @@ import {
 const baseStepCode = (wg: number): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
-  B: u32, L: u32, statsOff: u32, seqOff: u32, statsW: u32,
+  B: u32, L: u32, errOff: u32, statsOff: u32, seqOff: u32, statsW: u32,
   n: u32, seedLo: u32, seedHi: u32,
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;           // (B, n, V)
-@group(0) @binding(2) var<storage, read_write> state: array<u32>;      // [pos (B) | stats (B, W) | seq (B, L)]
+@group(0) @binding(2) var<storage, read_write> state: array<u32>;      // [pos (B) | err (B, 2) | stats (B, W) | seq (B, L)]
 @group(0) @binding(3) var<storage, read_write> feedTokens: array<u32>; // (B) next forward's tokens
 @group(0) @binding(4) var<storage, read_write> feedStart: array<u32>;  // (B) and their positions
 ${rowCommonWgsl(wg)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
+${FAIL_ROW_WGSL}
 fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+const SOURCE: u32 = ${ROW_ERROR.target << 4}u; // ROW_ERROR.target << 4
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -44,13 +46,18 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (t == 0u) { wword = state[b]; }
   let pos = workgroupUniformLoad(&wword);
   if (pos >= params.L) { return; } // finished rows do nothing (their last feed stays, the same)
-  analyze((b * params.n + params.n - 1u) * params.V, t);
+  let bad = analyze((b * params.n + params.n - 1u) * params.V, t);
+  if (bad != 0u) { // non-finite logits: stop the row, write no token (the host throws)
+    if (t == 0u) { failRow(b, bad | SOURCE, pos); }
+    return;
+  }
   var tok = rArg;
   if (params.greedy == 0u) {
     let ctr = vec4<u32>(b, pos, ${RNG_PURPOSE.base}u, 0u);
     tok = invCdf(t, uniform01(ctr, vec2<u32>(params.seedLo, params.seedHi)));
   }
   if (t == 0u) {
+    if (tok >= params.V) { failRow(b, ${ROW_ERROR.noToken}u | SOURCE, pos); return; }
     state[params.seqOff + b * params.L + pos] = tok;
     state[b] = pos + 1u;
     state[params.statsOff + b * params.statsW] += 1u;
@@ -110,12 +117,12 @@ export function baseStepKernel(
 const draftStepFeedDraftCode = (wg: number): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
-  B: u32, L: u32, seqOff: u32,
+  B: u32, L: u32, errOff: u32, seqOff: u32,
   n: u32, seedLo: u32, seedHi: u32, i: u32, gamma: u32,
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;           // (B, n, V)
-@group(0) @binding(2) var<storage, read> state: array<u32>;            // [pos (B) | … | seq (B, L)]
+@group(0) @binding(2) var<storage, read_write> state: array<u32>;      // [pos (B) | err (B, 2) | … | seq]
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;          // (B, gamma, V)
 @group(0) @binding(4) var<storage, read_write> draft: array<u32>;      // (B, gamma)
 @group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B) next draft forward
@@ -123,7 +130,9 @@ struct Params {
 ${rowCommonWgsl(wg)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
+${FAIL_ROW_WGSL}
 fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+const SOURCE: u32 = ${ROW_ERROR.draft << 4}u; // ROW_ERROR.draft << 4
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -135,7 +144,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (pos >= params.L) { return; } // finished rows do nothing
   var r = 0u;
   if (params.n == 2u && pos >= 2u) { r = 1u; }
-  analyze((b * params.n + r) * params.V, t);
+  let bad = analyze((b * params.n + r) * params.V, t);
+  if (bad != 0u) { // non-finite logits: stop the row, write no token (the host throws)
+    if (t == 0u) { failRow(b, bad | SOURCE | (params.i << 8u), pos + params.i - 1u); }
+    return;
+  }
   let qBase = (b * params.gamma + params.i - 1u) * params.V;
   let ch = chunkOf(t);
   var tie = tieBase[t];
@@ -146,6 +159,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     tok = invCdf(t, uniform01(ctr, vec2<u32>(params.seedLo, params.seedHi)));
   }
   if (t == 0u) {
+    if (tok >= params.V) {
+      failRow(b, ${ROW_ERROR.noToken}u | SOURCE | (params.i << 8u), pos + params.i - 1u);
+      return;
+    }
     draft[b * params.gamma + params.i - 1u] = tok;
     feedTokens[b] = tok;                // the next draft forward feeds x_i
     feedStart[b] = pos + params.i - 1u; // at its position
@@ -160,12 +177,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 const draftStepFeedTargetCode = (wg: number): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
-  B: u32, L: u32, seqOff: u32,
+  B: u32, L: u32, errOff: u32, seqOff: u32,
   n: u32, seedLo: u32, seedHi: u32, i: u32, gamma: u32,
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;             // (B, n, V)
-@group(0) @binding(2) var<storage, read> state: array<u32>;              // [pos (B) | … | seq (B, L)]
+@group(0) @binding(2) var<storage, read_write> state: array<u32>;        // [pos (B) | err (B, 2) | … | seq]
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;            // (B, gamma, V)
 @group(0) @binding(4) var<storage, read_write> draft: array<u32>;        // (B, gamma)
 @group(0) @binding(5) var<storage, read_write> targetTokens: array<u32>; // (B, gamma + 1)
@@ -173,7 +190,9 @@ struct Params {
 ${rowCommonWgsl(wg)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
+${FAIL_ROW_WGSL}
 fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+const SOURCE: u32 = ${ROW_ERROR.draft << 4}u; // ROW_ERROR.draft << 4
 
 fn feedTarget(b: u32, pos: u32) {
   let n = params.gamma + 1u;
@@ -195,7 +214,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   }
   var r = 0u;
   if (params.n == 2u && pos >= 2u) { r = 1u; }
-  analyze((b * params.n + r) * params.V, t);
+  let bad = analyze((b * params.n + r) * params.V, t);
+  if (bad != 0u) { // non-finite logits: stop the row, write no token (the host throws)
+    if (t == 0u) { failRow(b, bad | SOURCE | (params.i << 8u), pos + params.i - 1u); }
+    return;
+  }
   let qBase = (b * params.gamma + params.i - 1u) * params.V;
   let ch = chunkOf(t);
   var tie = tieBase[t];
@@ -206,6 +229,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     tok = invCdf(t, uniform01(ctr, vec2<u32>(params.seedLo, params.seedHi)));
   }
   if (t == 0u) {
+    if (tok >= params.V) {
+      failRow(b, ${ROW_ERROR.noToken}u | SOURCE | (params.i << 8u), pos + params.i - 1u);
+      return;
+    }
     draft[b * params.gamma + params.i - 1u] = tok;
     feedTarget(b, pos);
   }
@@ -255,7 +282,7 @@ export function draftStepKernel(
     );
   }
   const wg = samplingWorkgroupSize(args.numTokens, gpu.isSoftware);
-  const { B, L, seqOff } = layoutParams(args.layout);
+  const { B, L, errOff, seqOff } = layoutParams(args.layout);
   const common = { logits: args.logits, state: args.state, q: args.q, draft: args.draft };
   return gpu.kernel({
     label: `draft step ${args.i} sample (${args.layout.batch}, ${args.numTokens})`,
@@ -264,6 +291,7 @@ export function draftStepKernel(
       ...samplingParams(args),
       B,
       L,
+      errOff,
       seqOff,
       n: args.n,
       ...seedParams(args.seed),

@@ -20,6 +20,12 @@
  * - a categorical sample takes the first index whose running sum of weights exceeds `u · Σw`;
  *   only indices with positive weight can be chosen (f32 rounding at the end falls back to the
  *   last positive one).
+ * - non-finite logits (the policy of decode_state.ts's `ROW_ERROR`, as PyTorch's `multinomial`
+ *   refuses NaN and Inf probabilities): `analyze` reports a NaN anywhere in the row (even one the
+ *   filter would drop), +∞ unless greedy (softmax would be ∞/∞), and a row whose max is −∞
+ *   (nothing has positive probability). −∞ beside a larger logit is a masked token (probability
+ *   0). Greedy takes the first +∞ as the argmax. A kernel that gets a report writes no token: it
+ *   stops the row and records why, and the host throws.
  *
  * Draft probabilities (q) and target probabilities (p) come from the very same WGSL
  * ({@link LOGITS_CORE}), so both are computed in the same precision by the same code.
@@ -243,6 +249,11 @@ fn invCdf(t: u32, u: f32) -> u32 {
  * (walk chunks in order). `probAt(x)` is the probability of one index x. The including kernel
  * defines `weight` for `invCdf` (`logitProb`, or the acceptance kernel's residual).
  *
+ * `analyze` returns 0, or the `ROW_ERROR` bits (decode_state.ts) of logits that cannot be sampled
+ * (NaN; +∞ unless greedy; a max of −∞), uniform over the workgroup; then nothing else of the row
+ * was computed and the caller must not sample it. Non-finite values are found from their bits,
+ * which no float optimisation can fold away, while the max is searched (no extra pass).
+ *
  * The radix select takes 4 bits per pass from the top (up to 8 passes, stopping as soon as
  * every candidate left in the chosen digit is kept): each thread counts its chunk's candidates
  * per digit in registers (byte counters, four digits per register; no atomics), the 16 totals
@@ -257,7 +268,8 @@ var<workgroup> wCnt: array<u32, 16 * WG>; // (16 digits, WG threads) candidate c
 var<workgroup> wTot: array<u32, 16>;      // (16 digits) candidate counts of a pass
 var<workgroup> wTies: array<u32, WG>;     // per-thread ties at the threshold
 var<workgroup> wSum: array<f32, WG>;      // per-thread softmax partial sums
-var<workgroup> wflag: u32;                // "the select is done", broadcast uniformly
+var<workgroup> wBad: array<u32, WG>;      // per-thread ROW_ERROR bits (NaN, +Inf seen)
+var<workgroup> wflag: u32;                // "the select is done" / the row's errors, broadcast
 var<private> rBase: u32; // offset of the row in logits
 var<private> rMask: u32; // high bits of the order key the threshold fixes (radix passes done)
 var<private> rThr: u32;  // those bits of the k-th largest logit's order key
@@ -267,6 +279,17 @@ var<private> rSum: f32;  // Σ over kept logits of exp((l − max) / T)
 var<private> rArg: u32;  // argmax, first index on ties
 
 const BYTE_SHIFTS = vec4<u32>(0u, 8u, 16u, 24u); // the four byte counters of a u32
+
+const BAD_NAN: u32 = 1u;    // ROW_ERROR.nan
+const BAD_POS_INF: u32 = 2u; // ROW_ERROR.posInf
+const BAD_NO_MAX: u32 = 4u;  // ROW_ERROR.noMax
+
+// BAD_NAN / BAD_POS_INF of one logit, from its bits (a comparison could be folded away).
+fn nonFinite(x: f32) -> u32 {
+  let b = bitcast<u32>(x);
+  return select(0u, BAD_NAN, (b & 0x7fffffffu) > 0x7f800000u) |
+    select(0u, BAD_POS_INF, b == 0x7f800000u);
+}
 
 // Maps f32 to u32 so that unsigned order is float order.
 fn orderKey(x: f32) -> u32 {
@@ -293,20 +316,24 @@ fn logitProb(j: u32, tie: ptr<function, u32>) -> f32 {
 }
 
 // Uniform control flow. Barriers sit where a thread reads what others wrote; the first one
-// keeps a second call from overwriting partials a slow thread still reads.
-fn analyze(base: u32, t: u32) {
+// keeps a second call from overwriting partials a slow thread still reads. Returns 0, or the
+// row's ROW_ERROR bits (uniform): then the row must not be sampled.
+fn analyze(base: u32, t: u32) -> u32 {
   workgroupBarrier();
   rBase = base;
   let ch = chunkOf(t);
-  // max and argmax (first index wins ties)
+  // max and argmax (first index wins ties), and any NaN or +Inf
   var bv = 0.0;
   var bi = NONE;
+  var bad = 0u;
   for (var j = ch.x; j < ch.y; j++) {
     let v = logits[base + j];
+    bad |= nonFinite(v);
     if (bi == NONE || v > bv) { bv = v; bi = j; }
   }
   wMaxV[t] = bv;
   wMaxI[t] = bi;
+  wBad[t] = bad;
   tieBase[t] = 0u;
   workgroupBarrier();
   var v = wMaxV[0];
@@ -320,7 +347,14 @@ fn analyze(base: u32, t: u32) {
   rThr = 0u;
   rKeep = NONE;
   rSum = 1.0;
-  if (params.greedy != 0u) { return; }
+  if (t == 0u) {
+    var all = select(0u, BAD_NO_MAX, bitcast<u32>(v) == 0xff800000u); // max −∞: all are −∞
+    for (var c = 0u; c < WG; c++) { all |= wBad[c]; }
+    if (params.greedy != 0u) { all &= ~BAD_POS_INF; } // argmax: the first +∞ wins
+    wflag = all;
+  }
+  let rowBad = workgroupUniformLoad(&wflag);
+  if (rowBad != 0u || params.greedy != 0u) { return rowBad; }
   if (params.k < params.V) {
     var prefix = 0u;
     var mask = 0u;
@@ -412,6 +446,7 @@ fn analyze(base: u32, t: u32) {
   var total = 0.0;
   for (var c = 0u; c < WG; c++) { total += wSum[c]; }
   rSum = total;
+  return 0u;
 }
 
 // p(x) of the analyzed row for one index x, as logitProb gives it when walking the row in order

@@ -286,6 +286,7 @@ export function speculativeDecodingEngine(
       step: parts.flatMap((x) => x.dispatches),
       parts,
       maxRate: G + 1,
+      modelNames: { target: "the target model", draft: "the draft model" },
       destroy: cleanup.run,
     };
   } catch (e) {
@@ -362,16 +363,19 @@ export async function speculativeDecodingWith(
     (engine, run) => {
       const P = engine.promptLen, B = engine.layout.batch, W = engine.layout.statsWidth;
       const G = engine.maxRate - 1;
-      let rowStepsTotal = 0, accepted = 0;
+      // stats per row: [steps, accepted (emitted), acceptedRaw, acceptedAt[0..G)]
+      let rowStepsTotal = 0, accepted = 0, acceptedRaw = 0;
       const at = new Array<number>(G).fill(0);
       for (let b = 0; b < B; b++) {
         rowStepsTotal += run.stats[b * W];
         accepted += run.stats[b * W + 1];
-        for (let i = 0; i < G; i++) at[i] += run.stats[b * W + 2 + i];
+        acceptedRaw += run.stats[b * W + 2];
+        for (let i = 0; i < G; i++) at[i] += run.stats[b * W + 3 + i];
       }
       return {
         draftForwards: G * run.stepsEncoded + (P > 1 ? 1 : 0),
         acceptedMean: accepted / rowStepsTotal,
+        acceptedMeanRaw: acceptedRaw / rowStepsTotal,
         acceptedPerPosition: at.map((a) => a / rowStepsTotal),
         rowSteps: run.rowSteps,
         gamma: G,
