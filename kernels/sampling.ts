@@ -348,9 +348,11 @@ fn analyze(base: u32, t: u32) -> u32 {
   rKeep = NONE;
   rSum = 1.0;
   if (t == 0u) {
-    var all = select(0u, BAD_NO_MAX, bitcast<u32>(v) == 0xff800000u); // max −∞: all are −∞
+    var all = 0u;
     for (var c = 0u; c < WG; c++) { all |= wBad[c]; }
     if (params.greedy != 0u) { all &= ~BAD_POS_INF; } // argmax: the first +∞ wins
+    // without NaN, a max of −∞ means every logit is −∞ (with NaN the max means nothing)
+    if (all == 0u && bitcast<u32>(v) == 0xff800000u) { all = BAD_NO_MAX; }
     wflag = all;
   }
   let rowBad = workgroupUniformLoad(&wflag);
