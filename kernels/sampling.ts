@@ -82,6 +82,24 @@ export function topK(numTokens: number, filterThres: number): number {
 }
 
 /**
+ * A value as an error message shows it: strings quoted (`"abc"`, so `"1"` is not mistaken for
+ * 1), numbers as they print, anything else by its type (`null`, `an array of 3`, `an object`).
+ *
+ * @param v any value
+ * @returns its description
+ */
+export function showValue(v: unknown): string {
+  if (typeof v === "string") {
+    return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + "…" : v)}`;
+  }
+  if (typeof v === "number" || typeof v === "boolean" || typeof v === "bigint") return String(v);
+  if (v === null || v === undefined) return String(v);
+  if (Array.isArray(v)) return `an array of ${v.length}`;
+  if (ArrayBuffer.isView(v)) return `a ${v.constructor.name}`;
+  return `${typeof v === "function" ? "a function" : "an object"}`;
+}
+
+/**
  * Checks sampling options and throws a clear error on bad values.
  *
  * @param temperature ≥ 0 and finite (0 = greedy)
@@ -91,18 +109,22 @@ export function topK(numTokens: number, filterThres: number): number {
 export function validateSampling(temperature: number, filterThres: number): void {
   if (typeof temperature !== "number" || !Number.isFinite(temperature) || temperature < 0) {
     throw new Error(
-      `specdec: temperature must be a finite number ≥ 0 (0 = greedy), got ${temperature}`,
+      `specdec: temperature must be a finite number ≥ 0 (0 = greedy), got ${
+        showValue(temperature)
+      }`,
     );
   }
   if (typeof filterThres !== "number" || !(filterThres >= 0 && filterThres < 1)) {
-    throw new Error(`specdec: filterThres must be in [0, 1), got ${filterThres}`);
+    throw new Error(
+      `specdec: filterThres must be in [0, 1), got ${showValue(filterThres)}`,
+    );
   }
 }
 
 /** Splits a seed (an integer in [0, 2⁵³)) into the two key words of Philox. */
 export function seedWords(seed: number): [number, number] {
   if (!Number.isSafeInteger(seed) || seed < 0) {
-    throw new Error(`specdec: seed must be a non-negative safe integer, got ${seed}`);
+    throw new Error(`specdec: seed must be a non-negative safe integer, got ${showValue(seed)}`);
   }
   return [seed >>> 0, Math.floor(seed / 2 ** 32) >>> 0];
 }

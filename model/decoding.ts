@@ -83,9 +83,10 @@ export function baseDecodingEngine(
   try {
     const state = initialState(gpu, layout, prompt, label);
     cleanup.add(() => state.destroy());
-    const { cache, release } = model.caches.acquire(B, L);
+    const { cache, release, adopt } = model.caches.acquire(B, L);
     cleanup.add(release);
     const plan = model.forwardPlan(cache, 1);
+    adopt(plan); // freed with the cache if the pool evicts it
     const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
     const parts: StepPart[] = [
       { name: "target forward n=1", dispatches: plan.dispatches },
@@ -119,7 +120,7 @@ export function baseDecodingEngine(
       layout,
       promptLen: P,
       state,
-      prefill: [...prefillDispatches(model, cache, state, layout, P), feed],
+      prefill: [...prefillDispatches(model, cache, state, layout, P, adopt), feed],
       step: parts.flatMap((p) => p.dispatches),
       parts,
       maxRate: 1,
@@ -212,13 +213,15 @@ export function speculativeDecodingEngine(
     cleanup.add(() => state.destroy());
     const q = buffer(`q (${B}, ${G}, ${V})`, B * G * V * 4);
     const drafts = buffer(`draft tokens u32 (${B}, ${G})`, B * G * 4);
-    const { cache: tc, release: releaseT } = target.caches.acquire(B, maxLen);
+    const { cache: tc, release: releaseT, adopt: adoptT } = target.caches.acquire(B, maxLen);
     cleanup.add(releaseT);
-    const { cache: dc, release: releaseD } = draft.caches.acquire(B, maxLen);
+    const { cache: dc, release: releaseD, adopt: adoptD } = draft.caches.acquire(B, maxLen);
     cleanup.add(releaseD);
     const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
     const d2 = draft.forwardPlan(dc, 2), d1 = draft.forwardPlan(dc, 1);
     const tp = target.forwardPlan(tc, G + 1);
+    [d2, d1].forEach(adoptD); // freed with the caches if the pools evict them
+    adoptT(tp);
     const common = { ...sampling, state, layout, q, draft: drafts, gamma: G, seed };
     // Draft step i samples x_i and feeds the next forward: the next draft step's, or (the last
     // one) the target's verification; acceptance feeds the next step's first draft forward, which
@@ -279,8 +282,8 @@ export function speculativeDecodingEngine(
       promptLen: P,
       state,
       prefill: [
-        ...prefillDispatches(target, tc, state, layout, P),
-        ...prefillDispatches(draft, dc, state, layout, P),
+        ...prefillDispatches(target, tc, state, layout, P, adoptT),
+        ...prefillDispatches(draft, dc, state, layout, P, adoptD),
         feed,
       ],
       step: parts.flatMap((x) => x.dispatches),

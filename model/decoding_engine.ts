@@ -13,7 +13,7 @@ import {
   type StateLayout,
   stateOffsets,
 } from "../kernels/decode_state.ts";
-import type { Decoder } from "./decoder.ts";
+import type { Decoder, ForwardPlan } from "./decoder.ts";
 import type { KVCache } from "./kv_cache.ts";
 import { type DecodingOptions, integerOption } from "./decoding_options.ts";
 import type { DecodingResult } from "./decoding_results.ts";
@@ -199,16 +199,21 @@ export function initialState(
   return gpu.upload(`${label} state [pos (B) | stats (B, W) | seq (B, L)] u32`, s);
 }
 
-/** Prefill dispatches: the first P − 1 prompt tokens of each row at start 0 (none when P = 1). */
+/**
+ * Prefill dispatches: the first P − 1 prompt tokens of each row at start 0 (none when P = 1).
+ * `adopt` ties the prefill's plan to a pooled cache (freed with it).
+ */
 export function prefillDispatches(
   model: Decoder,
   cache: KVCache,
   state: GPUBuffer,
   layout: StateLayout,
   P: number,
+  adopt?: (plan: ForwardPlan) => void,
 ): Dispatch[] {
   if (P < 2) return [];
   const plan = model.forwardPlan(cache, P - 1);
+  adopt?.(plan);
   return [
     seqFeedKernel(model.gpu, {
       state,
