@@ -211,7 +211,8 @@ gpuTest("acceptKernel() matches the float64 reference row by row", async (gpu) =
     const want = acceptRef(c, o);
     assertEquals(Array.from(got), Array.from(want), `case ${i} ${JSON.stringify(o)}`);
     // active rows feed the next step's first draft forward: seq[s], seq[s + 1] at s = pos − 2
-    const seqOff = stateOffsets({ batch: c.B, seqLen: c.L, statsWidth: speculativeStatsWidth(c.gamma) }).seq;
+    const seqOff =
+      stateOffsets({ batch: c.B, seqLen: c.L, statsWidth: speculativeStatsWidth(c.gamma) }).seq;
     for (let b = 0; b < c.B; b++) {
       if (c.pos[b] >= c.L) continue;
       const s = Math.max(got[b] - 2, 0),
