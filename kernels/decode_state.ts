@@ -64,8 +64,10 @@ export function layoutParams(
  * The error word of a stopped row, `err[b, 0]` (`err[b, 1]` is the position whose token could not
  * be drawn): `why | source << 4 | index << 8`, 0 while the row is fine.
  *
- * - why: {@link ROW_ERROR}.nan, `posInf`, `noMax` (every logit −∞: nothing has probability),
- *   `noToken` (the sampler found no token of positive weight; a safety net, never expected);
+ * - why: {@link ROW_ERROR}.nan (a NaN anywhere in the row, even where top-k would drop it),
+ *   `posInf` (a +∞ when the temperature is above 0), `noMax` (every logit −∞: nothing has
+ *   probability; reported only when neither of the others is), `noToken` (the sampler found no
+ *   token of positive weight; a safety net, not expected with finite logits);
  * - source: {@link ROW_ERROR}.target (the decoded model in base decoding, the target in
  *   speculative decoding) or `draft`;
  * - index: the draft token i (1..γ) of a draft step, or the verification row a (0..γ) of the

@@ -141,8 +141,11 @@ export function baseDecodingEngine(
  * @param seqLen total length, prompt included (> prompt length, ≤ the model's maxSeqLen)
  * @param options temperature (0 = greedy), filterThres, seed, chunking, streaming and timing
  * @returns the generated tokens and the cost counters
- * @throws Error on bad input (empty or ragged prompt, tokens out of range, seqLen too small or
- *   too large, bad sampling options)
+ * @throws Error on bad input (a prompt that is not `number[][]`, empty or ragged, tokens out of
+ *   range, seqLen too small or too large, bad sampling options); and, at the readback after the
+ *   step that met them, when the model's logits cannot be sampled (NaN; +Inf unless temperature
+ *   is 0; all −Inf): the error names the row, its position and step. No token is ever drawn from
+ *   such logits (the row is stopped on the GPU, like PyTorch's `multinomial` refusing them).
  * @example
  * ```ts
  * import { baseDecoding, Decoder, requestGpu } from "@x/specdec";
@@ -316,7 +319,11 @@ export function speculativeDecodingEngine(
  *   streaming and timing
  * @returns the generated tokens, acceptance statistics and cost counters
  * @throws Error on bad input (gamma, temperature, filterThres, lenience, mismatched models,
- *   empty or ragged prompt, tokens out of range, seqLen too small or too large)
+ *   a prompt that is not `number[][]`, empty or ragged, tokens out of range, seqLen too small or
+ *   too large); and, at the readback after the step that met them, when the draft's or the
+ *   target's logits cannot be sampled (NaN; +Inf unless temperature is 0; all −Inf): the error
+ *   names the model, the row, its position and step (and the draft token or verification row).
+ *   No token is ever drawn from such logits.
  * @example
  * ```ts
  * import { Decoder, requestGpu, speculativeDecoding } from "@x/specdec";
@@ -324,7 +331,7 @@ export function speculativeDecodingEngine(
  * const target = Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 4 }, { seed: 0 });
  * const draft = Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 1 }, { seed: 1 });
  * const out = await speculativeDecoding(target, draft, [[72, 101]], 32, { gamma: 4 });
- * console.log(out.tokens[0].length, out.acceptedMean, out.targetForwards);
+ * console.log(out.tokens[0].length, out.acceptedMean, out.acceptedMeanRaw, out.targetForwards);
  * ```
  */
 export async function speculativeDecoding(

@@ -188,7 +188,7 @@ gpuTest(
     }
     assert(most <= bound, `the pool grew to ${most} bytes, over ${bound}`);
     assert(unbounded > 3 * bound, "the lengths must be many enough to show the bound");
-  console.log(`pool: at most ${most} bytes (bound ${bound}; without eviction ${unbounded})`);
+    console.log(`pool: at most ${most} bytes (bound ${bound}; without eviction ${unbounded})`);
     // the pool now holds long caches: a short decode reuses one, with the same tokens as a fresh
     // model (same seed) whose pool gives it a fitting cache
     const probe = model.caches.acquire(2, 20);
