@@ -41,8 +41,9 @@ export function integerOption(name: string, v: number, min: number): number {
 }
 
 /**
- * Checks that a prompt is shaped as `number[][]` with number tokens, so that a string, a flat
- * array or a row of strings is named as such (the token checks that follow assume the shape).
+ * Checks that a prompt is an array of arrays, so that a string or a flat array is named as such
+ * rather than reported as an empty batch. The wording is validateTokens' (decoder.ts), which makes
+ * the same checks on newer trees: whichever runs first, the message is the same.
  *
  * @param prompt what the caller passed as the prompt
  * @throws Error naming what was given instead
@@ -50,28 +51,32 @@ export function integerOption(name: string, v: number, min: number): number {
 export function validatePromptShape(prompt: unknown): void {
   if (!Array.isArray(prompt)) {
     throw new Error(
-      `specdec: prompt must be an array of rows of tokens (number[][]), got ${showValue(prompt)}`,
+      `specdec: prompt must be an array of rows (number[][]), got ${describeInput(prompt)}`,
     );
   }
-  for (let b = 0; b < prompt.length; b++) {
-    const row: unknown = prompt[b];
+  prompt.forEach((row: unknown, b) => {
     if (!Array.isArray(row)) {
       throw new Error(
-        `specdec: prompt must be an array of rows of tokens (number[][]); prompt[${b}] is ` +
-          `${showValue(row)}, not an array${
-            typeof row === "number" ? " (wrap one row: [[…]])" : ""
-          }`,
+        `specdec: prompt must be an array of rows (number[][]); prompt[${b}] is ` +
+          `${describeInput(row)}, not an array of tokens`,
       );
     }
-    for (let i = 0; i < row.length; i++) {
-      if (typeof row[i] !== "number") {
-        throw new Error(
-          `specdec: prompt[${b}][${i}] is ${showValue(row[i])}, not a token: expected an ` +
-            `integer number in [0, numTokens)`,
-        );
-      }
-    }
+  });
+}
+
+/** A value as validateTokens prints it: strings quoted, objects as clipped JSON, else its kind. */
+function describeInput(v: unknown): string {
+  const clip = (s: string) => s.length > 40 ? `${s.slice(0, 40)}…` : s;
+  if (typeof v === "string") return `string ${clip(JSON.stringify(v))}`;
+  if (v === null || v === undefined) return String(v);
+  if (typeof v === "object") {
+    let json: string | undefined;
+    try {
+      json = JSON.stringify(v);
+    } catch { /* cyclic: the kind is enough */ }
+    return `${v.constructor?.name ?? "object"}${json === undefined ? "" : ` ${clip(json)}`}`;
   }
+  return `${typeof v} ${String(v)}`;
 }
 
 /** Checks the options argument is an object and its callback a function. */
