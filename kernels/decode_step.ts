@@ -72,7 +72,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * step in stats[b, 0]. The uniform's counter is (b, pos[b], base, 0). It also feeds the next
  * step's one-token forward (the token at its position), as {@link "./decode_state.ts" |
  * seqFeedKernel} with `n = 1, back = 1` would from the new state, which saves that dispatch per
- * step (finished rows keep their last feed, which is the same).
+ * step (finished rows keep their last feed, which is the same). A row whose logits cannot be
+ * sampled (NaN; +∞ unless greedy; all −∞) is stopped instead: its `err` words say why and where
+ * (decode_state.ts, `ROW_ERROR`, source target), `pos = L`, and no token or feed is written.
  *
  * @param gpu the runtime
  * @param args `logits (B, n, V)` f32, the `state` buffer and its `layout`, `n`, `seed`, the
@@ -246,11 +248,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * forward, which saves a feed dispatch per step: with `feedTokens`/`feedStart` (steps i < γ) x_i
  * at position pos + i − 1 to the next draft forward; with `targetTokens`/`targetStart` (the last
  * step) the target's verification forward, `[seq[b, pos − 1], x_1 .. x_γ]` at pos − 1, for
- * every row.
+ * every row. A row whose draft logits cannot be sampled (NaN; +∞ unless greedy; all −∞) is
+ * stopped instead (`err` = why | draft source | i, at position pos + i − 1; `pos = L`): no q_i,
+ * x_i or feed is written for it.
  *
  * @param gpu the runtime
- * @param args `logits (B, n, V)`, `state` (pos read), `q (B, gamma, V)` and `draft (B, gamma)`
- *   out, either `feedTokens (B)`/`feedStart (B)` u32 out or `targetTokens (B, gamma + 1)`/
+ * @param args `logits (B, n, V)`, `state` (pos read, err written), `q (B, gamma, V)` and
+ *   `draft (B, gamma)` out, either `feedTokens (B)`/`feedStart (B)` u32 out or
+ *   `targetTokens (B, gamma + 1)`/
  *   `targetStart (B)` u32 out, `n` (1 or 2), `i`, `gamma`, `seed` and the sampling options
  * @returns the dispatch
  * @throws Error unless exactly one of the two feeds is given
