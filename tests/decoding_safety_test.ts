@@ -93,6 +93,57 @@ gpuTest(
   },
 );
 
+/**
+ * A model whose logits hold +∞ and −∞ at every position: the final norm keeps only channel 0
+ * (the others are multiplied by 0), and the logits weights of tokens 3 and 9 on that channel are
+ * +∞ and −∞, so one of the two logits is +∞ and the other −∞ (the rest stay finite).
+ */
+function infinite(gpu: Gpu, cfg: DecoderConfig, seed: number): Decoder {
+  const model = Decoder.create(gpu, cfg, { seed });
+  const C = cfg.dim, norm = new Float32Array(C);
+  norm[0] = 1;
+  gpu.device.queue.writeBuffer(model.params.get("to_logits.0.weight")!, 0, norm);
+  const w = model.params.get("to_logits.1.weight")!;
+  gpu.device.queue.writeBuffer(w, 3 * C * 4, new Float32Array([Infinity]));
+  gpu.device.queue.writeBuffer(w, 9 * C * 4, new Float32Array([-Infinity]));
+  return model;
+}
+
+gpuTest(
+  "±Inf logits: refused when sampling, the first +Inf is the argmax when greedy",
+  async (gpu) => {
+    const target = Decoder.create(gpu, CFG, { seed: 1 });
+    const draft = Decoder.create(gpu, { ...CFG, depth: 1 }, { seed: 2 });
+    const infTarget = infinite(gpu, CFG, 1), infDraft = infinite(gpu, { ...CFG, depth: 1 }, 2);
+    const prompt = [[1, 2], [7, 7]];
+    for (const filterThres of [0, 0.9]) {
+      const o = { temperature: 1, filterThres, seed: 3 };
+      await rejects(
+        () => baseDecoding(infTarget, prompt, 6, o),
+        /the model produced logits that cannot be sampled \(\+Inf\) for row 0 at position 2/,
+      );
+      await rejects(
+        () => speculativeDecoding(infTarget, draft, prompt, 8, { ...o, gamma: 2 }),
+        /the target model produced logits that cannot be sampled \(\+Inf\) for row 0/,
+      );
+      await rejects(
+        () => speculativeDecoding(target, infDraft, prompt, 8, { ...o, gamma: 2 }),
+        /the draft model produced logits that cannot be sampled \(\+Inf\) for row 0/,
+      );
+      // greedy: each token is the one whose logit is +Inf (3 or 9), in base and speculative
+      // decoding alike, with either model infinite
+      const g = { temperature: 0, filterThres };
+      const base = await baseDecoding(infTarget, prompt, 10, g);
+      assert(base.tokens.flat().every((t) => t === 3 || t === 9), `${base.tokens}`);
+      const spec = await speculativeDecoding(infTarget, draft, prompt, 10, { ...g, gamma: 2 });
+      assertEquals(spec.tokens, base.tokens);
+      const clean = await baseDecoding(target, prompt, 10, g);
+      const specDraft = await speculativeDecoding(target, infDraft, prompt, 10, { ...g, gamma: 2 });
+      assertEquals(specDraft.tokens, clean.tokens);
+    }
+  },
+);
+
 gpuTest("a row that meets NaN mid-decode is named with its own position and step", async (gpu) => {
   const prompt = [[1, 2], [3, 4], [5, 6]], P = 2, seqLen = 14;
   const clean = Decoder.create(gpu, CFG, { seed: 4 });
