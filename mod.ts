@@ -35,7 +35,12 @@ export { type ForwardPlan, type LayerActivations } from "./model/forward_plan.ts
 export { type LossPlan } from "./model/loss_plan.ts";
 export { type LayerWeights, type ModelWeights } from "./model/params.ts";
 export { KVCache } from "./model/kv_cache.ts";
-export { CachePool, type PooledCache } from "./model/cache_pool.ts";
+export {
+  CachePool,
+  type CachePoolOptions,
+  type PooledCache,
+  roundedCacheLength,
+} from "./model/cache_pool.ts";
 export {
   type CheckpointOptions,
   readSafetensors,

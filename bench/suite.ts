@@ -383,6 +383,8 @@ export function benchCases(
               seed: 7,
               timer,
             });
+            // α from the accepted drafts that were emitted (acceptedMeanRaw also counts drafts
+            // accepted past seqLen, which inflates α near the end of each row)
             const alpha = alphaFromAccepted(r.acceptedMean, gamma);
             return {
               gpuMs: r.gpuMs ?? r.wallMs,
@@ -391,6 +393,7 @@ export function benchCases(
                 generated: r.generated,
                 readbacksPerToken: r.readbacksPerToken,
                 acceptedMean: r.acceptedMean,
+                acceptedMeanRaw: r.acceptedMeanRaw,
                 alpha,
                 c: c[B],
                 predictedSpeedup: leviathanSpeedup(alpha, gamma, c[B]),

@@ -7,7 +7,7 @@
  * @module
  */
 import type { Dispatch, Gpu } from "./gpu.ts";
-import { layoutParams, type StateLayout } from "./decode_state.ts";
+import { FAIL_ROW_WGSL, layoutParams, ROW_ERROR, type StateLayout } from "./decode_state.ts";
 import {
   LOGITS_CORE,
   PHILOX_WGSL,
@@ -23,18 +23,20 @@ import {
 const baseStepCode = (wg: number): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
-  B: u32, L: u32, statsOff: u32, seqOff: u32, statsW: u32,
+  B: u32, L: u32, errOff: u32, statsOff: u32, seqOff: u32, statsW: u32,
   n: u32, seedLo: u32, seedHi: u32,
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;           // (B, n, V)
-@group(0) @binding(2) var<storage, read_write> state: array<u32>;      // [pos (B) | stats (B, W) | seq (B, L)]
+@group(0) @binding(2) var<storage, read_write> state: array<u32>;      // [pos (B) | err (B, 2) | stats (B, W) | seq (B, L)]
 @group(0) @binding(3) var<storage, read_write> feedTokens: array<u32>; // (B) next forward's tokens
 @group(0) @binding(4) var<storage, read_write> feedStart: array<u32>;  // (B) and their positions
 ${rowCommonWgsl(wg)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
+${FAIL_ROW_WGSL}
 fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+const SOURCE: u32 = ${ROW_ERROR.target << 4}u; // ROW_ERROR.target << 4
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -44,13 +46,18 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (t == 0u) { wword = state[b]; }
   let pos = workgroupUniformLoad(&wword);
   if (pos >= params.L) { return; } // finished rows do nothing (their last feed stays, the same)
-  analyze((b * params.n + params.n - 1u) * params.V, t);
+  let bad = analyze((b * params.n + params.n - 1u) * params.V, t);
+  if (bad != 0u) { // non-finite logits: stop the row, write no token (the host throws)
+    if (t == 0u) { failRow(b, bad | SOURCE, pos); }
+    return;
+  }
   var tok = rArg;
   if (params.greedy == 0u) {
     let ctr = vec4<u32>(b, pos, ${RNG_PURPOSE.base}u, 0u);
     tok = invCdf(t, uniform01(ctr, vec2<u32>(params.seedLo, params.seedHi)));
   }
   if (t == 0u) {
+    if (tok >= params.V) { failRow(b, ${ROW_ERROR.noToken}u | SOURCE, pos); return; }
     state[params.seqOff + b * params.L + pos] = tok;
     state[b] = pos + 1u;
     state[params.statsOff + b * params.statsW] += 1u;
@@ -65,7 +72,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * step in stats[b, 0]. The uniform's counter is (b, pos[b], base, 0). It also feeds the next
  * step's one-token forward (the token at its position), as {@link "./decode_state.ts" |
  * seqFeedKernel} with `n = 1, back = 1` would from the new state, which saves that dispatch per
- * step (finished rows keep their last feed, which is the same).
+ * step (finished rows keep their last feed, which is the same). A row whose logits cannot be
+ * sampled (NaN; +∞ unless greedy; all −∞) is stopped instead: its `err` words say why and where
+ * (decode_state.ts, `ROW_ERROR`, source target), `pos = L`, and no token or feed is written.
  *
  * @param gpu the runtime
  * @param args `logits (B, n, V)` f32, the `state` buffer and its `layout`, `n`, `seed`, the
@@ -110,12 +119,12 @@ export function baseStepKernel(
 const draftStepFeedDraftCode = (wg: number): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
-  B: u32, L: u32, seqOff: u32,
+  B: u32, L: u32, errOff: u32, seqOff: u32,
   n: u32, seedLo: u32, seedHi: u32, i: u32, gamma: u32,
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;           // (B, n, V)
-@group(0) @binding(2) var<storage, read> state: array<u32>;            // [pos (B) | … | seq (B, L)]
+@group(0) @binding(2) var<storage, read_write> state: array<u32>;      // [pos (B) | err (B, 2) | … | seq]
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;          // (B, gamma, V)
 @group(0) @binding(4) var<storage, read_write> draft: array<u32>;      // (B, gamma)
 @group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B) next draft forward
@@ -123,7 +132,9 @@ struct Params {
 ${rowCommonWgsl(wg)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
+${FAIL_ROW_WGSL}
 fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+const SOURCE: u32 = ${ROW_ERROR.draft << 4}u; // ROW_ERROR.draft << 4
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -135,7 +146,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (pos >= params.L) { return; } // finished rows do nothing
   var r = 0u;
   if (params.n == 2u && pos >= 2u) { r = 1u; }
-  analyze((b * params.n + r) * params.V, t);
+  let bad = analyze((b * params.n + r) * params.V, t);
+  if (bad != 0u) { // non-finite logits: stop the row, write no token (the host throws)
+    if (t == 0u) { failRow(b, bad | SOURCE | (params.i << 8u), pos + params.i - 1u); }
+    return;
+  }
   let qBase = (b * params.gamma + params.i - 1u) * params.V;
   let ch = chunkOf(t);
   var tie = tieBase[t];
@@ -146,6 +161,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     tok = invCdf(t, uniform01(ctr, vec2<u32>(params.seedLo, params.seedHi)));
   }
   if (t == 0u) {
+    if (tok >= params.V) {
+      failRow(b, ${ROW_ERROR.noToken}u | SOURCE | (params.i << 8u), pos + params.i - 1u);
+      return;
+    }
     draft[b * params.gamma + params.i - 1u] = tok;
     feedTokens[b] = tok;                // the next draft forward feeds x_i
     feedStart[b] = pos + params.i - 1u; // at its position
@@ -160,12 +179,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 const draftStepFeedTargetCode = (wg: number): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
-  B: u32, L: u32, seqOff: u32,
+  B: u32, L: u32, errOff: u32, seqOff: u32,
   n: u32, seedLo: u32, seedHi: u32, i: u32, gamma: u32,
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;             // (B, n, V)
-@group(0) @binding(2) var<storage, read> state: array<u32>;              // [pos (B) | … | seq (B, L)]
+@group(0) @binding(2) var<storage, read_write> state: array<u32>;        // [pos (B) | err (B, 2) | … | seq]
 @group(0) @binding(3) var<storage, read_write> q: array<f32>;            // (B, gamma, V)
 @group(0) @binding(4) var<storage, read_write> draft: array<u32>;        // (B, gamma)
 @group(0) @binding(5) var<storage, read_write> targetTokens: array<u32>; // (B, gamma + 1)
@@ -173,7 +192,9 @@ struct Params {
 ${rowCommonWgsl(wg)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
+${FAIL_ROW_WGSL}
 fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+const SOURCE: u32 = ${ROW_ERROR.draft << 4}u; // ROW_ERROR.draft << 4
 
 fn feedTarget(b: u32, pos: u32) {
   let n = params.gamma + 1u;
@@ -195,7 +216,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   }
   var r = 0u;
   if (params.n == 2u && pos >= 2u) { r = 1u; }
-  analyze((b * params.n + r) * params.V, t);
+  let bad = analyze((b * params.n + r) * params.V, t);
+  if (bad != 0u) { // non-finite logits: stop the row, write no token (the host throws)
+    if (t == 0u) { failRow(b, bad | SOURCE | (params.i << 8u), pos + params.i - 1u); }
+    return;
+  }
   let qBase = (b * params.gamma + params.i - 1u) * params.V;
   let ch = chunkOf(t);
   var tie = tieBase[t];
@@ -206,6 +231,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     tok = invCdf(t, uniform01(ctr, vec2<u32>(params.seedLo, params.seedHi)));
   }
   if (t == 0u) {
+    if (tok >= params.V) {
+      failRow(b, ${ROW_ERROR.noToken}u | SOURCE | (params.i << 8u), pos + params.i - 1u);
+      return;
+    }
     draft[b * params.gamma + params.i - 1u] = tok;
     feedTarget(b, pos);
   }
@@ -219,11 +248,14 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * forward, which saves a feed dispatch per step: with `feedTokens`/`feedStart` (steps i < γ) x_i
  * at position pos + i − 1 to the next draft forward; with `targetTokens`/`targetStart` (the last
  * step) the target's verification forward, `[seq[b, pos − 1], x_1 .. x_γ]` at pos − 1, for
- * every row.
+ * every row. A row whose draft logits cannot be sampled (NaN; +∞ unless greedy; all −∞) is
+ * stopped instead (`err` = why | draft source | i, at position pos + i − 1; `pos = L`): no q_i,
+ * x_i or feed is written for it.
  *
  * @param gpu the runtime
- * @param args `logits (B, n, V)`, `state` (pos read), `q (B, gamma, V)` and `draft (B, gamma)`
- *   out, either `feedTokens (B)`/`feedStart (B)` u32 out or `targetTokens (B, gamma + 1)`/
+ * @param args `logits (B, n, V)`, `state` (pos read, err written), `q (B, gamma, V)` and
+ *   `draft (B, gamma)` out, either `feedTokens (B)`/`feedStart (B)` u32 out or
+ *   `targetTokens (B, gamma + 1)`/
  *   `targetStart (B)` u32 out, `n` (1 or 2), `i`, `gamma`, `seed` and the sampling options
  * @returns the dispatch
  * @throws Error unless exactly one of the two feeds is given
@@ -255,7 +287,7 @@ export function draftStepKernel(
     );
   }
   const wg = samplingWorkgroupSize(args.numTokens, gpu.isSoftware);
-  const { B, L, seqOff } = layoutParams(args.layout);
+  const { B, L, errOff, seqOff } = layoutParams(args.layout);
   const common = { logits: args.logits, state: args.state, q: args.q, draft: args.draft };
   return gpu.kernel({
     label: `draft step ${args.i} sample (${args.layout.batch}, ${args.numTokens})`,
@@ -264,6 +296,7 @@ export function draftStepKernel(
       ...samplingParams(args),
       B,
       L,
+      errOff,
       seqOff,
       n: args.n,
       ...seedParams(args.seed),

@@ -20,6 +20,12 @@
  * - a categorical sample takes the first index whose running sum of weights exceeds `u · Σw`;
  *   only indices with positive weight can be chosen (f32 rounding at the end falls back to the
  *   last positive one).
+ * - non-finite logits (the policy of decode_state.ts's `ROW_ERROR`, as PyTorch's `multinomial`
+ *   refuses NaN and Inf probabilities): `analyze` reports a NaN anywhere in the row (even one the
+ *   filter would drop), +∞ unless greedy (softmax would be ∞/∞), and a row whose max is −∞
+ *   (nothing has positive probability). −∞ beside a larger logit is a masked token (probability
+ *   0). Greedy takes the first +∞ as the argmax. A kernel that gets a report writes no token: it
+ *   stops the row and records why, and the host throws.
  *
  * Draft probabilities (q) and target probabilities (p) come from the very same WGSL
  * ({@link LOGITS_CORE}), so both are computed in the same precision by the same code.
@@ -76,6 +82,24 @@ export function topK(numTokens: number, filterThres: number): number {
 }
 
 /**
+ * A value as an error message shows it: strings quoted (`"abc"`, so `"1"` is not mistaken for
+ * 1), numbers as they print, anything else by its type (`null`, `an array of 3`, `an object`).
+ *
+ * @param v any value
+ * @returns its description
+ */
+export function showValue(v: unknown): string {
+  if (typeof v === "string") {
+    return `string ${JSON.stringify(v.length > 40 ? v.slice(0, 40) + "…" : v)}`;
+  }
+  if (typeof v === "number" || typeof v === "boolean" || typeof v === "bigint") return String(v);
+  if (v === null || v === undefined) return String(v);
+  if (Array.isArray(v)) return `an array of ${v.length}`;
+  if (ArrayBuffer.isView(v)) return `a ${v.constructor.name}`;
+  return `${typeof v === "function" ? "a function" : "an object"}`;
+}
+
+/**
  * Checks sampling options and throws a clear error on bad values.
  *
  * @param temperature ≥ 0 and finite (0 = greedy)
@@ -85,18 +109,22 @@ export function topK(numTokens: number, filterThres: number): number {
 export function validateSampling(temperature: number, filterThres: number): void {
   if (typeof temperature !== "number" || !Number.isFinite(temperature) || temperature < 0) {
     throw new Error(
-      `specdec: temperature must be a finite number ≥ 0 (0 = greedy), got ${temperature}`,
+      `specdec: temperature must be a finite number ≥ 0 (0 = greedy), got ${
+        showValue(temperature)
+      }`,
     );
   }
   if (typeof filterThres !== "number" || !(filterThres >= 0 && filterThres < 1)) {
-    throw new Error(`specdec: filterThres must be in [0, 1), got ${filterThres}`);
+    throw new Error(
+      `specdec: filterThres must be in [0, 1), got ${showValue(filterThres)}`,
+    );
   }
 }
 
 /** Splits a seed (an integer in [0, 2⁵³)) into the two key words of Philox. */
 export function seedWords(seed: number): [number, number] {
   if (!Number.isSafeInteger(seed) || seed < 0) {
-    throw new Error(`specdec: seed must be a non-negative safe integer, got ${seed}`);
+    throw new Error(`specdec: seed must be a non-negative safe integer, got ${showValue(seed)}`);
   }
   return [seed >>> 0, Math.floor(seed / 2 ** 32) >>> 0];
 }
@@ -243,6 +271,11 @@ fn invCdf(t: u32, u: f32) -> u32 {
  * (walk chunks in order). `probAt(x)` is the probability of one index x. The including kernel
  * defines `weight` for `invCdf` (`logitProb`, or the acceptance kernel's residual).
  *
+ * `analyze` returns 0, or the `ROW_ERROR` bits (decode_state.ts) of logits that cannot be sampled
+ * (NaN; +∞ unless greedy; a max of −∞), uniform over the workgroup; then nothing else of the row
+ * was computed and the caller must not sample it. Non-finite values are found from their bits,
+ * which no float optimisation can fold away, while the max is searched (no extra pass).
+ *
  * The radix select takes 4 bits per pass from the top (up to 8 passes, stopping as soon as
  * every candidate left in the chosen digit is kept): each thread counts its chunk's candidates
  * per digit in registers (byte counters, four digits per register; no atomics), the 16 totals
@@ -257,7 +290,8 @@ var<workgroup> wCnt: array<u32, 16 * WG>; // (16 digits, WG threads) candidate c
 var<workgroup> wTot: array<u32, 16>;      // (16 digits) candidate counts of a pass
 var<workgroup> wTies: array<u32, WG>;     // per-thread ties at the threshold
 var<workgroup> wSum: array<f32, WG>;      // per-thread softmax partial sums
-var<workgroup> wflag: u32;                // "the select is done", broadcast uniformly
+var<workgroup> wBad: array<u32, WG>;      // per-thread ROW_ERROR bits (NaN, +Inf seen)
+var<workgroup> wflag: u32;                // "the select is done" / the row's errors, broadcast
 var<private> rBase: u32; // offset of the row in logits
 var<private> rMask: u32; // high bits of the order key the threshold fixes (radix passes done)
 var<private> rThr: u32;  // those bits of the k-th largest logit's order key
@@ -267,6 +301,17 @@ var<private> rSum: f32;  // Σ over kept logits of exp((l − max) / T)
 var<private> rArg: u32;  // argmax, first index on ties
 
 const BYTE_SHIFTS = vec4<u32>(0u, 8u, 16u, 24u); // the four byte counters of a u32
+
+const BAD_NAN: u32 = 1u;    // ROW_ERROR.nan
+const BAD_POS_INF: u32 = 2u; // ROW_ERROR.posInf
+const BAD_NO_MAX: u32 = 4u;  // ROW_ERROR.noMax
+
+// BAD_NAN / BAD_POS_INF of one logit, from its bits (a comparison could be folded away).
+fn nonFinite(x: f32) -> u32 {
+  let b = bitcast<u32>(x);
+  return select(0u, BAD_NAN, (b & 0x7fffffffu) > 0x7f800000u) |
+    select(0u, BAD_POS_INF, b == 0x7f800000u);
+}
 
 // Maps f32 to u32 so that unsigned order is float order.
 fn orderKey(x: f32) -> u32 {
@@ -293,20 +338,24 @@ fn logitProb(j: u32, tie: ptr<function, u32>) -> f32 {
 }
 
 // Uniform control flow. Barriers sit where a thread reads what others wrote; the first one
-// keeps a second call from overwriting partials a slow thread still reads.
-fn analyze(base: u32, t: u32) {
+// keeps a second call from overwriting partials a slow thread still reads. Returns 0, or the
+// row's ROW_ERROR bits (uniform): then the row must not be sampled.
+fn analyze(base: u32, t: u32) -> u32 {
   workgroupBarrier();
   rBase = base;
   let ch = chunkOf(t);
-  // max and argmax (first index wins ties)
+  // max and argmax (first index wins ties), and any NaN or +Inf
   var bv = 0.0;
   var bi = NONE;
+  var bad = 0u;
   for (var j = ch.x; j < ch.y; j++) {
     let v = logits[base + j];
+    bad |= nonFinite(v);
     if (bi == NONE || v > bv) { bv = v; bi = j; }
   }
   wMaxV[t] = bv;
   wMaxI[t] = bi;
+  wBad[t] = bad;
   tieBase[t] = 0u;
   workgroupBarrier();
   var v = wMaxV[0];
@@ -320,7 +369,16 @@ fn analyze(base: u32, t: u32) {
   rThr = 0u;
   rKeep = NONE;
   rSum = 1.0;
-  if (params.greedy != 0u) { return; }
+  if (t == 0u) {
+    var all = 0u;
+    for (var c = 0u; c < WG; c++) { all |= wBad[c]; }
+    if (params.greedy != 0u) { all &= ~BAD_POS_INF; } // argmax: the first +∞ wins
+    // without NaN, a max of −∞ means every logit is −∞ (with NaN the max means nothing)
+    if (all == 0u && bitcast<u32>(v) == 0xff800000u) { all = BAD_NO_MAX; }
+    wflag = all;
+  }
+  let rowBad = workgroupUniformLoad(&wflag);
+  if (rowBad != 0u || params.greedy != 0u) { return rowBad; }
   if (params.k < params.V) {
     var prefix = 0u;
     var mask = 0u;
@@ -412,6 +470,7 @@ fn analyze(base: u32, t: u32) {
   var total = 0.0;
   for (var c = 0u; c < WG; c++) { total += wSum[c]; }
   rSum = total;
+  return 0u;
 }
 
 // p(x) of the analyzed row for one index x, as logitProb gives it when walking the row in order

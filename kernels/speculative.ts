@@ -7,7 +7,7 @@
  */
 import type { KernelSpec } from "./bindings.ts";
 import type { Dispatch, Gpu } from "./gpu.ts";
-import { layoutParams, type StateLayout } from "./decode_state.ts";
+import { FAIL_ROW_WGSL, layoutParams, ROW_ERROR, type StateLayout } from "./decode_state.ts";
 import {
   LOGITS_CORE,
   PHILOX_WGSL,
@@ -28,11 +28,11 @@ import {
 const acceptCode = (wg: number): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
-  B: u32, L: u32, statsOff: u32, seqOff: u32, statsW: u32,
+  B: u32, L: u32, errOff: u32, statsOff: u32, seqOff: u32, statsW: u32,
   seedLo: u32, seedHi: u32, gamma: u32, lenience: f32,
 }
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read_write> state: array<u32>;      // [pos (B) | stats (B, W) | seq (B, L)]
+@group(0) @binding(1) var<storage, read_write> state: array<u32>;      // [pos (B) | err (B, 2) | stats (B, W) | seq (B, L)]
 @group(0) @binding(2) var<storage, read> logits: array<f32>;           // (B, gamma + 1, V) target logits
 @group(0) @binding(3) var<storage, read> q: array<f32>;                // (B, gamma, V) draft probs
 @group(0) @binding(4) var<storage, read> draft: array<u32>;            // (B, gamma) draft tokens
@@ -41,6 +41,8 @@ struct Params {
 ${rowCommonWgsl(wg)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
+${FAIL_ROW_WGSL}
+const SOURCE: u32 = ${ROW_ERROR.target << 4}u; // ROW_ERROR.target << 4
 var<workgroup> wacc: u32;
 var<private> residual: bool; // sample the extra token from max(0, p − q), else from p
 var<private> qRow: u32;      // offset of q_a in q
@@ -65,7 +67,11 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   var a = 0u;
   loop {
     if (a >= G) { break; }
-    analyze((b * (G + 1u) + a) * params.V, t); // p_{a+1}, only as far as needed
+    let bad = analyze((b * (G + 1u) + a) * params.V, t); // p_{a+1}, only as far as needed
+    if (bad != 0u) { // non-finite target logits: stop the row, write nothing (the host throws)
+      if (t == 0u) { failRow(b, bad | SOURCE | (a << 8u), pos + a); }
+      return;
+    }
     if (t == 0u) {
       let x = draft[b * G + a];
       let pv = probAt(x);
@@ -80,7 +86,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     if (workgroupUniformLoad(&wacc) == 0u) { break; }
     a++;
   }
-  if (a == G) { analyze((b * (G + 1u) + G) * params.V, t); } // the bonus row
+  if (a == G) { // the bonus row
+    let bad = analyze((b * (G + 1u) + G) * params.V, t);
+    if (bad != 0u) {
+      if (t == 0u) { failRow(b, bad | SOURCE | (G << 8u), pos + G); }
+      return;
+    }
+  }
   // the extra token: norm(max(0, p_a − q_a)) after a rejection, p_{γ+1} when all passed
   qRow = (b * G + min(a, G - 1u)) * params.V;
   residual = a < G;
@@ -90,17 +102,18 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     tok = invCdf(t, uniform01(vec4<u32>(b, pos, ${RNG_PURPOSE.extra}u, 1u), key));
   }
   if (t == 0u) {
+    if (tok >= params.V) { failRow(b, ${ROW_ERROR.noToken}u | SOURCE | (a << 8u), pos + a); return; }
     let seq = params.seqOff + b * params.L;
-    for (var i = 0u; i < a; i++) {
-      if (pos + i < params.L) { state[seq + pos + i] = draft[b * G + i]; }
-    }
+    let emitted = min(a, params.L - pos); // accepted drafts that fit below L (pos < L here)
+    for (var i = 0u; i < emitted; i++) { state[seq + pos + i] = draft[b * G + i]; }
     if (pos + a < params.L) { state[seq + pos + a] = tok; }
     let next = min(pos + a + 1u, params.L); // rows never run past L
     state[b] = next;
     let st = params.statsOff + b * params.statsW;
-    state[st] += 1u;      // steps this row was active
-    state[st + 1u] += a;  // accepted draft tokens
-    for (var i = 0u; i < a; i++) { state[st + 2u + i] += 1u; } // accepted at draft position i
+    state[st] += 1u;            // steps this row was active
+    state[st + 1u] += emitted;  // accepted draft tokens that were emitted
+    state[st + 2u] += a;        // accepted draft tokens, emitted or not (the reference's count)
+    for (var i = 0u; i < emitted; i++) { state[st + 3u + i] += 1u; } // emitted at draft position i
     // the next step's first draft forward (n = 2), as seqFeedKernel (back = 2) would feed it
     var s = 0u;
     if (next > 2u) { s = next - 2u; }
@@ -111,20 +124,24 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 }`;
 
 /**
- * The stats width of a speculative decode's state: `[steps, accepted, acceptedAt[0..gamma)]`.
+ * The stats width of a speculative decode's state:
+ * `[steps, accepted, acceptedRaw, acceptedAt[0..gamma)]`, where `accepted` counts the accepted
+ * draft tokens that were emitted (those below seqLen), `acceptedRaw` every accepted draft token
+ * (the reference's count, which includes drafts past seqLen that are cut off), and
+ * `acceptedAt[i]` the steps whose draft token i + 1 was accepted and emitted.
  *
  * @param gamma draft tokens per step
  * @returns u32 words per row
  */
 export function speculativeStatsWidth(gamma: number): number {
-  return 2 + gamma;
+  return 3 + gamma;
 }
 
 /** What {@link acceptKernel} takes. */
 export type AcceptArgs = SamplingOptions & {
-  /** The decoding state `[pos (B) | stats (B, 2 + gamma) | seq (B, L)]` u32. */
+  /** The decoding state `[pos (B) | err (B, 2) | stats (B, 3 + gamma) | seq (B, L)]` u32. */
   state: GPUBuffer;
-  /** Its layout (statsWidth = 2 + gamma). */
+  /** Its layout (statsWidth = 3 + gamma, {@link speculativeStatsWidth}). */
   layout: StateLayout;
   /** The target's verification logits `(B, gamma + 1, V)` f32. */
   logits: GPUBuffer;
@@ -195,7 +212,10 @@ export function acceptSpec(gpu: Gpu, args: AcceptArgs): KernelSpec {
  * p_i if that is all zero, which needs lenience > 1); if all γ pass, the bonus token from
  * p_{γ+1} (counter (b, pos, extra, 0)). It writes the accepted tokens and the extra token at
  * `seq[b, pos ..]` (only below L), sets `pos = min(pos + a + 1, L)`, and adds to
- * `stats[b] = [steps, accepted, acceptedAt[0..γ)]`. It also feeds the next step's first draft
+ * `stats[b] = [steps, accepted, acceptedRaw, acceptedAt[0..γ)]` (see {@link speculativeStatsWidth}:
+ * `accepted` counts only the drafts emitted below L). A row whose target logits it reads are not
+ * finite (NaN; +∞ unless greedy; all −∞) is stopped instead and its error recorded (decode_state.ts,
+ * `ROW_ERROR`): no token is written for it. It also feeds the next step's first draft
  * forward (n = 2) from the new state, as {@link "./decode_state.ts" | seqFeedKernel} with
  * `back = 2` would: one dispatch less per step.
  *
@@ -203,7 +223,7 @@ export function acceptSpec(gpu: Gpu, args: AcceptArgs): KernelSpec {
  * dispatch runs per step.
  *
  * @param gpu the runtime
- * @param args `state` and `layout` (statsWidth = 2 + gamma), the target's `logits
+ * @param args `state` and `layout` (statsWidth = 3 + gamma), the target's `logits
  *   (B, gamma + 1, V)` f32, `q (B, gamma, V)` f32, `draft (B, gamma)` u32, `gamma`, `lenience`,
  *   `seed`, the sampling options, and the next draft forward's `feedTokens (B, 2)`,
  *   `feedStart (B)` u32

@@ -83,9 +83,10 @@ export function baseDecodingEngine(
   try {
     const state = initialState(gpu, layout, prompt, label);
     cleanup.add(() => state.destroy());
-    const { cache, release } = model.caches.acquire(B, L);
+    const { cache, release, adopt } = model.caches.acquire(B, L);
     cleanup.add(release);
     const plan = model.forwardPlan(cache, 1);
+    adopt(plan); // freed with the cache if the pool evicts it
     const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
     const parts: StepPart[] = [
       { name: "target forward n=1", dispatches: plan.dispatches },
@@ -119,7 +120,7 @@ export function baseDecodingEngine(
       layout,
       promptLen: P,
       state,
-      prefill: [...prefillDispatches(model, cache, state, layout, P), feed],
+      prefill: [...prefillDispatches(model, cache, state, layout, P, adopt), feed],
       step: parts.flatMap((p) => p.dispatches),
       parts,
       maxRate: 1,
@@ -140,8 +141,11 @@ export function baseDecodingEngine(
  * @param seqLen total length, prompt included (> prompt length, ≤ the model's maxSeqLen)
  * @param options temperature (0 = greedy), filterThres, seed, chunking, streaming and timing
  * @returns the generated tokens and the cost counters
- * @throws Error on bad input (empty or ragged prompt, tokens out of range, seqLen too small or
- *   too large, bad sampling options)
+ * @throws Error on bad input (a prompt that is not `number[][]`, empty or ragged, tokens out of
+ *   range, seqLen too small or too large, bad sampling options); and, at the readback after the
+ *   step that met them, when the model's logits cannot be sampled (NaN; +Inf unless temperature
+ *   is 0; all −Inf): the error names the row, its position and step. No token is ever drawn from
+ *   such logits (the row is stopped on the GPU, like PyTorch's `multinomial` refusing them).
  * @example
  * ```ts
  * import { baseDecoding, Decoder, requestGpu } from "@x/specdec";
@@ -212,13 +216,15 @@ export function speculativeDecodingEngine(
     cleanup.add(() => state.destroy());
     const q = buffer(`q (${B}, ${G}, ${V})`, B * G * V * 4);
     const drafts = buffer(`draft tokens u32 (${B}, ${G})`, B * G * 4);
-    const { cache: tc, release: releaseT } = target.caches.acquire(B, maxLen);
+    const { cache: tc, release: releaseT, adopt: adoptT } = target.caches.acquire(B, maxLen);
     cleanup.add(releaseT);
-    const { cache: dc, release: releaseD } = draft.caches.acquire(B, maxLen);
+    const { cache: dc, release: releaseD, adopt: adoptD } = draft.caches.acquire(B, maxLen);
     cleanup.add(releaseD);
     const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
     const d2 = draft.forwardPlan(dc, 2), d1 = draft.forwardPlan(dc, 1);
     const tp = target.forwardPlan(tc, G + 1);
+    [d2, d1].forEach(adoptD); // freed with the caches if the pools evict them
+    adoptT(tp);
     const common = { ...sampling, state, layout, q, draft: drafts, gamma: G, seed };
     // Draft step i samples x_i and feeds the next forward: the next draft step's, or (the last
     // one) the target's verification; acceptance feeds the next step's first draft forward, which
@@ -279,13 +285,14 @@ export function speculativeDecodingEngine(
       promptLen: P,
       state,
       prefill: [
-        ...prefillDispatches(target, tc, state, layout, P),
-        ...prefillDispatches(draft, dc, state, layout, P),
+        ...prefillDispatches(target, tc, state, layout, P, adoptT),
+        ...prefillDispatches(draft, dc, state, layout, P, adoptD),
         feed,
       ],
       step: parts.flatMap((x) => x.dispatches),
       parts,
       maxRate: G + 1,
+      modelNames: { target: "the target model", draft: "the draft model" },
       destroy: cleanup.run,
     };
   } catch (e) {
@@ -312,7 +319,11 @@ export function speculativeDecodingEngine(
  *   streaming and timing
  * @returns the generated tokens, acceptance statistics and cost counters
  * @throws Error on bad input (gamma, temperature, filterThres, lenience, mismatched models,
- *   empty or ragged prompt, tokens out of range, seqLen too small or too large)
+ *   a prompt that is not `number[][]`, empty or ragged, tokens out of range, seqLen too small or
+ *   too large); and, at the readback after the step that met them, when the draft's or the
+ *   target's logits cannot be sampled (NaN; +Inf unless temperature is 0; all −Inf): the error
+ *   names the model, the row, its position and step (and the draft token or verification row).
+ *   No token is ever drawn from such logits.
  * @example
  * ```ts
  * import { Decoder, requestGpu, speculativeDecoding } from "@x/specdec";
@@ -320,7 +331,7 @@ export function speculativeDecodingEngine(
  * const target = Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 4 }, { seed: 0 });
  * const draft = Decoder.create(gpu, { numTokens: 256, dim: 64, depth: 1 }, { seed: 1 });
  * const out = await speculativeDecoding(target, draft, [[72, 101]], 32, { gamma: 4 });
- * console.log(out.tokens[0].length, out.acceptedMean, out.targetForwards);
+ * console.log(out.tokens[0].length, out.acceptedMean, out.acceptedMeanRaw, out.targetForwards);
  * ```
  */
 export async function speculativeDecoding(
@@ -362,16 +373,19 @@ export async function speculativeDecodingWith(
     (engine, run) => {
       const P = engine.promptLen, B = engine.layout.batch, W = engine.layout.statsWidth;
       const G = engine.maxRate - 1;
-      let rowStepsTotal = 0, accepted = 0;
+      // stats per row: [steps, accepted (emitted), acceptedRaw, acceptedAt[0..G)]
+      let rowStepsTotal = 0, accepted = 0, acceptedRaw = 0;
       const at = new Array<number>(G).fill(0);
       for (let b = 0; b < B; b++) {
         rowStepsTotal += run.stats[b * W];
         accepted += run.stats[b * W + 1];
-        for (let i = 0; i < G; i++) at[i] += run.stats[b * W + 2 + i];
+        acceptedRaw += run.stats[b * W + 2];
+        for (let i = 0; i < G; i++) at[i] += run.stats[b * W + 3 + i];
       }
       return {
         draftForwards: G * run.stepsEncoded + (P > 1 ? 1 : 0),
         acceptedMean: accepted / rowStepsTotal,
+        acceptedMeanRaw: acceptedRaw / rowStepsTotal,
         acceptedPerPosition: at.map((a) => a / rowStepsTotal),
         rowSteps: run.rowSteps,
         gamma: G,

@@ -6,8 +6,14 @@
  * @module
  */
 import type { Dispatch, Gpu } from "../kernels/gpu.ts";
-import { seqFeedKernel, type StateLayout, stateOffsets } from "../kernels/decode_state.ts";
-import type { Decoder } from "./decoder.ts";
+import {
+  type RowError,
+  rowErrors,
+  seqFeedKernel,
+  type StateLayout,
+  stateOffsets,
+} from "../kernels/decode_state.ts";
+import type { Decoder, ForwardPlan } from "./decoder.ts";
 import type { KVCache } from "./kv_cache.ts";
 import { type DecodingOptions, integerOption } from "./decoding_options.ts";
 import type { DecodingResult } from "./decoding_results.ts";
@@ -44,6 +50,8 @@ export interface DecodingEngine {
   parts: StepPart[];
   /** Most tokens a row can gain in one step (1, or gamma + 1). */
   maxRate: number;
+  /** How errors name the models (default "the model" and "the draft model"). */
+  modelNames?: { target: string; draft: string };
   /** Frees the state and scratch buffers and releases the KV caches. */
   destroy(): void;
 }
@@ -115,6 +123,11 @@ async function runEngine(e: DecodingEngine, options: DecodingOptions): Promise<E
     const next = pending.shift()!;
     words = await next.words;
     knownAt = next.at;
+    const errors = rowErrors(layout, words);
+    if (errors.length > 0) {
+      await Promise.allSettled(pending.map((p) => p.words)); // nothing left in flight
+      throw new Error(rowErrorMessage(e, errors, words));
+    }
     pos = Array.from(words.subarray(off.pos, off.pos + B));
     rowSteps = Array.from({ length: B }, (_, b) => words![off.stats + b * W]);
     if (options.onTokens) {
@@ -146,6 +159,30 @@ async function runEngine(e: DecodingEngine, options: DecodingOptions): Promise<E
   };
 }
 
+/**
+ * The error for rows the kernels stopped: the first row's model, position and step in words, and
+ * how many other rows failed.
+ */
+function rowErrorMessage(e: DecodingEngine, errors: RowError[], words: Uint32Array): string {
+  const { stats } = stateOffsets(e.layout), W = e.layout.statsWidth;
+  const names = e.modelNames ?? { target: "the model", draft: "the draft model" };
+  const x = errors[0];
+  const step = words[stats + x.row * W] + 1; // the failed step was not counted
+  const where = x.source === "draft"
+    ? `, draft token ${x.index} of the step`
+    : e.maxRate > 1
+    ? `, verification row ${x.index}`
+    : "";
+  const more = errors.length > 1
+    ? ` (rows ${errors.slice(1).map((r) => r.row).join(", ")} failed too)`
+    : "";
+  return `specdec: ${e.label}: ${names[x.source]} produced logits that cannot be sampled ` +
+    `(${x.reasons.join(", ")}) for row ${x.row} at position ${x.position} (the row's step ` +
+    `${step}${where})${more}; no token was drawn from them and decoding stopped. NaN is never a ` +
+    `valid logit, nor +Inf unless temperature is 0; check the model's weights (a damaged ` +
+    `checkpoint?) and its inputs`;
+}
+
 /** The initial state: pos = prompt length, stats 0, seq = prompt then zeros. */
 export function initialState(
   gpu: Gpu,
@@ -162,16 +199,21 @@ export function initialState(
   return gpu.upload(`${label} state [pos (B) | stats (B, W) | seq (B, L)] u32`, s);
 }
 
-/** Prefill dispatches: the first P − 1 prompt tokens of each row at start 0 (none when P = 1). */
+/**
+ * Prefill dispatches: the first P − 1 prompt tokens of each row at start 0 (none when P = 1).
+ * `adopt` ties the prefill's plan to a pooled cache (freed with it).
+ */
 export function prefillDispatches(
   model: Decoder,
   cache: KVCache,
   state: GPUBuffer,
   layout: StateLayout,
   P: number,
+  adopt?: (plan: ForwardPlan) => void,
 ): Dispatch[] {
   if (P < 2) return [];
   const plan = model.forwardPlan(cache, P - 1);
+  adopt?.(plan);
   return [
     seqFeedKernel(model.gpu, {
       state,

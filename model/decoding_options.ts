@@ -5,7 +5,7 @@
  * @module
  */
 import type { GpuTimer } from "../kernels/timer.ts";
-import { seedWords, validateSampling } from "../kernels/sampling.ts";
+import { seedWords, showValue, validateSampling } from "../kernels/sampling.ts";
 import { type Decoder, validateTokens } from "./decoder.ts";
 
 /** Options shared by {@link baseDecoding} and {@link speculativeDecoding}. */
@@ -35,9 +35,58 @@ export interface SpeculativeOptions extends DecodingOptions {
 /** Checks an option is an integer ≥ min. */
 export function integerOption(name: string, v: number, min: number): number {
   if (typeof v !== "number" || !Number.isInteger(v) || v < min) {
-    throw new Error(`specdec: ${name} must be an integer ≥ ${min}, got ${v}`);
+    throw new Error(`specdec: ${name} must be an integer ≥ ${min}, got ${showValue(v)}`);
   }
   return v;
+}
+
+/**
+ * Checks that a prompt is an array of arrays, so that a string or a flat array is named as such
+ * rather than reported as an empty batch. The wording is validateTokens' (decoder.ts), which makes
+ * the same checks on newer trees: whichever runs first, the message is the same.
+ *
+ * @param prompt what the caller passed as the prompt
+ * @throws Error naming what was given instead
+ */
+export function validatePromptShape(prompt: unknown): void {
+  if (!Array.isArray(prompt)) {
+    throw new Error(
+      `specdec: prompt must be an array of rows (number[][]), got ${describeInput(prompt)}`,
+    );
+  }
+  prompt.forEach((row: unknown, b) => {
+    if (!Array.isArray(row)) {
+      throw new Error(
+        `specdec: prompt must be an array of rows (number[][]); prompt[${b}] is ` +
+          `${describeInput(row)}, not an array of tokens`,
+      );
+    }
+  });
+}
+
+/** A value as validateTokens prints it: strings quoted, objects as clipped JSON, else its kind. */
+function describeInput(v: unknown): string {
+  const clip = (s: string) => s.length > 40 ? `${s.slice(0, 40)}…` : s;
+  if (typeof v === "string") return `string ${clip(JSON.stringify(v))}`;
+  if (v === null || v === undefined) return String(v);
+  if (typeof v === "object") {
+    let json: string | undefined;
+    try {
+      json = JSON.stringify(v);
+    } catch { /* cyclic: the kind is enough */ }
+    return `${v.constructor?.name ?? "object"}${json === undefined ? "" : ` ${clip(json)}`}`;
+  }
+  return `${typeof v} ${String(v)}`;
+}
+
+/** Checks the options argument is an object and its callback a function. */
+function validateOptionsObject(options: DecodingOptions): void {
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    throw new Error(`specdec: options must be an object, got ${showValue(options)}`);
+  }
+  if (options.onTokens !== undefined && typeof options.onTokens !== "function") {
+    throw new Error(`specdec: onTokens must be a function, got ${showValue(options.onTokens)}`);
+  }
 }
 
 /** Validates the prompt and seqLen against a model; returns batch and prompt length. */
@@ -47,6 +96,7 @@ export function validatePrompt(
   seqLen: number,
   maxSeqLen: number,
 ): { B: number; P: number } {
+  validatePromptShape(prompt);
   const { batch, n } = validateTokens(prompt, model.config.numTokens, maxSeqLen, "prompt");
   integerOption("seqLen", seqLen, 1);
   if (n >= seqLen) {
@@ -87,6 +137,7 @@ export function validateBase(
   seqLen: number,
   options: DecodingOptions,
 ): ResolvedSampling & { B: number; P: number } {
+  validateOptionsObject(options);
   const { temperature = 1, filterThres = 0.9, seed = 0 } = options;
   validateSampling(temperature, filterThres);
   seedWords(seed);
@@ -112,11 +163,12 @@ export function validateSpeculative(
   seqLen: number,
   options: SpeculativeOptions,
 ): ResolvedSampling & { gamma: number; lenience: number; B: number; P: number } {
+  validateOptionsObject(options);
   const { temperature = 1, filterThres = 0.9, seed = 0, lenience = 1, gamma = 5 } = options;
   integerOption("gamma", gamma, 1);
   validateSampling(temperature, filterThres);
   if (typeof lenience !== "number" || !Number.isFinite(lenience) || lenience <= 0) {
-    throw new Error(`specdec: lenience must be a finite number > 0, got ${lenience}`);
+    throw new Error(`specdec: lenience must be a finite number > 0, got ${showValue(lenience)}`);
   }
   seedWords(seed);
   if (target.config.numTokens !== draft.config.numTokens) {

@@ -36,9 +36,21 @@ export interface DecodingResult {
 export interface SpeculativeResult extends DecodingResult {
   /** Forward passes of the draft model over the batch, prefill included. */
   draftForwards: number;
-  /** Mean accepted draft tokens per step (over active row-steps): the reference's num_accepted. */
+  /**
+   * Mean accepted draft tokens that were emitted, per step (over active row-steps): a draft token
+   * accepted past seqLen is cut off, so it is not counted (at most the tokens the row still had
+   * room for). This is what speeds decoding up; use it for the acceptance rate α.
+   */
   acceptedMean: number;
-  /** For each draft position i, the fraction of active row-steps whose x_{i+1} was accepted. */
+  /**
+   * The reference's `num_accepted`: mean accepted draft tokens per step, including those past
+   * seqLen that were never emitted (≥ acceptedMean; equal when no step ran into seqLen).
+   */
+  acceptedMeanRaw: number;
+  /**
+   * For each draft position i, the fraction of active row-steps whose x_{i+1} was accepted and
+   * emitted (they sum to acceptedMean).
+   */
   acceptedPerPosition: number[];
   /** Steps each row was active. */
   rowSteps: number[];

@@ -360,6 +360,25 @@ gpuTest("decoding rejects bad input with clear errors", async (gpu) => {
     await spec({ re }, prompt);
     await base({ re }, prompt);
   }
+  // not an array of rows: said so, with strings quoted (not "empty batch")
+  for (
+    const [prompt, re] of [
+      ["abc", /prompt must be an array of rows \(number\[\]\[\]\), got string "abc"/],
+      [{ length: 1 }, /prompt must be an array of rows \(number\[\]\[\]\), got Object/],
+      [[1, 2, 3], /prompt\[0\] is number 1, not an array of tokens/],
+      [["ab"], /prompt\[0\] is string "ab", not an array of tokens/],
+    ] as [unknown, RegExp][]
+  ) {
+    await spec({ re }, prompt as number[][]);
+    await base({ re }, prompt as number[][]);
+  }
+  await base({ temperature: "1", re: /temperature must be .*, got string "1"/ });
+  await spec({ gamma: "4", re: /gamma must be an integer ≥ 1, got string "4"/ });
+  await base({ onTokens: 3, re: /onTokens must be a function, got 3/ });
+  await rejects(
+    () => baseDecoding(target, ok, 8, null as unknown as object),
+    /options must be an object, got null/,
+  );
   await spec({ re: /seqLen \(which counts the prompt\) must be more than 3; got 3/ }, ok, 3);
   await base({ re: /must be more than 3; got 2/ }, ok, 2);
   await spec({ re: /seqLen 49 is over the model's maxSeqLen 48/ }, ok, 49);

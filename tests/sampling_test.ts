@@ -3,6 +3,7 @@ import type { Gpu } from "../kernels/gpu.ts";
 import { stateOffsets } from "../kernels/decode_state.ts";
 import { baseStepKernel, draftStepKernel } from "../kernels/decode_step.ts";
 import { RNG_PURPOSE, topK } from "../kernels/sampling.ts";
+import { speculativeStatsWidth } from "../kernels/speculative.ts";
 import { philoxKernel, probsKernel, sampleKernel } from "./kernels/sampling_kernels.ts";
 import { assertClose, gpuTest, randomInts, randomNormal } from "./helpers.ts";
 import {
@@ -335,7 +336,7 @@ gpuTest(
   "draftStepKernel() writes q_i, x_i and the next draft or target feed from the row of interest",
   async (gpu) => {
     const B = 3, V = 13, L = 6, G = 3, seed = 5, temperature = 1.2, filterThres = 0.4;
-    const layout = { batch: B, seqLen: L, statsWidth: 2 + G };
+    const layout = { batch: B, seqLen: L, statsWidth: speculativeStatsWidth(G) };
     const pos = [1, 4, 6]; // row 0: the n = 2 forward started at 0, so its row 0 is the one
     const init = new Uint32Array(stateOffsets(layout).words);
     init.set(pos, 0);

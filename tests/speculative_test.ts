@@ -150,9 +150,12 @@ function acceptRef(
     for (let i = 0; i < a; i++) if (s + i < L) seq[b][s + i] = c.draft[b * G + i];
     if (s + a < L) seq[b][s + a] = token;
     pos[b] = Math.min(s + a + 1, L);
+    // [steps, accepted and emitted (below L), accepted (the reference's count), emitted at i]
+    const emitted = Math.min(a, L - s);
     stats[b][0]++;
-    stats[b][1] += a;
-    for (let i = 0; i < a; i++) stats[b][2 + i]++;
+    stats[b][1] += emitted;
+    stats[b][2] += a;
+    for (let i = 0; i < emitted; i++) stats[b][3 + i]++;
   }
   return packState({ batch: B, seqLen: L, statsWidth: speculativeStatsWidth(G) }, pos, stats, seq);
 }
@@ -187,7 +190,7 @@ async function randomCase(
   const pos = Array.from({ length: B }, (_, b) => b < 3 ? L - b : 1 + Math.floor(r() * (L - 1)));
   const stats = Array.from(
     { length: B },
-    (_, b) => Array.from({ length: 2 + gamma }, (_, i) => b + i),
+    (_, b) => Array.from({ length: speculativeStatsWidth(gamma) }, (_, i) => b + i),
   );
   const seq = Array.from({ length: B }, (_, b) => randomInts(L, V, seed + 10 + b));
   return { B, V, gamma, L, logits: pl, filterThres: 0.3, p, q, draft, pos, stats, seq };
@@ -208,7 +211,8 @@ gpuTest("acceptKernel() matches the float64 reference row by row", async (gpu) =
     const want = acceptRef(c, o);
     assertEquals(Array.from(got), Array.from(want), `case ${i} ${JSON.stringify(o)}`);
     // active rows feed the next step's first draft forward: seq[s], seq[s + 1] at s = pos − 2
-    const seqOff = stateOffsets({ batch: c.B, seqLen: c.L, statsWidth: 2 + c.gamma }).seq;
+    const seqOff =
+      stateOffsets({ batch: c.B, seqLen: c.L, statsWidth: speculativeStatsWidth(c.gamma) }).seq;
     for (let b = 0; b < c.B; b++) {
       if (c.pos[b] >= c.L) continue;
       const s = Math.max(got[b] - 2, 0),
@@ -243,28 +247,17 @@ gpuTest(
       q: oneHot([2, 5, 3, 2, 5, 1, 4, 4, 4]),
       draft: new Uint32Array([2, 5, 3, 2, 5, 1, 4, 4, 4]),
       pos: [2, 2, 7],
-      stats: [[0, 0, 0, 0, 0], [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]],
+      stats: [[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0]],
       seq: [[9, 9, 0, 0, 0, 0, 0, 0, 0], [9, 9, 0, 0, 0, 0, 0, 0, 0], [9, 9, 9, 9, 9, 9, 9, 0, 0]],
     };
     const got = (await runAccept(gpu, c, { temperature: 0, lenience: 1, seed: 0 })).state;
-    const o = stateOffsets({ batch: 3, seqLen: L, statsWidth: 2 + G });
+    const o = stateOffsets({ batch: 3, seqLen: L, statsWidth: speculativeStatsWidth(G) });
     assertEquals(Array.from(got.subarray(0, 3)), [5, 6, 8]);
+    // [steps, accepted and emitted, accepted, emitted at draft position 0, 1, 2] per row
     assertEquals(Array.from(got.subarray(o.stats, o.seq)), [
-      1,
-      2,
-      1,
-      1,
-      0,
-      1,
-      3,
-      1,
-      1,
-      1,
-      1,
-      0,
-      0,
-      0,
-      0,
+      ...[1, 2, 2, 1, 1, 0],
+      ...[1, 3, 3, 1, 1, 1],
+      ...[1, 0, 0, 0, 0, 0],
     ]);
     assertEquals(Array.from(got.subarray(o.seq)), [
       ...[9, 9, 2, 5, 1, 0, 0, 0, 0], // x1, x2 accepted, x3 rejected: argmax of p_3
@@ -303,11 +296,11 @@ async function firstTokenCounts(
     q,
     draft,
     pos: new Array(B).fill(2),
-    stats: Array.from({ length: B }, () => new Array(2 + G).fill(0)),
+    stats: Array.from({ length: B }, () => new Array(speculativeStatsWidth(G)).fill(0)),
     seq: Array.from({ length: B }, () => new Array(L).fill(0)),
   };
   const got = (await runAccept(gpu, c, { temperature: 1, seed: 9, ...o })).state;
-  const seqOff = stateOffsets({ batch: B, seqLen: L, statsWidth: 2 + G }).seq;
+  const seqOff = stateOffsets({ batch: B, seqLen: L, statsWidth: speculativeStatsWidth(G) }).seq;
   const counts = new Array(V).fill(0);
   for (let b = 0; b < B; b++) counts[got[seqOff + b * L + 2]]++;
   return counts;

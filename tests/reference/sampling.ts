@@ -85,6 +85,25 @@ export function probsRef(
 }
 
 /**
+ * Why a logits row cannot be sampled, as the kernels report it (decode_state.ts's `ROW_ERROR`
+ * bits): 1 = a NaN anywhere, 2 = a +∞ when the temperature is above 0 (softmax would be ∞/∞;
+ * greedy takes the first +∞), 4 = every logit −∞ (only reported without NaN or a reported +∞);
+ * 0 = the row is fine (−∞ beside a larger logit is a masked token).
+ *
+ * @param logits `(V)` one row
+ * @param temperature ≥ 0
+ * @returns the error bits, 0 when fine
+ */
+export function rowErrorRef(logits: ArrayLike<number>, temperature: number): number {
+  const all = Array.from(logits);
+  let bits = 0;
+  if (all.some((v) => Number.isNaN(v))) bits |= 1;
+  if (temperature > 0 && all.some((v) => v === Infinity)) bits |= 2;
+  if (bits === 0 && all.every((v) => v === -Infinity)) bits |= 4;
+  return bits;
+}
+
+/**
  * Inverse-CDF sample: the first j with Σ_{i≤j} w_i > u · Σ w among positive weights (the last
  * positive one if rounding runs off the end), or -1 when every weight is 0.
  *
