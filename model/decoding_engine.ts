@@ -138,6 +138,17 @@ async function runEngine(e: DecodingEngine, options: DecodingOptions): Promise<E
       pos.forEach((p, b) => seen[b] = p);
     }
     if (pos.every((p) => p >= L)) break;
+    if (knownAt >= N) {
+      // Every step emits at least one token per unfinished row, so N steps finish every row: the
+      // GPU did not run them (a WebGPU error that the enclosing error scope reports, or a lost
+      // device). Stop instead of submitting steps that never advance.
+      await Promise.allSettled(pending.map((p) => p.words));
+      const stuck = pos.flatMap((p, b) => p < L ? [`row ${b} at position ${p}`] : []);
+      throw new Error(
+        `specdec: ${e.label}: ${knownAt} steps ran but ${stuck.join(", ")} did not reach ` +
+          `seqLen ${L}; the GPU did not run the steps`,
+      );
+    }
     if (pending.length === 0) submit(Math.max(1, stepsNeeded()));
   }
   await Promise.all(pending.map((p) => p.words)); // leftover chunks only idled

@@ -261,3 +261,24 @@ gpuTest(
     for (const m of [model, draft, fresh, freshDraft]) m.destroy();
   },
 );
+
+gpuTest(
+  "decoding stops with an error, not a hang, when the GPU does not run its steps",
+  async (gpu) => {
+    const model = Decoder.create(gpu, CFG, { seed: 3 });
+    // a destroyed weight makes every submit invalid: the state never advances
+    model.params.get("to_logits.1.weight")!.destroy();
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const hang = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error("decoding hung")), 20_000);
+    });
+    try {
+      await rejects(
+        Promise.race([baseDecoding(model, [[1, 2, 3]], 12, { temperature: 0 }), hang]),
+        /WebGPU validation error during baseDecoding|the GPU did not run the steps/,
+      );
+    } finally {
+      clearTimeout(timer);
+    }
+  },
+);
