@@ -40,45 +40,6 @@ export function integerOption(name: string, v: number, min: number): number {
   return v;
 }
 
-/**
- * Checks that a prompt is an array of arrays, so that a string or a flat array is named as such
- * rather than reported as an empty batch. The wording is validateTokens' (decoder.ts), which makes
- * the same checks on newer trees: whichever runs first, the message is the same.
- *
- * @param prompt what the caller passed as the prompt
- * @throws Error naming what was given instead
- */
-export function validatePromptShape(prompt: unknown): void {
-  if (!Array.isArray(prompt)) {
-    throw new Error(
-      `specdec: prompt must be an array of rows (number[][]), got ${describeInput(prompt)}`,
-    );
-  }
-  prompt.forEach((row: unknown, b) => {
-    if (!Array.isArray(row)) {
-      throw new Error(
-        `specdec: prompt must be an array of rows (number[][]); prompt[${b}] is ` +
-          `${describeInput(row)}, not an array of tokens`,
-      );
-    }
-  });
-}
-
-/** A value as validateTokens prints it: strings quoted, objects as clipped JSON, else its kind. */
-function describeInput(v: unknown): string {
-  const clip = (s: string) => s.length > 40 ? `${s.slice(0, 40)}…` : s;
-  if (typeof v === "string") return `string ${clip(JSON.stringify(v))}`;
-  if (v === null || v === undefined) return String(v);
-  if (typeof v === "object") {
-    let json: string | undefined;
-    try {
-      json = JSON.stringify(v);
-    } catch { /* cyclic: the kind is enough */ }
-    return `${v.constructor?.name ?? "object"}${json === undefined ? "" : ` ${clip(json)}`}`;
-  }
-  return `${typeof v} ${String(v)}`;
-}
-
 /** Checks the options argument is an object and its callback a function. */
 function validateOptionsObject(options: DecodingOptions): void {
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
@@ -96,7 +57,6 @@ export function validatePrompt(
   seqLen: number,
   maxSeqLen: number,
 ): { B: number; P: number } {
-  validatePromptShape(prompt);
   const { batch, n } = validateTokens(prompt, model.config.numTokens, maxSeqLen, "prompt");
   integerOption("seqLen", seqLen, 1);
   if (n >= seqLen) {
