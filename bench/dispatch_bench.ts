@@ -4,7 +4,8 @@
  * (REPS dispatches of one variant per pass, the variants alternated over ROUNDS rounds, the
  * fastest round kept).
  *
- * `XDG_RUNTIME_DIR=/tmp deno run -A bench/dispatch_bench.ts [--rounds 5] [--reps 40] [--json f]`
+ * `XDG_RUNTIME_DIR=/tmp deno run -A bench/dispatch_bench.ts [--rounds 5] [--reps 40] [--only family]
+ * [--json f]`
  *
  * The work of every GEMV variant is the same: `y (N) = W (N, K) · x (K)`, N = 512, K = 128
  * (65 536 multiply-adds, 256 KiB of weights: the size of a decode step's qkv / ffIn GEMV at the
@@ -136,7 +137,8 @@ const ws = new Float32Array(N * K).map((_, i) => Math.cos(i * 0.37));
 const x = gpu.upload("x (K)", xs), w = gpu.upload("w (N, K)", ws);
 const y = gpu.buffer("y (N)", N * 4);
 
-const cases: { family: string; name: string; d: Dispatch; check: boolean }[] = [];
+const cases: { family: string; name: string; d: Dispatch; extra?: Dispatch[]; check: boolean }[] =
+  [];
 const add = (family: string, name: string, v: Variant): void => {
   const d = gpu.kernel({
     label: `${family} ${name}`,
@@ -203,11 +205,18 @@ add("loop", "ALU only, unrolled", {
 const NQ = N / 4;
 const wq = gpu.buffer("w quarter (N/4, K)", NQ * K * 4, 0x40 | 0x80 | 0x8 | 0x4);
 gpu.write(wq, ws.slice(0, NQ * K));
-for (const space of ["uniform", "storage, read"]) {
-  for (const [wg, nwg] of [[8, 4], [8, 16]]) {
+const xu = gpu.buffer("x uniform (K)", K * 4, 0x40 | 0x80 | 0x8 | 0x4);
+gpu.write(xu, xs);
+for (
+  const [xSpace, wSpace] of [["storage, read", "storage, read"], ["storage, read", "uniform"], [
+    "uniform",
+    "storage, read",
+  ], ["uniform", "uniform"]]
+) {
+  for (const [wg, nwg] of [[8, 2], [8, 16]]) {
     const code = /* wgsl */ `
-@group(0) @binding(1) var<storage, read> x: array<vec4f>;      // (K)
-@group(0) @binding(2) var<${space}> w: array<vec4f, ${(NQ * K) / 4}>; // (N/4, K)
+@group(0) @binding(1) var<${xSpace}> x: array<vec4f, ${K / 4}>;      // (K)
+@group(0) @binding(2) var<${wSpace}> w: array<vec4f, ${(NQ * K) / 4}>; // (N/4, K)
 @group(0) @binding(3) var<storage, read_write> y: array<f32>; // (N)
 @compute @workgroup_size(${wg})
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
@@ -218,14 +227,91 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   }
 }`;
     // built by hand: gpu.kernel allows one uniform, named params
-    const pipeline = gpu.pipeline(`w ${space}`, code);
+    const label = `x ${xSpace.split(",")[0]}, w ${wSpace.split(",")[0]}, ${wg}×${nwg}`;
+    const pipeline = gpu.pipeline(label, code);
     const bindGroup = gpu.device.createBindGroup({
       layout: pipeline.getBindGroupLayout(0),
-      entries: [x, wq, y].map((buffer, i) => ({ binding: i + 1, resource: { buffer } })),
+      entries: [xSpace === "uniform" ? xu : x, wq, y].map((buffer, i) => ({
+        binding: i + 1,
+        resource: { buffer },
+      })),
     });
-    const d: Dispatch = { label: `w ${space}`, pipeline, bindGroup, workgroups: [nwg, 1, 1] };
-    cases.push({ family: "ubo", name: `N/4: w ${space}, ${wg}×${nwg}`, d, check: false });
+    const d: Dispatch = { label, pipeline, bindGroup, workgroups: [nwg, 1, 1] };
+    cases.push({ family: "ubo", name: `N/4: ${label}`, d, check: false });
   }
+}
+
+// the whole GEMV with W in 4 uniform bindings of 64 KiB (chunks of 128 columns): a workgroup
+// picks its chunk by a workgroup-uniform if-chain, vs one dispatch per chunk
+const chunks = [0, 1, 2, 3].map((q) => {
+  const b = gpu.buffer(`w chunk ${q}`, NQ * K * 4, 0x40 | 0x8);
+  gpu.write(b, ws.slice(q * NQ * K, (q + 1) * NQ * K));
+  return b;
+});
+for (const select of [true, false]) {
+  const decl = (select ? [0, 1, 2, 3] : [0]).map((q) =>
+    `@group(0) @binding(${2 + q}) var<uniform> w${q}: array<vec4f, ${(NQ * K) / 4}>;`
+  ).join("\n");
+  const load = select
+    ? `var wv: vec4f;
+      if (chunk == 0u) { wv = w0[o]; } else if (chunk == 1u) { wv = w1[o]; }
+      else if (chunk == 2u) { wv = w2[o]; } else { wv = w3[o]; }`
+    : `let wv = w0[o];`;
+  const code = /* wgsl */ `
+@group(0) @binding(1) var<uniform> x: array<vec4f, ${K / 4}>; // (K)
+${decl}
+@group(0) @binding(6) var<storage, read_write> y: array<f32>; // (N)
+@compute @workgroup_size(8)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
+  let chunk = wid.x / 2u; // 2 workgroups of 8 lanes × 8 columns per chunk of 128
+  let c0 = (wid.x % 2u) * 64u + lid * 8u;
+  for (var j = 0u; j < 8u; j++) {
+    var acc = 0.0;
+    for (var k = 0u; k < ${K / 4}u; k++) {
+      let o = (c0 + j) * ${K / 4}u + k;
+      ${load}
+      acc += dot(x[k], wv);
+    }
+    y[chunk * ${NQ}u + c0 + j] = acc;
+  }
+}`;
+  const pipeline = gpu.pipeline(`chunks ${select}`, code);
+  const groups = (select ? [0] : [0, 1, 2, 3]).map((q) =>
+    gpu.device.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: [
+        { binding: 1, resource: { buffer: xu } },
+        ...(select ? chunks : [chunks[q]]).map((buffer, i) => ({
+          binding: 2 + i,
+          resource: { buffer },
+        })),
+        { binding: 6, resource: { buffer: y } },
+      ],
+    })
+  );
+  // one dispatch per chunk: its 2 workgroups see chunk 0 (wid.x < 2), bound to chunk q
+  cases.push({
+    family: "ubo",
+    name: select ? "W in 4 uniform chunks, if-chain" : "W in 4 uniform chunks, 4 dispatches",
+    d: { label: "chunks", pipeline, bindGroup: groups[0], workgroups: [select ? 8 : 2, 1, 1] },
+    extra: groups.slice(1).map((bindGroup) => ({
+      label: "chunks",
+      pipeline,
+      bindGroup,
+      workgroups: [2, 1, 1] as [number, number, number],
+    })),
+    check: false,
+  });
+}
+
+// --only <family>: run one family
+const only = Deno.args.indexOf("--only");
+if (only >= 0) {
+  cases.splice(
+    0,
+    cases.length,
+    ...cases.filter((c) => c.family === Deno.args[only + 1]),
+  );
 }
 
 // correctness of every GEMV variant (a wrong variant measures nothing)
@@ -244,7 +330,7 @@ const timer = new GpuTimer(gpu, 4);
 const best = new Map<(typeof cases)[number], number>();
 for (let r = 0; r < rounds; r++) {
   for (const c of cases) {
-    gpu.run(c.name, new Array(reps).fill(c.d), timer);
+    gpu.run(c.name, new Array(reps).fill([c.d, ...(c.extra ?? [])]).flat(), timer);
     const ms = (await timer.read()) / reps;
     best.set(c, Math.min(best.get(c) ?? Infinity, ms));
   }
