@@ -83,9 +83,10 @@ function kind(d: Dispatch, last: boolean): string {
   if (l.startsWith("attention")) return "attention";
   if (l.startsWith("gelu")) return "gelu";
   if (l.startsWith("embedding")) return "embedding";
-  if (l.startsWith("fusedNormLinear none")) return "logits";
-  if (l.startsWith("fusedNormLinear rotaryKv")) return "norm + qkv + rotary + kvWrite";
-  if (l.startsWith("fusedNormLinear biasGelu")) return "norm + ffIn + gelu";
+  if (l.startsWith("fusedLinear norm none")) return "logits";
+  if (l.includes("rotaryKv")) return "norm + qkv + rotary + kvWrite";
+  if (l.includes("biasGelu")) return "norm + ffIn + gelu";
+  if (l.startsWith("fusedLinear accumulate")) return "matmuls";
   return l;
 }
 

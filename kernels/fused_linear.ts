@@ -2,7 +2,7 @@
  * GEMVs of the fused small-M forward (decode and verification steps): the RMSNorm that feeds a
  * linear layer folded into its prologue, and its consumer folded into the epilogue.
  *
- * - {@link fusedNormLinear} `y = epilogue(RMSNorm(x) · Wᵀ)` with epilogue
+ * - {@link fusedLinear} `y = epilogue(RMSNorm(x) · Wᵀ)` with epilogue
  *   - `"none"`: store (the final norm + logits);
  *   - `"biasGelu"`: `gelu(y + bias)`, exact erf (the feed-forward input);
  *   - `"rotaryKv"`: the qkv projection with rotary applied to q and k at each row's position
@@ -56,22 +56,30 @@
  *
  * @module
  */
-import type { Dispatch, Gpu } from "./gpu.ts";
+import { type Dispatch, type Gpu, grid } from "./gpu.ts";
 import { ERF_WGSL } from "./activation.ts";
 import { RMS_EPS } from "./norm.ts";
 import { unrollLoops } from "./unroll.ts";
 
 /** Lanes per workgroup: one SIMD group of the software adapter. */
 const WG = 8;
-/** Output columns per lane (two vec4s). */
-const COLS = 8;
 /** Most rows of a block: more rows are split into even blocks. */
 const MAX_R = 16;
+/** Bytes of a uniform binding (the WebGPU default limit, lavapipe's too). */
+const UNIFORM_BYTES = 65536;
+/** Weight chunks (uniform bindings) at most: 15 uniform buffers per stage, less x, norm, params. */
+const MAX_CHUNKS = 12;
+/** GPUBufferUsage.UNIFORM. */
+const UNIFORM_USAGE = 0x40;
+
+/** Buffer usage of tensors the fused kernels may bind as uniforms on software adapters. */
+export const STORAGE_UNIFORM: number = 0x80 | 0x40 | 0x4 | 0x8;
 
 /** What the fused GEMV does with its outputs. */
 export type FusedEpilogue =
   | { kind: "none"; out: GPUBuffer }
   | { kind: "biasGelu"; bias: GPUBuffer; out: GPUBuffer }
+  | { kind: "accumulate"; bias?: GPUBuffer; out: GPUBuffer }
   | {
     kind: "rotaryKv";
     /** `qkv (T, 3, H, D)`: q (rotated) is written; k and v go to the cache only. */
@@ -96,12 +104,12 @@ export type FusedEpilogue =
     maxLen: number;
   };
 
-/** Arguments of {@link fusedNormLinear}. */
-export interface FusedNormLinearArgs {
-  /** The residual stream `x (M, K)`. */
+/** Arguments of {@link fusedLinear}. */
+export interface FusedLinearArgs {
+  /** The input `x (M, K)` (the residual stream when normalised). */
   x: GPUBuffer;
-  /** RMSNorm weight `(K)`. */
-  norm: GPUBuffer;
+  /** RMSNorm weight `(K)`: normalise x first; omit for a plain GEMV. */
+  norm?: GPUBuffer;
   /** Weight `(N, K)` (torch layout). */
   w: GPUBuffer;
   /** Rows. */
@@ -112,6 +120,11 @@ export interface FusedNormLinearArgs {
   K: number;
   /** What happens to the outputs. */
   epilogue: FusedEpilogue;
+  /**
+   * Read x, the norm weight and W through uniform bindings (W in chunks of 64 KiB) where they
+   * fit and their buffers allow it. Default: on software adapters. See the module doc.
+   */
+  uniform?: boolean;
 }
 
 /**
@@ -121,7 +134,7 @@ export interface FusedNormLinearArgs {
  * @param K inputs per row (the model dim)
  * @param N outputs
  * @param D dimHead, for the qkv epilogue
- * @returns whether {@link fusedNormLinear} accepts them
+ * @returns whether {@link fusedLinear} accepts them
  */
 export function fusedLinearSupported(K: number, N: number, D?: number): boolean {
   return K > 0 && K % 4 === 0 && N > 0 && N % 4 === 0 && (D === undefined || D % 8 === 0);
@@ -133,49 +146,72 @@ function blockRows(M: number): number {
   return Math.max(1, Math.ceil(M / blocks));
 }
 
-/** The epilogue's bindings and its store of `v` at (row, col) for lane column group q. */
-function epilogueCode(kind: FusedEpilogue["kind"]): { bindings: string; store: string } {
-  if (kind === "none") {
-    return {
-      bindings: `@group(0) @binding(4) var<storage, read_write> out: array<vec4f>; // (M, N)`,
-      store: /* wgsl */ `
+/** How a kernel variant reads its operands and lays out its lanes. */
+interface Layout {
+  /** The epilogue. */
+  kind: FusedEpilogue["kind"];
+  /** Whether x is normalised in the prologue. */
+  norm: boolean;
+  /** Whether the accumulate epilogue adds a bias. */
+  bias: boolean;
+  /** Rows per block. */
+  R: number;
+  /** Columns per lane: 8 (two vec4 groups) or 4. */
+  C: number;
+  /** Uniform bindings: vec4s of x, the norm weight and each W chunk; undefined: storage. */
+  uniform?: { x: number; norm: number; chunks: number[] };
+}
+
+/** The epilogue's bindings (from `first`) and its store of the accumulators. */
+function epilogueCode(l: Layout, first: number): { bindings: string; store: string } {
+  const b = (i: number) => `@group(0) @binding(${first + i})`;
+  const rowsCols = (body: string) => /* wgsl */ `
   for (var i = 0u; i < R; i++) { /* unroll */
     for (var q = 0u; q < C4; q++) { /* unroll */
-      let col = n0 + 4u * q;
+      let col = cols[q];
       if (m0 + i < params.M && col < params.N) {
-        out[((m0 + i) * params.N + col) / 4u] = acc[i * C4 + q];
+        let o = ((m0 + i) * params.N + col) / 4u;${body}
       }
     }
-  }`,
+  }`;
+  if (l.kind === "none") {
+    return {
+      bindings: `${b(0)} var<storage, read_write> out: array<vec4f>; // (M, N)`,
+      store: rowsCols(`\n        out[o] = acc[i * C4 + q];`),
     };
   }
-  if (kind === "biasGelu") {
+  if (l.kind === "accumulate") {
     return {
-      bindings: `@group(0) @binding(4) var<storage, read> bias: array<vec4f>;      // (N)
-@group(0) @binding(5) var<storage, read_write> out: array<vec4f>; // (M, N) gelu(h + bias)
+      bindings: `${l.bias ? `${b(0)} var<storage, read> bias: array<vec4f>;     // (N)\n` : ""}${
+        b(l.bias ? 1 : 0)
+      } var<storage, read_write> out: array<vec4f>; // (M, N), added to`,
+      // as the unfused GEMV's store: (acc + bias) + out
+      store: rowsCols(`
+        var v = acc[i * C4 + q];${l.bias ? "\n        v += bias[col / 4u];" : ""}
+        v += out[o];
+        out[o] = v;`),
+    };
+  }
+  if (l.kind === "biasGelu") {
+    return {
+      bindings: `${b(0)} var<storage, read> bias: array<vec4f>;      // (N)
+${b(1)} var<storage, read_write> out: array<vec4f>; // (M, N) gelu(h + bias)
 ${ERF_WGSL}`,
-      store: /* wgsl */ `
-  for (var i = 0u; i < R; i++) { /* unroll */
-    for (var q = 0u; q < C4; q++) { /* unroll */
-      let col = n0 + 4u * q;
-      if (m0 + i < params.M && col < params.N) {
-        // as the unfused path: h = acc + bias stored, then gelu(h) = 0.5·h·(1 + erf(h/√2))
+      // as the unfused path: h = acc + bias stored, then gelu(h) = 0.5·h·(1 + erf(h/√2))
+      store: rowsCols(`
         let h = acc[i * C4 + q] + bias[col / 4u];
         let e = vec4f(erf_f32(h.x * 0.70710678118654752), erf_f32(h.y * 0.70710678118654752),
                       erf_f32(h.z * 0.70710678118654752), erf_f32(h.w * 0.70710678118654752));
-        out[((m0 + i) * params.N + col) / 4u] = 0.5 * h * (1.0 + e);
-      }
-    }
-  }`,
+        out[o] = 0.5 * h * (1.0 + e);`),
     };
   }
   return {
-    bindings: `@group(0) @binding(4) var<storage, read_write> qkv: array<vec4f>; // (T, 3, H, D): q
-@group(0) @binding(5) var<storage, read_write> kv: array<vec4f>;  // (2, B, H, maxLen, D)
-@group(0) @binding(6) var<storage, read> start: array<u32>;       // (B)
-@group(0) @binding(7) var<storage, read> cosT: array<vec4f>;      // (maxLen, D/2)
-@group(0) @binding(8) var<storage, read> sinT: array<vec4f>;      // (maxLen, D/2)`,
-    // the lane's two column groups are x₁ = cols c0..c0+4 and x₂ = c0+D/2..: a rotary pair
+    bindings: `${b(0)} var<storage, read_write> qkv: array<vec4f>; // (T, 3, H, D): q
+${b(1)} var<storage, read_write> kv: array<vec4f>;  // (2, B, H, maxLen, D)
+${b(2)} var<storage, read> start: array<u32>;       // (B)
+${b(3)} var<storage, read> cosT: array<vec4f>;      // (maxLen, D/2)
+${b(4)} var<storage, read> sinT: array<vec4f>;      // (maxLen, D/2)`,
+    // the lane's two column groups are x₁ = cols n0..n0+4 and x₂ = n0+D/2..: a rotary pair
     store: /* wgsl */ `
   let half = params.D / 2u;
   let hs = n0 / params.D;        // head slot over (3, H)
@@ -212,39 +248,83 @@ ${ERF_WGSL}`,
   };
 }
 
+/** The params struct's fields, in order (all 4-byte scalars; eps is the only f32). */
+const PARAM_FIELDS = [
+  "M",
+  "N",
+  "K",
+  "tilesN",
+  "tiles",
+  "eps",
+  "B",
+  "n",
+  "H",
+  "D",
+  "maxLen",
+  "RC",
+] as const;
+
 /**
- * The WGSL of one fused GEMV: R rows per block, 8 lanes × 8 columns per workgroup.
+ * The WGSL of one fused GEMV variant: R rows per block, 8 lanes × C columns per workgroup.
  *
- * @param kind the epilogue
- * @param R rows per block
+ * @param l the variant
  * @returns the WGSL, unrolled
  */
-export function fusedNormLinearCode(kind: FusedEpilogue["kind"], R: number): string {
-  const e = epilogueCode(kind);
-  // the lane's unit u of 8 columns: n0..n0+4 and n1..n1+4 with n1 = n0 + 4, or for the qkv
+export function fusedLinearCode(l: Layout): string {
+  const u = l.uniform;
+  const C4 = l.C / 4;
+  let next = 1;
+  const bind = () => `@group(0) @binding(${next++})`;
+  const xDecl = u
+    ? `${bind()} var<uniform> x: array<vec4f, ${u.x}>;          // (M, K)`
+    : `${bind()} var<storage, read> x: array<vec4f>;    // (M, K)`;
+  const normDecl = !l.norm
+    ? ""
+    : u
+    ? `${bind()} var<uniform> norm: array<vec4f, ${u.norm}>; // (K) RMSNorm weight`
+    : `${bind()} var<storage, read> norm: array<vec4f>; // (K) RMSNorm weight`;
+  const wDecl = u
+    ? u.chunks.map((c, q) =>
+      `${bind()} var<uniform> w${q}: array<vec4f, ${c}>; // W rows of chunk ${q}`
+    )
+      .join("\n")
+    : `${bind()} var<storage, read> w: array<vec4f>;    // (N, K)`;
+  const e = epilogueCode(l, next);
+  // the lane's unit u of C columns: n0..n0+4 and n1..n1+4 with n1 = n0 + 4, or for the qkv
   // epilogue a rotary pair of vec4s, n1 = n0 + D/2 (a head slot of (3, H) holds D/8 units)
-  const secondCol = kind === "rotaryKv" ? "n0 + params.D / 2u" : "n0 + 4u";
-  const firstCol = kind === "rotaryKv"
-    ? `(u / (params.D / 8u)) * params.D + (u % (params.D / 8u)) * 4u`
-    : `u * C`;
+  const rotary = l.kind === "rotaryKv";
+  const colOf = (unit: string) =>
+    rotary
+      ? `(${unit} / (params.D / 8u)) * params.D + (${unit} % (params.D / 8u)) * 4u`
+      : `${unit} * C`;
+  const loadW = u
+    ? u.chunks.map((_, q) =>
+      `${q === 0 ? "" : " else "}${
+        q === u.chunks.length - 1 && q > 0 ? "" : `if (chunk == ${q}u) `
+      }{
+      for (var j = 0u; j < C; j++) { /* unroll */ bv[j] = w${q}[bj[j] + k]; }
+    }`
+    ).join("")
+    : `for (var j = 0u; j < C; j++) { /* unroll */ bv[j] = w[bj[j] + k]; }`;
   return unrollLoops(/* wgsl */ `
 struct Params {
   M: u32, N: u32, K: u32,
   tilesN: u32, tiles: u32, // workgroups along N, in all
   eps: f32,                // RMSNorm epsilon
   B: u32, n: u32, H: u32, D: u32, maxLen: u32, // the qkv epilogue's shapes (else unused)
+  RC: u32,                 // rows of W per uniform chunk (storage: N)
 }
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<vec4f>;    // (M, K) residual stream
-@group(0) @binding(2) var<storage, read> norm: array<vec4f>; // (K) RMSNorm weight
-@group(0) @binding(3) var<storage, read> w: array<vec4f>;    // (N, K)
+${xDecl}
+${normDecl}
+${wDecl}
 ${e.bindings}
 
-const R: u32 = ${R}u;   // rows per block
-const C: u32 = ${COLS}u;   // columns per lane
-const C4: u32 = ${COLS / 4}u;  // vec4 column groups per lane
-const WG: u32 = ${WG}u;  // lanes per workgroup
-var<workgroup> red: array<f32, R * WG>; // (R, WG) partial sums of squares
+const R: u32 = ${l.R}u;   // rows per block
+const C: u32 = ${l.C}u;    // columns per lane
+const C4: u32 = ${C4}u;   // vec4 column groups per lane
+const WG: u32 = ${WG}u;   // lanes per workgroup
+${l.norm ? "var<workgroup> red: array<f32, R * WG>; // (R, WG) partial sums of squares" : ""}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -255,7 +335,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let m0 = (t / params.tilesN) * R;
   var ai: array<u32, R>; // row offsets of x(m0 + i, ·), clamped
   for (var i = 0u; i < R; i++) { /* unroll */ ai[i] = min(m0 + i, params.M - 1u) * K4; }
-  // prologue: rstd of each row as the narrow vec4 RMSNorm sums it (lane lid takes vec4s
+${
+    l.norm
+      ? `  // prologue: rstd of each row as the narrow vec4 RMSNorm sums it (lane lid takes vec4s
   // lid, lid + 8, …; components pairwise; then a 3-step tree)
   for (var i = 0u; i < R; i++) { /* unroll */
     var ss = vec4f();
@@ -273,20 +355,29 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     workgroupBarrier();
   }
   var r: array<f32, R>;
-  for (var i = 0u; i < R; i++) { /* unroll */ r[i] = 1.0 / sqrt(red[i * WG] / f32(params.K) + params.eps); }
-  let u = (t % params.tilesN) * WG + lid; // this lane's unit of 8 columns
-  let n0 = ${firstCol};
-  let n1 = ${secondCol};
-  var bj: array<u32, C>; // row offsets of W(col, ·), clamped
-  for (var j = 0u; j < 4u; j++) { /* unroll */ bj[j] = min(n0 + j, params.N - 1u) * K4; }
-  for (var j = 0u; j < 4u; j++) { /* unroll */ bj[4u + j] = min(n1 + j, params.N - 1u) * K4; }
+  for (var i = 0u; i < R; i++) { /* unroll */ r[i] = 1.0 / sqrt(red[i * WG] / f32(params.K) + params.eps); }`
+      : ""
+  }
+  let u0 = (t % params.tilesN) * WG; // the workgroup's first unit of C columns
+  let chunk = (${colOf("u0")}) / params.RC; // the W chunk all its columns lie in
+  let u = u0 + lid;
+  let n0 = ${colOf("u")};
+  let n1 = ${rotary ? "n0 + params.D / 2u" : "n0 + 4u"};
+  let cols = array<u32, 2>(n0, n1);
+  let rowEnd = min(params.N, (chunk + 1u) * params.RC) - 1u; // last W row of the chunk
+  var bj: array<u32, C>; // offsets of W(col, ·) in the chunk, clamped
+  for (var j = 0u; j < C; j++) { /* unroll */
+    bj[j] = (min(cols[j / 4u] + j % 4u, rowEnd) - chunk * params.RC) * K4;
+  }
   var acc: array<vec4f, R * C4>; // (row i, column group q) at acc[i * C4 + q]
   for (var k = 0u; k < K4; k++) {
-    let g = norm[k];
     var bv: array<vec4f, C>;
-    for (var j = 0u; j < C; j++) { /* unroll */ bv[j] = w[bj[j] + k]; }
+    ${loadW}
+    ${l.norm ? "let g = norm[k];" : ""}
     for (var i = 0u; i < R; i++) { /* unroll */
-      let av = x[ai[i] + k] * r[i] * g; // RMSNorm(x)(row, 4k..4k+4), as the norm kernel rounds it
+      let av = x[ai[i] + k]${
+    l.norm ? " * r[i] * g; // RMSNorm(x), rounded as the norm kernel" : ";"
+  }
       for (var q = 0u; q < C4; q++) { /* unroll */
         acc[i * C4 + q] += vec4f(dot(av, bv[4u * q]), dot(av, bv[4u * q + 1u]),
                                  dot(av, bv[4u * q + 2u]), dot(av, bv[4u * q + 3u]));
@@ -298,8 +389,38 @@ ${e.store}
 }
 
 /**
- * `epilogue(RMSNorm(x) · Wᵀ)` in one dispatch for small M (see the module doc for the
- * epilogues and the arithmetic). The RMSNorm uses eps = 2⁻²³ like kernels/norm.ts.
+ * The storage bindings a WGSL source declares, by name (`@binding(i) var<…> name`).
+ */
+function declaredBindings(code: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const m of code.matchAll(/@binding\((\d+)\) var<[^>]*> (\w+)/g)) out.set(m[2], Number(m[1]));
+  return out;
+}
+
+/** Where each workgroup's columns lie: the chunk rows RC if every workgroup stays in one. */
+function chunkRows(N: number, K: number, C: number, D: number | undefined): number {
+  const unitsPerWg = WG;
+  // the largest RC ≤ 64 KiB of W rows, a multiple of the workgroup's column span
+  const span = D === undefined ? WG * C : Math.max(D, (WG / (D / 8)) * D);
+  const rc = Math.floor(UNIFORM_BYTES / (4 * K) / span) * span;
+  if (rc === 0) return 0;
+  const units = D === undefined ? N / C : N / 8;
+  const col = (u: number) =>
+    D === undefined ? u * C : Math.floor(u / (D / 8)) * D + (u % (D / 8)) * 4;
+  for (let u0 = 0; u0 < units; u0 += unitsPerWg) {
+    const chunk = Math.floor(col(u0) / rc);
+    for (let u = u0; u < Math.min(u0 + unitsPerWg, units); u++) {
+      const last = Math.min(N - 1, col(u) + (D === undefined ? C : D / 2 + 4) - 1);
+      if (Math.floor(last / rc) !== chunk || Math.floor(col(u) / rc) !== chunk) return 0;
+    }
+  }
+  return rc;
+}
+
+/**
+ * `epilogue(RMSNorm(x) · Wᵀ)` (or without the norm, `epilogue(x · Wᵀ)`) in one dispatch for
+ * small M; see the module doc for the epilogues, the arithmetic and the uniform bindings.
+ * The RMSNorm uses eps = 2⁻²³ like kernels/norm.ts.
  *
  * @param gpu the runtime
  * @param a inputs, sizes and the epilogue
@@ -309,52 +430,133 @@ ${e.store}
  * @example
  * ```ts
  * import { requestGpu } from "./gpu.ts";
- * import { fusedNormLinear } from "./fused_linear.ts";
+ * import { fusedLinear } from "./fused_linear.ts";
  * const gpu = await requestGpu();
  * const [M, N, K] = [2, 8, 4];
  * const x = gpu.upload("x (M, K)", new Float32Array(M * K).fill(1));
  * const norm = gpu.upload("norm (K)", new Float32Array(K).fill(1));
  * const w = gpu.upload("w (N, K)", new Float32Array(N * K).fill(0.5));
  * const out = gpu.buffer("out (M, N)", M * N * 4);
- * gpu.run("logits", [fusedNormLinear(gpu, { x, norm, w, M, N, K, epilogue: { kind: "none", out } })]);
+ * gpu.run("logits", [fusedLinear(gpu, { x, norm, w, M, N, K, epilogue: { kind: "none", out } })]);
  * console.log(await gpu.readF32(out)); // ≈ 2 everywhere
  * ```
  */
-export function fusedNormLinear(gpu: Gpu, a: FusedNormLinearArgs): Dispatch {
+export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   const { M, N, K, epilogue: e } = a;
   const D = e.kind === "rotaryKv" ? e.D : undefined;
   if (!fusedLinearSupported(K, N, D)) {
     throw new Error(
-      `specdec: fusedNormLinear needs K and N multiples of 4${
+      `specdec: fusedLinear needs K and N multiples of 4${
         D === undefined ? "" : " and dimHead a multiple of 8"
       }, got K ${K}, N ${N}${D === undefined ? "" : `, dimHead ${D}`}`,
     );
   }
   const shapes = { B: 1, n: 1, H: 1, D: 8, maxLen: 1 };
-  const buffers: Record<string, GPUBuffer> = { x: a.x, norm: a.norm, w: a.w };
+  const buffers: Record<string, GPUBufferBinding> = {};
   if (e.kind === "rotaryKv") {
     if (N !== 3 * e.H * e.D || M !== e.B * e.n) {
       throw new Error(
-        `specdec: fusedNormLinear "rotaryKv" needs N = 3·H·D (${3 * e.H * e.D}) and M = B·n ` +
+        `specdec: fusedLinear "rotaryKv" needs N = 3·H·D (${3 * e.H * e.D}) and M = B·n ` +
           `(${e.B * e.n}), got N ${N}, M ${M}`,
       );
     }
     Object.assign(shapes, { B: e.B, n: e.n, H: e.H, D: e.D, maxLen: e.maxLen });
-    Object.assign(buffers, { qkv: e.qkv, kv: e.kv, start: e.start, cosT: e.cos, sinT: e.sin });
-  } else if (e.kind === "biasGelu") {
-    Object.assign(buffers, { bias: e.bias, out: e.out });
+    for (
+      const [k, b] of Object.entries({
+        qkv: e.qkv,
+        kv: e.kv,
+        start: e.start,
+        cosT: e.cos,
+        sinT: e.sin,
+      })
+    ) {
+      buffers[k] = { buffer: b };
+    }
   } else {
-    buffers.out = e.out;
+    buffers.out = { buffer: e.out };
+    if (e.kind !== "none" && e.bias) buffers.bias = { buffer: e.bias };
   }
   const R = blockRows(M);
-  const tilesN = Math.ceil(N / (WG * COLS));
+  // uniform bindings where everything fits (see the module doc: ~2-4× faster loads on lavapipe)
+  const uniformOk = (b: GPUBuffer) => (b.usage & UNIFORM_USAGE) !== 0;
+  let rc = 0, C = 8;
+  if (
+    (a.uniform ?? gpu.isSoftware) && M * K * 4 <= UNIFORM_BYTES && uniformOk(a.x) &&
+    uniformOk(a.w) && (!a.norm || uniformOk(a.norm))
+  ) {
+    // 8 columns per lane where a workgroup's 64 columns fit a chunk, else 4 (plain epilogues)
+    for (const c of D === undefined ? [8, 4] : [8]) {
+      const r = chunkRows(N, K, c, D);
+      if (r > 0 && Math.ceil(N / r) <= MAX_CHUNKS) {
+        [rc, C] = [r, c];
+        break;
+      }
+    }
+  }
+  const chunks = rc > 0
+    ? Array.from(
+      { length: Math.ceil(N / rc) },
+      (_, q) => (Math.min(N, (q + 1) * rc) - q * rc) * K / 4,
+    )
+    : [];
+  const layout: Layout = {
+    kind: e.kind,
+    norm: !!a.norm,
+    bias: e.kind === "accumulate" && !!e.bias,
+    R,
+    C,
+    uniform: rc > 0 ? { x: (M * K) / 4, norm: K / 4, chunks } : undefined,
+  };
+  buffers.x = rc > 0 ? { buffer: a.x, offset: 0, size: M * K * 4 } : { buffer: a.x };
+  if (a.norm) {
+    buffers.norm = rc > 0 ? { buffer: a.norm, offset: 0, size: K * 4 } : { buffer: a.norm };
+  }
+  if (rc > 0) {
+    chunks.forEach((c, q) =>
+      buffers[`w${q}`] = { buffer: a.w, offset: q * rc * K * 4, size: c * 16 }
+    );
+  } else buffers.w = { buffer: a.w };
+  const unitCols = D === undefined ? C : 8;
+  const tilesN = Math.ceil(N / unitCols / WG);
   const tiles = M === 0 ? 0 : tilesN * Math.ceil(M / R);
-  const d = gpu.kernel({
-    label: `fusedNormLinear ${e.kind}`,
-    code: fusedNormLinearCode(e.kind, R),
-    params: { M, N, K, tilesN, tiles, eps: RMS_EPS, ...shapes },
-    buffers,
-    workgroups: Math.max(tiles, 1),
+  const code = fusedLinearCode(layout);
+  const label = `fusedLinear ${a.norm ? "norm " : ""}${e.kind}${rc > 0 ? " uniform" : ""}`;
+  const params: Record<string, number> = {
+    M,
+    N,
+    K,
+    tilesN,
+    tiles,
+    eps: RMS_EPS,
+    ...shapes,
+    RC: rc > 0 ? rc : N,
+  };
+  const bytes = new ArrayBuffer(Math.ceil((PARAM_FIELDS.length * 4) / 16) * 16);
+  const view = new DataView(bytes);
+  PARAM_FIELDS.forEach((f, i) => {
+    if (f === "eps") view.setFloat32(4 * i, params[f], true);
+    else view.setUint32(4 * i, params[f], true);
   });
-  return tiles === 0 ? { ...d, workgroups: [0, 1, 1] } : d;
+  const uniform = gpu.buffer(`${label} params`, bytes.byteLength, 0x40 | 0x8);
+  gpu.device.queue.writeBuffer(uniform, 0, bytes);
+  // bound by the names the WGSL declares (gpu.kernel allows no uniform but params)
+  const declared = declaredBindings(code);
+  const names = [...declared.keys()].filter((k) => k !== "params").sort();
+  const given = Object.keys(buffers).sort();
+  if (names.join() !== given.join()) {
+    throw new Error(
+      `specdec: ${label}: the shader binds ${names.join(", ")}, got ${given.join(", ")}`,
+    );
+  }
+  const pipeline = gpu.pipeline(label, code);
+  const bindGroup = gpu.device.createBindGroup({
+    label,
+    layout: pipeline.getBindGroupLayout(0),
+    entries: [
+      { binding: 0, resource: { buffer: uniform } },
+      ...names.map((k) => ({ binding: declared.get(k)!, resource: buffers[k] })),
+    ],
+  });
+  const n = Math.max(tiles, 1);
+  return { label, pipeline, bindGroup, workgroups: tiles === 0 ? [0, 1, 1] : grid(n) };
 }

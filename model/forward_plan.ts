@@ -15,7 +15,7 @@ import { add, gelu } from "../kernels/activation.ts";
 import { embedding } from "../kernels/embedding.ts";
 import { rotary } from "../kernels/rotary.ts";
 import { attention, kvWrite } from "../kernels/attention.ts";
-import { fusedLinearSupported, fusedNormLinear } from "../kernels/fused_linear.ts";
+import { fusedLinear, fusedLinearSupported, STORAGE_UNIFORM } from "../kernels/fused_linear.ts";
 import type { KVCache } from "./kv_cache.ts";
 import type { ModelState } from "./state.ts";
 
@@ -112,23 +112,26 @@ export function buildForwardPlan(
   const B = cache.batch, T = B * n, C = config.dim, H = config.heads, D = config.dimHead;
   const HD = H * D, F = config.ffMult * C, V = config.numTokens, maxLen = cache.maxLen;
   const label = `${model.label} fwd B${B} n${n}`;
-  const buf = (name: string, shape: number[]) => model.tensor(`${label} ${name}`, shape);
+  const buf = (name: string, shape: number[], usage?: number) =>
+    model.tensor(`${label} ${name}`, shape, usage);
+  // inputs of the fused GEMVs, which read them through uniform bindings on software adapters
+  const input = training ? undefined : STORAGE_UNIFORM;
   const tokens = buf("tokens u32", [B, n]);
   const start = buf("start u32", [B]);
   const logits = buf("logits", [B, n, V]);
-  const stream = training ? null : buf("x", [T, C]);
+  const stream = training ? null : buf("x", [T, C], input);
   const activations = (l: number): LayerActivations => ({
     x: stream ?? buf(`l${l} x`, [T, C]),
     xn: buf(`l${l} xn`, [T, C]),
     rstd: buf(`l${l} rstd`, [T]),
     qkv: buf(`l${l} qkv`, [T, 3, H, D]),
-    att: buf(`l${l} att`, [T, HD]),
+    att: buf(`l${l} att`, [T, HD], input),
     lse: buf(`l${l} lse`, [B, H, n]),
     xmid: stream ?? buf(`l${l} xmid`, [T, C]),
     xn2: buf(`l${l} xn2`, [T, C]),
     rstd2: buf(`l${l} rstd2`, [T]),
     h: buf(`l${l} h`, [T, F]),
-    a: buf(`l${l} a`, [T, F]),
+    a: buf(`l${l} a`, [T, F], input),
   });
   const layers = training ? Array.from({ length: config.depth }, (_, l) => activations(l)) : [
     activations(0),
@@ -138,14 +141,15 @@ export function buildForwardPlan(
   const rstdF = buf("rstd final", [T]);
   const { cos, sin } = model.rotaryTables(maxLen);
   const useFused = !training && (fused ?? useFusedPath(n)) &&
-    fusedLinearSupported(C, 3 * HD, D) && fusedLinearSupported(C, F);
+    fusedLinearSupported(C, 3 * HD, D) && fusedLinearSupported(C, F) &&
+    fusedLinearSupported(HD, C) && fusedLinearSupported(F, C);
 
   const d: Dispatch[] = [];
   d.push(embedding(gpu, { tokens, table: weights.tokenEmbedding, out: layers[0].x, T, C }));
   for (let l = 0; useFused && l < config.depth; l++) {
     const w = weights.layers[l], a = layers[0], kv = cache.layers[l], x = a.x;
     // x += attention(rotary(norm(x)·qkvᵀ)) · attnOutᵀ: k, v straight into the cache
-    d.push(fusedNormLinear(gpu, {
+    d.push(fusedLinear(gpu, {
       x,
       norm: w.norm,
       w: w.qkv,
@@ -155,9 +159,16 @@ export function buildForwardPlan(
       epilogue: { kind: "rotaryKv", qkv: a.qkv, kv, start, cos, sin, B, n, H, D, maxLen },
     }));
     d.push(attention(gpu, { qkv: a.qkv, kv, start, out: a.att, lse: a.lse, B, n, H, D, maxLen }));
-    d.push(linear(gpu, { a: a.att, b: w.attnOut, c: x, M: T, N: C, K: HD, accumulate: true }));
+    d.push(fusedLinear(gpu, {
+      x: a.att,
+      w: w.attnOut,
+      M: T,
+      N: C,
+      K: HD,
+      epilogue: { kind: "accumulate", out: x },
+    }));
     // x += gelu(norm(x)·ffInᵀ + ffInBias)·ffOutᵀ + ffOutBias
-    d.push(fusedNormLinear(gpu, {
+    d.push(fusedLinear(gpu, {
       x,
       norm: w.ffNorm,
       w: w.ffIn,
@@ -166,15 +177,13 @@ export function buildForwardPlan(
       K: C,
       epilogue: { kind: "biasGelu", bias: w.ffInBias, out: a.a },
     }));
-    d.push(linear(gpu, {
-      a: a.a,
-      b: w.ffOut,
-      bias: w.ffOutBias,
-      c: x,
+    d.push(fusedLinear(gpu, {
+      x: a.a,
+      w: w.ffOut,
       M: T,
       N: C,
       K: F,
-      accumulate: true,
+      epilogue: { kind: "accumulate", bias: w.ffOutBias, out: x },
     }));
   }
   for (let l = 0; !useFused && l < config.depth; l++) {
@@ -220,7 +229,7 @@ export function buildForwardPlan(
     }
   }
   if (useFused && fusedLinearSupported(C, V)) {
-    d.push(fusedNormLinear(gpu, {
+    d.push(fusedLinear(gpu, {
       x: xFinal,
       norm: weights.finalNorm,
       w: weights.logitsWeight,

@@ -7,6 +7,7 @@
  */
 import type { Gpu } from "../kernels/gpu.ts";
 import { rotaryInvFreq, rotaryTable } from "../kernels/rotary.ts";
+import { STORAGE_UNIFORM } from "../kernels/fused_linear.ts";
 import type { FullDecoderConfig } from "./config.ts";
 import { type ModelWeights, namedWeights, paramSpecs } from "./params.ts";
 
@@ -61,7 +62,9 @@ export class ModelState {
     this.params = new Map();
     for (const spec of paramSpecs(config)) {
       const v = values.get(spec.name)!;
-      this.params.set(spec.name, gpu.upload(`${label} ${spec.name} (${spec.shape.join(", ")})`, v));
+      // storage and uniform: the fused decode kernels read weights through uniform bindings
+      const name = `${label} ${spec.name} (${spec.shape.join(", ")})`;
+      this.params.set(spec.name, gpu.upload(name, v, STORAGE_UNIFORM));
     }
     this.weights = namedWeights(config.depth, (name) => this.params.get(name)!);
   }
@@ -71,10 +74,11 @@ export class ModelState {
    *
    * @param label the buffer's label
    * @param bytes its size
+   * @param usage GPUBufferUsage flags (default: storage, copy source and destination)
    * @returns the buffer
    */
-  alloc(label: string, bytes: number): GPUBuffer {
-    const b = this.gpu.buffer(label, bytes);
+  alloc(label: string, bytes: number, usage?: number): GPUBuffer {
+    const b = this.gpu.buffer(label, bytes, usage);
     this.#owned.add(b);
     return b;
   }
@@ -84,10 +88,12 @@ export class ModelState {
    *
    * @param label what it holds
    * @param shape its dimensions, outermost first
+   * @param usage GPUBufferUsage flags (default: storage, copy source and destination)
    * @returns the buffer, labelled `"<label> (<shape>)"`
    */
-  tensor(label: string, shape: number[]): GPUBuffer {
-    return this.alloc(`${label} (${shape.join(", ")})`, shape.reduce((a, b) => a * b, 1) * 4);
+  tensor(label: string, shape: number[], usage?: number): GPUBuffer {
+    const bytes = shape.reduce((a, b) => a * b, 1) * 4;
+    return this.alloc(`${label} (${shape.join(", ")})`, bytes, usage);
   }
 
   /** Gradient buffers by checkpoint name, same shapes as the parameters (allocated on first use). */
