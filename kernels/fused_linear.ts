@@ -480,8 +480,11 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   // uniform bindings where everything fits (see the module doc: ~2-4× faster loads on lavapipe)
   const uniformOk = (b: GPUBuffer) => (b.usage & UNIFORM_USAGE) !== 0;
   let rc = 0, C = 8;
+  // x is declared as big as its buffer allows (≤ 64 KiB), not as M·K: one pipeline serves every
+  // M of a block size when the buffers are padded (the forward plan pads them to 64 KiB)
+  const xVec4 = Math.floor(Math.min(a.x.size, UNIFORM_BYTES) / 16);
   if (
-    (a.uniform ?? gpu.isSoftware) && M * K * 4 <= UNIFORM_BYTES && uniformOk(a.x) &&
+    (a.uniform ?? gpu.isSoftware) && M <= MAX_R && M * K <= 4 * xVec4 && uniformOk(a.x) &&
     uniformOk(a.w) && (!a.norm || uniformOk(a.norm))
   ) {
     // 8 columns per lane where a workgroup's 64 columns fit a chunk, else 4 (plain epilogues)
@@ -505,9 +508,9 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     bias: e.kind === "accumulate" && !!e.bias,
     R,
     C,
-    uniform: rc > 0 ? { x: (M * K) / 4, norm: K / 4, chunks } : undefined,
+    uniform: rc > 0 ? { x: xVec4, norm: K / 4, chunks } : undefined,
   };
-  buffers.x = rc > 0 ? { buffer: a.x, offset: 0, size: M * K * 4 } : { buffer: a.x };
+  buffers.x = rc > 0 ? { buffer: a.x, offset: 0, size: xVec4 * 16 } : { buffer: a.x };
   if (a.norm) {
     buffers.norm = rc > 0 ? { buffer: a.norm, offset: 0, size: K * 4 } : { buffer: a.norm };
   }

@@ -112,26 +112,31 @@ export function buildForwardPlan(
   const B = cache.batch, T = B * n, C = config.dim, H = config.heads, D = config.dimHead;
   const HD = H * D, F = config.ffMult * C, V = config.numTokens, maxLen = cache.maxLen;
   const label = `${model.label} fwd B${B} n${n}`;
-  const buf = (name: string, shape: number[], usage?: number) =>
-    model.tensor(`${label} ${name}`, shape, usage);
-  // inputs of the fused GEMVs, which read them through uniform bindings on software adapters
-  const input = training ? undefined : STORAGE_UNIFORM;
+  const buf = (name: string, shape: number[]) => model.tensor(`${label} ${name}`, shape);
+  // inputs of the fused GEMVs, which read them through uniform bindings on software adapters:
+  // padded to the 64 KiB of a binding, so the kernels' pipelines do not depend on T
+  const input = (name: string, shape: number[]) =>
+    training ? buf(name, shape) : model.alloc(
+      `${label} ${name} (${shape.join(", ")}) padded`,
+      Math.max(shape.reduce((a, b) => a * b, 1) * 4, 65536),
+      STORAGE_UNIFORM,
+    );
   const tokens = buf("tokens u32", [B, n]);
   const start = buf("start u32", [B]);
   const logits = buf("logits", [B, n, V]);
-  const stream = training ? null : buf("x", [T, C], input);
+  const stream = training ? null : input("x", [T, C]);
   const activations = (l: number): LayerActivations => ({
     x: stream ?? buf(`l${l} x`, [T, C]),
     xn: buf(`l${l} xn`, [T, C]),
     rstd: buf(`l${l} rstd`, [T]),
     qkv: buf(`l${l} qkv`, [T, 3, H, D]),
-    att: buf(`l${l} att`, [T, HD], input),
+    att: input(`l${l} att`, [T, HD]),
     lse: buf(`l${l} lse`, [B, H, n]),
     xmid: stream ?? buf(`l${l} xmid`, [T, C]),
     xn2: buf(`l${l} xn2`, [T, C]),
     rstd2: buf(`l${l} rstd2`, [T]),
     h: buf(`l${l} h`, [T, F]),
-    a: buf(`l${l} a`, [T, F], input),
+    a: input(`l${l} a`, [T, F]),
   });
   const layers = training ? Array.from({ length: config.depth }, (_, l) => activations(l)) : [
     activations(0),
