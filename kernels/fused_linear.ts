@@ -2,9 +2,11 @@
  * GEMVs of the fused small-M forward (decode and verification steps): the RMSNorm that feeds a
  * linear layer folded into its prologue, and its consumer folded into the epilogue.
  *
- * - {@link fusedLinear} `y = epilogue(RMSNorm(x) · Wᵀ)` with epilogue
+ * - {@link fusedLinear} `y = epilogue(RMSNorm(x) · Wᵀ)` (or `epilogue(x · Wᵀ)` without a norm
+ *   weight) with epilogue
  *   - `"none"`: store (the final norm + logits);
  *   - `"biasGelu"`: `gelu(y + bias)`, exact erf (the feed-forward input);
+ *   - `"accumulate"`: `out += y (+ bias)` (the out-projection and ffOut with the residual add);
  *   - `"rotaryKv"`: the qkv projection with rotary applied to q and k at each row's position
  *     (read from `start`), q stored into `qkv (T, 3, H, D)` and k, v written straight into the KV
  *     cache: RMSNorm + linear + rotary + kvWrite in one dispatch.
@@ -34,25 +36,36 @@
  * | private array, dynamic vs unrolled      | 8-column tile in a loop / unrolled        | 565 / 560 (1 column: 690) |
  * | uniform addresses (lane = row, W shared)| 1 lane × 8 wg / 8 lanes × 8 wg            | 953 / 7385    |
  * | the loads themselves                    | same loops, fma on registers, no loads    | 56 to 70      |
- * | weights through a uniform binding       | W/4 (64 KiB) as uniform / as storage      | 127 / 192     |
+ * | W / 4 (64 KiB) through a uniform binding | x, W: storage / W uniform / both uniform | 270 / 156 / 72 |
+ * | all of W in 4 uniform chunks (x uniform) | a workgroup-uniform if-chain / 4 dispatches | 246 / 234 |
  *
  * So the time is neither a fixed cost of the dispatch (an empty one is ~20 µs) nor workgroup
- * shape, barriers or register arrays (all within the noise), but the loads: llvmpipe turns each
- * storage load into a loop over the SIMD lanes and the components, with a mask and bounds test
- * per lane, even when every lane loads the same address (eight lanes loading one shared weight
- * cost 8× one lane). The cost is ~5 to 7 ns per 32-bit word an active lane loads, against ~0.5 ns
- * of arithmetic per loaded word: a GEMV costs its weight words (read once each) plus its
- * activation words (read once per lane) plus the stores, and that is all. Uniform bindings
- * load ~1.5× faster but hold 64 KiB (a quarter of one weight here, far less on hardware).
+ * shape, barriers or register arrays (all within the noise), but the storage loads: llvmpipe
+ * (Mesa 22.3) turns each storage-buffer load into a loop over the 8 SIMD lanes and over the
+ * components, with a mask and bounds test per lane, even when every lane loads the same address
+ * (eight lanes loading one shared weight cost 8× one lane). The cost is ~5 to 7 ns per 32-bit
+ * word an active lane loads, against ~0.5 ns of arithmetic: a GEMV through storage bindings
+ * costs its weight words (once each) plus its activation words (once per lane), and that is all.
+ * Uniform bindings take another path: a gather without the per-lane loop (a weight word ~2× as
+ * cheap) and, at an address uniform over the workgroup (x[row, k] when every lane reads the same
+ * row), one load broadcast to all lanes. A uniform binding holds 64 KiB (lavapipe's limit and
+ * WebGPU's default), so W is bound in chunks of whole rows and each workgroup selects its chunk
+ * by a workgroup-uniform if-chain, which costs no more than a dispatch per chunk.
  *
- * The design that follows: each weight word is loaded once per block of up to 16 rows (a lane
- * keeps every row of the block in registers, so a verification forward reads the weights once),
- * a lane owns 8 output columns so each activation vec4 is loaded once per 8 columns, 8 lanes
- * per workgroup (one SIMD group, no idle lanes) and a few workgroups (2 cores), and fusion saves
- * what it can: the separate norm, rotary, kvWrite and GELU dispatches (20+ µs each plus their
- * loads and stores of the activations). The RMSNorm prologue costs each workgroup a share of one
- * row's loads (its 8 lanes split the row, as the narrow RMSNorm does) plus one norm-weight vec4
- * per k step, shared by the rows of the block.
+ * The design that follows: 8 lanes per workgroup (one SIMD group, no idle lanes, no barrier but
+ * the norm's) and a few workgroups (2 cores); a lane owns 8 output columns (4 where a 64-column
+ * slab would straddle two W chunks) and keeps every row of a block of up to 16 in registers, so
+ * each weight word is loaded once per step; on software adapters x, the norm weight and W are
+ * read through uniform bindings (x, W chunks ≤ 64 KiB, at most 12 chunks, M ≤ 16; the plan pads
+ * its inputs to 64 KiB so one pipeline serves every M of a block size), else storage bindings.
+ * Fusion then saves what it can: the separate norm, rotary, kvWrite and GELU dispatches (20+ µs
+ * each plus their loads and stores of the activations). The RMSNorm prologue costs each
+ * workgroup a share of one row's loads (its 8 lanes split the row, as the narrow RMSNorm does).
+ *
+ * Attention stays kernels/attention_forward.ts's `"split"` kernel: already one dispatch per
+ * layer for every head and row, each key and value loaded once for up to 8 queries of a row
+ * (the γ + 1 verification rows), keys split over 8 lanes. Splitting long contexts over more
+ * workgroups was not done: with B·H = 4 workgroups per step there are already 2 per core.
  *
  * @module
  */
@@ -147,7 +160,7 @@ function blockRows(M: number): number {
 }
 
 /** How a kernel variant reads its operands and lays out its lanes. */
-interface Layout {
+export interface FusedLayout {
   /** The epilogue. */
   kind: FusedEpilogue["kind"];
   /** Whether x is normalised in the prologue. */
@@ -163,7 +176,7 @@ interface Layout {
 }
 
 /** The epilogue's bindings (from `first`) and its store of the accumulators. */
-function epilogueCode(l: Layout, first: number): { bindings: string; store: string } {
+function epilogueCode(l: FusedLayout, first: number): { bindings: string; store: string } {
   const b = (i: number) => `@group(0) @binding(${first + i})`;
   const rowsCols = (body: string) => /* wgsl */ `
   for (var i = 0u; i < R; i++) { /* unroll */
@@ -270,7 +283,7 @@ const PARAM_FIELDS = [
  * @param l the variant
  * @returns the WGSL, unrolled
  */
-export function fusedLinearCode(l: Layout): string {
+export function fusedLinearCode(l: FusedLayout): string {
   const u = l.uniform;
   const C4 = l.C / 4;
   let next = 1;
@@ -502,7 +515,7 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
       (_, q) => (Math.min(N, (q + 1) * rc) - q * rc) * K / 4,
     )
     : [];
-  const layout: Layout = {
+  const layout: FusedLayout = {
     kind: e.kind,
     norm: !!a.norm,
     bias: e.kind === "accumulate" && !!e.bias,
