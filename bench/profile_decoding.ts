@@ -32,8 +32,10 @@ import { type Dispatch, type Gpu, requestGpu } from "../kernels/gpu.ts";
 import { Decoder } from "../model/decoder.ts";
 import type { DecoderConfig } from "../model/config.ts";
 import {
+  baseDecoding,
   baseDecodingEngine,
   type DecodingEngine,
+  speculativeDecoding,
   speculativeDecodingEngine,
 } from "../model/decoding.ts";
 import { stateOffsets } from "../kernels/decode_state.ts";
@@ -81,6 +83,10 @@ function kind(d: Dispatch, last: boolean): string {
   if (l.startsWith("attention")) return "attention";
   if (l.startsWith("gelu")) return "gelu";
   if (l.startsWith("embedding")) return "embedding";
+  if (l.startsWith("fusedLinear norm none")) return "logits";
+  if (l.includes("rotaryKv")) return "norm + qkv + rotary + kvWrite";
+  if (l.includes("biasGelu")) return "norm + ffIn + gelu";
+  if (l.startsWith("fusedLinear accumulate")) return "matmuls";
   return l;
 }
 
@@ -461,11 +467,43 @@ if (import.meta.main) {
         (100 * sBase * (gamma * sc + 1) / sSpec).toFixed(0)
       }% of predicted`,
   );
+  // whole decodes: dispatches and readbacks per generated token
+  const perToken: Record<string, { dispatches: number; readbacks: number }> = {};
+  for (
+    const [name, p, run] of [
+      ["base", base, () => baseDecoding(target, prompt, L, { seed: 7 })],
+      [
+        "speculative",
+        spec,
+        () => speculativeDecoding(target, draft, prompt, L, { seed: 7, gamma }),
+      ],
+    ] as const
+  ) {
+    const before = gpu.readbacks;
+    const r = await run();
+    const tokens = r.tokens.reduce((a, t) => a + t.length, 0) / B;
+    perToken[name] = {
+      dispatches: p.dispatches / p.tokensPerStep,
+      readbacks: (gpu.readbacks - before) / tokens,
+    };
+    console.log(
+      `${name} decoding: ${p.dispatches} dispatches per step, ${
+        perToken[name].dispatches.toFixed(1)
+      } per generated token, ${perToken[name].readbacks.toFixed(3)} readbacks per token ` +
+        `(${tokens} tokens per row), GPU ${(p.stepMs / p.tokensPerStep).toFixed(3)} ms per token`,
+    );
+  }
+  const fused = Deno.env.get("SPECDEC_FUSED") === "0" ? "unfused" : "fused";
+  console.log(`path: ${fused} (SPECDEC_FUSED=0 selects the unfused kernels)`);
   const out = textFlag("json");
   if (out) {
     await Deno.writeTextFile(
       out,
-      JSON.stringify({ base, spec, t1, tG, d1, c, measured, predicted, emptyMs }, null, 2),
+      JSON.stringify(
+        { path: fused, base, spec, t1, tG, d1, c, measured, predicted, emptyMs, perToken },
+        null,
+        2,
+      ),
     );
   }
 }

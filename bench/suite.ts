@@ -362,7 +362,12 @@ export function benchCases(
           return {
             gpuMs: r.gpuMs ?? r.wallMs,
             wallMs: r.wallMs,
-            metrics: { generated: r.generated, readbacksPerToken: r.readbacksPerToken },
+            metrics: {
+              generated: r.generated,
+              readbacksPerToken: r.readbacksPerToken,
+              // per token of a row (a step serves every row), prefill and sampling included
+              dispatchesPerToken: r.dispatches / (r.generated / B),
+            },
           };
         };
       },
@@ -392,6 +397,7 @@ export function benchCases(
               metrics: {
                 generated: r.generated,
                 readbacksPerToken: r.readbacksPerToken,
+                dispatchesPerToken: r.dispatches / (r.generated / B),
                 acceptedMean: r.acceptedMean,
                 acceptedMeanRaw: r.acceptedMeanRaw,
                 alpha,

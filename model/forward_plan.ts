@@ -15,6 +15,7 @@ import { add, gelu } from "../kernels/activation.ts";
 import { embedding } from "../kernels/embedding.ts";
 import { rotary } from "../kernels/rotary.ts";
 import { attention, kvWrite } from "../kernels/attention.ts";
+import { fusedLinear, fusedLinearSupported, STORAGE_UNIFORM } from "../kernels/fused_linear.ts";
 import type { KVCache } from "./kv_cache.ts";
 import type { ModelState } from "./state.ts";
 
@@ -57,6 +58,13 @@ export interface ForwardPlan {
   n: number;
   /** Whether per-layer activations are kept for a backward pass. */
   training: boolean;
+  /**
+   * Whether the fused small-n path was built (5 dispatches per layer: norm + qkv + rotary +
+   * kvWrite, attention, out-projection + residual, norm + ffIn + GELU, ffOut + residual; the
+   * final norm in the logits GEMV). The per-layer `xn`, `rstd`, `xn2`, `rstd2`, `h`, k and v of
+   * `qkv`, `xf` and `rstdF` are then not written.
+   */
+  fused: boolean;
   /** Input tokens, u32 `(B, n)`. */
   tokens: GPUBuffer;
   /** Absolute position of each row's first token, u32 `(B)`; attends keys 0..start+i. */
@@ -89,6 +97,8 @@ export interface ForwardPlan {
  * @param n tokens per row
  * @param training keep every layer's activations (and the residual stream before each add) for
  *   the backward pass; otherwise one shared set, with the residual adds fused into the matmuls
+ * @param fused build the fused path (default: {@link useFusedPath}); ignored when training or
+ *   where the fused kernels do not serve the sizes
  * @returns the plan
  */
 export function buildForwardPlan(
@@ -96,28 +106,38 @@ export function buildForwardPlan(
   cache: KVCache,
   n: number,
   training: boolean,
+  fused?: boolean,
 ): ForwardPlan {
   const { gpu, config, weights } = model;
   const B = cache.batch, T = B * n, C = config.dim, H = config.heads, D = config.dimHead;
   const HD = H * D, F = config.ffMult * C, V = config.numTokens, maxLen = cache.maxLen;
   const label = `${model.label} fwd B${B} n${n}`;
   const buf = (name: string, shape: number[]) => model.tensor(`${label} ${name}`, shape);
+  // inputs of the fused GEMVs, which read them through uniform bindings on software adapters:
+  // padded to the 64 KiB of a binding, so the kernels' pipelines do not depend on T
+  const input = (name: string, shape: number[]) =>
+    training ? buf(name, shape) : model.alloc(
+      `${label} ${name} (${shape.join(", ")}) padded`,
+      Math.max(shape.reduce((a, b) => a * b, 1) * 4, 65536),
+      undefined,
+      STORAGE_UNIFORM,
+    );
   const tokens = buf("tokens u32", [B, n]);
   const start = buf("start u32", [B]);
   const logits = buf("logits", [B, n, V]);
-  const stream = training ? null : buf("x", [T, C]);
+  const stream = training ? null : input("x", [T, C]);
   const activations = (l: number): LayerActivations => ({
     x: stream ?? buf(`l${l} x`, [T, C]),
     xn: buf(`l${l} xn`, [T, C]),
     rstd: buf(`l${l} rstd`, [T]),
     qkv: buf(`l${l} qkv`, [T, 3, H, D]),
-    att: buf(`l${l} att`, [T, HD]),
+    att: input(`l${l} att`, [T, HD]),
     lse: buf(`l${l} lse`, [B, H, n]),
     xmid: stream ?? buf(`l${l} xmid`, [T, C]),
     xn2: buf(`l${l} xn2`, [T, C]),
     rstd2: buf(`l${l} rstd2`, [T]),
     h: buf(`l${l} h`, [T, F]),
-    a: buf(`l${l} a`, [T, F]),
+    a: input(`l${l} a`, [T, F]),
   });
   const layers = training ? Array.from({ length: config.depth }, (_, l) => activations(l)) : [
     activations(0),
@@ -126,10 +146,53 @@ export function buildForwardPlan(
   const xf = buf("xf", [T, C]);
   const rstdF = buf("rstd final", [T]);
   const { cos, sin } = model.rotaryTables(maxLen);
+  const useFused = !training && (fused ?? useFusedPath(n)) &&
+    fusedLinearSupported(C, 3 * HD, D) && fusedLinearSupported(C, F) &&
+    fusedLinearSupported(HD, C) && fusedLinearSupported(F, C);
 
   const d: Dispatch[] = [];
   d.push(embedding(gpu, { tokens, table: weights.tokenEmbedding, out: layers[0].x, T, C }));
-  for (let l = 0; l < config.depth; l++) {
+  for (let l = 0; useFused && l < config.depth; l++) {
+    const w = weights.layers[l], a = layers[0], kv = cache.layers[l], x = a.x;
+    // x += attention(rotary(norm(x)·qkvᵀ)) · attnOutᵀ: k, v straight into the cache
+    d.push(fusedLinear(gpu, {
+      x,
+      norm: w.norm,
+      w: w.qkv,
+      M: T,
+      N: 3 * HD,
+      K: C,
+      epilogue: { kind: "rotaryKv", qkv: a.qkv, kv, start, cos, sin, B, n, H, D, maxLen },
+    }));
+    d.push(attention(gpu, { qkv: a.qkv, kv, start, out: a.att, lse: a.lse, B, n, H, D, maxLen }));
+    d.push(fusedLinear(gpu, {
+      x: a.att,
+      w: w.attnOut,
+      M: T,
+      N: C,
+      K: HD,
+      epilogue: { kind: "accumulate", out: x },
+    }));
+    // x += gelu(norm(x)·ffInᵀ + ffInBias)·ffOutᵀ + ffOutBias
+    d.push(fusedLinear(gpu, {
+      x,
+      norm: w.ffNorm,
+      w: w.ffIn,
+      M: T,
+      N: F,
+      K: C,
+      epilogue: { kind: "biasGelu", bias: w.ffInBias, out: a.a },
+    }));
+    d.push(fusedLinear(gpu, {
+      x: a.a,
+      w: w.ffOut,
+      M: T,
+      N: C,
+      K: F,
+      epilogue: { kind: "accumulate", bias: w.ffOutBias, out: x },
+    }));
+  }
+  for (let l = 0; !useFused && l < config.depth; l++) {
     const w = weights.layers[l], a = layers[training ? l : 0], kv = cache.layers[l];
     const next = training ? (l + 1 < config.depth ? layers[l + 1].x : xFinal) : a.x;
     // attention block: x += att · attnOutᵀ, att = attention(rotary(norm(x) · qkvᵀ))
@@ -171,13 +234,26 @@ export function buildForwardPlan(
       }));
     }
   }
-  d.push(rmsNorm(gpu, { x: xFinal, weight: weights.finalNorm, y: xf, rstd: rstdF, T, C }));
-  d.push(linear(gpu, { a: xf, b: weights.logitsWeight, c: logits, M: T, N: V, K: C }));
+  if (useFused && fusedLinearSupported(C, V)) {
+    d.push(fusedLinear(gpu, {
+      x: xFinal,
+      norm: weights.finalNorm,
+      w: weights.logitsWeight,
+      M: T,
+      N: V,
+      K: C,
+      epilogue: { kind: "none", out: logits },
+    }));
+  } else {
+    d.push(rmsNorm(gpu, { x: xFinal, weight: weights.finalNorm, y: xf, rstd: rstdF, T, C }));
+    d.push(linear(gpu, { a: xf, b: weights.logitsWeight, c: logits, M: T, N: V, K: C }));
+  }
   return {
     cache,
     batch: B,
     n,
     training,
+    fused: useFused,
     tokens,
     start,
     logits,
@@ -189,4 +265,31 @@ export function buildForwardPlan(
     sin,
     dispatches: d,
   };
+}
+
+/** Most tokens per row of a forward that takes the fused path by default. */
+export const FUSED_MAX_N = 16;
+
+/**
+ * Whether inference forwards of `n` tokens per row take the fused path by default: decode
+ * steps, draft steps and verification (n ≤ {@link FUSED_MAX_N}), unless the environment sets
+ * `SPECDEC_FUSED=0` (to compare with the unfused kernels side by side). Per-row results do not
+ * depend on n or the batch on either path, and on software adapters both give the same bits.
+ *
+ * @param n tokens per row
+ * @returns whether to fuse
+ */
+export function useFusedPath(n: number): boolean {
+  return n <= FUSED_MAX_N && fusedEnv() !== "0";
+}
+
+/** `SPECDEC_FUSED` where an environment is readable without a prompt, else undefined. */
+function fusedEnv(): string | undefined {
+  const deno = (globalThis as { Deno?: typeof Deno }).Deno;
+  try {
+    const q = deno?.permissions.querySync({ name: "env", variable: "SPECDEC_FUSED" });
+    return q?.state === "granted" ? deno!.env.get("SPECDEC_FUSED") : undefined;
+  } catch {
+    return undefined; // no environment: the default
+  }
 }

@@ -7,6 +7,7 @@
  */
 import type { Gpu } from "../kernels/gpu.ts";
 import { rotaryInvFreq, rotaryTable } from "../kernels/rotary.ts";
+import { STORAGE_UNIFORM } from "../kernels/fused_linear.ts";
 import type { FullDecoderConfig } from "./config.ts";
 import { type ModelWeights, namedWeights, paramSpecs } from "./params.ts";
 
@@ -67,8 +68,9 @@ export class ModelState {
     this.params = new Map();
     for (const spec of paramSpecs(config)) {
       const v = values.get(spec.name)!;
+      // storage and uniform: the fused decode kernels read weights through uniform bindings
       const name = `${label} ${spec.name} (${spec.shape.join(", ")})`;
-      this.params.set(spec.name, gpu.upload(name, v, undefined, WEIGHT_HINT));
+      this.params.set(spec.name, gpu.upload(name, v, STORAGE_UNIFORM, WEIGHT_HINT));
     }
     this.weights = namedWeights(config.depth, (name) => this.params.get(name)!);
   }
@@ -79,10 +81,11 @@ export class ModelState {
    * @param label the buffer's label
    * @param bytes its size
    * @param hint what shrinks it, for the too-large error (default: a smaller batch or length)
+   * @param usage GPUBufferUsage flags (default: storage, copy source and destination)
    * @returns the buffer
    */
-  alloc(label: string, bytes: number, hint: string = ACTIVATION_HINT): GPUBuffer {
-    const b = this.gpu.buffer(label, bytes, undefined, hint);
+  alloc(label: string, bytes: number, hint: string = ACTIVATION_HINT, usage?: number): GPUBuffer {
+    const b = this.gpu.buffer(label, bytes, usage, hint);
     this.#owned.add(b);
     return b;
   }
@@ -93,11 +96,12 @@ export class ModelState {
    * @param label what it holds
    * @param shape its dimensions, outermost first
    * @param hint what shrinks it, for the too-large error (default: a smaller batch or length)
+   * @param usage GPUBufferUsage flags (default: storage, copy source and destination)
    * @returns the buffer, labelled `"<label> (<shape>)"`
    */
-  tensor(label: string, shape: number[], hint?: string): GPUBuffer {
+  tensor(label: string, shape: number[], hint?: string, usage?: number): GPUBuffer {
     const bytes = shape.reduce((a, b) => a * b, 1) * 4;
-    return this.alloc(`${label} (${shape.join(", ")})`, bytes, hint);
+    return this.alloc(`${label} (${shape.join(", ")})`, bytes, hint, usage);
   }
 
   /** Gradient buffers by checkpoint name, same shapes as the parameters (allocated on first use). */

@@ -1,0 +1,578 @@
+/**
+ * GEMVs of the fused small-M forward (decode and verification steps): the RMSNorm that feeds a
+ * linear layer folded into its prologue, and its consumer folded into the epilogue.
+ *
+ * - {@link fusedLinear} `y = epilogue(RMSNorm(x) · Wᵀ)` (or `epilogue(x · Wᵀ)` without a norm
+ *   weight) with epilogue
+ *   - `"none"`: store (the final norm + logits);
+ *   - `"biasGelu"`: `gelu(y + bias)`, exact erf (the feed-forward input);
+ *   - `"accumulate"`: `out += y (+ bias)` (the out-projection and ffOut with the residual add);
+ *   - `"rotaryKv"`: the qkv projection with rotary applied to q and k at each row's position
+ *     (read from `start`), q stored into `qkv (T, 3, H, D)` and k, v written straight into the KV
+ *     cache: RMSNorm + linear + rotary + kvWrite in one dispatch.
+ *
+ * Bits: every output is computed with the arithmetic of the unfused kernels on software
+ * adapters, in the same order whatever M: the narrow vec4 RMSNorm's sum (8 lanes over vec4s,
+ * components pairwise, a 3-step tree), `x · rstd · weight`, the register-tile GEMV's
+ * `acc += dot(a₄, w₄)` over k in order, then bias, GELU or rotary as those kernels compute them.
+ * A verification forward of γ + 1 tokens and γ + 1 one-token steps therefore give the same bits,
+ * and so do the fused and the unfused paths (tests/fused_linear_test.ts checks both).
+ *
+ * ## Where a small dispatch's time goes on the software adapter (bench/dispatch_bench.ts)
+ *
+ * Mesa 22.3 lavapipe (llvmpipe, LLVM 15, AVX2, 8-lane SIMD), 2 cores shared with other jobs
+ * (load average 4.4 to 5.7 while measured, so absolute times are ~2× a quiet machine's; the
+ * ratios held over repeated runs). GEMV `y (512) = W (512, 128) · x`, 65 536 multiply-adds,
+ * µs per dispatch, 20 to 30 dispatches per timed pass, best of 3 to 5 alternated rounds:
+ *
+ * | suspected cause                         | variants                                  | µs            |
+ * | --------------------------------------- | ----------------------------------------- | ------------- |
+ * | fixed cost of a dispatch                | empty dispatch (1 × 1 invocation)         | 18 to 25      |
+ * | workgroup size (8 workgroups)           | 1 / 8 / 32 / 64 / 256 lanes               | 1075 / 880 / 916 / 889 / 904 |
+ * | workgroup count (8 lanes)               | 1 / 4 / 16 / 64 / 256 / 1024 workgroups   | 970 / 710 / 673 / 574 / 956 / 974 |
+ * | barriers (8 lanes × 8, 64 × 1)          | 0 / 1 / 8 / 32 per invocation             | 941 / 927 / 972 / 931; 914 / 931 / 1088 / 991 |
+ * | params uniform vs WGSL constants        | sizes read from the uniform / constants   | 771 / 929     |
+ * | storage loads f32 vs vec4               | 4× the loads of 1 word / vec4 loads       | 986 / 946     |
+ * | private array, dynamic vs unrolled      | 8-column tile in a loop / unrolled        | 565 / 560 (1 column: 690) |
+ * | uniform addresses (lane = row, W shared)| 1 lane × 8 wg / 8 lanes × 8 wg            | 953 / 7385    |
+ * | the loads themselves                    | same loops, fma on registers, no loads    | 56 to 70      |
+ * | W / 4 (64 KiB) through a uniform binding | x, W: storage / W uniform / both uniform | 270 / 156 / 72 |
+ * | all of W in 4 uniform chunks (x uniform) | a workgroup-uniform if-chain / 4 dispatches | 246 / 234 |
+ *
+ * So the time is neither a fixed cost of the dispatch (an empty one is ~20 µs) nor workgroup
+ * shape, barriers or register arrays (all within the noise), but the storage loads: llvmpipe
+ * (Mesa 22.3) turns each storage-buffer load into a loop over the 8 SIMD lanes and over the
+ * components, with a mask and bounds test per lane, even when every lane loads the same address
+ * (eight lanes loading one shared weight cost 8× one lane). The cost is ~5 to 7 ns per 32-bit
+ * word an active lane loads, against ~0.5 ns of arithmetic: a GEMV through storage bindings
+ * costs its weight words (once each) plus its activation words (once per lane), and that is all.
+ * Uniform bindings take another path: a gather without the per-lane loop (a weight word ~2× as
+ * cheap) and, at an address uniform over the workgroup (x[row, k] when every lane reads the same
+ * row), one load broadcast to all lanes. A uniform binding holds 64 KiB (lavapipe's limit and
+ * WebGPU's default), so W is bound in chunks of whole rows and each workgroup selects its chunk
+ * by a workgroup-uniform if-chain, which costs no more than a dispatch per chunk.
+ *
+ * The design that follows: 8 lanes per workgroup (one SIMD group, no idle lanes, no barrier but
+ * the norm's) and a few workgroups (2 cores); a lane owns 8 output columns (4 where a 64-column
+ * slab would straddle two W chunks) and keeps every row of a block of up to 16 in registers, so
+ * each weight word is loaded once per step; on software adapters x, the norm weight and W are
+ * read through uniform bindings (x, W chunks ≤ 64 KiB, at most 12 chunks, M ≤ 16; the plan pads
+ * its inputs to 64 KiB so one pipeline serves every M of a block size), else storage bindings.
+ * Fusion then saves what it can: the separate norm, rotary, kvWrite and GELU dispatches (20+ µs
+ * each plus their loads and stores of the activations). The RMSNorm prologue costs each
+ * workgroup a share of one row's loads (its 8 lanes split the row, as the narrow RMSNorm does).
+ *
+ * Attention stays kernels/attention_forward.ts's `"split"` kernel: already one dispatch per
+ * layer for every head and row, each key and value loaded once for up to 8 queries of a row
+ * (the γ + 1 verification rows), keys split over 8 lanes. Splitting long contexts over more
+ * workgroups was not done: with B·H = 4 workgroups per step there are already 2 per core.
+ *
+ * @module
+ */
+import { type Dispatch, type Gpu, grid } from "./gpu.ts";
+import { ERF_WGSL } from "./activation.ts";
+import { RMS_EPS } from "./norm.ts";
+import { unrollLoops } from "./unroll.ts";
+
+/** Lanes per workgroup: one SIMD group of the software adapter. */
+const WG = 8;
+/** Most rows of a block: more rows are split into even blocks. */
+const MAX_R = 16;
+/** Bytes of a uniform binding (the WebGPU default limit, lavapipe's too). */
+const UNIFORM_BYTES = 65536;
+/** Weight chunks (uniform bindings) at most: 15 uniform buffers per stage, less x, norm, params. */
+const MAX_CHUNKS = 12;
+/** GPUBufferUsage.UNIFORM. */
+const UNIFORM_USAGE = 0x40;
+
+/** Buffer usage of tensors the fused kernels may bind as uniforms on software adapters. */
+export const STORAGE_UNIFORM: number = 0x80 | 0x40 | 0x4 | 0x8;
+
+/** What the fused GEMV does with its outputs. */
+export type FusedEpilogue =
+  | { kind: "none"; out: GPUBuffer }
+  | { kind: "biasGelu"; bias: GPUBuffer; out: GPUBuffer }
+  | { kind: "accumulate"; bias?: GPUBuffer; out: GPUBuffer }
+  | {
+    kind: "rotaryKv";
+    /** `qkv (T, 3, H, D)`: q (rotated) is written; k and v go to the cache only. */
+    qkv: GPUBuffer;
+    /** This layer's cache `(2, B, H, maxLen, D)`. */
+    kv: GPUBuffer;
+    /** `(B)` u32: token `(b, i)` sits at position `start[b] + i`. */
+    start: GPUBuffer;
+    /** Rotary tables `(maxLen, D/2)`. */
+    cos: GPUBuffer;
+    /** See cos. */
+    sin: GPUBuffer;
+    /** Rows. */
+    B: number;
+    /** Tokens per row (M = B·n). */
+    n: number;
+    /** Heads. */
+    H: number;
+    /** dimHead. */
+    D: number;
+    /** Cache positions per row. */
+    maxLen: number;
+  };
+
+/** Arguments of {@link fusedLinear}. */
+export interface FusedLinearArgs {
+  /** The input `x (M, K)` (the residual stream when normalised). */
+  x: GPUBuffer;
+  /** RMSNorm weight `(K)`: normalise x first; omit for a plain GEMV. */
+  norm?: GPUBuffer;
+  /** Weight `(N, K)` (torch layout). */
+  w: GPUBuffer;
+  /** Rows. */
+  M: number;
+  /** Output columns (`3·H·D` for `"rotaryKv"`). */
+  N: number;
+  /** Inputs per row. */
+  K: number;
+  /** What happens to the outputs. */
+  epilogue: FusedEpilogue;
+  /**
+   * Read x, the norm weight and W through uniform bindings (W in chunks of 64 KiB) where they
+   * fit and their buffers allow it. Default: on software adapters. See the module doc.
+   */
+  uniform?: boolean;
+}
+
+/**
+ * Whether the fused kernels serve these sizes: vec4 rows (K % 4 = 0, N % 4 = 0) and, for the
+ * qkv epilogue, rotary halves of whole vec4s (D % 8 = 0). Otherwise use the unfused kernels.
+ *
+ * @param K inputs per row (the model dim)
+ * @param N outputs
+ * @param D dimHead, for the qkv epilogue
+ * @returns whether {@link fusedLinear} accepts them
+ */
+export function fusedLinearSupported(K: number, N: number, D?: number): boolean {
+  return K > 0 && K % 4 === 0 && N > 0 && N % 4 === 0 && (D === undefined || D % 8 === 0);
+}
+
+/** Rows per block for M rows: M up to 16, else the most even split (as the unfused GEMV). */
+function blockRows(M: number): number {
+  const blocks = Math.max(1, Math.ceil(M / MAX_R));
+  return Math.max(1, Math.ceil(M / blocks));
+}
+
+/** How a kernel variant reads its operands and lays out its lanes. */
+export interface FusedLayout {
+  /** The epilogue. */
+  kind: FusedEpilogue["kind"];
+  /** Whether x is normalised in the prologue. */
+  norm: boolean;
+  /** Whether the accumulate epilogue adds a bias. */
+  bias: boolean;
+  /** Rows per block. */
+  R: number;
+  /** Columns per lane: 8 (two vec4 groups) or 4. */
+  C: number;
+  /** Uniform bindings: vec4s of x, the norm weight and each W chunk; undefined: storage. */
+  uniform?: { x: number; norm: number; chunks: number[] };
+}
+
+/** The epilogue's bindings (from `first`) and its store of the accumulators. */
+function epilogueCode(l: FusedLayout, first: number): { bindings: string; store: string } {
+  const b = (i: number) => `@group(0) @binding(${first + i})`;
+  const rowsCols = (body: string) => /* wgsl */ `
+  for (var i = 0u; i < R; i++) { /* unroll */
+    for (var q = 0u; q < C4; q++) { /* unroll */
+      let col = cols[q];
+      if (m0 + i < params.M && col < params.N) {
+        let o = ((m0 + i) * params.N + col) / 4u;${body}
+      }
+    }
+  }`;
+  if (l.kind === "none") {
+    return {
+      bindings: `${b(0)} var<storage, read_write> out: array<vec4f>; // (M, N)`,
+      store: rowsCols(`\n        out[o] = acc[i * C4 + q];`),
+    };
+  }
+  if (l.kind === "accumulate") {
+    return {
+      bindings: `${l.bias ? `${b(0)} var<storage, read> bias: array<vec4f>;     // (N)\n` : ""}${
+        b(l.bias ? 1 : 0)
+      } var<storage, read_write> out: array<vec4f>; // (M, N), added to`,
+      // as the unfused GEMV's store: (acc + bias) + out
+      store: rowsCols(`
+        var v = acc[i * C4 + q];${l.bias ? "\n        v += bias[col / 4u];" : ""}
+        v += out[o];
+        out[o] = v;`),
+    };
+  }
+  if (l.kind === "biasGelu") {
+    return {
+      bindings: `${b(0)} var<storage, read> bias: array<vec4f>;      // (N)
+${b(1)} var<storage, read_write> out: array<vec4f>; // (M, N) gelu(h + bias)
+${ERF_WGSL}`,
+      // as the unfused path: h = acc + bias stored, then gelu(h) = 0.5·h·(1 + erf(h/√2))
+      store: rowsCols(`
+        let h = acc[i * C4 + q] + bias[col / 4u];
+        let e = vec4f(erf_f32(h.x * 0.70710678118654752), erf_f32(h.y * 0.70710678118654752),
+                      erf_f32(h.z * 0.70710678118654752), erf_f32(h.w * 0.70710678118654752));
+        out[o] = 0.5 * h * (1.0 + e);`),
+    };
+  }
+  return {
+    bindings: `${b(0)} var<storage, read_write> qkv: array<vec4f>; // (T, 3, H, D): q
+${b(1)} var<storage, read_write> kv: array<vec4f>;  // (2, B, H, maxLen, D)
+${b(2)} var<storage, read> start: array<u32>;       // (B)
+${b(3)} var<storage, read> cosT: array<vec4f>;      // (maxLen, D/2)
+${b(4)} var<storage, read> sinT: array<vec4f>;      // (maxLen, D/2)`,
+    // the lane's two column groups are x₁ = cols n0..n0+4 and x₂ = n0+D/2..: a rotary pair
+    store: /* wgsl */ `
+  let half = params.D / 2u;
+  let hs = n0 / params.D;        // head slot over (3, H)
+  let s = hs / params.H;         // 0 q, 1 k, 2 v
+  let h = hs % params.H;
+  let d4 = (n0 % params.D) / 4u; // vec4 index of x₁ in the head
+  let D4 = params.D / 4u;
+  for (var i = 0u; i < R; i++) { /* unroll */
+    let t = m0 + i;
+    if (t < params.M && n0 < params.N) {
+      let b = t / params.n;
+      let pos = start[b] + t % params.n;
+      var y1 = acc[i * C4];
+      var y2 = acc[i * C4 + 1u];
+      if (s < 2u && pos < params.maxLen) { // rotary as kernels/rotary.ts: [x₁, x₂]·cos + [−x₂, x₁]·sin
+        let c = cosT[(pos * half) / 4u + d4];
+        let sn = sinT[(pos * half) / 4u + d4];
+        let x1 = y1;
+        let x2 = y2;
+        y1 = x1 * c - x2 * sn;
+        y2 = x2 * c + x1 * sn;
+      }
+      if (s == 0u) {
+        let o = (t * 3u * params.H + h) * D4 + d4;
+        qkv[o] = y1;
+        qkv[o + half / 4u] = y2;
+      } else if (pos < params.maxLen) { // no slot past the cache, as kvWrite
+        let o = ((((s - 1u) * params.B + b) * params.H + h) * params.maxLen + pos) * D4 + d4;
+        kv[o] = y1;
+        kv[o + half / 4u] = y2;
+      }
+    }
+  }`,
+  };
+}
+
+/** The params struct's fields, in order (all 4-byte scalars; eps is the only f32). */
+const PARAM_FIELDS = [
+  "M",
+  "N",
+  "K",
+  "tilesN",
+  "tiles",
+  "eps",
+  "B",
+  "n",
+  "H",
+  "D",
+  "maxLen",
+  "RC",
+] as const;
+
+/**
+ * The WGSL of one fused GEMV variant: R rows per block, 8 lanes × C columns per workgroup.
+ *
+ * @param l the variant
+ * @returns the WGSL, unrolled
+ */
+export function fusedLinearCode(l: FusedLayout): string {
+  const u = l.uniform;
+  const C4 = l.C / 4;
+  let next = 1;
+  const bind = () => `@group(0) @binding(${next++})`;
+  const xDecl = u
+    ? `${bind()} var<uniform> x: array<vec4f, ${u.x}>;          // (M, K)`
+    : `${bind()} var<storage, read> x: array<vec4f>;    // (M, K)`;
+  const normDecl = !l.norm
+    ? ""
+    : u
+    ? `${bind()} var<uniform> norm: array<vec4f, ${u.norm}>; // (K) RMSNorm weight`
+    : `${bind()} var<storage, read> norm: array<vec4f>; // (K) RMSNorm weight`;
+  const wDecl = u
+    ? u.chunks.map((c, q) =>
+      `${bind()} var<uniform> w${q}: array<vec4f, ${c}>; // W rows of chunk ${q}`
+    )
+      .join("\n")
+    : `${bind()} var<storage, read> w: array<vec4f>;    // (N, K)`;
+  const e = epilogueCode(l, next);
+  // the lane's unit u of C columns: n0..n0+4 and n1..n1+4 with n1 = n0 + 4, or for the qkv
+  // epilogue a rotary pair of vec4s, n1 = n0 + D/2 (a head slot of (3, H) holds D/8 units)
+  const rotary = l.kind === "rotaryKv";
+  const colOf = (unit: string) =>
+    rotary
+      ? `(${unit} / (params.D / 8u)) * params.D + (${unit} % (params.D / 8u)) * 4u`
+      : `${unit} * C`;
+  const loadW = u
+    ? u.chunks.map((_, q) =>
+      `${q === 0 ? "" : " else "}${
+        q === u.chunks.length - 1 && q > 0 ? "" : `if (chunk == ${q}u) `
+      }{
+      for (var j = 0u; j < C; j++) { /* unroll */ bv[j] = w${q}[bj[j] + k]; }
+    }`
+    ).join("")
+    : `for (var j = 0u; j < C; j++) { /* unroll */ bv[j] = w[bj[j] + k]; }`;
+  return unrollLoops(/* wgsl */ `
+struct Params {
+  M: u32, N: u32, K: u32,
+  tilesN: u32, tiles: u32, // workgroups along N, in all
+  eps: f32,                // RMSNorm epsilon
+  B: u32, n: u32, H: u32, D: u32, maxLen: u32, // the qkv epilogue's shapes (else unused)
+  RC: u32,                 // rows of W per uniform chunk (storage: N)
+}
+@group(0) @binding(0) var<uniform> params: Params;
+${xDecl}
+${normDecl}
+${wDecl}
+${e.bindings}
+
+const R: u32 = ${l.R}u;   // rows per block
+const C: u32 = ${l.C}u;    // columns per lane
+const C4: u32 = ${C4}u;   // vec4 column groups per lane
+const WG: u32 = ${WG}u;   // lanes per workgroup
+${l.norm ? "var<workgroup> red: array<f32, R * WG>; // (R, WG) partial sums of squares" : ""}
+
+@compute @workgroup_size(WG)
+fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
+        @builtin(local_invocation_index) lid: u32) {
+  let t = wid.x + wid.y * nwg.x;
+  if (t >= params.tiles) { return; } // the whole workgroup
+  let K4 = params.K / 4u;
+  let m0 = (t / params.tilesN) * R;
+  var ai: array<u32, R>; // row offsets of x(m0 + i, ·), clamped
+  for (var i = 0u; i < R; i++) { /* unroll */ ai[i] = min(m0 + i, params.M - 1u) * K4; }
+${
+    l.norm
+      ? `  // prologue: rstd of each row as the narrow vec4 RMSNorm sums it (lane lid takes vec4s
+  // lid, lid + 8, …; components pairwise; then a 3-step tree)
+  for (var i = 0u; i < R; i++) { /* unroll */
+    var ss = vec4f();
+    for (var c = lid; c < K4; c += WG) {
+      let v = x[ai[i] + c];
+      ss = fma(v, v, ss);
+    }
+    red[i * WG + lid] = (ss.x + ss.y) + (ss.z + ss.w);
+  }
+  workgroupBarrier();
+  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+    if (lid < s) {
+      for (var i = 0u; i < R; i++) { /* unroll */ red[i * WG + lid] = red[i * WG + lid] + red[i * WG + lid + s]; }
+    }
+    workgroupBarrier();
+  }
+  var r: array<f32, R>;
+  for (var i = 0u; i < R; i++) { /* unroll */ r[i] = 1.0 / sqrt(red[i * WG] / f32(params.K) + params.eps); }`
+      : ""
+  }
+  let u0 = (t % params.tilesN) * WG; // the workgroup's first unit of C columns
+  let chunk = (${colOf("u0")}) / params.RC; // the W chunk all its columns lie in
+  let u = u0 + lid;
+  let n0 = ${colOf("u")};
+  let n1 = ${rotary ? "n0 + params.D / 2u" : "n0 + 4u"};
+  let cols = array<u32, 2>(n0, n1);
+  let rowEnd = min(params.N, (chunk + 1u) * params.RC) - 1u; // last W row of the chunk
+  var bj: array<u32, C>; // offsets of W(col, ·) in the chunk, clamped
+  for (var j = 0u; j < C; j++) { /* unroll */
+    bj[j] = (min(cols[j / 4u] + j % 4u, rowEnd) - chunk * params.RC) * K4;
+  }
+  var acc: array<vec4f, R * C4>; // (row i, column group q) at acc[i * C4 + q]
+  for (var k = 0u; k < K4; k++) {
+    var bv: array<vec4f, C>;
+    ${loadW}
+    ${l.norm ? "let g = norm[k];" : ""}
+    for (var i = 0u; i < R; i++) { /* unroll */
+      let av = x[ai[i] + k]${
+    l.norm ? " * r[i] * g; // RMSNorm(x), rounded as the norm kernel" : ";"
+  }
+      for (var q = 0u; q < C4; q++) { /* unroll */
+        acc[i * C4 + q] += vec4f(dot(av, bv[4u * q]), dot(av, bv[4u * q + 1u]),
+                                 dot(av, bv[4u * q + 2u]), dot(av, bv[4u * q + 3u]));
+      }
+    }
+  }
+${e.store}
+}`);
+}
+
+/**
+ * The storage bindings a WGSL source declares, by name (`@binding(i) var<…> name`).
+ */
+function declaredBindings(code: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const m of code.matchAll(/@binding\((\d+)\) var<[^>]*> (\w+)/g)) out.set(m[2], Number(m[1]));
+  return out;
+}
+
+/** Where each workgroup's columns lie: the chunk rows RC if every workgroup stays in one. */
+function chunkRows(N: number, K: number, C: number, D: number | undefined): number {
+  const unitsPerWg = WG;
+  // the largest RC ≤ 64 KiB of W rows, a multiple of the workgroup's column span
+  const span = D === undefined ? WG * C : Math.max(D, (WG / (D / 8)) * D);
+  const rc = Math.floor(UNIFORM_BYTES / (4 * K) / span) * span;
+  if (rc === 0) return 0;
+  const units = D === undefined ? N / C : N / 8;
+  const col = (u: number) =>
+    D === undefined ? u * C : Math.floor(u / (D / 8)) * D + (u % (D / 8)) * 4;
+  for (let u0 = 0; u0 < units; u0 += unitsPerWg) {
+    const chunk = Math.floor(col(u0) / rc);
+    for (let u = u0; u < Math.min(u0 + unitsPerWg, units); u++) {
+      const last = Math.min(N - 1, col(u) + (D === undefined ? C : D / 2 + 4) - 1);
+      if (Math.floor(last / rc) !== chunk || Math.floor(col(u) / rc) !== chunk) return 0;
+    }
+  }
+  return rc;
+}
+
+/**
+ * `epilogue(RMSNorm(x) · Wᵀ)` (or without the norm, `epilogue(x · Wᵀ)`) in one dispatch for
+ * small M; see the module doc for the epilogues, the arithmetic and the uniform bindings.
+ * The RMSNorm uses eps = 2⁻²³ like kernels/norm.ts.
+ *
+ * @param gpu the runtime
+ * @param a inputs, sizes and the epilogue
+ * @returns the dispatch
+ * @throws Error when the sizes are not {@link fusedLinearSupported}, or the qkv epilogue's N is
+ *   not 3·H·D or M not B·n
+ * @example
+ * ```ts
+ * import { requestGpu } from "./gpu.ts";
+ * import { fusedLinear } from "./fused_linear.ts";
+ * const gpu = await requestGpu();
+ * const [M, N, K] = [2, 8, 4];
+ * const x = gpu.upload("x (M, K)", new Float32Array(M * K).fill(1));
+ * const norm = gpu.upload("norm (K)", new Float32Array(K).fill(1));
+ * const w = gpu.upload("w (N, K)", new Float32Array(N * K).fill(0.5));
+ * const out = gpu.buffer("out (M, N)", M * N * 4);
+ * gpu.run("logits", [fusedLinear(gpu, { x, norm, w, M, N, K, epilogue: { kind: "none", out } })]);
+ * console.log(await gpu.readF32(out)); // ≈ 2 everywhere
+ * ```
+ */
+export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
+  const { M, N, K, epilogue: e } = a;
+  const D = e.kind === "rotaryKv" ? e.D : undefined;
+  if (!fusedLinearSupported(K, N, D)) {
+    throw new Error(
+      `specdec: fusedLinear needs K and N multiples of 4${
+        D === undefined ? "" : " and dimHead a multiple of 8"
+      }, got K ${K}, N ${N}${D === undefined ? "" : `, dimHead ${D}`}`,
+    );
+  }
+  const shapes = { B: 1, n: 1, H: 1, D: 8, maxLen: 1 };
+  const buffers: Record<string, GPUBufferBinding> = {};
+  if (e.kind === "rotaryKv") {
+    if (N !== 3 * e.H * e.D || M !== e.B * e.n) {
+      throw new Error(
+        `specdec: fusedLinear "rotaryKv" needs N = 3·H·D (${3 * e.H * e.D}) and M = B·n ` +
+          `(${e.B * e.n}), got N ${N}, M ${M}`,
+      );
+    }
+    Object.assign(shapes, { B: e.B, n: e.n, H: e.H, D: e.D, maxLen: e.maxLen });
+    for (
+      const [k, b] of Object.entries({
+        qkv: e.qkv,
+        kv: e.kv,
+        start: e.start,
+        cosT: e.cos,
+        sinT: e.sin,
+      })
+    ) {
+      buffers[k] = { buffer: b };
+    }
+  } else {
+    buffers.out = { buffer: e.out };
+    if (e.kind !== "none" && e.bias) buffers.bias = { buffer: e.bias };
+  }
+  const R = blockRows(M);
+  // uniform bindings where everything fits (see the module doc: ~2-4× faster loads on lavapipe)
+  const uniformOk = (b: GPUBuffer) => (b.usage & UNIFORM_USAGE) !== 0;
+  let rc = 0, C = 8;
+  // x is declared as big as its buffer allows (≤ 64 KiB), not as M·K: one pipeline serves every
+  // M of a block size when the buffers are padded (the forward plan pads them to 64 KiB)
+  const xVec4 = Math.floor(Math.min(a.x.size, UNIFORM_BYTES) / 16);
+  if (
+    (a.uniform ?? gpu.isSoftware) && M <= MAX_R && M * K <= 4 * xVec4 && uniformOk(a.x) &&
+    uniformOk(a.w) && (!a.norm || uniformOk(a.norm))
+  ) {
+    // 8 columns per lane where a workgroup's 64 columns fit a chunk, else 4 (plain epilogues)
+    for (const c of D === undefined ? [8, 4] : [8]) {
+      const r = chunkRows(N, K, c, D);
+      if (r > 0 && Math.ceil(N / r) <= MAX_CHUNKS) {
+        [rc, C] = [r, c];
+        break;
+      }
+    }
+  }
+  const chunks = rc > 0
+    ? Array.from(
+      { length: Math.ceil(N / rc) },
+      (_, q) => (Math.min(N, (q + 1) * rc) - q * rc) * K / 4,
+    )
+    : [];
+  const layout: FusedLayout = {
+    kind: e.kind,
+    norm: !!a.norm,
+    bias: e.kind === "accumulate" && !!e.bias,
+    R,
+    C,
+    uniform: rc > 0 ? { x: xVec4, norm: K / 4, chunks } : undefined,
+  };
+  buffers.x = rc > 0 ? { buffer: a.x, offset: 0, size: xVec4 * 16 } : { buffer: a.x };
+  if (a.norm) {
+    buffers.norm = rc > 0 ? { buffer: a.norm, offset: 0, size: K * 4 } : { buffer: a.norm };
+  }
+  if (rc > 0) {
+    chunks.forEach((c, q) =>
+      buffers[`w${q}`] = { buffer: a.w, offset: q * rc * K * 4, size: c * 16 }
+    );
+  } else buffers.w = { buffer: a.w };
+  const unitCols = D === undefined ? C : 8;
+  const tilesN = Math.ceil(N / unitCols / WG);
+  const tiles = M === 0 ? 0 : tilesN * Math.ceil(M / R);
+  const code = fusedLinearCode(layout);
+  const label = `fusedLinear ${a.norm ? "norm " : ""}${e.kind}${rc > 0 ? " uniform" : ""}`;
+  const params: Record<string, number> = {
+    M,
+    N,
+    K,
+    tilesN,
+    tiles,
+    eps: RMS_EPS,
+    ...shapes,
+    RC: rc > 0 ? rc : N,
+  };
+  const bytes = new ArrayBuffer(Math.ceil((PARAM_FIELDS.length * 4) / 16) * 16);
+  const view = new DataView(bytes);
+  PARAM_FIELDS.forEach((f, i) => {
+    if (f === "eps") view.setFloat32(4 * i, params[f], true);
+    else view.setUint32(4 * i, params[f], true);
+  });
+  const uniform = gpu.buffer(`${label} params`, bytes.byteLength, 0x40 | 0x8);
+  gpu.device.queue.writeBuffer(uniform, 0, bytes);
+  // bound by the names the WGSL declares (gpu.kernel allows no uniform but params)
+  const declared = declaredBindings(code);
+  const names = [...declared.keys()].filter((k) => k !== "params").sort();
+  const given = Object.keys(buffers).sort();
+  if (names.join() !== given.join()) {
+    throw new Error(
+      `specdec: ${label}: the shader binds ${names.join(", ")}, got ${given.join(", ")}`,
+    );
+  }
+  const pipeline = gpu.pipeline(label, code);
+  const bindGroup = gpu.device.createBindGroup({
+    label,
+    layout: pipeline.getBindGroupLayout(0),
+    entries: [
+      { binding: 0, resource: { buffer: uniform } },
+      ...names.map((k) => ({ binding: declared.get(k)!, resource: buffers[k] })),
+    ],
+  });
+  const n = Math.max(tiles, 1);
+  return { label, pipeline, bindGroup, workgroups: tiles === 0 ? [0, 1, 1] : grid(n) };
+}

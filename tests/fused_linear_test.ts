@@ -1,0 +1,214 @@
+/**
+ * The fused small-M GEMVs (kernels/fused_linear.ts) against float64 references, against the
+ * unfused kernels bit for bit, and row by row whatever M; with storage and with uniform
+ * bindings (W in one or several 64 KiB chunks).
+ */
+import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
+import { assertClose, gpuTest, randomF32 } from "./helpers.ts";
+import { fusedLinear, fusedLinearSupported, STORAGE_UNIFORM } from "../kernels/fused_linear.ts";
+import { linear } from "../kernels/matmul.ts";
+import { rmsNorm } from "../kernels/norm.ts";
+import { gelu } from "../kernels/activation.ts";
+import { rotary, rotaryInvFreq, rotaryTable } from "../kernels/rotary.ts";
+import { kvWrite } from "../kernels/attention.ts";
+import type { Dispatch, Gpu } from "../kernels/gpu.ts";
+import { matmulNTRef } from "./reference/matmul.ts";
+import { normLinearGeluRef, normLinearRef, normQkvKvRef } from "./reference/fused.ts";
+
+const TOL = { atol: 2e-5, rtol: 2e-4 };
+
+/** Same bits (NaN-free data): reports the first differing index. */
+function assertBits(a: Float32Array, b: Float32Array, label: string): void {
+  assertEquals(a.length, b.length, label);
+  const i = a.findIndex((v, j) => !Object.is(v, b[j]));
+  assert(i < 0, `${label}: differs at [${i}]: ${a[i]} vs ${b[i]}`);
+}
+
+/** A buffer the fused kernels may bind as a uniform. */
+const up = (gpu: Gpu, label: string, data: Float32Array<ArrayBuffer>) =>
+  gpu.upload(label, data, STORAGE_UNIFORM);
+
+/** The dispatch, checking it took the bindings asked for. */
+function checked(d: Dispatch, uniform: boolean): Dispatch {
+  assertEquals(d.label.endsWith(" uniform"), uniform, d.label);
+  return d;
+}
+
+/** The unfused norm (narrow, as software adapters run it) feeding a register-tile GEMV. */
+function unfusedNormLinear(
+  gpu: Gpu,
+  x: GPUBuffer,
+  norm: GPUBuffer,
+  w: GPUBuffer,
+  M: number,
+  N: number,
+  K: number,
+  out: GPUBuffer,
+  bias?: GPUBuffer,
+) {
+  const xn = gpu.buffer("xn", M * K * 4), rstd = gpu.buffer("rstd", M * 4);
+  return [
+    rmsNorm(gpu, { x, weight: norm, y: xn, rstd, T: M, C: K, narrow: true }),
+    linear(gpu, { a: xn, b: w, bias, c: out, M, N, K, variant: "registerTile" }),
+  ];
+}
+
+gpuTest("fusedLinear norm none / biasGelu: float64 reference, unfused bits, any M", async (gpu) => {
+  const K = 20, N = 12; // K not a multiple of 8, N not a multiple of a lane's 8 columns
+  const norm = randomF32(K, 3, 0.5, 1.5), w = randomF32(N * K, 4, -0.5, 0.5);
+  const bias = randomF32(N, 5);
+  const nb = up(gpu, "norm", norm), wb = up(gpu, "w", w), bb = up(gpu, "bias", bias);
+  for (const uniform of [false, true]) {
+    for (const M of [1, 5, 19]) { // 19: two blocks of 10 rows
+      const x = randomF32(M * K, 10 + M, -2, 2);
+      const xb = up(gpu, "x", x);
+      const out = gpu.buffer("out", M * N * 4), ref = gpu.buffer("ref", M * N * 4);
+      const outG = gpu.buffer("outG", M * N * 4), h = gpu.buffer("h", M * N * 4);
+      const refG = gpu.buffer("refG", M * N * 4);
+      const args = { x: xb, norm: nb, w: wb, M, N, K, uniform };
+      gpu.run("fused", [
+        // uniform bindings serve up to 16 rows (M = 19: storage)
+        checked(fusedLinear(gpu, { ...args, epilogue: { kind: "none", out } }), uniform && M <= 16),
+        checked(
+          fusedLinear(gpu, { ...args, epilogue: { kind: "biasGelu", bias: bb, out: outG } }),
+          uniform && M <= 16,
+        ),
+        ...unfusedNormLinear(gpu, xb, nb, wb, M, N, K, ref),
+        ...unfusedNormLinear(gpu, xb, nb, wb, M, N, K, h, bb),
+        gelu(gpu, { x: h, y: refG, n: M * N }),
+      ]);
+      const got = await gpu.readF32(out), gotG = await gpu.readF32(outG);
+      const what = `M=${M}${uniform ? " uniform" : ""}`;
+      assertClose(got, normLinearRef(x, norm, w, M, N, K), { ...TOL, label: `none ${what}` });
+      assertClose(gotG, normLinearGeluRef(x, norm, w, bias, M, N, K), {
+        ...TOL,
+        label: `biasGelu ${what}`,
+      });
+      assertBits(got, await gpu.readF32(ref), `none ${what} vs unfused`);
+      assertBits(gotG, await gpu.readF32(refG), `biasGelu ${what} vs unfused`);
+      // row by row: a one-row dispatch gives the bits of the M-row one
+      const last = M - 1, one = gpu.buffer("one", N * 4);
+      const xRow = up(gpu, "x row", x.slice(last * K, (last + 1) * K));
+      gpu.run("one row", [
+        fusedLinear(gpu, { ...args, x: xRow, M: 1, epilogue: { kind: "none", out: one } }),
+      ]);
+      assertBits(await gpu.readF32(one), got.slice(last * N), `row ${last} of ${what} alone`);
+    }
+  }
+});
+
+gpuTest("fusedLinear accumulate: x += a·Wᵀ (+ bias), W in 3 uniform chunks", async (gpu) => {
+  // K = 400: 40 rows of W per 64 KiB, so 4 columns per lane and chunks of 32 rows: 72 = 32+32+8
+  const M = 3, N = 72, K = 400;
+  const a = randomF32(M * K, 50), w = randomF32(N * K, 51, -0.1, 0.1), bias = randomF32(N, 52);
+  const x0 = randomF32(M * N, 53);
+  const ab = up(gpu, "a", a), wb = up(gpu, "w", w), bb = up(gpu, "bias", bias);
+  for (const uniform of [false, true]) {
+    for (const withBias of [false, true]) {
+      const x = up(gpu, "x", x0), ref = up(gpu, "ref", x0);
+      const b = withBias ? bb : undefined;
+      gpu.run("accumulate", [
+        checked(
+          fusedLinear(gpu, {
+            x: ab,
+            w: wb,
+            M,
+            N,
+            K,
+            uniform,
+            epilogue: { kind: "accumulate", bias: b, out: x },
+          }),
+          uniform,
+        ),
+        linear(gpu, {
+          a: ab,
+          b: wb,
+          bias: b,
+          c: ref,
+          M,
+          N,
+          K,
+          accumulate: true,
+          variant: "registerTile",
+        }),
+      ]);
+      const got = await gpu.readF32(x);
+      const prod = matmulNTRef(a, w, M, N, K, withBias ? bias : undefined);
+      const label = `bias ${withBias}${uniform ? " uniform" : ""}`;
+      assertClose(got, prod.map((v, i) => v + x0[i]), { ...TOL, label });
+      assertBits(got, await gpu.readF32(ref), `${label} vs unfused`);
+    }
+  }
+});
+
+gpuTest(
+  "fusedLinear norm rotaryKv: float64 reference, unfused bits, rows past the cache",
+  async (gpu) => {
+    // N = 3·4·16 = 192 rows of W (K = 128): two uniform chunks of 128 rows
+    const H = 4, D = 16, K = 128, N = 3 * H * D, maxLen = 8;
+    const invFreq = rotaryInvFreq(D), tables = rotaryTable(maxLen, invFreq);
+    const cos = gpu.upload("cos", tables.cos), sin = gpu.upload("sin", tables.sin);
+    const norm = randomF32(K, 21, 0.5, 1.5), w = randomF32(N * K, 22, -0.2, 0.2);
+    const nb = up(gpu, "norm", norm), wb = up(gpu, "w", w);
+    for (const uniform of [false, true]) {
+      // row 1's third token sits at position 8 = maxLen: q unrotated, k and v not written
+      for (const [B, n, starts] of [[2, 3, [2, 6]], [2, 1, [0, 7]], [1, 6, [1]]] as const) {
+        const M = B * n;
+        const x = randomF32(M * K, 30 + M, -2, 2);
+        const kv0 = randomF32(2 * B * H * maxLen * D, 40 + M);
+        const xb = up(gpu, "x", x), start = gpu.upload("start", new Uint32Array(starts));
+        const qkv = gpu.buffer("qkv", M * N * 4), kv = gpu.upload("kv", kv0);
+        const qkvU = gpu.buffer("qkv unfused", M * N * 4), kvU = gpu.upload("kv unfused", kv0);
+        const sizes = { B, n, H, D, maxLen };
+        gpu.run("qkv", [
+          checked(
+            fusedLinear(gpu, {
+              x: xb,
+              norm: nb,
+              w: wb,
+              M,
+              N,
+              K,
+              uniform,
+              epilogue: { kind: "rotaryKv", qkv, kv, start, cos, sin, ...sizes },
+            }),
+            uniform,
+          ),
+          ...unfusedNormLinear(gpu, xb, nb, wb, M, N, K, qkvU),
+          rotary(gpu, { qkv: qkvU, cos, sin, start, ...sizes }),
+          kvWrite(gpu, { qkv: qkvU, kv: kvU, start, ...sizes }),
+        ]);
+        const ref = normQkvKvRef(x, norm, w, { ...sizes, K, start: starts, invFreq, kv: kv0 });
+        const gotQkv = await gpu.readF32(qkv), gotKv = await gpu.readF32(kv);
+        const uQkv = await gpu.readF32(qkvU);
+        // q only: the fused kernel sends k and v to the cache alone
+        const qOf = (a: ArrayLike<number>) =>
+          Array.from({ length: M }, (_, t) => Array.from(a).slice(t * N, t * N + H * D)).flat();
+        const what = `B=${B} n=${n}${uniform ? " uniform" : ""}`;
+        assertClose(qOf(gotQkv), qOf(ref.qkv), { ...TOL, label: `q ${what}` });
+        assertClose(gotKv, ref.kv, { ...TOL, label: `kv ${what}` });
+        assertBits(Float32Array.from(qOf(gotQkv)), Float32Array.from(qOf(uQkv)), `q ${what}`);
+        assertBits(gotKv, await gpu.readF32(kvU), `kv ${what} vs unfused`);
+      }
+    }
+  },
+);
+
+gpuTest("fusedLinear refuses sizes it does not serve, naming them", (gpu) => {
+  assert(!fusedLinearSupported(6, 12) && !fusedLinearSupported(8, 12, 6));
+  assert(fusedLinearSupported(8, 12) && fusedLinearSupported(8, 48, 16));
+  const b = gpu.buffer("b", 64);
+  throws(
+    () =>
+      fusedLinear(gpu, {
+        x: b,
+        norm: b,
+        w: b,
+        M: 1,
+        N: 12,
+        K: 6,
+        epilogue: { kind: "none", out: b },
+      }),
+    /K and N multiples of 4.*K 6/,
+  );
+});

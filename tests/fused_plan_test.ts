@@ -1,0 +1,109 @@
+/**
+ * The fused small-n forward plan (model/forward_plan.ts): at most 5 dispatches per layer, a
+ * prefill then decode steps equal to one full float64 forward, the same bits as the unfused plan
+ * on software adapters, and the unfused kernels where the fused ones do not serve the sizes.
+ */
+import { deepStrictEqual, ok } from "node:assert/strict";
+import { Decoder } from "../model/decoder.ts";
+import { buildForwardPlan, type ForwardPlan } from "../model/forward_plan.ts";
+import { ModelState } from "../model/state.ts";
+import type { Gpu } from "../kernels/gpu.ts";
+import { decoderLogitsRef, type RefConfig } from "./reference/model.ts";
+import { assertClose, gpuTest, randomRows } from "./helpers.ts";
+
+// dim not a multiple of 8 (a lane's columns), V a multiple of 4 (the logits fuse too)
+const CFG: RefConfig = { numTokens: 20, dim: 12, depth: 2, heads: 3, dimHead: 8, ffMult: 3 };
+
+/** Runs a prefill of 5 tokens, then chunks of 1, 1, 3, 1, returning each chunk's logits. */
+async function decode(
+  gpu: Gpu,
+  plan: (n: number) => ForwardPlan,
+  tokens: number[][],
+): Promise<Float32Array[]> {
+  const B = tokens.length, out: Float32Array[] = [];
+  let at = 0;
+  for (const k of [5, 1, 1, 3, 1]) {
+    const p = plan(k);
+    gpu.write(p.tokens, Uint32Array.from(tokens.flatMap((r) => r.slice(at, at + k))));
+    gpu.write(p.start, new Uint32Array(B).fill(at));
+    gpu.run("chunk", p.dispatches);
+    out.push(await gpu.readF32(p.logits));
+    at += k;
+  }
+  return out;
+}
+
+/** Plans of both paths over their own caches, built from one model's parameters. */
+async function plans(gpu: Gpu, cfg: RefConfig, B: number, seed: number) {
+  const model = Decoder.create(gpu, cfg, { seed });
+  const values = await model.paramValues();
+  const state = new ModelState(
+    gpu,
+    model.config,
+    new Map(Object.entries(values).map(([k, v]) => [k, Float32Array.from(v)])),
+    undefined,
+    "fused test",
+  );
+  const caches = [model.createCache(B, 16), model.createCache(B, 16)];
+  const built = new Map<string, ForwardPlan>();
+  const plan = (fused: boolean) => (n: number) => {
+    const key = `${fused}:${n}`;
+    if (!built.has(key)) {
+      built.set(key, buildForwardPlan(state, caches[fused ? 0 : 1], n, false, fused));
+    }
+    return built.get(key)!;
+  };
+  return { model, state, values, fused: plan(true), unfused: plan(false) };
+}
+
+gpuTest(
+  "fused plan: 5 dispatches per layer, prefill + steps = full forward, unfused bits",
+  async (gpu) => {
+    const B = 2, N = 11, V = CFG.numTokens;
+    const { model, state, values, fused, unfused } = await plans(gpu, CFG, B, 7);
+    const step = fused(1);
+    ok(step.fused && !unfused(1).fused);
+    deepStrictEqual(step.dispatches.length, 1 + 5 * CFG.depth + 1); // embedding, layers, logits
+    const tokens = randomRows(B, N, V, 17);
+    const want = decoderLogitsRef(values, CFG, tokens);
+    const a = await decode(gpu, fused, tokens), b = await decode(gpu, unfused, tokens);
+    let at = 0;
+    a.forEach((got, c) => {
+      const k = got.length / (B * V);
+      for (let r = 0; r < B; r++) {
+        for (let i = 0; i < k; i++) {
+          const w = want.subarray((r * N + at + i) * V, (r * N + at + i + 1) * V);
+          assertClose(got.subarray((r * k + i) * V, (r * k + i + 1) * V), w, {
+            atol: 1e-4,
+            rtol: 0,
+            label: `row ${r} position ${at + i}`,
+          });
+        }
+      }
+      // software adapters run the narrow norm and register-tile GEMV the fused kernels reproduce
+      if (gpu.isSoftware) deepStrictEqual(got, b[c], `chunk ${c}: fused and unfused bits`);
+      at += k;
+    });
+    model.destroy();
+    state.destroy();
+  },
+);
+
+gpuTest("fused plan: unfused kernels where the fused ones do not fit", async (gpu) => {
+  // dimHead 6: no rotary pair of whole vec4s; V = 19: no vec4 logits rows (fused layers)
+  for (const cfg of [{ ...CFG, dimHead: 6 }, { ...CFG, numTokens: 19 }]) {
+    const B = 1, N = 11;
+    const { model, state, values, fused } = await plans(gpu, cfg, B, 8);
+    const p = fused(1);
+    const layers = cfg.dimHead === 6 ? 10 : 5;
+    const tail = 2; // unfused norm + logits in both (the layers decide the path)
+    deepStrictEqual(p.dispatches.length, 1 + layers * cfg.depth + tail, JSON.stringify(cfg));
+    const tokens = randomRows(B, N, cfg.numTokens, 3);
+    const want = decoderLogitsRef(values, cfg, tokens);
+    const got = await decode(gpu, fused, tokens);
+    const V = cfg.numTokens;
+    assertClose(got[4], want.subarray((N - 1) * V, N * V), { atol: 1e-4, rtol: 0, label: "last" });
+    model.destroy();
+    state.destroy();
+  }
+});
