@@ -1,5 +1,6 @@
 /**
- * `deno task bench:report [--quick] [--out DIR] [--models RUN_DIR] [--filter TEXT] [--reps N] [--reference]`: runs the benchmark suite and writes
+ * `deno task bench:report [--quick] [--out DIR] [--models RUN_DIR] [--filter TEXT] [--reps N] [--reference]
+ * [--prompt N] [--seq-len N]`: runs the benchmark suite and writes
  * `bench/results/<adapter>-<date>.json`, a markdown table beside it, and SVG plots (speculative
  * speedup vs gamma, measured and predicted by Leviathan's formula; decode tokens/s per method).
  *
@@ -21,15 +22,31 @@ const { values } = parseArgs({
     out: { type: "string" },
     reps: { type: "string" },
     filter: { type: "string" },
+    prompt: { type: "string" },
+    "seq-len": { type: "string" },
   },
 });
 const gpu = await requestGpu();
 const quick = Boolean(values.quick);
 const reps = Number(values.reps ?? (gpu.isSoftware ? (quick ? 1 : 3) : 7));
 const outDir = values.out ?? fileURLToPath(new URL("./results/", import.meta.url));
-const cases = benchCases(gpu, quick, values.models, values.reference ?? !gpu.isSoftware).filter((
-  c,
-) => !values.filter || c.name.includes(values.filter) || c.group.includes(values.filter));
+/** A positive integer flag, or undefined when absent. */
+function sizeFlag(name: string, raw: string | undefined): number | undefined {
+  if (raw === undefined) return undefined;
+  if (!/^[1-9][0-9]*$/.test(raw)) {
+    throw new Error(`--${name} must be a positive integer, got "${raw}"`);
+  }
+  return Number(raw);
+}
+const decode = {
+  prompt: sizeFlag("prompt", values.prompt),
+  seqLen: sizeFlag("seq-len", values["seq-len"]),
+};
+for (const k of ["prompt", "seqLen"] as const) if (decode[k] === undefined) delete decode[k];
+const cases = benchCases(gpu, quick, values.models, values.reference ?? !gpu.isSoftware, decode)
+  .filter((
+    c,
+  ) => !values.filter || c.name.includes(values.filter) || c.group.includes(values.filter));
 
 const chosen = new Map<string, Sample>();
 for (const c of cases) {

@@ -161,6 +161,8 @@ export function alphaFromAccepted(mean: number, gamma: number): number {
  *   decode with trained models; random ones otherwise (low acceptance)
  * @param reference use the reference config (dim 512, depth 10 / 2, batch 4 × 512) even on a
  *   software adapter (slow there: seconds per training step)
+ * @param decode the decodes' prompt length and total length instead of the adapter's defaults
+ *   (e.g. 128 → 512 on a software adapter, to compare with bench/torch_baseline.py there)
  * @returns the cases
  */
 export function benchCases(
@@ -168,8 +170,9 @@ export function benchCases(
   quick = false,
   modelsDir?: string,
   reference = !gpu.isSoftware,
+  decode: { prompt?: number; seqLen?: number } = {},
 ): BenchCase[] {
-  const S = suiteSizes(gpu, quick, reference);
+  const S = { ...suiteSizes(gpu, quick, reference), ...decode };
   const cases: BenchCase[] = [];
   const timer = new GpuTimer(gpu);
   const rand = (n: number) =>

@@ -478,6 +478,10 @@ def sizes(small, quick):
 def run_benchmarks(args, device, target, draft, clock):
     """Runs every case; returns report rows like bench/summary.ts summarize()."""
     S = sizes(args.small, args.quick)
+    if args.prompt:  # like bench/report.ts --prompt / --seq-len
+        S["prompt"] = args.prompt
+    if args.seq_len:
+        S["seq_len"] = args.seq_len
     reps = args.reps or (3 if args.quick or device.type == "cpu" else 5)
     decode_reps = args.reps or 3
     gen = torch.Generator(device=device)
@@ -895,6 +899,8 @@ def main(argv=None):
         "--threads", type=int, default=0, help="torch CPU threads (default: torch's; 1 helps on a busy CPU)"
     )
     ap.add_argument("--seed", type=int, default=1, help="init seed without checkpoints")
+    ap.add_argument("--prompt", type=int, default=0, help="decoding prompt length (default: the sizes')")
+    ap.add_argument("--seq-len", type=int, default=0, help="decoding total length, prompt included")
     ap.add_argument("--sdpa", action="store_true", help="use F.scaled_dot_product_attention (not the reference math)")
     ap.add_argument("--selfcheck", action="store_true", help="numpy float64 forward vs --check-logits; no torch")
     ap.add_argument("--selftest", action="store_true", help="checks of this file's torch code on CPU")
