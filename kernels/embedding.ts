@@ -43,8 +43,8 @@ const BWD_RUN = 8;
  * The tokens are scanned once per workgroup and in parallel, a chunk of 64 × RUN at a time:
  * each invocation counts the matches in its run of RUN tokens, the counts' prefix sums place
  * every match in a shared list in increasing t, and the sums then walk only that list. Scanning
- * all T tokens in every invocation's loop instead cost 17–25 ms per call at T = 260, V = 256 on
- * lavapipe; this is O(T/64) per invocation plus the matches.
+ * all T tokens in every invocation's loop instead cost 17–25 ms per call at T = 260, C = 64,
+ * V = 256 on lavapipe (busy machine); this takes 4–5 ms there.
  */
 const EMBEDDING_BACKWARD = /* wgsl */ `
 struct Params { T: u32, C: u32, V: u32, colBlocks: u32, accumulate: u32 }
@@ -57,7 +57,7 @@ const WG: u32 = 64u;
 const COLS: u32 = ${BWD_COLS}u; // per workgroup: WG invocations × 4 columns
 const RUN: u32 = ${BWD_RUN}u;   // tokens each invocation scans per chunk
 const CHUNK: u32 = ${64 * BWD_RUN}u; // WG × RUN
-var<workgroup> counts: array<u32, WG>; // matches in each invocation's run
+var<workgroup> counts: array<u32, 65>; // matches in each run, then their offsets and the total
 var<workgroup> list: array<u32, CHUNK>; // the chunk's matching t, in increasing order
 
 @compute @workgroup_size(WG)
@@ -77,13 +77,20 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     }
     counts[lid] = mine;
     workgroupBarrier();
-    var at = 0u; // where this run's matches go: the matches of the runs before it
-    var total = 0u;
-    for (var i = 0u; i < WG; i++) {
-      let n = counts[i];
-      if (i < lid) { at += n; }
-      total += n;
+    // One invocation turns the counts into offsets: a serial scan of 64 in one invocation costs
+    // lavapipe an eighth of every invocation summing the counts before its own.
+    if (lid == 0u) {
+      var sum = 0u;
+      for (var i = 0u; i < WG; i++) {
+        let n = counts[i];
+        counts[i] = sum;
+        sum += n;
+      }
+      counts[WG] = sum;
     }
+    workgroupBarrier();
+    var at = counts[lid]; // where this run's matches go: after the matches of the runs before it
+    let total = counts[WG];
     for (var k = 0u; k < RUN; k++) {
       let t = r0 + k;
       if (t < params.T && tokens[t] == v) {
