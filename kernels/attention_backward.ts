@@ -16,17 +16,21 @@ import { unrollLoops } from "./unroll.ts";
 // with Pᵢⱼ recomputed from the forward's logsumexp: Pᵢⱼ = exp(Sᵢⱼ − lseᵢ).
 
 /**
- * Queries (dq kernel) or keys (dk dv kernel) each invocation owns. Every key (query) the loop
+ * Queries (dq kernel) or keys (dk dv kernel) each invocation owns on software adapters, 8 to a
+ * workgroup of TILE. Every key (query) the loop
  * loads then serves that many queries (keys): on lavapipe one per invocation spent its time
  * loading k and v (141 ms for dq at n = 513, H = 2, D = 32), 8 per invocation took 23 ms; 16
  * gained nothing more.
  */
-const PER = 8;
-/** Invocations per workgroup: a workgroup covers TILE queries (keys) of one (row, head). */
-const WG = TILE / PER;
+const SOFTWARE_PER = 8;
+/**
+ * On hardware adapters: one query (key) per invocation, 64 per workgroup, since a workgroup of
+ * 8 invocations would leave most of a SIMD unit idle there (not measured on a GPU yet).
+ */
+const HARDWARE_PER = 1;
 
 /** Params and bindings of both backward kernels. */
-function backwardBindings(D: number): string {
+function backwardBindings(D: number, per: number): string {
   const elem = headElem(D);
   return /* wgsl */ `
 struct Params {
@@ -42,12 +46,12 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> dqkv: array<${elem}>; // (T, 3, H, D)
 ${headVectors(D, ["qkv", "out", "dout"], ["dqkv"])}
 const TILE: u32 = ${TILE}u; // queries (or keys) per workgroup
-const PER: u32 = ${PER}u;   // queries (or keys) per invocation`;
+const PER: u32 = ${per}u;   // queries (or keys) per invocation`;
 }
 
 /** The same WGSL once per owned query (key) r = 0..PER−1, with `$r` replaced. */
-function perOwned(code: string): string {
-  return Array.from({ length: PER }, (_, r) => code.replaceAll("$r", String(r))).join("\n");
+function perOwned(code: string, per: number): string {
+  return Array.from({ length: per }, (_, r) => code.replaceAll("$r", String(r))).join("\n");
 }
 
 /**
@@ -55,9 +59,9 @@ function perOwned(code: string): string {
  * invocation walks the keys j = 0..(its last query) once, each key serving its PER queries
  * (j ≤ i masked), in increasing j.
  */
-function attentionBackwardQCode(D: number): string {
-  return unrollLoops(/* wgsl */ `${backwardBindings(D)}
-@compute @workgroup_size(${WG})
+function attentionBackwardQCode(D: number, per: number): string {
+  return unrollLoops(/* wgsl */ `${backwardBindings(D, per)}
+@compute @workgroup_size(${TILE / per})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
         @builtin(local_invocation_index) li: u32) {
   let w = wg.x + wg.y * nw.x; // (b, h, tile)
@@ -69,7 +73,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
   let first = tile * TILE + li * PER; // this invocation's first query
   let lastQ = params.n - 1u;
   ${
-    perOwned(`
+    perOwned(
+      `
   let i$r = min(first + $ru, lastQ); // queries past n shadow the last one and write nothing
   let t$r = b * params.n + i$r;
   var q$r: array<vec4f, D4>;
@@ -79,7 +84,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
   var delta$r = dot(g$r[0], ld_out(t$r * params.H + h, 0u)); // Δ = dOut · out
   for (var c = 1u; c < D4; c++) { /* unroll */ delta$r += dot(g$r[c], ld_out(t$r * params.H + h, c)); }
   let L$r = lse[(b * params.H + h) * params.n + i$r];
-  var dq$r: array<vec4f, D4>;`)
+  var dq$r: array<vec4f, D4>;`,
+      per,
+    )
   }
   let jEnd = min(first + PER - 1u, lastQ);
   let k0 = (b * params.n * 3u + 1u) * params.H + h; // key 0 of (b, h)
@@ -90,7 +97,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
     for (var c = 0u; c < D4; c++) { /* unroll */ k[c] = ld_qkv(kRow, c); }
     for (var c = 0u; c < D4; c++) { /* unroll */ v[c] = ld_qkv(kRow + params.H, c); }
     ${
-    perOwned(`{
+    perOwned(
+      `{
       var s = dot(q$r[0], k[0]);
       for (var c = 1u; c < D4; c++) { /* unroll */ s += dot(q$r[c], k[c]); }
       s *= scale;
@@ -98,14 +106,19 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
       for (var c = 1u; c < D4; c++) { /* unroll */ dp += dot(g$r[c], v[c]); }
       let ds = select(0.0, exp(s - L$r) * (dp - delta$r), j <= i$r); // causal
       for (var c = 0u; c < D4; c++) { /* unroll */ dq$r[c] = dq$r[c] + ds * k[c]; }
-    }`)
+    }`,
+      per,
+    )
   }
   }
   ${
-    perOwned(`
+    perOwned(
+      `
   if (first + $ru < params.n) {
     for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv(t$r * 3u * params.H + h, c, dq$r[c] * scale); }
-  }`)
+  }`,
+      per,
+    )
   }
 }`);
 }
@@ -115,9 +128,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
  * walks the queries i = (its first key)..n−1 once, each query serving its PER keys (i ≥ j
  * masked), in increasing i.
  */
-function attentionBackwardKVCode(D: number): string {
-  return unrollLoops(/* wgsl */ `${backwardBindings(D)}
-@compute @workgroup_size(${WG})
+function attentionBackwardKVCode(D: number, per: number): string {
+  return unrollLoops(/* wgsl */ `${backwardBindings(D, per)}
+@compute @workgroup_size(${TILE / per})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
         @builtin(local_invocation_index) li: u32) {
   let w = wg.x + wg.y * nw.x; // (b, h, tile)
@@ -129,7 +142,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
   let first = tile * TILE + li * PER; // this invocation's first key
   let lastK = params.n - 1u;
   ${
-    perOwned(`
+    perOwned(
+      `
   let j$r = min(first + $ru, lastK); // keys past n shadow the last one and write nothing
   let t$r = b * params.n + j$r;
   var k$r: array<vec4f, D4>;
@@ -137,7 +151,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
   for (var c = 0u; c < D4; c++) { /* unroll */ k$r[c] = ld_qkv((t$r * 3u + 1u) * params.H + h, c); }
   for (var c = 0u; c < D4; c++) { /* unroll */ v$r[c] = ld_qkv((t$r * 3u + 2u) * params.H + h, c); }
   var dk$r: array<vec4f, D4>;
-  var dv$r: array<vec4f, D4>;`)
+  var dv$r: array<vec4f, D4>;`,
+      per,
+    )
   }
   for (var i = min(first, lastK); i < params.n; i++) {
     let row = (b * params.n + i) * params.H + h;
@@ -149,7 +165,8 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
     for (var c = 1u; c < D4; c++) { /* unroll */ delta += dot(g[c], ld_out(row, c)); }
     let L = lse[(b * params.H + h) * params.n + i];
     ${
-    perOwned(`{
+    perOwned(
+      `{
       var s = dot(k$r[0], q[0]);
       for (var c = 1u; c < D4; c++) { /* unroll */ s += dot(k$r[c], q[c]); }
       s *= scale;
@@ -159,15 +176,20 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
       let ds = p * (dp - delta);
       for (var c = 0u; c < D4; c++) { /* unroll */ dv$r[c] = dv$r[c] + p * g[c]; }
       for (var c = 0u; c < D4; c++) { /* unroll */ dk$r[c] = dk$r[c] + ds * q[c]; }
-    }`)
+    }`,
+      per,
+    )
   }
   }
   ${
-    perOwned(`
+    perOwned(
+      `
   if (first + $ru < params.n) {
     for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv((t$r * 3u + 1u) * params.H + h, c, dk$r[c] * scale); }
     for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv((t$r * 3u + 2u) * params.H + h, c, dv$r[c]); }
-  }`)
+  }`,
+      per,
+    )
   }
 }`);
 }
@@ -183,8 +205,10 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
  * @param gpu the runtime
  * @param a the forward's `qkv (T, 3, H, D)` (after rotary), `out (T, H, D)` and `lse (B, H, n)`,
  *   the output gradient `dOut (T, H, D)`, the result `dqkv (T, 3, H, D)`, and sizes. `kv` and
- *   `maxLen` are accepted for symmetry with the forward but not read.
+ *   `maxLen` are accepted for symmetry with the forward but not read. `per`: queries (keys) per
+ *   invocation, a power of two up to 64 (default 8 on software adapters, 1 on hardware ones)
  * @returns the dispatches, in order
+ * @throws Error when `per` is not a power of two from 1 to 64
  * @example
  * ```ts
  * import { requestGpu } from "./gpu.ts";
@@ -221,23 +245,28 @@ export function attentionBackward(
     D: number;
     kv?: GPUBuffer;
     maxLen?: number;
+    per?: number;
   },
 ): Dispatch[] {
   const { B, n, H, D } = a;
+  const per = a.per ?? (gpu.isSoftware ? SOFTWARE_PER : HARDWARE_PER);
+  if (![1, 2, 4, 8, 16, 32, 64].includes(per)) {
+    throw new Error(`specdec: attentionBackward: per = ${per} must be a power of two from 1 to 64`);
+  }
   const tiles = Math.ceil(n / TILE);
   const params = { B, n, H, tiles, scale: 1 / Math.sqrt(D) };
   const buffers = { qkv: a.qkv, out: a.out, dout: a.dOut, lse: a.lse, dqkv: a.dqkv };
   return [
     gpu.kernel({
       label: "attentionBackward dq",
-      code: attentionBackwardQCode(D),
+      code: attentionBackwardQCode(D, per),
       buffers,
       params,
       workgroups: B * H * tiles,
     }),
     gpu.kernel({
       label: "attentionBackward dk dv",
-      code: attentionBackwardKVCode(D),
+      code: attentionBackwardKVCode(D, per),
       buffers,
       params,
       workgroups: B * H * tiles,
