@@ -175,15 +175,16 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 }`;
 
 /** The Adam update of one parameter buffer, one element per thread. */
-const ADAM = /* wgsl */ `
+const adamCode = (vec: boolean): string => /* wgsl */ `
 ${STATS_STRUCT}
-struct Params { n: u32, w1: f32, beta2: f32, omb2: f32, eps: f32 }
+struct Params { n: u32, w1: f32, beta2: f32, omb2: f32, eps: f32 } // n: in elements of E
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read_write> param: array<f32>;    // (n) f32
-@group(0) @binding(2) var<storage, read> grad: array<f32>;           // (n) f32, unscaled
-@group(0) @binding(3) var<storage, read_write> expAvg: array<f32>;   // (n) f32, m
-@group(0) @binding(4) var<storage, read_write> expAvgSq: array<f32>; // (n) f32, v
+@group(0) @binding(1) var<storage, read_write> param: array<E>;    // (n) E
+@group(0) @binding(2) var<storage, read> grad: array<E>;           // (n) E, unscaled
+@group(0) @binding(3) var<storage, read_write> expAvg: array<E>;   // (n) E, m
+@group(0) @binding(4) var<storage, read_write> expAvgSq: array<E>; // (n) E, v
 @group(0) @binding(5) var<storage, read> stats: Stats;               // (STATS_WORDS)
+alias E = ${vec ? "vec4f" : "f32"}; // vec4f when the size is a multiple of 4
 const WG: u32 = ${WG}u;
 const PER: u32 = ${ADAM_PER}u; // elements per invocation
 const CHUNK: u32 = ${WG * ADAM_PER}u; // elements per workgroup: WG × PER
@@ -203,7 +204,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     let g = grad[i] * coef;
     let m0 = expAvg[i];
     // torch: exp_avg.lerp_(grad, 1 - beta1), with lerp's two branches for accuracy.
-    var m: f32;
+    var m: E;
     if (params.w1 < 0.5) { m = m0 + params.w1 * (g - m0); } else { m = g - (g - m0) * (1.0 - params.w1); }
     // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
     let v = expAvgSq[i] * params.beta2 + params.omb2 * g * g;
@@ -330,12 +331,16 @@ export function adamUpdate(
     gridLimit?: number;
   },
 ): Dispatch {
+  // vec4 elements when they fit: lavapipe then updates ~2x faster (a quarter of the index
+  // and bounds work); the arithmetic is the same per float.
+  const vec = args.n % 4 === 0;
+  const units = vec ? args.n / 4 : args.n;
   return gpu.kernel({
     label: `adam update (${args.n})`,
-    code: ADAM,
+    code: adamCode(vec),
     // 1 − β computed in float64 then rounded, like torch's Python-float scalars.
     params: {
-      n: args.n,
+      n: units,
       w1: 1 - args.beta1,
       beta2: args.beta2,
       omb2: 1 - args.beta2,
@@ -348,7 +353,7 @@ export function adamUpdate(
       expAvgSq: args.expAvgSq,
       stats: args.stats,
     },
-    workgroups: grid(Math.ceil(args.n / (WG * ADAM_PER)), args.gridLimit),
+    workgroups: grid(Math.ceil(units / (WG * ADAM_PER)), args.gridLimit),
   });
 }
 

@@ -245,37 +245,41 @@ gpuTest("Adam kernels cover every element once when workgroups split over x and 
   for (const x of g) ref += x * x;
   assertClose([sum], [ref], { rtol: 1e-5, label: "sum of squares" });
 
-  // The update with a 9 × 4 grid (35 needed) equals the update with a 1-D grid, bitwise.
+  // The update with a split grid equals the update with a 1-D grid, bitwise: vec4 elements
+  // (n % 4 = 0: 9 workgroups, a 5 × 2 grid) and scalar ones (n + 1: 35, a 9 × 4 grid).
   const stats = new Uint32Array(STATS_WORDS);
   const statsF32 = new Float32Array(stats.buffer); // the f32 words of the same buffer
   statsF32[StatsWord.coef] = 0.5;
   statsF32[StatsWord.stepSize] = 1e-2 / 0.1;
   statsF32[StatsWord.bc2Sqrt] = Math.sqrt(1e-3);
   const statsBuf = gpu.upload("stats", stats);
-  const p0 = randomF32(n, 42);
-  const results: Float32Array[] = [];
-  for (const gridLimit of [undefined, 10]) {
-    const param = gpu.upload("param (n) f32", p0);
-    const expAvg = gpu.upload("m (n) f32", new Float32Array(n));
-    const expAvgSq = gpu.upload("v (n) f32", new Float32Array(n));
-    const d = adamUpdate(gpu, {
-      param,
-      grad,
-      expAvg,
-      expAvgSq,
-      stats: statsBuf,
-      n,
-      beta1: 0.9,
-      beta2: 0.999,
-      eps: 1e-8,
-      gridLimit,
-    });
-    if (gridLimit) assertEquals(d.workgroups, [9, 4, 1]);
-    gpu.run("split adam", [d]);
-    results.push(await gpu.readF32(param));
+  for (const [size, limit, split] of [[n, 5, [5, 2, 1]], [n + 1, 10, [9, 4, 1]]] as const) {
+    const p0 = randomF32(size, 42), gs = randomNormal(size, 43);
+    const gradS = gpu.upload("grad (size) f32", gs);
+    const results: Float32Array[] = [];
+    for (const gridLimit of [undefined, limit]) {
+      const param = gpu.upload("param (size) f32", p0);
+      const expAvg = gpu.upload("m (size) f32", new Float32Array(size));
+      const expAvgSq = gpu.upload("v (size) f32", new Float32Array(size));
+      const d = adamUpdate(gpu, {
+        param,
+        grad: gradS,
+        expAvg,
+        expAvgSq,
+        stats: statsBuf,
+        n: size,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        gridLimit,
+      });
+      if (gridLimit) assertEquals(d.workgroups, [...split]);
+      gpu.run("split adam", [d]);
+      results.push(await gpu.readF32(param));
+    }
+    assertEquals(results[1], results[0]);
+    ok(results[0].every((x, i) => x !== p0[i]), `every element moved (n = ${size})`);
   }
-  assertEquals(results[1], results[0]);
-  ok(results[0].every((x, i) => x !== p0[i]), "every element moved");
 });
 
 gpuTest("Adam.zeroGradDispatches() zeroes every gradient and nothing else", async (gpu) => {
