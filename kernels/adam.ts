@@ -14,8 +14,17 @@ import { type Dispatch, type Gpu, grid } from "./gpu.ts";
 
 /** Threads per workgroup of every kernel here. */
 const WG = 256;
-/** Gradient elements summed by one workgroup of {@link gradSumSquares}: 8 per thread. */
-export const SUMSQ_CHUNK: number = WG * 8;
+/**
+ * Elements each Adam-update invocation updates (WG apart, so reads stay coalesced). One per
+ * invocation spent lavapipe's time on per-invocation work (index, stats, bounds): 8 took 55 ms
+ * instead of 88 for 2.4 M parameters (busy 2-core machine); 16 gained little more.
+ */
+const ADAM_PER = 8;
+/**
+ * Gradient elements summed by one workgroup of {@link gradSumSquares}: 32 per thread (8 spent
+ * twice the time on lavapipe, in workgroups and their reduction trees).
+ */
+export const SUMSQ_CHUNK: number = WG * 32;
 
 /** Words (4 bytes each) of the `stats` buffer; field order as in {@link StatsWord}. */
 export const STATS_WORDS = 8;
@@ -67,7 +76,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (group >= groups) { return; }
   let base = group * CHUNK;
   var s = 0.0;
-  for (var k = 0u; k < CHUNK / WG; k++) {
+  for (var k = 0u; k < ${SUMSQ_CHUNK / WG}u; k++) {
     let i = base + k * WG + lid;  // coalesced: neighbouring threads read neighbouring floats
     if (i < params.n) {
       let g = grad[i];
@@ -166,35 +175,45 @@ fn main(@builtin(local_invocation_index) lid: u32) {
 }`;
 
 /** The Adam update of one parameter buffer, one element per thread. */
-const ADAM = /* wgsl */ `
+const adamCode = (vec: boolean): string => /* wgsl */ `
 ${STATS_STRUCT}
-struct Params { n: u32, w1: f32, beta2: f32, omb2: f32, eps: f32 }
+struct Params { n: u32, w1: f32, beta2: f32, omb2: f32, eps: f32 } // n: in elements of E
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read_write> param: array<f32>;    // (n) f32
-@group(0) @binding(2) var<storage, read> grad: array<f32>;           // (n) f32, unscaled
-@group(0) @binding(3) var<storage, read_write> expAvg: array<f32>;   // (n) f32, m
-@group(0) @binding(4) var<storage, read_write> expAvgSq: array<f32>; // (n) f32, v
+@group(0) @binding(1) var<storage, read_write> param: array<E>;    // (n) E
+@group(0) @binding(2) var<storage, read> grad: array<E>;           // (n) E, unscaled
+@group(0) @binding(3) var<storage, read_write> expAvg: array<E>;   // (n) E, m
+@group(0) @binding(4) var<storage, read_write> expAvgSq: array<E>; // (n) E, v
 @group(0) @binding(5) var<storage, read> stats: Stats;               // (STATS_WORDS)
+alias E = ${vec ? "vec4f" : "f32"}; // vec4f when the size is a multiple of 4
 const WG: u32 = ${WG}u;
+const PER: u32 = ${ADAM_PER}u; // elements per invocation
+const CHUNK: u32 = ${WG * ADAM_PER}u; // elements per workgroup: WG × PER
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
         @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.x + wid.y * nwg.x) * WG + lid; // the grid may be split over x and y
-  if (i >= params.n || stats.skip != 0u) { return; }
-  // Clipping scales g on the fly (torch scales the stored gradient first: same f32 product).
-  let g = grad[i] * stats.coef;
-  let m0 = expAvg[i];
-  // torch: exp_avg.lerp_(grad, 1 - beta1), with lerp's two branches for accuracy.
-  var m: f32;
-  if (params.w1 < 0.5) { m = m0 + params.w1 * (g - m0); } else { m = g - (g - m0) * (1.0 - params.w1); }
-  // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-  let v = expAvgSq[i] * params.beta2 + params.omb2 * g * g;
-  expAvg[i] = m;
-  expAvgSq[i] = v;
-  // torch: denom = sqrt(v) / sqrt(bias_correction2) + eps; param.addcdiv_(m, denom, -step_size)
-  let denom = sqrt(v) / stats.bc2Sqrt + params.eps;
-  param[i] = param[i] - stats.stepSize * (m / denom);
+  if (stats.skip != 0u) { return; }
+  let coef = stats.coef;
+  let stepSize = stats.stepSize;
+  let bc2Sqrt = stats.bc2Sqrt;
+  let base = (wid.x + wid.y * nwg.x) * CHUNK + lid; // the grid may be split over x and y
+  for (var k = 0u; k < PER; k++) {
+    let i = base + k * WG; // coalesced: neighbouring invocations update neighbouring floats
+    if (i >= params.n) { break; }
+    // Clipping scales g on the fly (torch scales the stored gradient first: same f32 product).
+    let g = grad[i] * coef;
+    let m0 = expAvg[i];
+    // torch: exp_avg.lerp_(grad, 1 - beta1), with lerp's two branches for accuracy.
+    var m: E;
+    if (params.w1 < 0.5) { m = m0 + params.w1 * (g - m0); } else { m = g - (g - m0) * (1.0 - params.w1); }
+    // torch: exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    let v = expAvgSq[i] * params.beta2 + params.omb2 * g * g;
+    expAvg[i] = m;
+    expAvgSq[i] = v;
+    // torch: denom = sqrt(v) / sqrt(bias_correction2) + eps; param.addcdiv_(m, denom, -step_size)
+    let denom = sqrt(v) / bc2Sqrt + params.eps;
+    param[i] = param[i] - stepSize * (m / denom);
+  }
 }`;
 
 /** Writes zeros over the first n floats of a buffer. */
@@ -312,12 +331,16 @@ export function adamUpdate(
     gridLimit?: number;
   },
 ): Dispatch {
+  // vec4 elements when they fit: lavapipe then updates ~2x faster (a quarter of the index
+  // and bounds work); the arithmetic is the same per float.
+  const vec = args.n % 4 === 0;
+  const units = vec ? args.n / 4 : args.n;
   return gpu.kernel({
     label: `adam update (${args.n})`,
-    code: ADAM,
+    code: adamCode(vec),
     // 1 − β computed in float64 then rounded, like torch's Python-float scalars.
     params: {
-      n: args.n,
+      n: units,
       w1: 1 - args.beta1,
       beta2: args.beta2,
       omb2: 1 - args.beta2,
@@ -330,7 +353,7 @@ export function adamUpdate(
       expAvgSq: args.expAvgSq,
       stats: args.stats,
     },
-    workgroups: grid(Math.ceil(args.n / WG), args.gridLimit),
+    workgroups: grid(Math.ceil(units / (WG * ADAM_PER)), args.gridLimit),
   });
 }
 

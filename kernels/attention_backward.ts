@@ -5,7 +5,7 @@
  * @module
  */
 import type { Dispatch, Gpu } from "./gpu.ts";
-import { headElem, headVectors, TILE, tileRows } from "./attention_head.ts";
+import { headElem, headVectors, TILE } from "./attention_head.ts";
 import { unrollLoops } from "./unroll.ts";
 
 // Training only: start = 0, so the keys of row b are its own tokens b·n + j.
@@ -15,8 +15,22 @@ import { unrollLoops } from "./unroll.ts";
 //   dqᵢ = scale Σ_{j≤i} dSᵢⱼ kⱼ,  dkⱼ = scale Σ_{i≥j} dSᵢⱼ qᵢ,  dvⱼ = Σ_{i≥j} Pᵢⱼ dOᵢ,
 // with Pᵢⱼ recomputed from the forward's logsumexp: Pᵢⱼ = exp(Sᵢⱼ − lseᵢ).
 
+/**
+ * Queries (dq kernel) or keys (dk dv kernel) each invocation owns on software adapters, 8 to a
+ * workgroup of TILE. Every key (query) the loop
+ * loads then serves that many queries (keys): on lavapipe one per invocation spent its time
+ * loading k and v (141 ms for dq at n = 513, H = 2, D = 32), 8 per invocation took 23 ms; 16
+ * gained nothing more.
+ */
+const SOFTWARE_PER = 8;
+/**
+ * On hardware adapters: one query (key) per invocation, 64 per workgroup, since a workgroup of
+ * 8 invocations would leave most of a SIMD unit idle there (not measured on a GPU yet).
+ */
+const HARDWARE_PER = 1;
+
 /** Params and bindings of both backward kernels. */
-function backwardBindings(D: number): string {
+function backwardBindings(D: number, per: number): string {
   const elem = headElem(D);
   return /* wgsl */ `
 struct Params {
@@ -31,19 +45,23 @@ struct Params {
 @group(0) @binding(4) var<storage, read> lse: array<f32>;           // (B, H, n)
 @group(0) @binding(5) var<storage, read_write> dqkv: array<${elem}>; // (T, 3, H, D)
 ${headVectors(D, ["qkv", "out", "dout"], ["dqkv"])}
-const TILE: u32 = ${TILE}u; // queries (or keys) per workgroup, one per thread`;
+const TILE: u32 = ${TILE}u; // queries (or keys) per workgroup
+const PER: u32 = ${per}u;   // queries (or keys) per invocation`;
+}
+
+/** The same WGSL once per owned query (key) r = 0..PER−1, with `$r` replaced. */
+function perOwned(code: string, per: number): string {
+  return Array.from({ length: per }, (_, r) => code.replaceAll("$r", String(r))).join("\n");
 }
 
 /**
- * dq: a workgroup per 64 queries of one (row, head), keys j ≤ i streamed through shared memory.
+ * dq: a workgroup per TILE queries of one (row, head), PER queries per invocation; each
+ * invocation walks the keys j = 0..(its last query) once, each key serving its PER queries
+ * (j ≤ i masked), in increasing j.
  */
-function attentionBackwardQCode(D: number): string {
-  return unrollLoops(/* wgsl */ `${backwardBindings(D)}
-const KT: u32 = ${tileRows(D)}u; // keys per shared-memory tile
-var<workgroup> kS: array<vec4f, KT * D4>; // (KT, D4) key tile
-var<workgroup> vS: array<vec4f, KT * D4>; // (KT, D4) value tile
-
-@compute @workgroup_size(TILE)
+function attentionBackwardQCode(D: number, per: number): string {
+  return unrollLoops(/* wgsl */ `${backwardBindings(D, per)}
+@compute @workgroup_size(${TILE / per})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
         @builtin(local_invocation_index) li: u32) {
   let w = wg.x + wg.y * nw.x; // (b, h, tile)
@@ -52,66 +70,67 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
   let b = w / (params.tiles * params.H);
   if (b >= params.B) { return; }
   let scale = params.scale;
-  let i0 = tile * TILE;
-  let lastQ = min(i0 + TILE, params.n) - 1u;
-  let iq = min(i0 + li, lastQ); // threads past n shadow the last query and write nothing
-  let t = b * params.n + iq;
-  var q: array<vec4f, D4>;
-  var g: array<vec4f, D4>; // dOut of this query
-  for (var c = 0u; c < D4; c++) { /* unroll */ q[c] = ld_qkv(t * 3u * params.H + h, c); }
-  for (var c = 0u; c < D4; c++) { /* unroll */ g[c] = ld_dout(t * params.H + h, c); }
-  var delta = dot(g[0], ld_out(t * params.H + h, 0u)); // Δ = dOut · out
-  for (var c = 1u; c < D4; c++) { /* unroll */ delta += dot(g[c], ld_out(t * params.H + h, c)); }
-  let L = lse[(b * params.H + h) * params.n + iq];
-  var dq: array<vec4f, D4>;
-  for (var j0 = 0u; j0 <= lastQ; j0 += KT) {
-    for (var e = li; e < KT * D4; e += TILE) {
-      let j = j0 + e / D4;
-      var kx = vec4f();
-      var vx = vec4f();
-      if (j <= lastQ) {
-        let tj = b * params.n + j;
-        kx = ld_qkv((tj * 3u + 1u) * params.H + h, e % D4);
-        vx = ld_qkv((tj * 3u + 2u) * params.H + h, e % D4);
-      }
-      kS[e] = kx;
-      vS[e] = vx;
-    }
-    workgroupBarrier();
-    // this query's keys in the tile (none for threads past n: they only help load)
-    let kEnd = select(0u, min(KT, iq + 1u - min(j0, iq + 1u)), i0 + li < params.n);
-    for (var k = 0u; k < kEnd; k++) {
-      var s = dot(q[0], kS[k * D4]);
-      for (var c = 1u; c < D4; c++) { /* unroll */ s += dot(q[c], kS[k * D4 + c]); }
-      s *= scale;
-      let pj = exp(s - L);
-      var dp = dot(g[0], vS[k * D4]);
-      for (var c = 1u; c < D4; c++) { /* unroll */ dp += dot(g[c], vS[k * D4 + c]); }
-      let ds = pj * (dp - delta);
-      for (var c = 0u; c < D4; c++) { /* unroll */ dq[c] = dq[c] + ds * kS[k * D4 + c]; }
-    }
-    workgroupBarrier();
+  let first = tile * TILE + li * PER; // this invocation's first query
+  let lastQ = params.n - 1u;
+  ${
+    perOwned(
+      `
+  let i$r = min(first + $ru, lastQ); // queries past n shadow the last one and write nothing
+  let t$r = b * params.n + i$r;
+  var q$r: array<vec4f, D4>;
+  var g$r: array<vec4f, D4>; // dOut of this query
+  for (var c = 0u; c < D4; c++) { /* unroll */ q$r[c] = ld_qkv(t$r * 3u * params.H + h, c); }
+  for (var c = 0u; c < D4; c++) { /* unroll */ g$r[c] = ld_dout(t$r * params.H + h, c); }
+  var delta$r = dot(g$r[0], ld_out(t$r * params.H + h, 0u)); // Δ = dOut · out
+  for (var c = 1u; c < D4; c++) { /* unroll */ delta$r += dot(g$r[c], ld_out(t$r * params.H + h, c)); }
+  let L$r = lse[(b * params.H + h) * params.n + i$r];
+  var dq$r: array<vec4f, D4>;`,
+      per,
+    )
   }
-  if (i0 + li < params.n) {
-    let qRow = t * 3u * params.H + h;
-    for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv(qRow, c, dq[c] * scale); }
+  let jEnd = min(first + PER - 1u, lastQ);
+  let k0 = (b * params.n * 3u + 1u) * params.H + h; // key 0 of (b, h)
+  for (var j = 0u; j <= jEnd; j++) {
+    var k: array<vec4f, D4>;
+    var v: array<vec4f, D4>;
+    let kRow = k0 + j * 3u * params.H;
+    for (var c = 0u; c < D4; c++) { /* unroll */ k[c] = ld_qkv(kRow, c); }
+    for (var c = 0u; c < D4; c++) { /* unroll */ v[c] = ld_qkv(kRow + params.H, c); }
+    ${
+    perOwned(
+      `{
+      var s = dot(q$r[0], k[0]);
+      for (var c = 1u; c < D4; c++) { /* unroll */ s += dot(q$r[c], k[c]); }
+      s *= scale;
+      var dp = dot(g$r[0], v[0]);
+      for (var c = 1u; c < D4; c++) { /* unroll */ dp += dot(g$r[c], v[c]); }
+      let ds = select(0.0, exp(s - L$r) * (dp - delta$r), j <= i$r); // causal
+      for (var c = 0u; c < D4; c++) { /* unroll */ dq$r[c] = dq$r[c] + ds * k[c]; }
+    }`,
+      per,
+    )
+  }
+  }
+  ${
+    perOwned(
+      `
+  if (first + $ru < params.n) {
+    for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv(t$r * 3u * params.H + h, c, dq$r[c] * scale); }
+  }`,
+      per,
+    )
   }
 }`);
 }
 
 /**
- * dk, dv: a workgroup per 64 keys of one (row, head), queries i ≥ j streamed through shared
- * memory.
+ * dk, dv: a workgroup per TILE keys of one (row, head), PER keys per invocation; each invocation
+ * walks the queries i = (its first key)..n−1 once, each query serving its PER keys (i ≥ j
+ * masked), in increasing i.
  */
-function attentionBackwardKVCode(D: number): string {
-  return unrollLoops(/* wgsl */ `${backwardBindings(D)}
-const QT: u32 = ${tileRows(D)}u; // queries per shared-memory tile
-var<workgroup> qS: array<vec4f, QT * D4>; // (QT, D4) query tile
-var<workgroup> gS: array<vec4f, QT * D4>; // (QT, D4) dOut tile
-var<workgroup> lseS: array<f32, QT>;      // (QT) the queries' logsumexp
-var<workgroup> deltaS: array<f32, QT>;    // (QT) the queries' Δ = dOut·out
-
-@compute @workgroup_size(TILE)
+function attentionBackwardKVCode(D: number, per: number): string {
+  return unrollLoops(/* wgsl */ `${backwardBindings(D, per)}
+@compute @workgroup_size(${TILE / per})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
         @builtin(local_invocation_index) li: u32) {
   let w = wg.x + wg.y * nw.x; // (b, h, tile)
@@ -120,63 +139,57 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
   let b = w / (params.tiles * params.H);
   if (b >= params.B) { return; }
   let scale = params.scale;
-  let j0 = tile * TILE;
-  let jk = min(j0 + li, params.n - 1u); // threads past n shadow the last key and write nothing
-  let tj = b * params.n + jk;
-  var k: array<vec4f, D4>;
-  var v: array<vec4f, D4>;
-  for (var c = 0u; c < D4; c++) { /* unroll */ k[c] = ld_qkv((tj * 3u + 1u) * params.H + h, c); }
-  for (var c = 0u; c < D4; c++) { /* unroll */ v[c] = ld_qkv((tj * 3u + 2u) * params.H + h, c); }
-  var dk: array<vec4f, D4>;
-  var dv: array<vec4f, D4>;
-  for (var i0 = j0; i0 < params.n; i0 += QT) {
-    for (var e = li; e < QT * D4; e += TILE) {
-      let i = i0 + e / D4;
-      var qx = vec4f();
-      var gx = vec4f();
-      if (i < params.n) {
-        let ti = b * params.n + i;
-        qx = ld_qkv(ti * 3u * params.H + h, e % D4);
-        gx = ld_dout(ti * params.H + h, e % D4);
-      }
-      qS[e] = qx;
-      gS[e] = gx;
-    }
-    if (li < QT) {
-      let i = i0 + li;
-      var d = 0.0;
-      var L = 0.0;
-      if (i < params.n) {
-        let row = (b * params.n + i) * params.H + h;
-        d = dot(ld_dout(row, 0u), ld_out(row, 0u));
-        for (var c = 1u; c < D4; c++) { /* unroll */ d += dot(ld_dout(row, c), ld_out(row, c)); }
-        L = lse[(b * params.H + h) * params.n + i];
-      }
-      deltaS[li] = d;
-      lseS[li] = L;
-    }
-    workgroupBarrier();
-    // this key's queries in the tile: i0 + x ≥ jk and i0 + x < n (none for threads past n)
-    let xBegin = min(jk - min(i0, jk), QT);
-    let xEnd = select(0u, min(QT, params.n - i0), j0 + li < params.n);
-    for (var x = xBegin; x < xEnd; x++) {
-      var s = dot(k[0], qS[x * D4]);
-      for (var c = 1u; c < D4; c++) { /* unroll */ s += dot(k[c], qS[x * D4 + c]); }
-      s *= scale;
-      let pi = exp(s - lseS[x]);
-      var dp = dot(v[0], gS[x * D4]);
-      for (var c = 1u; c < D4; c++) { /* unroll */ dp += dot(v[c], gS[x * D4 + c]); }
-      let ds = pi * (dp - deltaS[x]);
-      for (var c = 0u; c < D4; c++) { /* unroll */ dv[c] = dv[c] + pi * gS[x * D4 + c]; }
-      for (var c = 0u; c < D4; c++) { /* unroll */ dk[c] = dk[c] + ds * qS[x * D4 + c]; }
-    }
-    workgroupBarrier();
+  let first = tile * TILE + li * PER; // this invocation's first key
+  let lastK = params.n - 1u;
+  ${
+    perOwned(
+      `
+  let j$r = min(first + $ru, lastK); // keys past n shadow the last one and write nothing
+  let t$r = b * params.n + j$r;
+  var k$r: array<vec4f, D4>;
+  var v$r: array<vec4f, D4>;
+  for (var c = 0u; c < D4; c++) { /* unroll */ k$r[c] = ld_qkv((t$r * 3u + 1u) * params.H + h, c); }
+  for (var c = 0u; c < D4; c++) { /* unroll */ v$r[c] = ld_qkv((t$r * 3u + 2u) * params.H + h, c); }
+  var dk$r: array<vec4f, D4>;
+  var dv$r: array<vec4f, D4>;`,
+      per,
+    )
   }
-  if (j0 + li < params.n) {
-    let kRow = (tj * 3u + 1u) * params.H + h;
-    let vRow = (tj * 3u + 2u) * params.H + h;
-    for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv(kRow, c, dk[c] * scale); }
-    for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv(vRow, c, dv[c]); }
+  for (var i = min(first, lastK); i < params.n; i++) {
+    let row = (b * params.n + i) * params.H + h;
+    var q: array<vec4f, D4>;
+    var g: array<vec4f, D4>;
+    for (var c = 0u; c < D4; c++) { /* unroll */ q[c] = ld_qkv((b * params.n + i) * 3u * params.H + h, c); }
+    for (var c = 0u; c < D4; c++) { /* unroll */ g[c] = ld_dout(row, c); }
+    var delta = dot(g[0], ld_out(row, 0u)); // Δ = dOut · out
+    for (var c = 1u; c < D4; c++) { /* unroll */ delta += dot(g[c], ld_out(row, c)); }
+    let L = lse[(b * params.H + h) * params.n + i];
+    ${
+    perOwned(
+      `{
+      var s = dot(k$r[0], q[0]);
+      for (var c = 1u; c < D4; c++) { /* unroll */ s += dot(k$r[c], q[c]); }
+      s *= scale;
+      let p = select(0.0, exp(s - L), i >= j$r); // causal
+      var dp = dot(v$r[0], g[0]);
+      for (var c = 1u; c < D4; c++) { /* unroll */ dp += dot(v$r[c], g[c]); }
+      let ds = p * (dp - delta);
+      for (var c = 0u; c < D4; c++) { /* unroll */ dv$r[c] = dv$r[c] + p * g[c]; }
+      for (var c = 0u; c < D4; c++) { /* unroll */ dk$r[c] = dk$r[c] + ds * q[c]; }
+    }`,
+      per,
+    )
+  }
+  }
+  ${
+    perOwned(
+      `
+  if (first + $ru < params.n) {
+    for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv((t$r * 3u + 1u) * params.H + h, c, dk$r[c] * scale); }
+    for (var c = 0u; c < D4; c++) { /* unroll */ st_dqkv((t$r * 3u + 2u) * params.H + h, c, dv$r[c]); }
+  }`,
+      per,
+    )
   }
 }`);
 }
@@ -192,8 +205,10 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
  * @param gpu the runtime
  * @param a the forward's `qkv (T, 3, H, D)` (after rotary), `out (T, H, D)` and `lse (B, H, n)`,
  *   the output gradient `dOut (T, H, D)`, the result `dqkv (T, 3, H, D)`, and sizes. `kv` and
- *   `maxLen` are accepted for symmetry with the forward but not read.
+ *   `maxLen` are accepted for symmetry with the forward but not read. `per`: queries (keys) per
+ *   invocation, a power of two up to 64 (default 8 on software adapters, 1 on hardware ones)
  * @returns the dispatches, in order
+ * @throws Error when `per` is not a power of two from 1 to 64
  * @example
  * ```ts
  * import { requestGpu } from "./gpu.ts";
@@ -230,23 +245,28 @@ export function attentionBackward(
     D: number;
     kv?: GPUBuffer;
     maxLen?: number;
+    per?: number;
   },
 ): Dispatch[] {
   const { B, n, H, D } = a;
+  const per = a.per ?? (gpu.isSoftware ? SOFTWARE_PER : HARDWARE_PER);
+  if (![1, 2, 4, 8, 16, 32, 64].includes(per)) {
+    throw new Error(`specdec: attentionBackward: per = ${per} must be a power of two from 1 to 64`);
+  }
   const tiles = Math.ceil(n / TILE);
   const params = { B, n, H, tiles, scale: 1 / Math.sqrt(D) };
   const buffers = { qkv: a.qkv, out: a.out, dout: a.dOut, lse: a.lse, dqkv: a.dqkv };
   return [
     gpu.kernel({
       label: "attentionBackward dq",
-      code: attentionBackwardQCode(D),
+      code: attentionBackwardQCode(D, per),
       buffers,
       params,
       workgroups: B * H * tiles,
     }),
     gpu.kernel({
       label: "attentionBackward dk dv",
-      code: attentionBackwardKVCode(D),
+      code: attentionBackwardKVCode(D, per),
       buffers,
       params,
       workgroups: B * H * tiles,

@@ -134,27 +134,35 @@ gpuTest("add() adds in place and leaves elements past n alone", async (gpu) => {
   assertClose(await gpu.readF32(xb), expected, { atol: 1e-6, label: "x" });
 });
 
-gpuTest("sumRows() matches the reference, with and without accumulation", async (gpu) => {
-  const cases: [number, number, boolean][] = [
-    [7, 33, false],
-    [7, 33, true],
-    [1, 1, false],
-    [300, 5, true],
-    [70, 300, false],
-    [33, 8, false],
-  ];
-  for (const [M, N, accumulate] of cases) {
-    const x = randomNormal(M * N, M + N), out0 = randomF32(N, 9);
-    const xb = gpu.upload("x", x), out = gpu.upload("out", out0);
-    let d = sumRows(gpu, { x: xb, out, M, N, accumulate });
-    if (N > 200) d = splitGrid(d);
-    gpu.run("sumRows", [d]);
-    const ref = sumRowsRef(x, M, N);
-    if (accumulate) { for (let i = 0; i < N; i++) ref[i] += out0[i]; }
-    assertClose(await gpu.readF32(out), ref, {
-      atol: 1e-5,
-      rtol: 1e-5,
-      label: `M=${M} N=${N} acc=${accumulate}`,
-    });
-  }
-});
+gpuTest(
+  "sumRows() matches the reference, wide and narrow, with and without accumulation",
+  async (gpu) => {
+    const cases: [number, number, boolean][] = [
+      [7, 33, false],
+      [7, 33, true],
+      [1, 1, false],
+      [300, 5, true],
+      [70, 300, false],
+      [33, 8, false],
+      [5, 200, true], // narrow: 4 workgroups of 64 columns, the last one partly past N
+    ];
+    for (
+      const [M, N, accumulate, narrow] of cases.flatMap((c) =>
+        [false, true].map((n) => [...c, n] as const)
+      )
+    ) {
+      const x = randomNormal(M * N, M + N), out0 = randomF32(N, 9);
+      const xb = gpu.upload("x", x), out = gpu.upload("out", out0);
+      let d = sumRows(gpu, { x: xb, out, M, N, accumulate, narrow });
+      if (N >= 200) d = splitGrid(d);
+      gpu.run("sumRows", [d]);
+      const ref = sumRowsRef(x, M, N);
+      if (accumulate) { for (let i = 0; i < N; i++) ref[i] += out0[i]; }
+      assertClose(await gpu.readF32(out), ref, {
+        atol: 1e-5,
+        rtol: 1e-5,
+        label: `M=${M} N=${N} acc=${accumulate} narrow=${narrow}`,
+      });
+    }
+  },
+);

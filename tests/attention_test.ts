@@ -1,4 +1,4 @@
-import { deepStrictEqual as assertEquals } from "node:assert/strict";
+import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
 import {
   attention,
   attentionBackward,
@@ -282,7 +282,7 @@ gpuTest(
 /** q, k, v of a training forward through the GPU, then the backward; checks against the reference. */
 async function backwardCase(
   gpu: Gpu,
-  { B, n, H, D }: { B: number; n: number; H: number; D: number },
+  { B, n, H, D, per }: { B: number; n: number; H: number; D: number; per?: number },
 ) {
   const T = B * n;
   const s = { B, n, H, D, maxLen: n };
@@ -294,13 +294,21 @@ async function backwardCase(
   const dOut = gpu.upload("dOut (T, H, D)", dOutHost);
   // garbage first: the backward must overwrite every element
   const dqkv = gpu.upload("dqkv (T, 3, H, D)", new Float32Array(T * 3 * H * D).fill(1e30));
-  const bwd = attentionBackward(gpu, { qkv: f.qkv, out: f.out, dOut, lse: f.lse, dqkv, ...s });
+  const bwd = attentionBackward(gpu, {
+    qkv: f.qkv,
+    out: f.out,
+    dOut,
+    lse: f.lse,
+    dqkv,
+    ...s,
+    per,
+  });
   gpu.run("forward backward", [...f.dispatches, ...bwd]);
   const got = await gpu.readF32(dqkv);
   const { q, k, v } = splitQkv(qkvHost, { T, H, D });
   const ref = attentionBackwardRef({ q, k, v, dOut: dOutHost, B, n, H, D });
   const { q: dq, k: dk, v: dv } = splitQkv(got, { T, H, D });
-  const label = `B=${B} n=${n} H=${H} D=${D}`;
+  const label = `B=${B} n=${n} H=${H} D=${D} per=${per}`;
   assertClose(dq, ref.dq, { atol: 4e-6, rtol: 1e-5, label: `dq ${label}` });
   assertClose(dk, ref.dk, { atol: 4e-6, rtol: 1e-5, label: `dk ${label}` });
   assertClose(dv, ref.dv, { atol: 4e-6, rtol: 1e-5, label: `dv ${label}` });
@@ -310,8 +318,14 @@ async function backwardCase(
 }
 
 gpuTest("attentionBackward() matches the reference on odd sizes", async (gpu) => {
-  await backwardCase(gpu, { B: 3, n: 5, H: 1, D: 10 });
-  await backwardCase(gpu, { B: 2, n: 70, H: 3, D: 8 }); // two tiles of queries and keys
+  // per: queries (keys) per invocation, the software (8) and hardware (1) defaults and one more
+  for (const per of [8, 1, 4]) {
+    await backwardCase(gpu, { B: 3, n: 5, H: 1, D: 10, per });
+    await backwardCase(gpu, { B: 2, n: 70, H: 3, D: 8, per }); // two tiles of queries and keys
+  }
+  const b = gpu.buffer("any (4)", 16);
+  const bufs = { qkv: b, out: b, dOut: b, lse: b, dqkv: b, B: 1, n: 1, H: 1, D: 4 };
+  assertThrows(() => attentionBackward(gpu, { ...bufs, per: 3 }), /per = 3 must be a power of two/);
 });
 
 Deno.test("attentionBackwardRef() matches central finite differences", () => {

@@ -68,6 +68,7 @@ gpuTest("embeddingBackward() sums over t in order, with and without accumulation
     [40, 1, 3, false],
     [25, 600, 5, false], // several column blocks, many repeats per token
     [3, 2, 1, true],
+    [1100, 70, 7, true], // T over the kernel's chunk of 512 tokens: matches in 3 chunks
   ];
   for (const [T, C, V, accumulate] of cases) {
     const tokens = Uint32Array.from(randomInts(T, V, T * C + V));

@@ -1,5 +1,11 @@
 import { deepStrictEqual as assertEquals, ok, throws as assertThrows } from "node:assert/strict";
-import { adamUpdate, gradSumSquares, STATS_WORDS, StatsWord } from "../kernels/adam.ts";
+import {
+  adamUpdate,
+  gradSumSquares,
+  STATS_WORDS,
+  StatsWord,
+  SUMSQ_CHUNK,
+} from "../kernels/adam.ts";
 import type { Gpu } from "../kernels/gpu.ts";
 import { Adam, type AdamOptions, type Parameter } from "../model/optimizer.ts";
 import { assertClose, gpuTest, randomF32, randomNormal } from "./helpers.ts";
@@ -10,7 +16,7 @@ import {
   clipGradNormRef,
 } from "./reference/optimizer.ts";
 
-/** Odd sizes: a scalar, a short vector, one and several sum-of-squares chunks (2048 floats). */
+/** Odd sizes: a scalar, a short vector, one and several sum-of-squares chunks (8192 floats). */
 const SIZES = [1, 7, 1000, 70000];
 
 /** Parameters with seeded values in [-1, 1) and zero gradients. */
@@ -224,48 +230,56 @@ gpuTest("Adam kernels cover every element once when workgroups split over x and 
   const n = 70000;
   const g = randomNormal(n, 41);
   const grad = gpu.upload("grad (n) f32", g);
-  // partials (3 + 35 + 1): a sentinel before and after this buffer's 35 chunks.
-  const partials = gpu.upload("partials (39) f32", new Float32Array(39).fill(-1));
-  // 35 workgroups as a 6 × 6 grid: one workgroup past the end must write nothing.
-  gpu.run("split sumsq", [gradSumSquares(gpu, { grad, partials, n, offset: 3, gridLimit: 6 })]);
+  // partials (3 + 9 + 1): a sentinel before and after this buffer's 9 chunks of SUMSQ_CHUNK.
+  const chunks = Math.ceil(n / SUMSQ_CHUNK);
+  assertEquals(chunks, 9);
+  const partials = gpu.upload("partials (13) f32", new Float32Array(13).fill(-1));
+  // 9 workgroups as a 2 × 5 grid: one workgroup past the end must write nothing.
+  const split = gradSumSquares(gpu, { grad, partials, n, offset: 3, gridLimit: 2 });
+  assertEquals(split.workgroups, [2, 5, 1]);
+  gpu.run("split sumsq", [split]);
   const got = await gpu.readF32(partials);
-  assertEquals([got[0], got[1], got[2], got[38]], [-1, -1, -1, -1]);
+  assertEquals([got[0], got[1], got[2], got[12]], [-1, -1, -1, -1]);
   let sum = 0, ref = 0;
-  for (let j = 3; j < 38; j++) sum += got[j];
+  for (let j = 3; j < 12; j++) sum += got[j];
   for (const x of g) ref += x * x;
   assertClose([sum], [ref], { rtol: 1e-5, label: "sum of squares" });
 
-  // The update with a 28 × 10 grid (274 needed) equals the update with a 1-D grid, bitwise.
+  // The update with a split grid equals the update with a 1-D grid, bitwise: vec4 elements
+  // (n % 4 = 0: 9 workgroups, a 5 × 2 grid) and scalar ones (n + 1: 35, a 9 × 4 grid).
   const stats = new Uint32Array(STATS_WORDS);
   const statsF32 = new Float32Array(stats.buffer); // the f32 words of the same buffer
   statsF32[StatsWord.coef] = 0.5;
   statsF32[StatsWord.stepSize] = 1e-2 / 0.1;
   statsF32[StatsWord.bc2Sqrt] = Math.sqrt(1e-3);
   const statsBuf = gpu.upload("stats", stats);
-  const p0 = randomF32(n, 42);
-  const results: Float32Array[] = [];
-  for (const gridLimit of [undefined, 10]) {
-    const param = gpu.upload("param (n) f32", p0);
-    const expAvg = gpu.upload("m (n) f32", new Float32Array(n));
-    const expAvgSq = gpu.upload("v (n) f32", new Float32Array(n));
-    const d = adamUpdate(gpu, {
-      param,
-      grad,
-      expAvg,
-      expAvgSq,
-      stats: statsBuf,
-      n,
-      beta1: 0.9,
-      beta2: 0.999,
-      eps: 1e-8,
-      gridLimit,
-    });
-    if (gridLimit) assertEquals(d.workgroups, [10, 28, 1]);
-    gpu.run("split adam", [d]);
-    results.push(await gpu.readF32(param));
+  for (const [size, limit, split] of [[n, 5, [5, 2, 1]], [n + 1, 10, [9, 4, 1]]] as const) {
+    const p0 = randomF32(size, 42), gs = randomNormal(size, 43);
+    const gradS = gpu.upload("grad (size) f32", gs);
+    const results: Float32Array[] = [];
+    for (const gridLimit of [undefined, limit]) {
+      const param = gpu.upload("param (size) f32", p0);
+      const expAvg = gpu.upload("m (size) f32", new Float32Array(size));
+      const expAvgSq = gpu.upload("v (size) f32", new Float32Array(size));
+      const d = adamUpdate(gpu, {
+        param,
+        grad: gradS,
+        expAvg,
+        expAvgSq,
+        stats: statsBuf,
+        n: size,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        gridLimit,
+      });
+      if (gridLimit) assertEquals(d.workgroups, [...split]);
+      gpu.run("split adam", [d]);
+      results.push(await gpu.readF32(param));
+    }
+    assertEquals(results[1], results[0]);
+    ok(results[0].every((x, i) => x !== p0[i]), `every element moved (n = ${size})`);
   }
-  assertEquals(results[1], results[0]);
-  ok(results[0].every((x, i) => x !== p0[i]), "every element moved");
 });
 
 gpuTest("Adam.zeroGradDispatches() zeroes every gradient and nothing else", async (gpu) => {
