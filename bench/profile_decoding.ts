@@ -39,16 +39,7 @@ import {
   speculativeDecodingEngine,
 } from "../model/decoding.ts";
 import { stateOffsets } from "../kernels/decode_state.ts";
-
-/** One row of the profile: a part (or a kind of dispatch inside it) of a step. */
-export interface ProfileRow {
-  /** Part name, e.g. `"target forward n=6"`, or `"  matmuls"` for a kind inside it. */
-  name: string;
-  /** Mean GPU milliseconds per step. */
-  ms: number;
-  /** Dispatches per step. */
-  dispatches: number;
-}
+import { type ProfileRow, profileTable } from "./profile_table.ts";
 
 /** The profile of one decode. */
 export interface DecodeProfile {
@@ -300,25 +291,6 @@ async function profile(
   };
 }
 
-/** Formats rows as a table with ms and % of `total`. */
-function table(title: string, rows: ProfileRow[]): string {
-  const total = rows.reduce((a, r) => a + r.ms, 0);
-  const w = Math.max(...rows.map((r) => r.name.length), 10);
-  const out = [
-    `${title}`,
-    `  ${"part".padEnd(w)}  ${"ms/step".padStart(8)}  ${"%".padStart(5)}  dispatches`,
-  ];
-  for (const r of rows) {
-    out.push(
-      `  ${r.name.padEnd(w)}  ${r.ms.toFixed(3).padStart(8)}  ${
-        (100 * r.ms / total).toFixed(1).padStart(5)
-      }  ${String(r.dispatches).padStart(10)}`,
-    );
-  }
-  out.push(`  ${"total".padEnd(w)}  ${total.toFixed(3).padStart(8)}`);
-  return out.join("\n");
-}
-
 /**
  * GPU ms of one-pass forwards (each plan `reps` times in one pass, per forward), alternating
  * between the plans, best of 5 rounds each: `[model, n]` at position `at` for `B` rows.
@@ -415,7 +387,7 @@ if (import.meta.main) {
   const c = d1 / t1;
 
   for (const [name, p] of [["base step", base], ["speculative step", spec]] as const) {
-    console.log(table(`${name}: one pass per part (mean over ${p.steps} steps)`, p.parts));
+    console.log(profileTable(`${name}: one pass per part (mean over ${p.steps} steps)`, p.parts));
     console.log(
       `  whole step in one pass (best of ${reps}): ${p.stepMs.toFixed(3)} ms, ${p.dispatches} ` +
         `dispatches, ${p.tokensPerStep.toFixed(2)} tokens/step → ${
@@ -423,7 +395,7 @@ if (import.meta.main) {
         } ms/token\n`,
     );
     console.log(
-      table(
+      profileTable(
         `${name}: each dispatch ×10 in one pass, best of ${reps} rounds, mid-decode (empty pass ${
           emptyMs.toFixed(3)
         } ms)`,

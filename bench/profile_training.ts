@@ -24,16 +24,7 @@ import { GpuTimer } from "../kernels/timer.ts";
 import { Decoder } from "../model/decoder.ts";
 import { type DecoderConfig, PRESETS } from "../model/config.ts";
 import { Trainer } from "../model/trainer.ts";
-
-/** One row of a profile table. */
-export interface ProfileRow {
-  /** Phase or kind of dispatch. */
-  name: string;
-  /** GPU milliseconds per step. */
-  ms: number;
-  /** Dispatches per step. */
-  dispatches: number;
-}
+import { type ProfileRow, profileTable } from "./profile_table.ts";
 
 /** The profile of one model's training step. */
 export interface TrainingProfile {
@@ -189,25 +180,6 @@ async function profileModel(
   }
 }
 
-/** Formats rows as a table with ms and % of their sum. */
-function table(title: string, rows: ProfileRow[]): string {
-  const total = rows.reduce((a, r) => a + r.ms, 0);
-  const w = Math.max(...rows.map((r) => r.name.length), 10);
-  const out = [
-    title,
-    `  ${"".padEnd(w)}  ${"ms/step".padStart(9)}  ${"%".padStart(5)}  dispatches`,
-  ];
-  for (const r of rows) {
-    out.push(
-      `  ${r.name.padEnd(w)}  ${r.ms.toFixed(3).padStart(9)}  ${
-        (100 * r.ms / total).toFixed(1).padStart(5)
-      }  ${String(r.dispatches).padStart(10)}`,
-    );
-  }
-  out.push(`  ${"total".padEnd(w)}  ${total.toFixed(3).padStart(9)}`);
-  return out.join("\n");
-}
-
 if (import.meta.main) {
   const presetName = flag("preset") ?? "tiny";
   const preset = PRESETS[presetName];
@@ -250,9 +222,9 @@ if (import.meta.main) {
       `== ${name}: whole step (Trainer.step) ${p.stepMs.toFixed(3)} ms GPU, ` +
         `${p.dispatches} dispatches, ${(B * (n - 1) / p.stepMs * 1000).toFixed(0)} tokens/s`,
     );
-    console.log(table("phases (one pass each)", p.phases));
-    console.log(table("kinds (each dispatch in its own pass), by time", p.kinds));
-    console.log(table("costliest dispatches", p.top));
+    console.log(profileTable("phases (one pass each)", p.phases, ""));
+    console.log(profileTable("kinds (each dispatch in its own pass), by time", p.kinds, ""));
+    console.log(profileTable("costliest dispatches", p.top, ""));
     console.log("");
   }
   const json = flag("json");
