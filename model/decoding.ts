@@ -175,7 +175,9 @@ export async function baseDecoding(
 /**
  * Builds the engine of {@link speculativeDecoding}: per step, γ draft forwards each followed by
  * its sampling kernel, the target's verification forward of γ + 1 tokens per row and the
- * acceptance kernel (which computes the target probabilities it needs from the logits).
+ * acceptance kernel (which computes the target probabilities it needs from the logits). With an
+ * adaptive draft length (draftThreshold > 0) a gate kernel after draft steps 1..γ − 1 makes the
+ * next draft forward and sampling indirect dispatches of zero workgroups once every row stopped.
  *
  * @param target the large model whose law the output follows
  * @param draft the small model proposing tokens
@@ -363,16 +365,19 @@ function draftGate(
  * `norm(max(0, p − q))`, and if all γ pass it samples a bonus token from p. With lenience 1 the
  * output has exactly the target's law; temperature 0 gives exactly the target's greedy output.
  * Rows advance at their own rates with no realignment; rejected tokens leave both KV caches by
- * rolling each row's position back.
+ * rolling each row's position back. With `draftThreshold` > 0 each row drafts only until its
+ * draft is unsure (see {@link SpeculativeOptions}) and is verified with γ = its draft length.
  *
  * @param target the large model whose law the output follows
  * @param draft the small model proposing tokens (same numTokens, same GPU)
  * @param prompt a batch of equal-length rows of tokens
  * @param seqLen total length, prompt included (> prompt length, ≤ both models' maxSeqLen)
- * @param options gamma, temperature (0 = greedy), filterThres, lenience, seed, chunking,
- *   streaming and timing
- * @returns the generated tokens, acceptance statistics and cost counters
- * @throws Error on bad input (gamma, temperature, filterThres, lenience, mismatched models,
+ * @param options gamma, temperature (0 = greedy), filterThres, lenience, draftThreshold (an
+ *   adaptive draft length: a row stops drafting after a draft token of probability under it),
+ *   seed, chunking, streaming and timing
+ * @returns the generated tokens, acceptance statistics (and `draftedMean`) and cost counters
+ * @throws Error on bad input (gamma, temperature, filterThres, lenience, draftThreshold,
+ *   mismatched models,
  *   a prompt that is not `number[][]`, empty or ragged, tokens out of range, seqLen too small or
  *   too large); and, at the readback after the step that met them, when the draft's or the
  *   target's logits cannot be sampled (NaN; +Inf unless temperature is 0; all −Inf): the error
