@@ -1,6 +1,6 @@
 /**
  * `deno task bench:report [--quick] [--out DIR] [--models RUN_DIR] [--filter TEXT] [--reps N] [--reference]
- * [--prompt N] [--seq-len N]`: runs the benchmark suite and writes
+ * [--prompt N] [--seq-len N] [--draft-threshold P]`: runs the benchmark suite and writes
  * `bench/results/<adapter>-<date>.json`, a markdown table beside it, and SVG plots (speculative
  * speedup vs gamma, measured and predicted by Leviathan's formula; decode tokens/s per method).
  *
@@ -24,6 +24,7 @@ const { values } = parseArgs({
     filter: { type: "string" },
     prompt: { type: "string" },
     "seq-len": { type: "string" },
+    "draft-threshold": { type: "string" },
   },
 });
 const gpu = await requestGpu();
@@ -43,7 +44,16 @@ const decode = {
   seqLen: sizeFlag("seq-len", values["seq-len"]),
 };
 for (const k of ["prompt", "seqLen"] as const) if (decode[k] === undefined) delete decode[k];
-const cases = benchCases(gpu, quick, values.models, values.reference ?? !gpu.isSoftware, decode)
+// the speculative decodes' adaptive draft length (SpeculativeOptions.draftThreshold)
+const threshold = values["draft-threshold"];
+if (threshold !== undefined && !(/^0(\.[0-9]+)?$/.test(threshold))) {
+  throw new Error(`--draft-threshold must be a probability in [0, 1), got "${threshold}"`);
+}
+const draftThreshold = Number(threshold ?? 0);
+const cases = benchCases(gpu, quick, values.models, values.reference ?? !gpu.isSoftware, {
+  ...decode,
+  draftThreshold,
+})
   .filter((
     c,
   ) => !values.filter || c.name.includes(values.filter) || c.group.includes(values.filter));

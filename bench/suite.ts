@@ -162,7 +162,8 @@ export function alphaFromAccepted(mean: number, gamma: number): number {
  * @param reference use the reference config (dim 512, depth 10 / 2, batch 4 × 512) even on a
  *   software adapter (slow there: seconds per training step)
  * @param decode the decodes' prompt length and total length instead of the adapter's defaults
- *   (e.g. 128 → 512 on a software adapter, to compare with bench/torch_baseline.py there)
+ *   (e.g. 128 → 512 on a software adapter, to compare with bench/torch_baseline.py there), and
+ *   the speculative decodes' `draftThreshold` (adaptive draft length; default 0, a fixed gamma)
  * @returns the cases
  */
 export function benchCases(
@@ -170,9 +171,10 @@ export function benchCases(
   quick = false,
   modelsDir?: string,
   reference = !gpu.isSoftware,
-  decode: { prompt?: number; seqLen?: number } = {},
+  decode: { prompt?: number; seqLen?: number; draftThreshold?: number } = {},
 ): BenchCase[] {
-  const S = { ...suiteSizes(gpu, quick, reference), ...decode };
+  const { draftThreshold = 0, ...sizes } = decode;
+  const S = { ...suiteSizes(gpu, quick, reference), ...sizes };
   const cases: BenchCase[] = [];
   const timer = new GpuTimer(gpu);
   const rand = (n: number) =>
@@ -382,7 +384,8 @@ export function benchCases(
     for (const gamma of gammas) {
       cases.push({
         group,
-        name: `speculative decoding B${B} gamma ${gamma}`,
+        name: `speculative decoding B${B} gamma ${gamma}` +
+          (draftThreshold > 0 ? ` threshold ${draftThreshold}` : ""),
         setup: async () => {
           const { target, draft, c } = await getModels();
           return async () => {
@@ -390,6 +393,7 @@ export function benchCases(
               gamma,
               seed: 7,
               timer,
+              draftThreshold,
             });
             // α from the accepted drafts that were emitted (acceptedMeanRaw also counts drafts
             // accepted past seqLen, which inflates α near the end of each row)
@@ -403,6 +407,7 @@ export function benchCases(
                 dispatchesPerToken: r.dispatches / (r.generated / B),
                 acceptedMean: r.acceptedMean,
                 acceptedMeanRaw: r.acceptedMeanRaw,
+                draftedMean: r.draftedMean, // < gamma with a draft threshold
                 alpha,
                 c: c[B],
                 predictedSpeedup: leviathanSpeedup(alpha, gamma, c[B]),

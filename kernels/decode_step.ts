@@ -112,15 +112,47 @@ export function baseStepKernel(
   });
 }
 
+/** The adaptive draft length's flag in `drafted[b]`: the row stopped drafting after this draft. */
+const STOPPED = 0x80000000;
+
+/** The adaptive draft kernels' extra binding: the step's drafts per row so far. */
+const ADAPTIVE_BINDING = /* wgsl */ `
+@group(0) @binding(7) var<storage, read_write> drafted: array<u32>;    // (B) drafts so far | STOPPED
+const STOPPED: u32 = ${STOPPED}u;
+var<workgroup> wdrafted: u32; // drafted[b], broadcast (not wword: a slow thread may still read it)
+// The draft's confidence in its argmax at temperature 0, where q is one-hot: its plain softmax
+// (temperature 1, no top-k filter), 1 / Σ_j exp(l_j − max). Uniform control flow; NaN (so no
+// stop) when the max is +∞.
+fn greedyConfidence(t: u32) -> f32 {
+  let ch = chunkOf(t);
+  var s = 0.0;
+  for (var j = ch.x; j < ch.y; j++) { s += exp(logits[rBase + j] - rMax); }
+  wf[t] = s;
+  workgroupBarrier();
+  var total = 0.0;
+  for (var c = 0u; c < WG; c++) { total += wf[c]; }
+  return 1.0 / total;
+}`;
+
+/**
+ * WGSL of the adaptive draft kernels: step i > 1 of a row that stopped drafting (drafted[b] is
+ * not i − 1: a draft of this step had q below the threshold) does nothing but `also`.
+ */
+const adaptiveSkip = (also: string): string => /* wgsl */ `
+  if (params.i > 1u) { // uniform
+    if (t == 0u) { wdrafted = drafted[b]; }
+    if (workgroupUniformLoad(&wdrafted) != params.i - 1u) { ${also}return; }
+  }`;
+
 /**
  * Draft step i that feeds the next draft forward (i < γ): q_i and x_i, then x_i at its position.
  * With n = 2 the forward started at max(pos − 2, 0), so the row of interest is 1 once pos ≥ 2.
  */
-const draftStepFeedDraftCode = (wg: number): string => /* wgsl */ `
+const draftStepFeedDraftCode = (wg: number, adaptive: boolean): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
   B: u32, L: u32, errOff: u32, seqOff: u32,
-  n: u32, seedLo: u32, seedHi: u32, i: u32, gamma: u32,
+  n: u32, seedLo: u32, seedHi: u32, i: u32, gamma: u32,${adaptive ? " threshold: f32," : ""}
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;           // (B, n, V)
@@ -129,6 +161,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> draft: array<u32>;      // (B, gamma)
 @group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B) next draft forward
 @group(0) @binding(6) var<storage, read_write> feedStart: array<u32>;  // (B)
+${adaptive ? ADAPTIVE_BINDING : ""}
 ${rowCommonWgsl(wg)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
@@ -144,6 +177,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (t == 0u) { wword = state[b]; }
   let pos = workgroupUniformLoad(&wword);
   if (pos >= params.L) { return; } // finished rows do nothing
+${adaptive ? adaptiveSkip("") : ""}
   var r = 0u;
   if (params.n == 2u && pos >= 2u) { r = 1u; }
   let bad = analyze((b * params.n + r) * params.V, t);
@@ -159,7 +193,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (params.greedy == 0u) {
     let ctr = vec4<u32>(b, pos, ${RNG_PURPOSE.draft}u, params.i);
     tok = invCdf(t, uniform01(ctr, vec2<u32>(params.seedLo, params.seedHi)));
-  }
+  }${
+  adaptive
+    ? `
+  var conf = 1.0; // the draft's confidence in x_i; greedy: its plain softmax (q is one-hot)
+  if (params.greedy != 0u && params.threshold > 0.0) { conf = greedyConfidence(t); }`
+    : ""
+}
   if (t == 0u) {
     if (tok >= params.V) {
       failRow(b, ${ROW_ERROR.noToken}u | SOURCE | (params.i << 8u), pos + params.i - 1u);
@@ -167,7 +207,13 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     }
     draft[b * params.gamma + params.i - 1u] = tok;
     feedTokens[b] = tok;                // the next draft forward feeds x_i
-    feedStart[b] = pos + params.i - 1u; // at its position
+    feedStart[b] = pos + params.i - 1u; // at its position${
+  adaptive
+    ? `
+    if (params.greedy == 0u) { conf = probAt(tok); } // q_i(x_i), the bits stored in q
+    drafted[b] = params.i | select(0u, STOPPED, conf < params.threshold);`
+    : ""
+}
   }
 }`;
 
@@ -176,7 +222,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * finished ones included (as the separate feed kernel it replaces did):
  * `[seq[b, pos − 1], x_1 .. x_γ]` at start pos − 1.
  */
-const draftStepFeedTargetCode = (wg: number): string => /* wgsl */ `
+const draftStepFeedTargetCode = (wg: number, adaptive: boolean): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
   B: u32, L: u32, errOff: u32, seqOff: u32,
@@ -189,6 +235,7 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> draft: array<u32>;        // (B, gamma)
 @group(0) @binding(5) var<storage, read_write> targetTokens: array<u32>; // (B, gamma + 1)
 @group(0) @binding(6) var<storage, read_write> targetStart: array<u32>;  // (B)
+${adaptive ? ADAPTIVE_BINDING : ""}
 ${rowCommonWgsl(wg)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
@@ -214,6 +261,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     if (t == 0u) { feedTarget(b, pos); }
     return;
   }
+${adaptive ? adaptiveSkip("if (t == 0u) { feedTarget(b, pos); } ") : ""}
   var r = 0u;
   if (params.n == 2u && pos >= 2u) { r = 1u; }
   let bad = analyze((b * params.n + r) * params.V, t);
@@ -236,7 +284,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
       return;
     }
     draft[b * params.gamma + params.i - 1u] = tok;
-    feedTarget(b, pos);
+    feedTarget(b, pos);${
+  adaptive ? "\n    drafted[b] = params.i; // the last draft of the step" : ""
+}
   }
 }`;
 
@@ -252,13 +302,22 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * stopped instead (`err` = why | draft source | i, at position pos + i − 1; `pos = L`): no q_i,
  * x_i or feed is written for it.
  *
+ * Adaptive draft length (with `drafted`, the engine's `draftThreshold`): step 1 and every step a
+ * row is still drafting at write `drafted[b] = i`, with the flag `STOPPED` (bit 31) when the
+ * draft's confidence in x_i is below `threshold` (q_i(x_i), the bits stored in q; at temperature
+ * 0, where q is one-hot, the draft's plain softmax of x_i, at temperature 1 without the top-k
+ * filter). A row whose `drafted[b]` is not i − 1 at step i > 1 stopped drafting: the step only
+ * feeds the target (last step) or does nothing. The acceptance reads `drafted[b] & 0xffff` as the
+ * row's draft length k (see {@link "./speculative.ts" | acceptKernel}).
+ *
  * @param gpu the runtime
  * @param args `logits (B, n, V)`, `state` (pos read, err written), `q (B, gamma, V)` and
  *   `draft (B, gamma)` out, either `feedTokens (B)`/`feedStart (B)` u32 out or
  *   `targetTokens (B, gamma + 1)`/
- *   `targetStart (B)` u32 out, `n` (1 or 2), `i`, `gamma`, `seed` and the sampling options
+ *   `targetStart (B)` u32 out, `n` (1 or 2), `i`, `gamma`, `seed` and the sampling options;
+ *   for an adaptive draft length `drafted (B)` u32 (read and written) and `threshold` in [0, 1)
  * @returns the dispatch
- * @throws Error unless exactly one of the two feeds is given
+ * @throws Error unless exactly one of the two feeds is given, or on a threshold without drafted
  */
 export function draftStepKernel(
   gpu: Gpu,
@@ -276,8 +335,14 @@ export function draftStepKernel(
     i: number;
     gamma: number;
     seed: number;
+    drafted?: GPUBuffer;
+    threshold?: number;
   },
 ): Dispatch {
+  const adaptive = args.drafted !== undefined;
+  if (!adaptive && args.threshold !== undefined) {
+    throw new Error("specdec: draftStepKernel's threshold needs the drafted buffer");
+  }
   const toDraft = !!(args.feedTokens && args.feedStart);
   const toTarget = !!(args.targetTokens && args.targetStart);
   if (toDraft === toTarget) {
@@ -290,8 +355,9 @@ export function draftStepKernel(
   const { B, L, errOff, seqOff } = layoutParams(args.layout);
   const common = { logits: args.logits, state: args.state, q: args.q, draft: args.draft };
   return gpu.kernel({
-    label: `draft step ${args.i} sample (${args.layout.batch}, ${args.numTokens})`,
-    code: toDraft ? draftStepFeedDraftCode(wg) : draftStepFeedTargetCode(wg),
+    label: `draft step ${args.i} sample (${args.layout.batch}, ${args.numTokens})` +
+      (adaptive ? " adaptive" : ""),
+    code: toDraft ? draftStepFeedDraftCode(wg, adaptive) : draftStepFeedTargetCode(wg, adaptive),
     params: {
       ...samplingParams(args),
       B,
@@ -302,10 +368,67 @@ export function draftStepKernel(
       ...seedParams(args.seed),
       i: args.i,
       gamma: args.gamma,
+      // the last step stops nothing: no threshold
+      ...(adaptive && toDraft ? { threshold: args.threshold ?? 0 } : {}),
     },
-    buffers: toDraft
-      ? { ...common, feedTokens: args.feedTokens!, feedStart: args.feedStart! }
-      : { ...common, targetTokens: args.targetTokens!, targetStart: args.targetStart! },
+    buffers: {
+      ...(toDraft
+        ? { ...common, feedTokens: args.feedTokens!, feedStart: args.feedStart! }
+        : { ...common, targetTokens: args.targetTokens!, targetStart: args.targetStart! }),
+      ...(adaptive ? { drafted: args.drafted! } : {}),
+    },
     workgroups: args.layout.batch,
+  });
+}
+
+const DRAFT_GATE_CODE = /* wgsl */ `
+struct Params { B: u32, L: u32, i: u32, n: u32 }
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> state: array<u32>;      // [pos (B) | err | stats | seq]
+@group(0) @binding(2) var<storage, read> drafted: array<u32>;    // (B) drafts so far | STOPPED
+@group(0) @binding(3) var<storage, read_write> args: array<u32>; // [full (n) | gated (n)]
+var<workgroup> live: atomic<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(local_invocation_index) t: u32) {
+  var mine = false;
+  for (var b = t; b < params.B; b += 64u) {
+    mine = mine || (state[b] < params.L && drafted[b] == params.i);
+  }
+  if (mine) { atomicOr(&live, 1u); } // workgroup memory starts at zero
+  workgroupBarrier();
+  let on = atomicLoad(&live) != 0u;
+  for (var j = t; j < params.n; j += 64u) { args[params.n + j] = select(0u, args[j], on); }
+}`;
+
+/**
+ * The gate of the adaptive draft length after draft step i (< γ): while some unfinished row is
+ * still drafting (`drafted[b] = i` without the STOPPED flag), copies the full workgroup counts
+ * `args[0, n)` to the gated ones `args[n, 2n)`, else writes zeros there, so the next draft step's
+ * indirect dispatches (its forward and sampling) do no work once every row has stopped. One
+ * workgroup; no readback.
+ *
+ * @param gpu the runtime
+ * @param args the `state` buffer and its `layout`, `drafted (B)` u32, the step `i`, and
+ *   `counts`, a buffer of `2n` u32 with INDIRECT usage whose first half holds the full counts,
+ *   `n` (three per gated dispatch)
+ * @returns the dispatch
+ */
+export function draftGateKernel(
+  gpu: Gpu,
+  args: {
+    state: GPUBuffer;
+    layout: StateLayout;
+    drafted: GPUBuffer;
+    i: number;
+    counts: GPUBuffer;
+    n: number;
+  },
+): Dispatch {
+  return gpu.kernel({
+    label: `draft gate after step ${args.i} (${args.layout.batch})`,
+    code: DRAFT_GATE_CODE,
+    params: { B: args.layout.batch, L: args.layout.seqLen, i: args.i, n: args.n },
+    buffers: { state: args.state, drafted: args.drafted, args: args.counts },
+    workgroups: 1,
   });
 }

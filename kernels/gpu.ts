@@ -21,6 +21,9 @@ const pipelineCache = new WeakMap<GPUDevice, Map<string, GPUComputePipeline>>();
 /** Buffer usage for ordinary storage buffers: read and written by kernels, copied in and out. */
 export const STORAGE: number = 0x80 | 0x4 | 0x8; // STORAGE | COPY_SRC | COPY_DST
 
+/** Buffer usage for indirect dispatch arguments that a kernel writes: {@link STORAGE} | INDIRECT. */
+export const INDIRECT_STORAGE: number = STORAGE | 0x100;
+
 /** One compute dispatch, ready to encode: a pipeline, its bind group and its workgroup count. */
 export interface Dispatch {
   /** What the dispatch computes, for error messages and profiles. */
@@ -29,8 +32,17 @@ export interface Dispatch {
   pipeline: GPUComputePipeline;
   /** Bind group 0, built once and reused. */
   bindGroup: GPUBindGroup;
-  /** Workgroup counts (x, y, z). */
+  /**
+   * Workgroup counts (x, y, z): what runs, or with `indirect` the most that runs (for labels and
+   * profiles).
+   */
   workgroups: [number, number, number];
+  /**
+   * Where the counts are read on the GPU instead (three u32 at `offset` bytes of a buffer with
+   * INDIRECT usage, written by an earlier dispatch): encoded with `dispatchWorkgroupsIndirect`,
+   * so a kernel can skip later work (counts 0) without a readback.
+   */
+  indirect?: { buffer: GPUBuffer; offset: number };
 }
 
 /** A timer of compute passes (see GpuTimer in timer.ts): timestamp writes, then a resolve. */
@@ -293,7 +305,8 @@ export class Gpu {
   }
 
   /**
-   * Encodes dispatches into an open compute pass, in order.
+   * Encodes dispatches into an open compute pass, in order (indirect ones with the counts their
+   * buffer holds when they run).
    *
    * @param pass the compute pass
    * @param dispatches what to run
@@ -302,6 +315,10 @@ export class Gpu {
     for (const d of dispatches) {
       pass.setPipeline(d.pipeline);
       pass.setBindGroup(0, d.bindGroup);
+      if (d.indirect) {
+        pass.dispatchWorkgroupsIndirect(d.indirect.buffer, d.indirect.offset);
+        continue;
+      }
       const [x, y, z] = d.workgroups;
       if (x > 0 && y > 0 && z > 0) pass.dispatchWorkgroups(x, y, z);
     }

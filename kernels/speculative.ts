@@ -25,7 +25,7 @@ import {
  * needs: x_1.. until the first rejection, then the correction's (or the bonus) row — a + 1 rows
  * instead of γ + 1.
  */
-const acceptCode = (wg: number): string => /* wgsl */ `
+const acceptCode = (wg: number, adaptive: boolean): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
   B: u32, L: u32, errOff: u32, statsOff: u32, seqOff: u32, statsW: u32,
@@ -37,7 +37,11 @@ struct Params {
 @group(0) @binding(3) var<storage, read> q: array<f32>;                // (B, gamma, V) draft probs
 @group(0) @binding(4) var<storage, read> draft: array<u32>;            // (B, gamma) draft tokens
 @group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B, 2) next draft feed
-@group(0) @binding(6) var<storage, read_write> feedStart: array<u32>;  // (B)
+@group(0) @binding(6) var<storage, read_write> feedStart: array<u32>;  // (B)${
+  adaptive
+    ? "\n@group(0) @binding(7) var<storage, read> drafted: array<u32>;          // (B) k | STOPPED"
+    : ""
+}
 ${rowCommonWgsl(wg)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
@@ -63,10 +67,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (pos >= params.L) { return; } // finished rows do nothing
   let key = vec2<u32>(params.seedLo, params.seedHi);
   let G = params.gamma;
+  // the row's draft length k: Algorithm 1 with γ = k (x_{k+1}..x_γ were not drafted)
+  let K = ${adaptive ? "clamp(drafted[b] & 0xffffu, 1u, G)" : "G"};
   // accept x_i while r_i ≤ p_i(x_i) / (lenience · q_i(x_i)); greedy: while x_i = argmax p_i
   var a = 0u;
   loop {
-    if (a >= G) { break; }
+    if (a >= K) { break; }
     let bad = analyze((b * (G + 1u) + a) * params.V, t); // p_{a+1}, only as far as needed
     if (bad != 0u) { // non-finite target logits: stop the row, write nothing (the host throws)
       if (t == 0u) { failRow(b, bad | SOURCE | (a << 8u), pos + a); }
@@ -86,16 +92,16 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     if (workgroupUniformLoad(&wacc) == 0u) { break; }
     a++;
   }
-  if (a == G) { // the bonus row
-    let bad = analyze((b * (G + 1u) + G) * params.V, t);
+  if (a == K) { // the bonus row
+    let bad = analyze((b * (G + 1u) + K) * params.V, t);
     if (bad != 0u) {
-      if (t == 0u) { failRow(b, bad | SOURCE | (G << 8u), pos + G); }
+      if (t == 0u) { failRow(b, bad | SOURCE | (K << 8u), pos + K); }
       return;
     }
   }
-  // the extra token: norm(max(0, p_a − q_a)) after a rejection, p_{γ+1} when all passed
+  // the extra token: norm(max(0, p_a − q_a)) after a rejection, p_{k+1} when all k passed
   qRow = (b * G + min(a, G - 1u)) * params.V;
-  residual = a < G;
+  residual = a < K;
   var tok = invCdf(t, uniform01(vec4<u32>(b, pos, ${RNG_PURPOSE.extra}u, 0u), key));
   if (tok == NONE) { // p_a = q_a exactly (possible only with lenience > 1): sample from p_a
     residual = false;
@@ -113,7 +119,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     state[st] += 1u;            // steps this row was active
     state[st + 1u] += emitted;  // accepted draft tokens that were emitted
     state[st + 2u] += a;        // accepted draft tokens, emitted or not (the reference's count)
-    for (var i = 0u; i < emitted; i++) { state[st + 3u + i] += 1u; } // emitted at draft position i
+    for (var i = 0u; i < emitted; i++) { state[st + 3u + i] += 1u; } // emitted at draft position i${
+  adaptive ? "\n    state[st + 3u + G] += K;    // drafted tokens" : ""
+}
     // the next step's first draft forward (n = 2), as seqFeedKernel (back = 2) would feed it
     var s = 0u;
     if (next > 2u) { s = next - 2u; }
@@ -128,20 +136,22 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * `[steps, accepted, acceptedRaw, acceptedAt[0..gamma)]`, where `accepted` counts the accepted
  * draft tokens that were emitted (those below seqLen), `acceptedRaw` every accepted draft token
  * (the reference's count, which includes drafts past seqLen that are cut off), and
- * `acceptedAt[i]` the steps whose draft token i + 1 was accepted and emitted.
+ * `acceptedAt[i]` the steps whose draft token i + 1 was accepted and emitted; with an adaptive
+ * draft length one more word, `drafted`: the draft tokens of all the row's steps (Σ k).
  *
  * @param gamma draft tokens per step
+ * @param adaptive whether the draft length is adaptive (the `drafted` word)
  * @returns u32 words per row
  */
-export function speculativeStatsWidth(gamma: number): number {
-  return 3 + gamma;
+export function speculativeStatsWidth(gamma: number, adaptive = false): number {
+  return 3 + gamma + (adaptive ? 1 : 0);
 }
 
 /** What {@link acceptKernel} takes. */
 export type AcceptArgs = SamplingOptions & {
-  /** The decoding state `[pos (B) | err (B, 2) | stats (B, 3 + gamma) | seq (B, L)]` u32. */
+  /** The decoding state `[pos (B) | err (B, 2) | stats (B, W) | seq (B, L)]` u32. */
   state: GPUBuffer;
-  /** Its layout (statsWidth = 3 + gamma, {@link speculativeStatsWidth}). */
+  /** Its layout (statsWidth W = 3 + gamma, + 1 with `drafted`: {@link speculativeStatsWidth}). */
   layout: StateLayout;
   /** The target's verification logits `(B, gamma + 1, V)` f32. */
   logits: GPUBuffer;
@@ -159,6 +169,11 @@ export type AcceptArgs = SamplingOptions & {
   feedTokens: GPUBuffer;
   /** And its start positions `(B)` u32, written. */
   feedStart: GPUBuffer;
+  /**
+   * Adaptive draft length: each row's drafts this step `(B)` u32, k in the low 16 bits (the draft
+   * kernels' `drafted`); without it every row drafted gamma.
+   */
+  drafted?: GPUBuffer;
 };
 
 /** A builder of the acceptance dispatch: {@link acceptKernel}, or a test's variant of it. */
@@ -174,15 +189,16 @@ export type AcceptKernel = (gpu: Gpu, args: AcceptArgs) => Dispatch;
  * @throws Error on a wrong statsWidth
  */
 export function acceptSpec(gpu: Gpu, args: AcceptArgs): KernelSpec {
-  if (args.layout.statsWidth !== speculativeStatsWidth(args.gamma)) {
+  const adaptive = args.drafted !== undefined;
+  const width = speculativeStatsWidth(args.gamma, adaptive);
+  if (args.layout.statsWidth !== width) {
     throw new Error(
-      `specdec: acceptKernel needs statsWidth ${speculativeStatsWidth(args.gamma)}, got ` +
-        `${args.layout.statsWidth}`,
+      `specdec: acceptKernel needs statsWidth ${width}, got ${args.layout.statsWidth}`,
     );
   }
   return {
-    label: `accept (${args.layout.batch}, gamma ${args.gamma})`,
-    code: acceptCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware)),
+    label: `accept (${args.layout.batch}, gamma ${args.gamma}${adaptive ? ", adaptive" : ""})`,
+    code: acceptCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware), adaptive),
     params: {
       ...samplingParams(args),
       ...layoutParams(args.layout),
@@ -197,6 +213,7 @@ export function acceptSpec(gpu: Gpu, args: AcceptArgs): KernelSpec {
       draft: args.draft,
       feedTokens: args.feedTokens,
       feedStart: args.feedStart,
+      ...(adaptive ? { drafted: args.drafted! } : {}),
     },
     workgroups: args.layout.batch,
   };
@@ -219,6 +236,12 @@ export function acceptSpec(gpu: Gpu, args: AcceptArgs): KernelSpec {
  * forward (n = 2) from the new state, as {@link "./decode_state.ts" | seqFeedKernel} with
  * `back = 2` would: one dispatch less per step.
  *
+ * With `drafted` (an adaptive draft length, decode_step.ts) row b drafted only
+ * `k = drafted[b] & 0xffff` tokens (1 ≤ k ≤ γ) this step: all of the above holds with γ = k for
+ * that row (Algorithm 1 with γ = k; the bonus is sampled from p_{k+1}, the target at the
+ * position after x_k, not from a residual; the verification rows after k + 1 are never read), and
+ * k is added to the row's `drafted` stats word (the last one).
+ *
  * p_i is computed here only for the rows read (a + 1 of the γ + 1), so no probabilities
  * dispatch runs per step.
  *
@@ -226,7 +249,7 @@ export function acceptSpec(gpu: Gpu, args: AcceptArgs): KernelSpec {
  * @param args `state` and `layout` (statsWidth = 3 + gamma), the target's `logits
  *   (B, gamma + 1, V)` f32, `q (B, gamma, V)` f32, `draft (B, gamma)` u32, `gamma`, `lenience`,
  *   `seed`, the sampling options, and the next draft forward's `feedTokens (B, 2)`,
- *   `feedStart (B)` u32
+ *   `feedStart (B)` u32; optionally `drafted (B)` u32 (statsWidth then 4 + gamma)
  * @returns the dispatch
  * @throws Error on a wrong statsWidth
  */

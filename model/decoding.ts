@@ -29,7 +29,8 @@
  * @module
  */
 import { seqFeedKernel, type StateLayout } from "../kernels/decode_state.ts";
-import { baseStepKernel, draftStepKernel } from "../kernels/decode_step.ts";
+import { baseStepKernel, draftGateKernel, draftStepKernel } from "../kernels/decode_step.ts";
+import { type Dispatch, grid, INDIRECT_STORAGE } from "../kernels/gpu.ts";
 import type { SamplingOptions } from "../kernels/sampling.ts";
 import { type AcceptKernel, acceptKernel, speculativeStatsWidth } from "../kernels/speculative.ts";
 import type { Decoder, ForwardPlan } from "./decoder.ts";
@@ -174,7 +175,9 @@ export async function baseDecoding(
 /**
  * Builds the engine of {@link speculativeDecoding}: per step, γ draft forwards each followed by
  * its sampling kernel, the target's verification forward of γ + 1 tokens per row and the
- * acceptance kernel (which computes the target probabilities it needs from the logits).
+ * acceptance kernel (which computes the target probabilities it needs from the logits). With an
+ * adaptive draft length (draftThreshold > 0) a gate kernel after draft steps 1..γ − 1 makes the
+ * next draft forward and sampling indirect dispatches of zero workgroups once every row stopped.
  *
  * @param target the large model whose law the output follows
  * @param draft the small model proposing tokens
@@ -193,15 +196,15 @@ export function speculativeDecodingEngine(
   options: SpeculativeOptions = {},
   accept: AcceptKernel = acceptKernel,
 ): DecodingEngine {
-  const { temperature, filterThres, seed, lenience, gamma, B, P } = validateSpeculative(
-    target,
-    draft,
-    prompt,
-    seqLen,
-    options,
-  );
+  const { temperature, filterThres, seed, lenience, gamma, draftThreshold, B, P } =
+    validateSpeculative(target, draft, prompt, seqLen, options);
   const gpu = target.gpu, L = seqLen, V = target.config.numTokens, G = gamma;
-  const layout: StateLayout = { batch: B, seqLen: L, statsWidth: speculativeStatsWidth(G) };
+  const adaptive = draftThreshold > 0; // 0: today's fixed-gamma kernels, unchanged
+  const layout: StateLayout = {
+    batch: B,
+    seqLen: L,
+    statsWidth: speculativeStatsWidth(G, adaptive),
+  };
   const label = "speculative decoding";
   // in-flight writes reach position L + γ − 1 for rows about to finish
   const maxLen = L + G + 1;
@@ -216,6 +219,9 @@ export function speculativeDecodingEngine(
     cleanup.add(() => state.destroy());
     const q = buffer(`q (${B}, ${G}, ${V})`, B * G * V * 4);
     const drafts = buffer(`draft tokens u32 (${B}, ${G})`, B * G * 4);
+    // adaptive draft length: each row's drafts this step (k | STOPPED), decode_step.ts
+    const drafted = adaptive ? buffer(`drafted u32 (${B})`, B * 4) : undefined;
+    const adapt = adaptive ? { drafted, threshold: draftThreshold } : {};
     const { cache: tc, release: releaseT, adopt: adoptT } = target.caches.acquire(B, maxLen);
     cleanup.add(releaseT);
     const { cache: dc, release: releaseD, adopt: adoptD } = draft.caches.acquire(B, maxLen);
@@ -235,6 +241,7 @@ export function speculativeDecodingEngine(
         logits: plan.logits,
         n: plan.n,
         i,
+        ...adapt,
         ...(i < G
           ? { feedTokens: d1.tokens, feedStart: d1.start }
           : { targetTokens: tp.tokens, targetStart: tp.start }),
@@ -243,10 +250,26 @@ export function speculativeDecodingEngine(
       { name: "draft forward n=2", dispatches: d2.dispatches },
       { name: "draft sample", dispatches: [draftStep(1, d2)] },
     ];
+    const gate = adaptive && G > 1 ? draftGate(gpu, state, layout, drafted!, d1, B) : undefined;
+    if (gate) cleanup.add(() => gate.counts.destroy());
     for (let i = 2; i <= G; i++) {
+      const sample = draftStep(i, d1);
+      if (!gate) {
+        parts.push(
+          { name: "draft forward n=1", dispatches: d1.dispatches },
+          { name: "draft sample", dispatches: [sample] },
+        );
+        continue;
+      }
+      // once every row stopped drafting, the rest of the step's draft forwards and samplings
+      // run zero workgroups (the last sampling still feeds the target)
       parts.push(
-        { name: "draft forward n=1", dispatches: d1.dispatches },
-        { name: "draft sample", dispatches: [draftStep(i, d1)] },
+        { name: "draft gate", dispatches: [gate.after(i - 1)] },
+        { name: "draft forward n=1", dispatches: d1.dispatches.map(gate.gated) },
+        {
+          name: "draft sample",
+          dispatches: [i < G ? gate.gated(sample, d1.dispatches.length) : sample],
+        },
       );
     }
     parts.push(
@@ -266,6 +289,7 @@ export function speculativeDecodingEngine(
           seed,
           feedTokens: d2.tokens,
           feedStart: d2.start,
+          drafted,
         })],
       },
     );
@@ -302,6 +326,38 @@ export function speculativeDecodingEngine(
 }
 
 /**
+ * The gate of the adaptive draft length: `after(i)` is the gate kernel that runs after draft step
+ * i, and `gated(d, j)` the dispatch d with its workgroup counts read from slot j of `counts`
+ * (slots 0..D−1: the draft forward's D dispatches, slot D: a draft sampling), which the gate sets
+ * to d's counts while some row is still drafting and to zeros once every row has stopped.
+ */
+function draftGate(
+  gpu: Decoder["gpu"],
+  state: GPUBuffer,
+  layout: StateLayout,
+  drafted: GPUBuffer,
+  d1: ForwardPlan,
+  B: number,
+): {
+  counts: GPUBuffer;
+  after: (i: number) => Dispatch;
+  gated: (d: Dispatch, j: number) => Dispatch;
+} {
+  const full = [...d1.dispatches.map((d) => d.workgroups), grid(B)].flat();
+  const n = full.length; // [full (n) | gated (n)] u32, the gated half rewritten by each gate
+  const counts = gpu.upload(
+    `draft gate counts u32 (2, ${n / 3}, 3)`,
+    new Uint32Array([...full, ...full]),
+    INDIRECT_STORAGE,
+  );
+  return {
+    counts,
+    after: (i) => draftGateKernel(gpu, { state, layout, drafted, i, counts, n }),
+    gated: (d, j) => ({ ...d, indirect: { buffer: counts, offset: 4 * (n + 3 * j) } }),
+  };
+}
+
+/**
  * Speculative decoding (Leviathan et al. 2022, Algorithm 1) as in the reference's
  * `speculative_decoding`: each step the draft samples γ tokens x_1..x_γ from q (filtered,
  * tempered), the target scores all γ + 1 positions in one forward, and each row accepts x_i while
@@ -309,16 +365,19 @@ export function speculativeDecodingEngine(
  * `norm(max(0, p − q))`, and if all γ pass it samples a bonus token from p. With lenience 1 the
  * output has exactly the target's law; temperature 0 gives exactly the target's greedy output.
  * Rows advance at their own rates with no realignment; rejected tokens leave both KV caches by
- * rolling each row's position back.
+ * rolling each row's position back. With `draftThreshold` > 0 each row drafts only until its
+ * draft is unsure (see {@link SpeculativeOptions}) and is verified with γ = its draft length.
  *
  * @param target the large model whose law the output follows
  * @param draft the small model proposing tokens (same numTokens, same GPU)
  * @param prompt a batch of equal-length rows of tokens
  * @param seqLen total length, prompt included (> prompt length, ≤ both models' maxSeqLen)
- * @param options gamma, temperature (0 = greedy), filterThres, lenience, seed, chunking,
- *   streaming and timing
- * @returns the generated tokens, acceptance statistics and cost counters
- * @throws Error on bad input (gamma, temperature, filterThres, lenience, mismatched models,
+ * @param options gamma, temperature (0 = greedy), filterThres, lenience, draftThreshold (an
+ *   adaptive draft length: a row stops drafting after a draft token of probability under it),
+ *   seed, chunking, streaming and timing
+ * @returns the generated tokens, acceptance statistics (and `draftedMean`) and cost counters
+ * @throws Error on bad input (gamma, temperature, filterThres, lenience, draftThreshold,
+ *   mismatched models,
  *   a prompt that is not `number[][]`, empty or ragged, tokens out of range, seqLen too small or
  *   too large); and, at the readback after the step that met them, when the draft's or the
  *   target's logits cannot be sampled (NaN; +Inf unless temperature is 0; all −Inf): the error
@@ -373,14 +432,16 @@ export async function speculativeDecodingWith(
     (engine, run) => {
       const P = engine.promptLen, B = engine.layout.batch, W = engine.layout.statsWidth;
       const G = engine.maxRate - 1;
-      // stats per row: [steps, accepted (emitted), acceptedRaw, acceptedAt[0..G)]
-      let rowStepsTotal = 0, accepted = 0, acceptedRaw = 0;
+      // stats per row: [steps, accepted (emitted), acceptedRaw, acceptedAt[0..G), drafted?]
+      const adaptive = W === speculativeStatsWidth(G, true);
+      let rowStepsTotal = 0, accepted = 0, acceptedRaw = 0, drafted = 0;
       const at = new Array<number>(G).fill(0);
       for (let b = 0; b < B; b++) {
         rowStepsTotal += run.stats[b * W];
         accepted += run.stats[b * W + 1];
         acceptedRaw += run.stats[b * W + 2];
         for (let i = 0; i < G; i++) at[i] += run.stats[b * W + 3 + i];
+        drafted += adaptive ? run.stats[b * W + 3 + G] : G * run.stats[b * W];
       }
       return {
         draftForwards: G * run.stepsEncoded + (P > 1 ? 1 : 0),
@@ -389,6 +450,7 @@ export async function speculativeDecodingWith(
         acceptedPerPosition: at.map((a) => a / rowStepsTotal),
         rowSteps: run.rowSteps,
         gamma: G,
+        draftedMean: drafted / rowStepsTotal,
       };
     },
   );

@@ -30,6 +30,22 @@ export interface SpeculativeOptions extends DecodingOptions {
   gamma?: number;
   /** Acceptance lenience > 0: accept while r ≤ p / (lenience · q). 1 (default) keeps the target's law. */
   lenience?: number;
+  /**
+   * Adaptive draft length (early stopping of drafting): a probability in [0, 1), default 0 (off:
+   * every row drafts gamma tokens per step, as Leviathan et al. 2022's Algorithm 1 with a fixed
+   * γ). Per row and step, drafting stops after the first draft token x_i whose draft probability
+   * q_i(x_i) (under the filtered, tempered draft law it was sampled from) is below the threshold,
+   * and at gamma tokens at most; at temperature 0, where q is one-hot, the draft's plain softmax
+   * probability of x_i (temperature 1, no top-k filter) is compared instead. A row that drafted
+   * k tokens is verified as Algorithm 1 with γ = k, so the output law is unchanged (greedy still
+   * equals the target's greedy). Decided on the GPU with no readback; the rows of a batch stop on
+   * their own, and once every row has stopped the step's remaining draft forwards do no work
+   * (the target's verification still spans gamma + 1 positions). Like the confidence thresholds
+   * of dynamic-draft-length methods (e.g. SpecDec++, Huang et al. 2024, which learns the stopping
+   * rule; here it is the draft's own probability). The result's `draftedMean` is the mean draft
+   * length.
+   */
+  draftThreshold?: number;
 }
 
 /** Checks an option is an integer ≥ min. */
@@ -122,10 +138,25 @@ export function validateSpeculative(
   prompt: number[][],
   seqLen: number,
   options: SpeculativeOptions,
-): ResolvedSampling & { gamma: number; lenience: number; B: number; P: number } {
+): ResolvedSampling & {
+  gamma: number;
+  lenience: number;
+  draftThreshold: number;
+  B: number;
+  P: number;
+} {
   validateOptionsObject(options);
   const { temperature = 1, filterThres = 0.9, seed = 0, lenience = 1, gamma = 5 } = options;
+  const { draftThreshold = 0 } = options;
   integerOption("gamma", gamma, 1);
+  if (
+    typeof draftThreshold !== "number" || !(draftThreshold >= 0 && draftThreshold < 1)
+  ) {
+    throw new Error(
+      `specdec: draftThreshold must be a probability in [0, 1) (0 = a fixed gamma), got ` +
+        showValue(draftThreshold),
+    );
+  }
   validateSampling(temperature, filterThres);
   if (typeof lenience !== "number" || !Number.isFinite(lenience) || lenience <= 0) {
     throw new Error(`specdec: lenience must be a finite number > 0, got ${showValue(lenience)}`);
@@ -142,5 +173,5 @@ export function validateSpeculative(
   }
   const maxSeqLen = Math.min(target.config.maxSeqLen, draft.config.maxSeqLen);
   const { B, P } = validatePrompt(target, prompt, seqLen, maxSeqLen);
-  return { temperature, filterThres, seed, gamma, lenience, B, P };
+  return { temperature, filterThres, seed, gamma, lenience, draftThreshold, B, P };
 }

@@ -34,7 +34,10 @@ export interface DecodingResult {
 
 /** What {@link speculativeDecoding} returns. */
 export interface SpeculativeResult extends DecodingResult {
-  /** Forward passes of the draft model over the batch, prefill included. */
+  /**
+   * Forward passes of the draft model over the batch, prefill included (encoded: with
+   * `draftThreshold` some do no work on the GPU; see `draftedMean`).
+   */
   draftForwards: number;
   /**
    * Mean accepted draft tokens that were emitted, per step (over active row-steps): a draft token
@@ -54,8 +57,15 @@ export interface SpeculativeResult extends DecodingResult {
   acceptedPerPosition: number[];
   /** Steps each row was active. */
   rowSteps: number[];
-  /** Draft tokens per step. */
+  /** Draft tokens per step (the most, with `draftThreshold`). */
   gamma: number;
+  /**
+   * Mean draft tokens per active row-step: gamma with a fixed draft length, less with
+   * `draftThreshold` (the draft's cost per step is about c · draftedMean, c the cost of one draft
+   * forward relative to the target's; forwards are skipped only once every row of the batch has
+   * stopped, and `draftForwards` counts those encoded).
+   */
+  draftedMean: number;
 }
 /** Per-generated-token costs of a decoding result, for benchmarks and reports. */
 export interface DecodingCosts {
