@@ -11,6 +11,14 @@
  * runs) and kernels/gemv.ts (GEMV variants `"registerTile"`, `"splitK"`). Side by side in
  * `bench/matmul_bench.ts`.
  *
+ * The weight gradients `dW = dYᵀ·X` go through {@link weightGradient}: K is the token count
+ * (thousands) while M×N is small (64×64, 256×64 at the tiny preset), so a tiled GEMM gets only a
+ * few workgroups, each walking all of K. It splits K into chunks (partials into a scratch
+ * buffer, then a reduction summing them in a fixed order; kernels/gemm_splitk.ts) when the
+ * tiles alone would not reach a target count of workgroups. On software adapters the register
+ * tiles are also narrowed to N (`fitTile`): N = 64 took a 128-column tile, half of it
+ * computing clamped duplicates.
+ *
  * The GEMV ({@link gemvNT}) serves small M (decode steps, verification) reading each weight
  * once per block of up to 16 rows: on software adapters it is the GEMM's register tile and,
  * when K and N are multiples of 4 (the model's shapes), R = M (no padded rows) with a vec4
