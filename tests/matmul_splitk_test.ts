@@ -74,7 +74,7 @@ gpuTest("weightGradient() gives the same bits every run", async (gpu) => {
   deepStrictEqual(first.out, second.out);
 });
 
-gpuTest("weightGradient() splits K for the model's weight-gradient shapes only", async (gpu) => {
+gpuTest("weightGradient() splits K for the model's weight-gradient shapes only", (gpu) => {
   const [a, b, c] = ["a", "b", "c"].map((name) => gpu.buffer(name, 1024 * 1024 * 4));
   const pick = (M: number, N: number, K: number) =>
     weightGradient(gpu, { a, b, c, M, N, K, accumulate: true }).map((d) => d.label);
