@@ -83,6 +83,8 @@ export {
   matmulNN,
   matmulNT,
   matmulTN,
+  weightGradient,
+  type WeightGradientArgs,
 } from "./kernels/matmul.ts";
 export { RMS_EPS, rmsNorm, rmsNormBackward } from "./kernels/norm.ts";
 export { add, gelu, geluBackward, sumRows } from "./kernels/activation.ts";

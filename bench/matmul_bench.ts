@@ -1,9 +1,10 @@
 /**
  * Matrix-multiply benchmarks: the GEMM layouts (NT, NN, TN) at 512³ and 1024³ with their
- * named variants, and the GEMV for the decode shapes of the default model (M = 1).
+ * named variants, the GEMV for the decode shapes of the default model (M = 1), and the weight
+ * gradients of the tiny preset at 4 × 513 tokens (plain `matmulTN` against `weightGradient`).
  *
  * `XDG_RUNTIME_DIR=/tmp deno bench -A bench/matmul_bench.ts` runs the `Deno.bench` groups
- * "gemm" and "gemv" (wall time per pass, readback included) and, at the end, prints a table of
+ * "gemm", "gemv" and "wgrad" (wall time per pass, readback included) and, at the end, prints a table of
  * GPU time per dispatch from timestamp queries with GFLOPS or GB/s. Other scripts can call
  * {@link matmulReport} for the same table as data.
  *
@@ -19,6 +20,7 @@ import {
   matmulNN,
   matmulNT,
   matmulTN,
+  weightGradient,
 } from "../kernels/matmul.ts";
 
 /** One row of the report: GPU milliseconds per dispatch and the rate it gives. */
@@ -33,10 +35,10 @@ export interface MatmulReportRow {
   gbps?: number;
 }
 
-type Kind = "NT" | "NN" | "TN" | "gemv";
+type Kind = "NT" | "NN" | "TN" | "gemv" | "wgrad";
 
 interface Case {
-  group: "gemm" | "gemv";
+  group: "gemm" | "gemv" | "wgrad";
   name: string;
   kind: Kind;
   M: number;
@@ -46,11 +48,12 @@ interface Case {
   baseline?: boolean;
 }
 
-const KERNELS: Record<Kind, (gpu: Gpu, args: MatmulArgs) => Dispatch> = {
-  NT: matmulNT,
-  NN: matmulNN,
-  TN: matmulTN,
-  gemv: gemvNT,
+const KERNELS: Record<Kind, (gpu: Gpu, args: MatmulArgs) => Dispatch[]> = {
+  NT: (gpu, args) => [matmulNT(gpu, args)],
+  NN: (gpu, args) => [matmulNN(gpu, args)],
+  TN: (gpu, args) => [matmulTN(gpu, args)],
+  gemv: (gpu, args) => [gemvNT(gpu, args)],
+  wgrad: weightGradient, // split-K when the shape calls for it: partials, then the reduction
 };
 
 /** The benchmark cases, in order. */
@@ -96,6 +99,14 @@ function cases(): Case[] {
       });
     }
   }
+  // Weight gradients of the tiny preset at 4 × 513 tokens: the plain TN GEMM, then
+  // weightGradient() (split-K).
+  for (const [M, N] of [[256, 64], [64, 64]]) {
+    const K = 2052;
+    const shape = `${M}×${N}×${K}`;
+    out.push({ group: "wgrad", name: `TN ${shape} matmulTN`, kind: "TN", M, N, K, baseline: true });
+    out.push({ group: "wgrad", name: `TN ${shape} weightGradient`, kind: "wgrad", M, N, K });
+  }
   return out;
 }
 
@@ -112,7 +123,7 @@ function values(n: number, seed: number): Float32Array<ArrayBuffer> {
 
 /** A case made ready to time: its dispatch and how many dispatches one timed pass encodes. */
 interface Prepared {
-  d: Dispatch;
+  d: Dispatch[];
   reps: number;
 }
 
@@ -138,16 +149,16 @@ async function prepare(gpu: Gpu, timer: GpuTimer, c: Case): Promise<Prepared> {
   }
   const [a, b, out] = bufs;
   const d = KERNELS[c.kind](gpu, { a, b, c: out, M: c.M, N: c.N, K: c.K, variant: c.variant });
-  gpu.run(`${c.name} warm-up`, [d]);
+  gpu.run(`${c.name} warm-up`, d);
   await gpu.device.queue.onSubmittedWorkDone();
-  gpu.run(`${c.name} estimate`, [d], timer);
+  gpu.run(`${c.name} estimate`, d, timer);
   const est = await timer.read();
   return { d, reps: Math.max(1, Math.min(10, Math.round(250 / Math.max(est, 1e-3)))) };
 }
 
 /** One timed pass of `reps` dispatches; returns GPU milliseconds per dispatch. */
 async function pass(gpu: Gpu, timer: GpuTimer, c: Case, p: Prepared): Promise<number> {
-  gpu.run(c.name, new Array(p.reps).fill(p.d), timer);
+  gpu.run(c.name, new Array(p.reps).fill(p.d).flat(), timer);
   return (await timer.read()) / p.reps;
 }
 
@@ -158,7 +169,7 @@ function median(xs: number[]): number {
 }
 
 function row(c: Case, ms: number): MatmulReportRow {
-  if (c.group === "gemm") return { name: c.name, ms, gflops: (2 * c.M * c.N * c.K) / ms / 1e6 };
+  if (c.group !== "gemv") return { name: c.name, ms, gflops: (2 * c.M * c.N * c.K) / ms / 1e6 };
   const bytes = 4 * (c.N * c.K + c.M * c.K + c.M * c.N);
   return { name: c.name, ms, gbps: bytes / ms / 1e6 };
 }

@@ -11,6 +11,14 @@
  * runs) and kernels/gemv.ts (GEMV variants `"registerTile"`, `"splitK"`). Side by side in
  * `bench/matmul_bench.ts`.
  *
+ * The weight gradients `dW = dYᵀ·X` go through {@link weightGradient}: K is the token count
+ * (thousands) while M×N is small (64×64, 256×64 at the tiny preset), so a tiled GEMM gets only a
+ * few workgroups, each walking all of K. It splits K into chunks (partials into a scratch
+ * buffer, then a reduction summing them in a fixed order; kernels/gemm_splitk.ts) when the
+ * tiles alone would not reach a target count of workgroups. On software adapters the register
+ * tiles are also narrowed to N (`fitTile`): N = 64 took a 128-column tile, half of it
+ * computing clamped duplicates.
+ *
  * The GEMV ({@link gemvNT}) serves small M (decode steps, verification) reading each weight
  * once per block of up to 16 rows: on software adapters it is the GEMM's register tile and,
  * when K and N are multiples of 4 (the model's shapes), R = M (no padded rows) with a vec4
@@ -31,6 +39,12 @@ import {
   workgroupTileCode,
 } from "./gemm.ts";
 import { gemvRegisterTileCode, gemvSplitKCode } from "./gemv.ts";
+import {
+  REDUCE_WG,
+  splitKPartialCode,
+  splitKPartialScalarCode,
+  splitKReduceCode,
+} from "./gemm_splitk.ts";
 import type { Dispatch, Gpu } from "./gpu.ts";
 
 /** GEMM variants of {@link matmulNT}, {@link matmulNN} and {@link matmulTN} (kernels/gemm.ts). */
@@ -160,6 +174,18 @@ function registerTile(
   return build(gpu, name, code, args, regTileBlock(scalarTile), strides(layout, M, N, K));
 }
 
+/**
+ * The register tile narrowed to N: halves WG (down to 4 invocations) while half the tile still
+ * spans N, so N = 64 gets 8 invocations × 8 columns instead of 16 × 8 of which half compute
+ * clamped duplicates (measured at 256×64×2052 TN on lavapipe: ~2× faster). Each output is still
+ * summed by one invocation in k order, so the bits do not change.
+ */
+function fitTile(tile: RegisterTile, N: number): RegisterTile {
+  let WG = tile.WG;
+  while (WG > 4 && (WG / 2) * tile.C >= N) WG /= 2;
+  return { ...tile, WG };
+}
+
 /** Builds a GEMM of `layout` with the requested or default variant. */
 function gemm(gpu: Gpu, layout: Layout, name: string, args: MatmulArgs): Dispatch {
   checkSizes(name, args);
@@ -173,7 +199,14 @@ function gemm(gpu: Gpu, layout: Layout, name: string, args: MatmulArgs): Dispatc
       return build(gpu, name, workgroupTileCode(), args, { rows: 64, cols: 64 }, s);
     }
     case "registerTile":
-      return registerTile(gpu, layout, name, args, GEMM_TILE, GEMM_TILE_SCALAR);
+      return registerTile(
+        gpu,
+        layout,
+        name,
+        args,
+        fitTile(GEMM_TILE, N),
+        fitTile(GEMM_TILE_SCALAR, N),
+      );
   }
   throw new Error(
     `specdec: ${name}: unknown variant ${variant} (naive, workgroupTile or registerTile)`,
@@ -244,6 +277,149 @@ export function matmulNN(gpu: Gpu, args: MatmulArgs): Dispatch {
  */
 export function matmulTN(gpu: Gpu, args: MatmulArgs): Dispatch {
   return gemm(gpu, "TN", "matmulTN", args);
+}
+
+/** Arguments of {@link weightGradient}: a {@link matmulTN}'s, and optionally the K chunks. */
+export interface WeightGradientArgs extends MatmulArgs {
+  /**
+   * K chunks of the split-K GEMM, forced (1: the plain {@link matmulTN}, one dispatch). Default:
+   * chosen from the shape and the kind of adapter, so the same inputs give the same bits.
+   */
+  splits?: number;
+}
+
+/** Shortest K chunk worth a split: shorter ones cost more in partials than they gain. */
+const SPLITK_MIN_CHUNK = 256;
+/** Most K chunks. */
+const SPLITK_MAX = 32;
+/** Most floats of partials (16 MiB): bigger outputs have tiles enough without splitting. */
+const SPLITK_MAX_FLOATS = 1 << 22;
+/**
+ * Workgroups the split-K GEMM aims for. Software adapters run a workgroup per thread at a time
+ * (2–16 threads), hardware ones want thousands of invocations: with 16-invocation workgroups a
+ * few hundred. A constant per kind of adapter, not the thread count, so the bits depend on the
+ * shape and kind of adapter only.
+ */
+const SPLITK_TARGET = { software: 32, hardware: 256 };
+/** Register tile of the split-K partials on hardware adapters (narrowed to N by fitTile). */
+const SPLITK_TILE_HW: RegisterTile = { R: 4, C: 4, WG: 64 };
+
+/** The partials' register tile for these sizes, and whether it loads vec4. */
+function splitKTile(gpu: Gpu, M: number, N: number, K: number): {
+  tile: RegisterTile;
+  vec: boolean;
+} {
+  const vec = vec4Ok("TN", M, N, K);
+  const base = gpu.isSoftware ? (vec ? GEMM_TILE : GEMM_TILE_SCALAR) : SPLITK_TILE_HW;
+  return { tile: fitTile(base, N), vec };
+}
+
+/**
+ * K chunks for a TN GEMM of these sizes: enough that tiles × chunks reaches the adapter's
+ * target ({@link SPLITK_TARGET}), with chunks of at least {@link SPLITK_MIN_CHUNK} k; 1 (no
+ * split) when the tiles alone reach it, K is short or the partials would be too big.
+ */
+function splitKFor(gpu: Gpu, M: number, N: number, K: number): number {
+  if (M === 0 || N === 0 || K === 0) return 1;
+  const { tile } = splitKTile(gpu, M, N, K);
+  const tiles = Math.ceil(N / (tile.WG * tile.C)) * Math.ceil(M / tile.R);
+  const target = gpu.isSoftware ? SPLITK_TARGET.software : SPLITK_TARGET.hardware;
+  const most = Math.min(
+    SPLITK_MAX,
+    Math.floor(K / SPLITK_MIN_CHUNK),
+    Math.floor(SPLITK_MAX_FLOATS / (M * N)),
+  );
+  return Math.max(1, Math.min(Math.ceil(target / tiles), most));
+}
+
+/** Partials buffers, one per device, replaced by a bigger one when a GEMM needs more. */
+const partials = new WeakMap<GPUDevice, GPUBuffer>();
+
+/**
+ * A buffer of at least `floats` f32 for partials. Shared by every split-K GEMM on the device:
+ * each one's reduce directly follows its partials in any dispatch list, so no two uses overlap.
+ * A smaller one is left to the dispatches already built on it.
+ */
+function partialsBuffer(gpu: Gpu, floats: number): GPUBuffer {
+  let buf = partials.get(gpu.device);
+  if (!buf || buf.size < floats * 4) {
+    const bytes = Math.max(floats * 4, 2 * (buf?.size ?? 0), 1 << 16);
+    buf = gpu.buffer("matmulTN split-K partials (S, M, N) f32", bytes);
+    partials.set(gpu.device, buf);
+  }
+  return buf;
+}
+
+/** The split-K TN GEMM in `splits` K chunks: a partials dispatch, then the ordered reduction. */
+function matmulTNSplitK(gpu: Gpu, args: MatmulArgs, splits: number): Dispatch[] {
+  const { M, N, K } = args;
+  const kChunk = Math.ceil(K / splits);
+  const S = Math.ceil(K / kChunk); // no empty chunk
+  const { tile, vec } = splitKTile(gpu, M, N, K);
+  const tilesN = Math.ceil(N / (tile.WG * tile.C));
+  const tiles = tilesN * Math.ceil(M / tile.R);
+  const partial = partialsBuffer(gpu, S * M * N);
+  const label = args.label ?? "matmulTN";
+  const sizes = { M, N, K, tilesN, tiles, splits: S, kChunk };
+  const d = gpu.kernel({
+    label: `${label} split-K partials`,
+    code: vec ? splitKPartialCode(tile) : splitKPartialScalarCode(tile),
+    params: vec ? sizes : { ...sizes, ...strides("TN", M, N, K) },
+    buffers: { a: args.a, b: args.b, partial },
+    workgroups: tiles * S,
+  });
+  const r = gpu.kernel({
+    label: `${label} split-K reduce`,
+    code: splitKReduceCode(),
+    params: {
+      MN: M * N,
+      N,
+      splits: S,
+      hasBias: args.bias ? 1 : 0,
+      accumulate: args.accumulate ? 1 : 0,
+    },
+    buffers: { partial, bias: args.bias ?? dummyBias(gpu), c: args.c },
+    workgroups: Math.ceil((M * N) / REDUCE_WG),
+  });
+  return [d, r];
+}
+
+/**
+ * The weight gradient of a linear layer, `dW (M, N) (+)= dYᵀ·X` with {@link matmulTN}
+ * semantics, `a (K, M)`, `b (K, N)`, K the token count: when K is long and M×N gives few tiles
+ * (e.g. 256×64 with K = 2052), a split-K GEMM — partials over K chunks into a scratch buffer,
+ * then a reduction that sums them in a fixed order and adds `bias` and (with `accumulate`) `c` —
+ * else the plain {@link matmulTN}. The choice depends on the sizes and the kind of adapter only,
+ * so the same inputs give the same bits on the same adapter.
+ *
+ * @param gpu the runtime
+ * @param args `a (K, M)`, `b (K, N)`, `c (M, N)`, optional `bias (N)`, `accumulate`, and
+ *   `splits` to force the number of K chunks (1: no split)
+ * @returns the dispatches (one or two), to encode in this order any number of times
+ * @throws Error on sizes that are not integers in [0, 2³¹) or `splits` not a positive integer
+ * @example
+ * ```ts
+ * import { requestGpu, weightGradient } from "@x/specdec";
+ * const gpu = await requestGpu();
+ * const dy = gpu.upload("dy (2, 1)", new Float32Array([1, 2]));
+ * const x = gpu.upload("x (2, 2)", new Float32Array([1, 1, 3, 0]));
+ * const dw = gpu.upload("dw (1, 2)", new Float32Array([1, 1]));
+ * const args = { a: dy, b: x, c: dw, M: 1, N: 2, K: 2, accumulate: true, splits: 2 };
+ * gpu.run("dw += dyᵀ·x", weightGradient(gpu, args));
+ * console.log(await gpu.readF32(dw)); // Float32Array [8, 2]
+ * ```
+ */
+export function weightGradient(gpu: Gpu, args: WeightGradientArgs): Dispatch[] {
+  checkSizes("weightGradient", args);
+  const { splits, ...rest } = args;
+  if (splits !== undefined && (!Number.isInteger(splits) || splits < 1)) {
+    throw new Error(`specdec: weightGradient: splits = ${splits} must be a positive integer`);
+  }
+  const { M, N, K } = args;
+  const auto = args.variant ? 1 : splitKFor(gpu, M, N, K); // a forced variant: no split
+  const S = Math.min(splits ?? auto, Math.max(K, 1));
+  if (S <= 1 || M === 0 || N === 0) return [matmulTN(gpu, rest)];
+  return matmulTNSplitK(gpu, rest, S);
 }
 
 /** Row block of the GEMV for M rows: the next power of two ≥ M, at most {@link GEMV_MAX_M}. */

@@ -5,7 +5,7 @@
  * @module
  */
 import type { Dispatch } from "../kernels/gpu.ts";
-import { matmulNN, matmulTN } from "../kernels/matmul.ts";
+import { matmulNN, weightGradient } from "../kernels/matmul.ts";
 import { rmsNormBackward } from "../kernels/norm.ts";
 import { geluBackward, sumRows } from "../kernels/activation.ts";
 import { embeddingBackward } from "../kernels/embedding.ts";
@@ -46,7 +46,15 @@ export function backwardDispatches(
 
   // logits = xf · logitsWeightᵀ
   d.push(
-    matmulTN(gpu, { a: dLogits, b: plan.xf, c: grads.logitsWeight, M: V, N: C, K: T, ...acc }),
+    ...weightGradient(gpu, {
+      a: dLogits,
+      b: plan.xf,
+      c: grads.logitsWeight,
+      M: V,
+      N: C,
+      K: T,
+      ...acc,
+    }),
   );
   d.push(matmulNN(gpu, { a: dLogits, b: weights.logitsWeight, c: dXn, M: T, N: C, K: V }));
   d.push(...rmsNormBackward(gpu, {
@@ -64,12 +72,12 @@ export function backwardDispatches(
   for (let l = config.depth - 1; l >= 0; l--) {
     const a = plan.layers[l], w = weights.layers[l], g = grads.layers[l];
     // next = xmid + a · ffOutᵀ + ffOutBias
-    d.push(matmulTN(gpu, { a: dX, b: a.a, c: g.ffOut, M: C, N: F, K: T, ...acc }));
+    d.push(...weightGradient(gpu, { a: dX, b: a.a, c: g.ffOut, M: C, N: F, K: T, ...acc }));
     d.push(sumRows(gpu, { x: dX, out: g.ffOutBias, M: T, N: C, accumulate: true }));
     d.push(matmulNN(gpu, { a: dX, b: w.ffOut, c: dA, M: T, N: F, K: C }));
     d.push(geluBackward(gpu, { x: a.h, dy: dA, dx: dH, n: T * F }));
     // h = xn2 · ffInᵀ + ffInBias
-    d.push(matmulTN(gpu, { a: dH, b: a.xn2, c: g.ffIn, M: F, N: C, K: T, ...acc }));
+    d.push(...weightGradient(gpu, { a: dH, b: a.xn2, c: g.ffIn, M: F, N: C, K: T, ...acc }));
     d.push(sumRows(gpu, { x: dH, out: g.ffInBias, M: T, N: F, accumulate: true }));
     d.push(matmulNN(gpu, { a: dH, b: w.ffIn, c: dXn, M: T, N: C, K: F }));
     // xn2 = norm(xmid): dX becomes d(xmid) = d(next) + norm backward
@@ -86,7 +94,7 @@ export function backwardDispatches(
       accumulateDw: true,
     }));
     // xmid = x + att · attnOutᵀ
-    d.push(matmulTN(gpu, { a: dX, b: a.att, c: g.attnOut, M: C, N: HD, K: T, ...acc }));
+    d.push(...weightGradient(gpu, { a: dX, b: a.att, c: g.attnOut, M: C, N: HD, K: T, ...acc }));
     d.push(matmulNN(gpu, { a: dX, b: w.attnOut, c: dAtt, M: T, N: HD, K: C }));
     d.push(...attentionBackward(gpu, {
       qkv: a.qkv,
@@ -115,7 +123,7 @@ export function backwardDispatches(
       }),
     );
     // qkv = xn · qkvᵀ
-    d.push(matmulTN(gpu, { a: dQkv, b: a.xn, c: g.qkv, M: 3 * HD, N: C, K: T, ...acc }));
+    d.push(...weightGradient(gpu, { a: dQkv, b: a.xn, c: g.qkv, M: 3 * HD, N: C, K: T, ...acc }));
     d.push(matmulNN(gpu, { a: dQkv, b: w.qkv, c: dXn, M: T, N: C, K: 3 * HD }));
     // xn = norm(x): dX becomes d(x) = d(xmid) + norm backward
     d.push(...rmsNormBackward(gpu, {
