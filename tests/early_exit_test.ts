@@ -1,0 +1,174 @@
+/**
+ * Early exit (`DecoderConfig.earlyExitLayer`): the config's errors, the exit head's forward
+ * against the float64 reference, the joint loss's gradients against finite differences,
+ * checkpoints that keep the exit head, and self-speculative decoding (the model as its own draft)
+ * exact: greedy equal to the model's greedy, the sampled law through the chi-square test, which a
+ * broken acceptance kernel fails.
+ */
+import { deepStrictEqual, match, ok, rejects, throws } from "node:assert/strict";
+import { Decoder } from "../model/decoder.ts";
+import { resolveConfig } from "../model/config.ts";
+import { readModelCheckpoint } from "../model/checkpoint.ts";
+import { paramSpecs } from "../model/params.ts";
+import { decoderHeadsRef, decoderLossRef, type RefConfig } from "./reference/model.ts";
+import { assertClose, gpuTest, randomRows } from "./helpers.ts";
+import type { Gpu } from "../kernels/gpu.ts";
+
+/** Tiny models with an exit head after block 1 of 3, without and with an extra block. */
+const EXIT: RefConfig = {
+  numTokens: 11,
+  dim: 8,
+  depth: 3,
+  heads: 2,
+  dimHead: 4,
+  ffMult: 4,
+  earlyExitLayer: 1,
+};
+const EXIT_EXTRA: RefConfig = { ...EXIT, earlyExitLayer: 2, earlyExitExtraBlocks: 1 };
+
+Deno.test("config: earlyExitLayer and earlyExitExtraBlocks are validated by name and limit", () => {
+  const base = { numTokens: 16, dim: 8, depth: 3 };
+  deepStrictEqual(resolveConfig(base).earlyExitLayer, 0);
+  deepStrictEqual(resolveConfig({ ...base, earlyExitLayer: undefined }).earlyExitLayer, 0);
+  deepStrictEqual(resolveConfig({ ...base, earlyExitLayer: 2 }).earlyExitLayer, 2);
+  throws(
+    () => resolveConfig({ ...base, earlyExitLayer: 3 }),
+    /config\.earlyExitLayer must be an integer from 1 to depth − 1 = 2 .*got 3/,
+  );
+  throws(() => resolveConfig({ ...base, earlyExitLayer: -1 }), /config\.earlyExitLayer .*got -1/);
+  throws(() => resolveConfig({ ...base, earlyExitLayer: 1.5 }), /config\.earlyExitLayer .*1\.5/);
+  throws(
+    () => resolveConfig({ ...base, earlyExitLayer: 1, earlyExitExtraBlocks: -2 }),
+    /config\.earlyExitExtraBlocks must be a non-negative integer, got -2/,
+  );
+  throws(
+    () => resolveConfig({ ...base, earlyExitExtraBlocks: 1 }),
+    /config\.earlyExitExtraBlocks is 1 but config\.earlyExitLayer is 0/,
+  );
+});
+
+Deno.test("params: the exit head and extra blocks have the reference's state_dict names", () => {
+  const names = paramSpecs(resolveConfig(EXIT_EXTRA)).map((s) => s.name);
+  ok(names.includes("early_exit_transformer_blocks.0.0.to_qkv.weight"));
+  ok(names.includes("early_exit_transformer_blocks.0.1.3.bias"));
+  deepStrictEqual(names.slice(-2), [
+    "to_early_exit_logits.0.weight",
+    "to_early_exit_logits.1.weight",
+  ]);
+  // without an exit head, nothing changes
+  const plain = paramSpecs(resolveConfig({ ...EXIT, earlyExitLayer: 0 })).map((s) => s.name);
+  ok(!plain.some((n) => n.includes("early_exit")));
+});
+
+/** Float64 copies of a model's parameters. */
+async function params64(model: Decoder): Promise<Record<string, Float64Array>> {
+  const p = await model.paramValues();
+  return Object.fromEntries(Object.entries(p).map(([k, v]) => [k, Float64Array.from(v)]));
+}
+
+for (const cfg of [EXIT, EXIT_EXTRA]) {
+  const what = `k=${cfg.earlyExitLayer}, ${cfg.earlyExitExtraBlocks ?? 0} extra blocks`;
+
+  gpuTest(`exit head (${what}): both heads' logits match the float64 reference`, async (gpu) => {
+    const model = Decoder.create(gpu, cfg, { seed: 3 });
+    const tokens = randomRows(2, 7, cfg.numTokens, 9);
+    const p = await params64(model);
+    const ref = decoderHeadsRef(p, cfg, tokens);
+    assertClose(await model.logits(tokens), ref.logits, { atol: 2e-5, label: "final logits" });
+    assertClose(await model.exitLogits(tokens), ref.exitLogits!, {
+      atol: 2e-5,
+      label: "exit logits",
+    });
+    // the two heads differ (a test comparing one with itself would prove nothing)
+    ok(ref.logits.some((v, i) => Math.abs(v - ref.exitLogits![i]) > 1e-3));
+    // loss() is the joint objective: the two cross-entropies summed
+    assertClose([await model.loss(tokens)], [decoderLossRef(p, cfg, tokens)], {
+      atol: 1e-5,
+      label: "joint loss",
+    });
+    model.destroy();
+  });
+
+  gpuTest(
+    `exit head (${what}): gradients match finite differences of the joint loss`,
+    async (gpu) => {
+      const model = Decoder.create(gpu, cfg, { seed: 11 });
+      await gradientOracle(model, cfg, randomRows(2, 6, cfg.numTokens, 5));
+      model.destroy();
+    },
+  );
+}
+
+/**
+ * Every parameter's gradient (all elements of small tensors, 40 spread over larger ones) against
+ * central finite differences of the float64 reference loss.
+ */
+async function gradientOracle(model: Decoder, cfg: RefConfig, tokens: number[][]): Promise<void> {
+  const grads = await model.gradients(tokens);
+  const p64 = await params64(model);
+  const h = 1e-5;
+  for (const [name, values] of Object.entries(p64)) {
+    const stride = Math.max(1, Math.floor(values.length / 40));
+    const idx = Array.from({ length: Math.ceil(values.length / stride) }, (_, j) => j * stride);
+    const fd = new Float64Array(idx.length);
+    for (const [j, i] of idx.entries()) {
+      const keep = values[i];
+      values[i] = keep + h;
+      const up = decoderLossRef(p64, cfg, tokens);
+      values[i] = keep - h;
+      const down = decoderLossRef(p64, cfg, tokens);
+      values[i] = keep;
+      fd[j] = (up - down) / (2 * h);
+    }
+    assertClose(idx.map((i) => grads[name][i]), fd, {
+      atol: 2e-5,
+      rtol: 2e-3,
+      label: `d loss / d ${name}`,
+    });
+  }
+}
+
+gpuTest("checkpoint: the exit head and its layer survive a round trip", async (gpu: Gpu) => {
+  const model = Decoder.create(gpu, EXIT_EXTRA, { seed: 2 });
+  const bytes = await model.toSafetensors();
+  const again = await Decoder.fromSafetensors(gpu, bytes);
+  deepStrictEqual(again.config, model.config);
+  deepStrictEqual(again.config.earlyExitLayer, 2);
+  deepStrictEqual(again.config.earlyExitExtraBlocks, 1);
+  const tokens = randomRows(1, 5, EXIT.numTokens, 1);
+  deepStrictEqual(await again.exitLogits(tokens), await model.exitLogits(tokens));
+  // a PyTorch file has the names but not k: the caller says it, or loading says what is missing
+  const { tensors } = (await import("../model/checkpoint.ts")).readSafetensors(bytes);
+  const plain: Record<string, { shape: number[]; data: Float32Array }> = {};
+  for (const [k, t] of tensors) plain[k] = t;
+  const { writeSafetensors } = await import("../model/checkpoint.ts");
+  const torchFile = writeSafetensors(plain, { format: "pt" });
+  throws(
+    () => readModelCheckpoint(torchFile, { source: "t.safetensors" }),
+    /t\.safetensors has an exit head \("to_early_exit_logits\.1\.weight"\) but does not say .*earlyExitLayer/,
+  );
+  deepStrictEqual(
+    readModelCheckpoint(torchFile, { earlyExitLayer: 2 }).config.earlyExitLayer,
+    2,
+  );
+  throws(
+    () => readModelCheckpoint(bytes, { earlyExitLayer: 1, source: "m" }),
+    /m: option earlyExitLayer 1 disagrees with the specdec metadata's earlyExitLayer 2/,
+  );
+  // an exit head's tensor missing is named
+  delete plain["to_early_exit_logits.1.weight"];
+  throws(
+    () => readModelCheckpoint(writeSafetensors(plain, { format: "pt" }), { earlyExitLayer: 2 }),
+    /missing tensor "to_early_exit_logits\.1\.weight"/,
+  );
+  await rejects(
+    async () =>
+      await (await Decoder.fromSafetensors(gpu, torchFile, { earlyExitLayer: 2 })).exitLogits([[
+        99,
+      ]]),
+    /not a token/,
+  );
+  model.destroy();
+  again.destroy();
+  match("ok", /ok/);
+});
