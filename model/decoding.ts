@@ -48,6 +48,7 @@ import {
   validateSpeculative,
 } from "./decoding_options.ts";
 import type { DecodingResult, SpeculativeResult } from "./decoding_results.ts";
+import { selfSpeculativeEngine } from "./self_speculative.ts";
 
 export type { DecodingEngine, StepPart } from "./decoding_engine.ts";
 export type { DecodingOptions, SpeculativeOptions } from "./decoding_options.ts";
@@ -193,6 +194,8 @@ export function speculativeDecodingEngine(
   options: SpeculativeOptions = {},
   accept: AcceptKernel = acceptKernel,
 ): DecodingEngine {
+  // the model as its own draft: its exit head, sharing its KV cache (self_speculative.ts)
+  if (draft === target) return selfSpeculativeEngine(target, prompt, seqLen, options, accept);
   const { temperature, filterThres, seed, lenience, gamma, B, P } = validateSpeculative(
     target,
     draft,

@@ -8,11 +8,16 @@
 import { deepStrictEqual, match, ok, rejects, throws } from "node:assert/strict";
 import { Decoder } from "../model/decoder.ts";
 import { resolveConfig } from "../model/config.ts";
-import { readModelCheckpoint } from "../model/checkpoint.ts";
+import { readModelCheckpoint, writeModelCheckpoint } from "../model/checkpoint.ts";
 import { paramSpecs } from "../model/params.ts";
 import { decoderHeadsRef, decoderLossRef, type RefConfig } from "./reference/model.ts";
 import { assertClose, gpuTest, randomRows } from "./helpers.ts";
 import type { Gpu } from "../kernels/gpu.ts";
+import type { DecoderConfig } from "../model/config.ts";
+import { baseDecoding, speculativeDecoding, speculativeDecodingWith } from "../model/decoding.ts";
+import { type AcceptKernel, acceptKernel } from "../kernels/speculative.ts";
+import { brokenAcceptKernel } from "./kernels/broken_accept.ts";
+import { chiSquare, probsRef } from "./reference/sampling.ts";
 
 /** Tiny models with an exit head after block 1 of 3, without and with an extra block. */
 const EXIT: RefConfig = {
@@ -172,3 +177,117 @@ gpuTest("checkpoint: the exit head and its layer survive a round trip", async (g
   again.destroy();
   match("ok", /ok/);
 });
+
+/** A model with an exit head for the decoding tests (small vocabulary, short sequences). */
+const DEC_CFG: DecoderConfig = {
+  numTokens: 16,
+  dim: 16,
+  depth: 3,
+  heads: 2,
+  dimHead: 8,
+  ffMult: 2,
+  maxSeqLen: 64,
+  earlyExitLayer: 1,
+};
+
+for (const extra of [0, 1]) {
+  gpuTest(
+    `self-speculative greedy (${extra} extra blocks) equals baseDecoding() greedy`,
+    async (gpu) => {
+      const model = await agreeingModel(gpu, { ...DEC_CFG, earlyExitExtraBlocks: extra }, 4);
+      // rows with different prompts accept at different rates, so they drift apart
+      const prompt = [[1, 2, 3], [9, 9, 4], [15, 0, 7]];
+      const base = await baseDecoding(model, prompt, 40, { temperature: 0 });
+      for (const gamma of [1, 3, 5]) {
+        const spec = await speculativeDecoding(model, model, prompt, 40, { gamma, temperature: 0 });
+        deepStrictEqual(spec.tokens, base.tokens, `gamma ${gamma}`);
+        ok(spec.steps < 37, `gamma ${gamma}: ${spec.steps} steps, nothing accepted`);
+      }
+      model.destroy();
+    },
+  );
+}
+
+gpuTest("self-speculative decoding needs an exit head", async (gpu) => {
+  const model = Decoder.create(gpu, { ...DEC_CFG, earlyExitLayer: 0 });
+  await rejects(
+    () => speculativeDecoding(model, model, [[1, 2]], 8),
+    /same model as target and draft needs a model with an exit head/,
+  );
+  model.destroy();
+});
+
+/**
+ * A model whose exit head often agrees with its final head: the final head's weights copied into
+ * the exit head and the blocks from k on (and the extra blocks) damped, so the streams entering
+ * the two heads are close but not equal (a random exit head would never be accepted).
+ */
+async function agreeingModel(gpu: Gpu, cfg: DecoderConfig, seed: number): Promise<Decoder> {
+  const model = Decoder.create(gpu, cfg, { seed });
+  const p = await model.paramValues();
+  p["to_early_exit_logits.0.weight"] = p["to_logits.0.weight"];
+  p["to_early_exit_logits.1.weight"] = p["to_logits.1.weight"];
+  for (const [name, v] of Object.entries(p)) {
+    const l = Number(/^layers\.(\d+)\./.exec(name)?.[1] ?? -1);
+    const damped = l >= model.config.earlyExitLayer || name.startsWith("early_exit_");
+    if (damped && /(to_out\.weight|1\.3\.(weight|bias))$/.test(name)) {
+      v.forEach((x, i) => v[i] = x * 0.1);
+    }
+  }
+  const bytes = writeModelCheckpoint(model.config, Object.values(p), model.invFreq);
+  model.destroy();
+  return await Decoder.fromSafetensors(gpu, bytes);
+}
+
+/** The model's exact joint law of the next two tokens after `prompt`, (V, V) flattened. */
+async function exactJoint(model: Decoder, prompt: number[]): Promise<Float64Array> {
+  const V = model.config.numTokens, P = prompt.length;
+  const first = await model.logits([prompt]);
+  const p1 = probsRef(first.subarray((P - 1) * V, P * V), 0, 1);
+  const second = await model.logits(Array.from({ length: V }, (_, t) => [...prompt, t]));
+  const joint = new Float64Array(V * V);
+  for (let t = 0; t < V; t++) {
+    const o = (t * (P + 1) + P) * V;
+    const p2 = probsRef(second.subarray(o, o + V), 0, 1);
+    for (let u = 0; u < V; u++) joint[t * V + u] = p1[t] * p2[u];
+  }
+  return joint;
+}
+
+gpuTest(
+  "self-speculative decoding keeps the model's joint law; the broken residual is rejected",
+  async (gpu) => {
+    const V = 8, B = 1024, seqLen = 4;
+    const cfg = { ...DEC_CFG, numTokens: V, depth: 2, earlyExitExtraBlocks: 1, maxSeqLen: 16 };
+    const model = Decoder.create(gpu, cfg, { seed: 21 });
+    const group = [[1, 2], [5, 3]]; // rows alternate two prompts
+    const prompt = Array.from({ length: B }, (_, b) => group[b % 2]);
+    const laws = [await exactJoint(model, group[0]), await exactJoint(model, group[1])];
+    // gamma 1: the second token often comes from a second step, which reads the shared cache
+    const run = async (accept: AcceptKernel, gamma: number) => {
+      const counts = [new Array(V * V).fill(0), new Array(V * V).fill(0)];
+      for (const seed of [1, 2]) {
+        const out = await speculativeDecodingWith(accept, model, model, prompt, seqLen, {
+          gamma,
+          temperature: 1,
+          filterThres: 0,
+          seed,
+        });
+        out.tokens.forEach((r, b) => counts[b % 2][r[0] * V + r[1]]++);
+        ok(out.acceptedMean > 0.1 && out.acceptedMean < gamma - 0.1, `${out.acceptedMean}`);
+      }
+      return counts.map((c, g) => chiSquare(c, laws[g]));
+    };
+    for (const gamma of [1, 2]) {
+      for (const [g, fit] of (await run(acceptKernel, gamma)).entries()) {
+        ok(fit.pValue > 1e-3, `gamma ${gamma} prompt ${g}: exact rejected ${JSON.stringify(fit)}`);
+      }
+    }
+    const broken = await run(brokenAcceptKernel, 2);
+    ok(
+      broken.some((fit) => fit.pValue < 1e-6),
+      `broken sampler accepted ${JSON.stringify(broken)}`,
+    );
+    model.destroy();
+  },
+);
