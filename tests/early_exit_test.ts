@@ -18,6 +18,7 @@ import { baseDecoding, speculativeDecoding, speculativeDecodingWith } from "../m
 import { type AcceptKernel, acceptKernel } from "../kernels/speculative.ts";
 import { brokenAcceptKernel } from "./kernels/broken_accept.ts";
 import { chiSquare, probsRef } from "./reference/sampling.ts";
+import { parseFlags, runConfig, savedArgs } from "../cli/train_options.ts";
 
 /** Tiny models with an exit head after block 1 of 3, without and with an extra block. */
 const EXIT: RefConfig = {
@@ -291,3 +292,25 @@ gpuTest(
     model.destroy();
   },
 );
+
+Deno.test("train.ts: --early-exit and --early-exit-extra-blocks are checked and saved", () => {
+  const adapter = { isSoftware: true, adapterName: "test" };
+  const run = (...args: string[]) =>
+    runConfig(
+      parseFlags(["--preset", "small", "--run-dir", "/tmp/x", ...args]),
+      undefined,
+      adapter,
+    );
+  const c = run("--early-exit", "2", "--early-exit-extra-blocks", "1");
+  deepStrictEqual([c.earlyExit, c.earlyExitExtraBlocks], [2, 1]);
+  deepStrictEqual(savedArgs(c)["early-exit"], 2);
+  deepStrictEqual(savedArgs(c)["early-exit-extra-blocks"], 1);
+  deepStrictEqual(run().earlyExit, 0);
+  throws(() => run("--early-exit", "4"), /--early-exit "4" must be below the target's depth 4/);
+  throws(() => run("--early-exit=1.5"), /--early-exit must be an integer ≥ 0, got "1.5"/);
+  throws(() => run("--early-exit-extra-blocks", "1"), /needs --early-exit K/);
+  // resuming keeps the saved value
+  const saved = savedArgs(c);
+  const again = runConfig(parseFlags(["--resume", "/tmp/x"]), saved, adapter);
+  deepStrictEqual([again.earlyExit, again.earlyExitExtraBlocks], [2, 1]);
+});
