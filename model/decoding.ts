@@ -194,8 +194,11 @@ export function speculativeDecodingEngine(
   options: SpeculativeOptions = {},
   accept: AcceptKernel = acceptKernel,
 ): DecodingEngine {
-  // the model as its own draft: its exit head, sharing its KV cache (self_speculative.ts)
-  if (draft === target) return selfSpeculativeEngine(target, prompt, seqLen, options, accept);
+  // a model with an exit head as its own draft: the exit head on the shared KV cache
+  // (self_speculative.ts); without one, the same model is an ordinary (always accepted) draft
+  if (draft === target && target.config.earlyExitLayer > 0) {
+    return selfSpeculativeEngine(target, prompt, seqLen, options, accept);
+  }
   const { temperature, filterThres, seed, lenience, gamma, B, P } = validateSpeculative(
     target,
     draft,

@@ -18,6 +18,7 @@ import { baseDecoding, speculativeDecoding, speculativeDecodingWith } from "../m
 import { type AcceptKernel, acceptKernel } from "../kernels/speculative.ts";
 import { brokenAcceptKernel } from "./kernels/broken_accept.ts";
 import { chiSquare, probsRef } from "./reference/sampling.ts";
+import { selfSpeculativeEngine } from "../model/self_speculative.ts";
 import { parseFlags, runConfig, savedArgs } from "../cli/train_options.ts";
 
 /** Tiny models with an exit head after block 1 of 3, without and with an extra block. */
@@ -209,13 +210,13 @@ for (const extra of [0, 1]) {
   );
 }
 
-gpuTest("self-speculative decoding needs an exit head", async (gpu) => {
-  const model = Decoder.create(gpu, { ...DEC_CFG, earlyExitLayer: 0 });
-  await rejects(
-    () => speculativeDecoding(model, model, [[1, 2]], 8),
+gpuTest("the self-speculative engine needs an exit head", (gpu) => {
+  const plain = Decoder.create(gpu, { ...DEC_CFG, earlyExitLayer: 0 });
+  throws(
+    () => selfSpeculativeEngine(plain, [[1, 2]], 8, {}, acceptKernel),
     /same model as target and draft needs a model with an exit head/,
   );
-  model.destroy();
+  plain.destroy();
 });
 
 /**
