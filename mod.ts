@@ -31,7 +31,7 @@ export {
   type TrainingDefaults,
 } from "./model/config.ts";
 export { type CreateOptions, Decoder, validateTokens } from "./model/decoder.ts";
-export { type ForwardPlan, type LayerActivations } from "./model/forward_plan.ts";
+export { type ForwardPlan, type LayerActivations, type PlanKind } from "./model/forward_plan.ts";
 export { type LossPlan } from "./model/loss_plan.ts";
 export { type LayerWeights, type ModelWeights } from "./model/params.ts";
 export { KVCache } from "./model/kv_cache.ts";

@@ -6,7 +6,7 @@
  * @module
  */
 import { GpuTimer } from "../kernels/timer.ts";
-import { baseDecoding, speculativeDecoding } from "../model/decoding.ts";
+import { baseDecoding, speculativeDecoding, type SpeculativeResult } from "../model/decoding.ts";
 import { log, record, type Run } from "./run.ts";
 import { recordLosses } from "./train_step.ts";
 
@@ -32,6 +32,14 @@ export async function compareDecodings(run: Run, step: number): Promise<void> {
     seed,
     timer,
   });
+  // with an exit head, the target is also its own draft (self-speculative decoding)
+  const self = c.earlyExit > 0
+    ? await speculativeDecoding(run.target, run.target, prime, c.generateLen, {
+      gamma: c.gamma,
+      seed,
+      timer,
+    })
+    : undefined;
   timer.destroy();
   // GPU time where the adapter has timestamps, wall time otherwise
   const [baseMs, specMs] = [base.gpuMs ?? base.wallMs, spec.gpuMs ?? spec.wallMs];
@@ -56,6 +64,7 @@ export async function compareDecodings(run: Run, step: number): Promise<void> {
         (baseWall / specWall).toFixed(2)
       }x wall`,
       `average num accepted: ${spec.acceptedMean.toFixed(2)} / ${c.gamma}`,
+      ...(self ? selfLines(self, baseMs, baseWall, unit, c.gamma, c.earlyExit) : []),
       "",
     ].join("\n"),
   );
@@ -69,5 +78,35 @@ export async function compareDecodings(run: Run, step: number): Promise<void> {
     speedup: baseMs / specMs,
     acceptedMean: spec.acceptedMean,
     gamma: c.gamma,
+    ...(self
+      ? {
+        selfMs: self.gpuMs ?? self.wallMs,
+        selfWallMs: self.wallMs,
+        selfSpeedup: baseMs / (self.gpuMs ?? self.wallMs),
+        selfAcceptedMean: self.acceptedMean,
+      }
+      : {}),
   });
+}
+
+/** The log lines of self-speculative decoding (the target drafting with its exit head). */
+function selfLines(
+  self: SpeculativeResult,
+  baseMs: number,
+  baseWall: number,
+  unit: string,
+  gamma: number,
+  k: number,
+): string[] {
+  const ms = self.gpuMs ?? self.wallMs;
+  return [
+    "",
+    `self-speculative decoding (exit head after layer ${k} as the draft):`,
+    decodeTokens(self.tokens[0]),
+    "",
+    `self-spec decoding in: ${ms.toFixed(1)} ms ${unit} (${self.wallMs.toFixed(0)} ms wall)`,
+    `self-spec speedup: ${(baseMs / ms).toFixed(2)}x ${unit} time, ${
+      (baseWall / self.wallMs).toFixed(2)
+    }x wall; average num accepted: ${self.acceptedMean.toFixed(2)} / ${gamma}`,
+  ];
 }

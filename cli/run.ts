@@ -214,12 +214,23 @@ export async function openRun(gpu: Gpu, config: RunConfig, resumed?: Checkpoint)
       source: path,
     });
   };
-  const target = resumed
-    ? await load("target")
-    : Decoder.create(gpu, { ...shapes.target, maxSeqLen }, {
-      seed: c.seed * 2 + 1,
-      label: "target",
-    });
+  const target = resumed ? await load("target") : Decoder.create(gpu, {
+    ...shapes.target,
+    maxSeqLen,
+    earlyExitLayer: c.earlyExit,
+    earlyExitExtraBlocks: c.earlyExitExtraBlocks,
+  }, {
+    seed: c.seed * 2 + 1,
+    label: "target",
+  });
+  const { earlyExitLayer: k, earlyExitExtraBlocks: e } = target.config;
+  if (k !== c.earlyExit || e !== c.earlyExitExtraBlocks) {
+    throw new Error(
+      `specdec: the resumed target of ${c.runDir} has earlyExitLayer ${k} and ` +
+        `earlyExitExtraBlocks ${e}, but the run says --early-exit ${c.earlyExit} and ` +
+        `--early-exit-extra-blocks ${c.earlyExitExtraBlocks}: a run keeps its model's shape`,
+    );
+  }
   const draft = resumed
     ? await load("draft")
     : Decoder.create(gpu, { ...shapes.draft, maxSeqLen }, { seed: c.seed * 2 + 2, label: "draft" });

@@ -39,6 +39,15 @@ export const FLAGS = {
     type: "string",
     help: "draft tokens per speculative step, at most generate-len − prime-len (reference: 5)",
   },
+  "early-exit": {
+    type: "string",
+    help:
+      "train the target with an exit head after layer K (1 ≤ K < target depth), jointly (loss = final + exit); the comparison then also runs self-speculative decoding (default 0: none)",
+  },
+  "early-exit-extra-blocks": {
+    type: "string",
+    help: "transformer blocks of the exit branch only, before the exit head (default 0)",
+  },
   "checkpoint-every": {
     type: "string",
     help: "save a checkpoint every N steps (default 500; also on Ctrl-C and at the end)",
@@ -183,6 +192,8 @@ export const NUMBER_FLAGS: Record<string, NumberFlag> = {
   "generate-len": size(2),
   gamma: size(1),
   "checkpoint-every": every,
+  "early-exit": { ...size(0), why: "a layer index" },
+  "early-exit-extra-blocks": { ...size(0), why: "a block count" },
   seed: {
     int: true,
     min: 0,
@@ -203,6 +214,10 @@ export interface RunConfig extends TrainingDefaults {
   data?: string;
   /** Skip an optimizer step whose gradient norm is NaN/Inf instead of stopping. */
   skipNonFinite: boolean;
+  /** The target's exit head after this many layers (0: none); see `DecoderConfig.earlyExitLayer`. */
+  earlyExit: number;
+  /** The exit branch's extra blocks (`DecoderConfig.earlyExitExtraBlocks`). */
+  earlyExitExtraBlocks: number;
   /** The run folder: metrics, plot and checkpoints. */
   runDir: string;
 }
@@ -292,6 +307,8 @@ export function runConfig(
     generateLen: value("generateLen", d.generateLen),
     gamma: value("gamma", d.gamma),
     checkpointEvery: value("checkpointEvery", 500),
+    earlyExit: value("earlyExit", 0),
+    earlyExitExtraBlocks: value("earlyExitExtraBlocks", 0),
     seed: value("seed", 0),
     preset,
     data: data.raw,
@@ -316,6 +333,7 @@ export function runConfig(
         `a speculative step never needs more draft tokens than the tokens it generates`,
     );
   }
+  checkEarlyExit(config, E);
   if (adapter.maxBinding !== undefined) checkBuffers(config, adapter.maxBinding, E);
   return config;
 }
@@ -374,6 +392,23 @@ function checkBuffers(
     throw new (E("gamma"))(
       `--gamma "${c.gamma}": the target's verification logits (gamma + 1, ${vocab}) need ` +
         `${4 * (c.gamma + 1) * vocab} bytes, over ${limit}`,
+    );
+  }
+}
+
+/** `--early-exit` below the preset's target depth; extra blocks only with an exit head. */
+function checkEarlyExit(c: RunConfig, E: (...f: string[]) => new (m: string) => Error): void {
+  const depth = PRESETS[c.preset].target.depth;
+  if (c.earlyExit >= depth) {
+    throw new (E("early-exit", "preset"))(
+      `--early-exit "${c.earlyExit}" must be below the target's depth ${depth} (preset ` +
+        `${c.preset}): the exit head reads the stream after that many of its layers`,
+    );
+  }
+  if (c.earlyExitExtraBlocks > 0 && c.earlyExit === 0) {
+    throw new (E("early-exit-extra-blocks", "early-exit"))(
+      `--early-exit-extra-blocks "${c.earlyExitExtraBlocks}" needs --early-exit K (the exit ` +
+        `head the blocks lead to)`,
     );
   }
 }

@@ -7,11 +7,12 @@
 import type { Dispatch } from "../kernels/gpu.ts";
 import { matmulNN, weightGradient } from "../kernels/matmul.ts";
 import { rmsNormBackward } from "../kernels/norm.ts";
-import { geluBackward, sumRows } from "../kernels/activation.ts";
+import { add, geluBackward, sumRows } from "../kernels/activation.ts";
 import { embeddingBackward } from "../kernels/embedding.ts";
 import { rotaryBackward } from "../kernels/rotary.ts";
 import { attentionBackward } from "../kernels/attention.ts";
-import type { ForwardPlan } from "./forward_plan.ts";
+import type { ForwardPlan, LayerActivations } from "./forward_plan.ts";
+import type { LayerWeights } from "./params.ts";
 import type { ModelState } from "./state.ts";
 
 /**
@@ -22,12 +23,15 @@ import type { ModelState } from "./state.ts";
  * @param model parameters, gradients (accumulated into), config and allocator
  * @param plan a training forward plan (per-layer activations kept, start = 0)
  * @param dLogits `(T, V)` gradient of the loss w.r.t. the logits
+ * @param dExitLogits `(T, V)` gradient of the loss w.r.t. the exit logits (a model with an exit
+ *   head: its gradient reaches the blocks below the exit through the stream entering block k)
  * @returns the dispatches, in order
  */
 export function backwardDispatches(
   model: ModelState,
   plan: ForwardPlan,
   dLogits: GPUBuffer,
+  dExitLogits?: GPUBuffer,
 ): Dispatch[] {
   if (!plan.training) throw new Error("specdec: backward needs a training forward plan");
   const { gpu, config, weights } = model, grads = model.gradWeights;
@@ -69,8 +73,10 @@ export function backwardDispatches(
     accumulateDx: false,
     accumulateDw: true,
   }));
-  for (let l = config.depth - 1; l >= 0; l--) {
-    const a = plan.layers[l], w = weights.layers[l], g = grads.layers[l];
+  const steps = exitBackward(model, plan, dExitLogits, dX, d);
+  for (const s of steps) {
+    const { a, w, g, kv, dX } = s;
+    if (s.pre) d.push(s.pre);
     // next = xmid + a · ffOutᵀ + ffOutBias
     d.push(...weightGradient(gpu, { a: dX, b: a.a, c: g.ffOut, M: C, N: F, K: T, ...acc }));
     d.push(sumRows(gpu, { x: dX, out: g.ffOutBias, M: T, N: C, accumulate: true }));
@@ -98,7 +104,7 @@ export function backwardDispatches(
     d.push(matmulNN(gpu, { a: dX, b: w.attnOut, c: dAtt, M: T, N: HD, K: C }));
     d.push(...attentionBackward(gpu, {
       qkv: a.qkv,
-      kv: plan.cache.layers[l],
+      kv,
       out: a.att,
       dOut: dAtt,
       lse: a.lse,
@@ -151,4 +157,90 @@ export function backwardDispatches(
     }),
   );
   return d;
+}
+
+/** One block of the backward pass: its activations, weights, gradients, cache layer, stream. */
+interface BackwardStep {
+  a: LayerActivations;
+  w: LayerWeights<GPUBuffer>;
+  g: LayerWeights<GPUBuffer>;
+  kv: GPUBuffer;
+  /** The gradient of the block's output on entry, of its input on exit (updated in place). */
+  dX: GPUBuffer;
+  /** Dispatches before the block (the exit branch's gradient joining the main stream's). */
+  pre?: Dispatch;
+}
+
+/**
+ * The blocks in backward order. With an exit head: first the exit head's backward (pushed to
+ * `d`) and the extra blocks' on their own stream gradient, then the main blocks from the last;
+ * before block k − 1, the exit branch's gradient is added to the main stream's (both flow into
+ * the stream entering block k).
+ */
+function exitBackward(
+  model: ModelState,
+  plan: ForwardPlan,
+  dExitLogits: GPUBuffer | undefined,
+  dX: GPUBuffer,
+  d: Dispatch[],
+): BackwardStep[] {
+  const { gpu, config, weights } = model, grads = model.gradWeights, depth = config.depth;
+  const main: BackwardStep[] = [];
+  for (let l = depth - 1; l >= 0; l--) {
+    main.push({
+      a: plan.layers[l],
+      w: weights.layers[l],
+      g: grads.layers[l],
+      kv: plan.cache.layers[l],
+      dX,
+    });
+  }
+  const k = config.earlyExitLayer;
+  if (k === 0) return main;
+  if (!dExitLogits || !plan.exitLogits) {
+    throw new Error("specdec: the backward pass of a model with an exit head needs dExitLogits");
+  }
+  const T = plan.batch * plan.n, C = config.dim, V = config.numTokens;
+  const label = `${model.label} bwd B${plan.batch} n${plan.n}`;
+  const dXe = model.tensor(`${label} dx exit stream`, [T, C]);
+  const dXn = model.tensor(`${label} dxn exit`, [T, C]);
+  // exitLogits = exitXf · exitWeightᵀ, exitXf = norm(xExit)
+  d.push(
+    ...weightGradient(gpu, {
+      a: dExitLogits,
+      b: plan.xfExit!,
+      c: grads.exitWeight!,
+      M: V,
+      N: C,
+      K: T,
+      accumulate: true,
+    }),
+    matmulNN(gpu, { a: dExitLogits, b: weights.exitWeight!, c: dXn, M: T, N: C, K: V }),
+    ...rmsNormBackward(gpu, {
+      x: plan.xExit!,
+      weight: weights.exitNorm!,
+      rstd: plan.rstdExit!,
+      dy: dXn,
+      dx: dXe,
+      dWeight: grads.exitNorm!,
+      T,
+      C,
+      accumulateDx: false,
+      accumulateDw: true,
+    }),
+  );
+  const E = weights.exitLayers.length;
+  const branch: BackwardStep[] = [];
+  for (let j = E - 1; j >= 0; j--) {
+    branch.push({
+      a: plan.exitLayers[j],
+      w: weights.exitLayers[j],
+      g: grads.exitLayers[j],
+      kv: plan.cache.layers[depth + j],
+      dX: dXe,
+    });
+  }
+  // main[depth − k] is block k − 1: the stream it produced also fed the exit branch
+  main[depth - k].pre = add(gpu, { x: dX, y: dXe, n: T * C });
+  return [...branch, ...main];
 }

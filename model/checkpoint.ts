@@ -12,7 +12,14 @@
  * @module
  */
 import { type FullDecoderConfig, resolveConfig } from "./config.ts";
-import { layerWeightName, modelWeightName, paramSpecs, ROTARY_INV_FREQ } from "./params.ts";
+import {
+  exitBlockWeightName,
+  exitWeightName,
+  layerWeightName,
+  modelWeightName,
+  paramSpecs,
+  ROTARY_INV_FREQ,
+} from "./params.ts";
 import { describeValue, readSafetensors, type Tensor, writeSafetensors } from "./safetensors.ts";
 
 export {
@@ -41,6 +48,11 @@ export interface CheckpointOptions {
    * refusing the file. Default false.
    */
   allowNonFinite?: boolean;
+  /**
+   * The exit head's layer k, for a file with `to_early_exit_logits.*` tensors but no specdec
+   * metadata (a PyTorch file: the names do not say k); checked against the metadata when both.
+   */
+  earlyExitLayer?: number;
 }
 
 /** A model as a checkpoint holds it. */
@@ -75,6 +87,8 @@ export function readModelCheckpoint(
   const source = options.source ?? "checkpoint";
   const { tensors, metadata } = readSafetensors(bytes, source);
   const config = inferConfig(tensors, source, options.maxSeqLen, metadata, options);
+  const exit = inferEarlyExit(tensors, source, metadata, options.earlyExitLayer, config.depth);
+  Object.assign(config, resolveConfig({ ...config, ...exit }));
   const expected = paramSpecs(config);
   const known = new Set(expected.map((s) => s.name));
   known.add(ROTARY_INV_FREQ);
@@ -155,11 +169,79 @@ export function writeModelCheckpoint(
   const tensors: Record<string, Tensor> = {};
   paramSpecs(config).forEach((s, i) => tensors[s.name] = { shape: s.shape, data: values[i] });
   tensors[ROTARY_INV_FREQ] = { shape: [invFreq.length], data: invFreq };
-  const { heads, dimHead, ffMult } = config;
+  const { heads, dimHead, ffMult, earlyExitLayer } = config;
+  // the names do not say the exit head's layer, so the metadata does
+  const exit = earlyExitLayer > 0 ? { earlyExitLayer } : {};
   return writeSafetensors(tensors, {
     format: "pt",
-    specdec: JSON.stringify({ heads, dimHead, ffMult }),
+    specdec: JSON.stringify({ heads, dimHead, ffMult, ...exit }),
   });
+}
+
+/**
+ * The exit branch of a checkpoint: the extra blocks counted from their names, k from the specdec
+ * metadata or the caller (which must agree); a head without k, or k without a head, is refused.
+ */
+function inferEarlyExit(
+  tensors: Map<string, Tensor>,
+  source: string,
+  metadata: Record<string, string>,
+  given: number | undefined,
+  depth: number,
+): { earlyExitLayer: number; earlyExitExtraBlocks: number } {
+  const head = exitWeightName("exitWeight");
+  let blocks = 0;
+  while (
+    tensors.has(exitBlockWeightName(blocks, "norm")) ||
+    tensors.has(exitBlockWeightName(blocks, "qkv"))
+  ) blocks++;
+  let saved: unknown;
+  try {
+    saved = metadata.specdec === undefined ? undefined : JSON.parse(metadata.specdec);
+  } catch { /* savedSplit reports bad metadata */ }
+  const fromFile = (saved as Record<string, unknown> | undefined)?.earlyExitLayer;
+  if (fromFile !== undefined && (!Number.isSafeInteger(fromFile) || (fromFile as number) < 1)) {
+    throw new Error(
+      `specdec: ${source} has invalid "specdec" metadata: earlyExitLayer must be a positive ` +
+        `integer, got ${describeValue(fromFile)}`,
+    );
+  }
+  if (given !== undefined && (!Number.isSafeInteger(given) || given < 0 || given >= depth)) {
+    throw new Error(
+      `specdec: option earlyExitLayer must be an integer from 1 to depth − 1 = ${depth - 1} ` +
+        `(or 0), got ${describeValue(given)} (loading ${source})`,
+    );
+  }
+  if (given !== undefined && fromFile !== undefined && given !== fromFile) {
+    throw new Error(
+      `specdec: ${source}: option earlyExitLayer ${given} disagrees with the specdec metadata's ` +
+        `earlyExitLayer ${fromFile}`,
+    );
+  }
+  const k = (fromFile as number | undefined) ?? given ?? 0;
+  if (!tensors.has(head)) {
+    if (k > 0 || blocks > 0) {
+      throw new Error(
+        `specdec: ${source} is missing tensor "${head}": ` +
+          (k > 0 ? `earlyExitLayer is ${k}` : `it has "${exitBlockWeightName(0, "qkv")}"`) +
+          ` but no exit head`,
+      );
+    }
+    return { earlyExitLayer: 0, earlyExitExtraBlocks: 0 };
+  }
+  if (k === 0) {
+    throw new Error(
+      `specdec: ${source} has an exit head ("${head}") but does not say after which layer ` +
+        `(no earlyExitLayer in its specdec metadata): pass { earlyExitLayer } to ` +
+        `Decoder.fromSafetensors`,
+    );
+  }
+  if (k >= depth) {
+    throw new Error(
+      `specdec: ${source}: earlyExitLayer ${k} is not below the ${depth} layers it has`,
+    );
+  }
+  return { earlyExitLayer: k, earlyExitExtraBlocks: blocks };
 }
 
 /** The caller's or the file's heads/dimHead, as inferConfig weighs them. */

@@ -25,6 +25,18 @@ export interface DecoderConfig {
    * preallocated. Default 4096.
    */
   maxSeqLen?: number;
+  /**
+   * Early exit: a second head (its own RMSNorm and projection) reading the residual stream after
+   * this many blocks, k with 1 ≤ k < depth; 0 (the default) for none. Trained jointly (the loss is
+   * the final cross-entropy plus the exit's), it makes the model its own draft in
+   * `speculativeDecoding(model, model, …)`. The reference's `early_exit_layer`.
+   */
+  earlyExitLayer?: number;
+  /**
+   * Transformer blocks of the exit branch only, between block k and the exit head (default 0;
+   * needs `earlyExitLayer`). The reference's `early_exit_extra_transformer_blocks`.
+   */
+  earlyExitExtraBlocks?: number;
 }
 
 /** A {@link DecoderConfig} with every field filled in. */
@@ -36,6 +48,8 @@ export const CONFIG_DEFAULTS: Omit<FullDecoderConfig, "numTokens" | "dim" | "dep
   dimHead: 64,
   ffMult: 4,
   maxSeqLen: 4096,
+  earlyExitLayer: 0,
+  earlyExitExtraBlocks: 0,
 };
 
 /**
@@ -171,5 +185,30 @@ export function resolveConfig(config: DecoderConfig): FullDecoderConfig {
       `specdec: config.dimHead must be even (rotary rotates halves), got ${c.dimHead}`,
     );
   }
+  checkEarlyExit(c);
   return c;
+}
+
+/** The early-exit fields: k in [0, depth) (0 = none), extra blocks ≥ 0 and only with a head. */
+function checkEarlyExit(c: FullDecoderConfig): void {
+  c.earlyExitLayer ??= 0; // undefined means none, as when absent
+  c.earlyExitExtraBlocks ??= 0;
+  const k = c.earlyExitLayer, e = c.earlyExitExtraBlocks;
+  if (typeof k !== "number" || !Number.isInteger(k) || k < 0 || k >= c.depth) {
+    throw new Error(
+      `specdec: config.earlyExitLayer must be an integer from 1 to depth − 1 = ${c.depth - 1} ` +
+        `(the blocks before the exit head), or 0 for none; got ${String(k)}`,
+    );
+  }
+  if (typeof e !== "number" || !Number.isInteger(e) || e < 0) {
+    throw new Error(
+      `specdec: config.earlyExitExtraBlocks must be a non-negative integer, got ${String(e)}`,
+    );
+  }
+  if (e > 0 && k === 0) {
+    throw new Error(
+      `specdec: config.earlyExitExtraBlocks is ${e} but config.earlyExitLayer is 0 (no exit ` +
+        `head): the extra blocks belong to the exit branch; set earlyExitLayer too`,
+    );
+  }
 }

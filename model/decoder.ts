@@ -18,13 +18,13 @@ import { KVCache } from "./kv_cache.ts";
 import { initParams, type ModelWeights } from "./params.ts";
 import { type CheckpointOptions, readModelCheckpoint, writeModelCheckpoint } from "./checkpoint.ts";
 import { ModelState } from "./state.ts";
-import { buildForwardPlan, type ForwardPlan } from "./forward_plan.ts";
+import { buildForwardPlan, type ForwardPlan, type PlanKind } from "./forward_plan.ts";
 import { buildLossPlan, type LossPlan, nextTokenTargets } from "./loss_plan.ts";
 import { backwardDispatches } from "./backward.ts";
 import { CachePool } from "./cache_pool.ts";
 
 // the plan types, re-exported for modules that import them with the Decoder (decoding.ts)
-export type { ForwardPlan, LayerActivations } from "./forward_plan.ts";
+export type { ForwardPlan, LayerActivations, PlanKind } from "./forward_plan.ts";
 export type { LossPlan } from "./loss_plan.ts";
 
 /** Options for {@link Decoder.create}. */
@@ -270,7 +270,9 @@ export class Decoder {
       throw new Error(`specdec: cache length must be a positive integer, got ${maxLen}`);
     }
     const label = `${this.#state.label} kv`;
-    return new KVCache(this.gpu, c.depth, c.heads, c.dimHead, batch, maxLen, label);
+    // the exit branch's extra blocks keep their keys and values after the model's blocks
+    const layers = c.depth + (c.earlyExitLayer > 0 ? c.earlyExitExtraBlocks : 0);
+    return new KVCache(this.gpu, layers, c.heads, c.dimHead, batch, maxLen, label);
   }
 
   /**
@@ -279,14 +281,20 @@ export class Decoder {
    * @param cache where keys and values go (its batch is the plan's batch)
    * @param n tokens per row
    * @param training keep every layer's activations for {@link Decoder.gradients}
-   * @returns the plan (cached per cache, n and mode)
+   * @param kind what it computes, for a model with an exit head: `"full"` (default), `"draft"`
+   *   (blocks below the exit, the extra blocks and the exit head) or `"verify"` (see
+   *   {@link PlanKind})
+   * @returns the plan (cached per cache, n, mode and kind)
    */
-  forwardPlan(cache: KVCache, n: number, training = false): ForwardPlan {
+  forwardPlan(cache: KVCache, n: number, training = false, kind: PlanKind = "full"): ForwardPlan {
     let plans = this.#plans.get(cache);
     if (!plans) this.#plans.set(cache, plans = new Map());
-    const key = `${n}:${training}`;
+    const key = `${n}:${training}:${kind}`;
     let plan = plans.get(key);
-    if (!plan) plans.set(key, plan = buildForwardPlan(this.#state, cache, n, training));
+    if (!plan) {
+      plan = buildForwardPlan(this.#state, cache, n, training, undefined, kind);
+      plans.set(key, plan);
+    }
     return plan;
   }
 
@@ -311,7 +319,9 @@ export class Decoder {
     const key = `${batch}x${n}x${lossScale}x${training}`;
     let lp = this.#lossPlans.get(key);
     if (!lp) {
-      const plan = this.forwardPlan(this.#scratchCache(batch, n), n, training);
+      // with an exit head even evaluation takes the training forward: it computes both heads
+      const both = training || this.config.earlyExitLayer > 0;
+      const plan = this.forwardPlan(this.#scratchCache(batch, n), n, both);
       this.#lossPlans.set(key, lp = buildLossPlan(this.#state, plan, lossScale, training));
     }
     return lp;
@@ -328,7 +338,7 @@ export class Decoder {
    */
   trainingPlan(batch: number, n: number, lossScale = 1): LossPlan {
     const lp = this.lossPlan(batch, n, lossScale);
-    lp.backward ??= backwardDispatches(this.#state, lp.plan, lp.dLogits!);
+    lp.backward ??= backwardDispatches(this.#state, lp.plan, lp.dLogits!, lp.dExitLogits);
     return lp;
   }
 
@@ -388,8 +398,44 @@ export class Decoder {
   }
 
   /**
+   * The exit head's logits (the reference's `return_early_exit_only=True`): blocks [0, k), the
+   * exit branch's extra blocks, the exit RMSNorm and projection; what the model proposes as its
+   * own draft.
+   *
+   * @param tokens batch × n tokens, integers in [0, numTokens)
+   * @returns flat Float32Array `(batch, n, numTokens)`
+   * @throws Error when the model has no exit head (`earlyExitLayer` 0), or on bad input as
+   *   {@link Decoder.logits}
+   * @example
+   * ```ts
+   * import { Decoder, requestGpu } from "@x/specdec";
+   * const cfg = { numTokens: 256, dim: 64, depth: 4, earlyExitLayer: 1 };
+   * const model = Decoder.create(await requestGpu(), cfg);
+   * const draftLogits = await model.exitLogits([[72, 105]]); // (1, 2, 256)
+   * ```
+   */
+  async exitLogits(tokens: number[][]): Promise<Float32Array> {
+    if (this.config.earlyExitLayer === 0) {
+      throw new Error(
+        "specdec: exitLogits needs a model with an exit head (config.earlyExitLayer)",
+      );
+    }
+    const { batch, n } = validateTokens(tokens, this.config.numTokens, this.config.maxSeqLen);
+    return await this.#exclusive(async () => {
+      const plan = await this.gpu.scoped("Decoder.exitLogits", () => {
+        const plan = this.forwardPlan(this.#scratchCache(batch, n), n, false, "draft");
+        this.#feed(plan, tokens);
+        this.gpu.run(`${this.#state.label} exit logits`, plan.dispatches);
+        return plan;
+      });
+      return await this.gpu.readF32(plan.logits, batch * n * this.config.numTokens);
+    });
+  }
+
+  /**
    * Mean next-token cross-entropy over all `batch × (n − 1)` positions, like the reference's
-   * `return_loss=True`.
+   * `return_loss=True`; for a model with an exit head, the training objective: the final head's
+   * plus the exit head's (the sum the reference's early-exit training minimises).
    *
    * @param tokens batch × n tokens (n ≥ 2)
    * @returns the mean loss

@@ -29,8 +29,7 @@
  * @module
  */
 import { seqFeedKernel, type StateLayout } from "../kernels/decode_state.ts";
-import { baseStepKernel, draftGateKernel, draftStepKernel } from "../kernels/decode_step.ts";
-import { type Dispatch, grid, INDIRECT_STORAGE } from "../kernels/gpu.ts";
+import { baseStepKernel, draftStepKernel } from "../kernels/decode_step.ts";
 import type { SamplingOptions } from "../kernels/sampling.ts";
 import { type AcceptKernel, acceptKernel, speculativeStatsWidth } from "../kernels/speculative.ts";
 import type { Decoder, ForwardPlan } from "./decoder.ts";
@@ -49,6 +48,8 @@ import {
   validateSpeculative,
 } from "./decoding_options.ts";
 import type { DecodingResult, SpeculativeResult } from "./decoding_results.ts";
+import { selfSpeculativeEngine } from "./self_speculative.ts";
+import { draftGate, draftParts } from "./draft_gate.ts";
 
 export type { DecodingEngine, StepPart } from "./decoding_engine.ts";
 export type { DecodingOptions, SpeculativeOptions } from "./decoding_options.ts";
@@ -196,6 +197,11 @@ export function speculativeDecodingEngine(
   options: SpeculativeOptions = {},
   accept: AcceptKernel = acceptKernel,
 ): DecodingEngine {
+  // a model with an exit head as its own draft: the exit head on the shared KV cache
+  // (self_speculative.ts); without one, the same model is an ordinary (always accepted) draft
+  if (draft === target && target.config.earlyExitLayer > 0) {
+    return selfSpeculativeEngine(target, prompt, seqLen, options, accept);
+  }
   const { temperature, filterThres, seed, lenience, gamma, draftThreshold, B, P } =
     validateSpeculative(target, draft, prompt, seqLen, options);
   const gpu = target.gpu, L = seqLen, V = target.config.numTokens, G = gamma;
@@ -252,26 +258,7 @@ export function speculativeDecodingEngine(
     ];
     const gate = adaptive && G > 1 ? draftGate(gpu, state, layout, drafted!, d1, B) : undefined;
     if (gate) cleanup.add(() => gate.counts.destroy());
-    for (let i = 2; i <= G; i++) {
-      const sample = draftStep(i, d1);
-      if (!gate) {
-        parts.push(
-          { name: "draft forward n=1", dispatches: d1.dispatches },
-          { name: "draft sample", dispatches: [sample] },
-        );
-        continue;
-      }
-      // once every row stopped drafting, the rest of the step's draft forwards and samplings
-      // run zero workgroups (the last sampling still feeds the target)
-      parts.push(
-        { name: "draft gate", dispatches: [gate.after(i - 1)] },
-        { name: "draft forward n=1", dispatches: d1.dispatches.map(gate.gated) },
-        {
-          name: "draft sample",
-          dispatches: [i < G ? gate.gated(sample, d1.dispatches.length) : sample],
-        },
-      );
-    }
+    parts.push(...draftParts(d1.dispatches, (i) => draftStep(i, d1), 2, G, gate));
     parts.push(
       { name: `target forward n=${G + 1}`, dispatches: tp.dispatches },
       {
@@ -323,38 +310,6 @@ export function speculativeDecodingEngine(
     cleanup.run();
     throw e;
   }
-}
-
-/**
- * The gate of the adaptive draft length: `after(i)` is the gate kernel that runs after draft step
- * i, and `gated(d, j)` the dispatch d with its workgroup counts read from slot j of `counts`
- * (slots 0..D−1: the draft forward's D dispatches, slot D: a draft sampling), which the gate sets
- * to d's counts while some row is still drafting and to zeros once every row has stopped.
- */
-function draftGate(
-  gpu: Decoder["gpu"],
-  state: GPUBuffer,
-  layout: StateLayout,
-  drafted: GPUBuffer,
-  d1: ForwardPlan,
-  B: number,
-): {
-  counts: GPUBuffer;
-  after: (i: number) => Dispatch;
-  gated: (d: Dispatch, j: number) => Dispatch;
-} {
-  const full = [...d1.dispatches.map((d) => d.workgroups), grid(B)].flat();
-  const n = full.length; // [full (n) | gated (n)] u32, the gated half rewritten by each gate
-  const counts = gpu.upload(
-    `draft gate counts u32 (2, ${n / 3}, 3)`,
-    new Uint32Array([...full, ...full]),
-    INDIRECT_STORAGE,
-  );
-  return {
-    counts,
-    after: (i) => draftGateKernel(gpu, { state, layout, drafted, i, counts, n }),
-    gated: (d, j) => ({ ...d, indirect: { buffer: counts, offset: 4 * (n + 3 * j) } }),
-  };
 }
 
 /**

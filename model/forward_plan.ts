@@ -18,6 +18,31 @@ import { attention, kvWrite } from "../kernels/attention.ts";
 import { fusedLinear, fusedLinearSupported, STORAGE_UNIFORM } from "../kernels/fused_linear.ts";
 import type { KVCache } from "./kv_cache.ts";
 import type { ModelState } from "./state.ts";
+import type { LayerWeights } from "./params.ts";
+import { sumRows } from "../kernels/activation.ts";
+
+/**
+ * What a forward computes, for a model with an exit head (see `DecoderConfig.earlyExitLayer`):
+ *
+ * - `"full"`: every block and the final head (a training plan adds the exit branch and its head:
+ *   `exitLogits`, for the joint loss);
+ * - `"draft"`: blocks [0, k), the exit branch's extra blocks and the exit head into `logits`
+ *   (the model as its own draft; its keys and values of blocks < k go to the shared cache);
+ * - `"verify"`: as `"full"`, plus the extra blocks on a copy of the stream after block k − 1, so
+ *   their cache holds every verified position (the exit head is not computed).
+ */
+export type PlanKind = "full" | "draft" | "verify";
+
+/** One block of a forward, in order: its weights, its cache layer, activations and output. */
+interface BlockStep {
+  w: LayerWeights<GPUBuffer>;
+  kv: GPUBuffer;
+  a: LayerActivations;
+  /** Where the block's output goes (training: a fresh buffer; else `a.x`, in place). */
+  next: GPUBuffer;
+  /** A dispatch run before the block (the copy of the stream into the exit branch). */
+  pre?: Dispatch;
+}
 
 /** Per-layer activations of one forward (saved per layer when training, shared otherwise). */
 export interface LayerActivations {
@@ -69,8 +94,20 @@ export interface ForwardPlan {
   tokens: GPUBuffer;
   /** Absolute position of each row's first token, u32 `(B)`; attends keys 0..start+i. */
   start: GPUBuffer;
-  /** Output logits, f32 `(B, n, V)`. */
+  /** Output logits, f32 `(B, n, V)` (a `"draft"` plan's are the exit head's). */
   logits: GPUBuffer;
+  /** What the plan computes (see {@link PlanKind}). */
+  kind: PlanKind;
+  /** The exit head's logits `(B, n, V)`: a training plan of a model with an exit head. */
+  exitLogits?: GPUBuffer;
+  /** The exit branch's extra blocks' activations (training plans only). */
+  exitLayers: LayerActivations[];
+  /** Residual stream entering the exit head `(T, C)` (training plans with an exit head). */
+  xExit?: GPUBuffer;
+  /** Exit head RMSNorm output `(T, C)`. */
+  xfExit?: GPUBuffer;
+  /** 1/rms of xExit `(T)`. */
+  rstdExit?: GPUBuffer;
   /** Per-layer activations (one shared entry when not training). */
   layers: LayerActivations[];
   /** Residual stream after the last layer `(T, C)`. */
@@ -99,6 +136,7 @@ export interface ForwardPlan {
  *   the backward pass; otherwise one shared set, with the residual adds fused into the matmuls
  * @param fused build the fused path (default: {@link useFusedPath}); ignored when training or
  *   where the fused kernels do not serve the sizes
+ * @param kind what it computes, for a model with an exit head (default `"full"`)
  * @returns the plan
  */
 export function buildForwardPlan(
@@ -107,6 +145,7 @@ export function buildForwardPlan(
   n: number,
   training: boolean,
   fused?: boolean,
+  kind: PlanKind = "full",
 ): ForwardPlan {
   const { gpu, config, weights } = model;
   const B = cache.batch, T = B * n, C = config.dim, H = config.heads, D = config.dimHead;
@@ -126,7 +165,7 @@ export function buildForwardPlan(
   const start = buf("start u32", [B]);
   const logits = buf("logits", [B, n, V]);
   const stream = training ? null : input("x", [T, C]);
-  const activations = (l: number): LayerActivations => ({
+  const activations = (l: number | string): LayerActivations => ({
     x: stream ?? buf(`l${l} x`, [T, C]),
     xn: buf(`l${l} xn`, [T, C]),
     rstd: buf(`l${l} rstd`, [T]),
@@ -145,6 +184,7 @@ export function buildForwardPlan(
   const xFinal = stream ?? buf("x final", [T, C]);
   const xf = buf("xf", [T, C]);
   const rstdF = buf("rstd final", [T]);
+  const exit = exitSteps(model, cache, kind, training, n, layers, xFinal, activations, input);
   const { cos, sin } = model.rotaryTables(maxLen);
   const useFused = !training && (fused ?? useFusedPath(n)) &&
     fusedLinearSupported(C, 3 * HD, D) && fusedLinearSupported(C, F) &&
@@ -152,8 +192,9 @@ export function buildForwardPlan(
 
   const d: Dispatch[] = [];
   d.push(embedding(gpu, { tokens, table: weights.tokenEmbedding, out: layers[0].x, T, C }));
-  for (let l = 0; useFused && l < config.depth; l++) {
-    const w = weights.layers[l], a = layers[0], kv = cache.layers[l], x = a.x;
+  for (const s of useFused ? exit.steps : []) {
+    const { w, a, kv } = s, x = a.x;
+    if (s.pre) d.push(s.pre);
     // x += attention(rotary(norm(x)·qkvᵀ)) · attnOutᵀ: k, v straight into the cache
     d.push(fusedLinear(gpu, {
       x,
@@ -192,9 +233,9 @@ export function buildForwardPlan(
       epilogue: { kind: "accumulate", bias: w.ffOutBias, out: x },
     }));
   }
-  for (let l = 0; !useFused && l < config.depth; l++) {
-    const w = weights.layers[l], a = layers[training ? l : 0], kv = cache.layers[l];
-    const next = training ? (l + 1 < config.depth ? layers[l + 1].x : xFinal) : a.x;
+  for (const s of useFused ? [] : exit.steps) {
+    const { w, a, kv, next } = s;
+    if (s.pre) d.push(s.pre);
     // attention block: x += att · attnOutᵀ, att = attention(rotary(norm(x) · qkvᵀ))
     d.push(rmsNorm(gpu, { x: a.x, weight: w.norm, y: a.xn, rstd: a.rstd, T, C }));
     d.push(linear(gpu, { a: a.xn, b: w.qkv, c: a.qkv, M: T, N: 3 * HD, K: C }));
@@ -234,21 +275,44 @@ export function buildForwardPlan(
       }));
     }
   }
-  if (useFused && fusedLinearSupported(C, V)) {
-    d.push(fusedLinear(gpu, {
-      x: xFinal,
-      norm: weights.finalNorm,
-      w: weights.logitsWeight,
-      M: T,
-      N: V,
-      K: C,
-      epilogue: { kind: "none", out: logits },
-    }));
+  // RMSNorm then the projection (no bias), fused into one GEMV where it can be
+  const head = (
+    x: GPUBuffer,
+    norm: GPUBuffer,
+    w: GPUBuffer,
+    out: GPUBuffer,
+    y: GPUBuffer,
+    r: GPUBuffer,
+  ) => {
+    if (useFused && fusedLinearSupported(C, V)) {
+      d.push(fusedLinear(gpu, { x, norm, w, M: T, N: V, K: C, epilogue: { kind: "none", out } }));
+    } else {
+      d.push(rmsNorm(gpu, { x, weight: norm, y, rstd: r, T, C }));
+      d.push(linear(gpu, { a: y, b: w, c: out, M: T, N: V, K: C }));
+    }
+  };
+  if (kind === "draft") {
+    head(xFinal, weights.exitNorm!, weights.exitWeight!, logits, xf, rstdF);
   } else {
-    d.push(rmsNorm(gpu, { x: xFinal, weight: weights.finalNorm, y: xf, rstd: rstdF, T, C }));
-    d.push(linear(gpu, { a: xf, b: weights.logitsWeight, c: logits, M: T, N: V, K: C }));
+    head(xFinal, weights.finalNorm, weights.logitsWeight, logits, xf, rstdF);
+  }
+  if (exit.exitLogits) {
+    head(
+      exit.xExit!,
+      weights.exitNorm!,
+      weights.exitWeight!,
+      exit.exitLogits,
+      exit.xfExit!,
+      exit.rstdExit!,
+    );
   }
   return {
+    kind,
+    exitLogits: exit.exitLogits,
+    exitLayers: exit.exitLayers,
+    xExit: exit.xExit,
+    xfExit: exit.xfExit,
+    rstdExit: exit.rstdExit,
     cache,
     batch: B,
     n,
@@ -264,6 +328,97 @@ export function buildForwardPlan(
     cos,
     sin,
     dispatches: d,
+  };
+}
+
+/**
+ * The blocks of a forward in order, with the exit branch where the plan's kind puts it: training
+ * plans run the extra blocks after block k − 1 on fresh buffers (the exit head reads their
+ * output); `"draft"` plans stop after block k − 1 and run the extra blocks in place; `"verify"`
+ * plans copy the stream after block k − 1 and run the extra blocks on the copy.
+ */
+function exitSteps(
+  model: ModelState,
+  cache: KVCache,
+  kind: PlanKind,
+  training: boolean,
+  n: number,
+  layers: LayerActivations[],
+  xFinal: GPUBuffer,
+  activations: (l: number | string) => LayerActivations,
+  input: (name: string, shape: number[]) => GPUBuffer,
+): {
+  steps: BlockStep[];
+  exitLayers: LayerActivations[];
+  exitLogits?: GPUBuffer;
+  xExit?: GPUBuffer;
+  xfExit?: GPUBuffer;
+  rstdExit?: GPUBuffer;
+} {
+  const { config, weights } = model, depth = config.depth, k = config.earlyExitLayer;
+  const E = weights.exitLayers.length, T = cache.batch * n, C = config.dim;
+  if (kind !== "full" && k === 0) {
+    throw new Error(`specdec: a "${kind}" forward plan needs a model with an exit head`);
+  }
+  if (training && kind !== "full") {
+    throw new Error(`specdec: a training forward plan is "full", not "${kind}"`);
+  }
+  if (cache.layers.length < depth + E) {
+    throw new Error(
+      `specdec: the KV cache has ${cache.layers.length} layers, the model needs ${depth + E} ` +
+        `(${depth} blocks and ${E} exit blocks): make it with the model's createCache`,
+    );
+  }
+  const main = (l: number): BlockStep => ({
+    w: weights.layers[l],
+    kv: cache.layers[l],
+    a: layers[training ? l : 0],
+    next: training ? (l + 1 < depth ? layers[l + 1].x : xFinal) : layers[0].x,
+  });
+  const label = `${model.label} fwd B${cache.batch} n${n}`;
+  const buf = (name: string, shape: number[]) => model.tensor(`${label} ${name}`, shape);
+  const branch: BlockStep[] = [];
+  const exitLayers: LayerActivations[] = [];
+  let xExit: GPUBuffer | undefined;
+  if (training && k > 0) {
+    for (let j = 0; j < E; j++) exitLayers.push(activations(`e${j}`));
+    if (E > 0) exitLayers[0].x = layers[k].x; // the branch reads the stream entering block k
+    xExit = E > 0 ? buf("exit x", [T, C]) : layers[k].x;
+    exitLayers.forEach((a, j) =>
+      branch.push({
+        w: weights.exitLayers[j],
+        kv: cache.layers[depth + j],
+        a,
+        next: j + 1 < E ? exitLayers[j + 1].x : xExit!,
+      })
+    );
+  } else if (kind === "draft") {
+    weights.exitLayers.forEach((w, j) =>
+      branch.push({ w, kv: cache.layers[depth + j], a: layers[0], next: layers[0].x })
+    );
+  } else if (kind === "verify" && E > 0) {
+    const xe = input("exit x", [T, C]);
+    const a = { ...layers[0], x: xe, xmid: xe };
+    weights.exitLayers.forEach((w, j) =>
+      branch.push({ w, kv: cache.layers[depth + j], a, next: xe })
+    );
+    // the copy: column sums of a one-row matrix
+    branch[0].pre = sumRows(model.gpu, { x: layers[0].x, out: xe, M: 1, N: T * C });
+  }
+  const firstAbove = kind === "draft" ? depth : k;
+  const steps = [
+    ...Array.from({ length: k > 0 ? k : depth }, (_, l) => main(l)),
+    ...branch,
+    ...Array.from({ length: k > 0 ? depth - firstAbove : 0 }, (_, i) => main(firstAbove + i)),
+  ];
+  if (!training || k === 0) return { steps, exitLayers };
+  return {
+    steps,
+    exitLayers,
+    exitLogits: buf("exit logits", [cache.batch, n, config.numTokens]),
+    xExit,
+    xfExit: buf("exit xf", [T, C]),
+    rstdExit: buf("exit rstd", [T]),
   };
 }
 

@@ -19,8 +19,15 @@ export interface LossPlan {
   losses: GPUBuffer;
   /** Gradient of the (scaled) mean loss w.r.t. the logits `(T, V)` (training plans only). */
   dLogits?: GPUBuffer;
-  /** The mean loss `(1)`, accumulated over micro-batches (clear it before a step). */
+  /**
+   * The mean loss `(1)`, accumulated over micro-batches (clear it before a step); with an exit
+   * head, the final head's plus the exit head's (the joint objective).
+   */
   loss: GPUBuffer;
+  /** The exit head's per-position cross-entropy `(T)` (models with an exit head). */
+  exitLosses?: GPUBuffer;
+  /** Gradient of the scaled exit loss w.r.t. the exit logits `(T, V)` (training plans). */
+  dExitLogits?: GPUBuffer;
   /** Forward + loss dispatches. */
   dispatches: Dispatch[];
   /** Backward dispatches (gradients accumulate into the model's gradients), built on demand. */
@@ -79,5 +86,23 @@ export function buildLossPlan(
     // accumulates over micro-batches: whoever runs the plan clears `loss` first
     sumLoss(model.gpu, { losses, out: loss, T, scale: 1 / count, accumulate: true }),
   ];
-  return { plan, targets, losses, dLogits, loss, dispatches };
+  // the exit head's loss joins the sum (the reference's early-exit training adds the two losses)
+  let exitLosses: GPUBuffer | undefined, dExitLogits: GPUBuffer | undefined;
+  if (plan.exitLogits) {
+    exitLosses = model.tensor(`${label} exit losses`, [T]);
+    dExitLogits = training ? model.tensor(`${label} exit dlogits`, [T, V]) : undefined;
+    dispatches.push(
+      crossEntropy(model.gpu, {
+        logits: plan.exitLogits,
+        targets,
+        losses: exitLosses,
+        dLogits: dExitLogits,
+        T,
+        V,
+        scale: 1 / count,
+      }),
+      sumLoss(model.gpu, { losses: exitLosses, out: loss, T, scale: 1 / count, accumulate: true }),
+    );
+  }
+  return { plan, targets, losses, dLogits, loss, dispatches, exitLosses, dExitLogits };
 }

@@ -41,12 +41,23 @@ export interface ModelWeights<T> {
   finalNorm: T;
   /** Output projection to the logits `(V, C)`, no bias. */
   logitsWeight: T;
+  /** The exit branch's extra blocks (none without an exit head or extra blocks). */
+  exitLayers: LayerWeights<T>[];
+  /** The exit head's RMSNorm weight `(C)` (undefined without an exit head). */
+  exitNorm?: T;
+  /** The exit head's projection to the exit logits `(V, C)`, no bias. */
+  exitWeight?: T;
 }
 
 /** A per-layer weight's role. */
 export type LayerWeightName = keyof LayerWeights<unknown>;
 /** A model-level weight's role. */
-export type ModelWeightName = Exclude<keyof ModelWeights<unknown>, "layers">;
+export type ModelWeightName = Exclude<
+  keyof ModelWeights<unknown>,
+  "layers" | "exitLayers" | "exitNorm" | "exitWeight"
+>;
+/** An exit head's weight role. */
+export type ExitWeightName = "exitNorm" | "exitWeight";
 
 /** Sizes the shapes are written in: C = dim, HD = heads·dimHead, F = ffMult·dim, V = numTokens. */
 interface Sizes {
@@ -104,6 +115,23 @@ const MODEL_WEIGHTS: Readonly<Record<ModelWeightName, WeightEntry>> = {
   },
 };
 
+/**
+ * The exit head: role → state_dict name, as the reference's `to_early_exit_logits =
+ * Sequential(RMSNorm, Linear(dim, num_tokens, bias=False))` (the norm's weight named like
+ * `to_logits.0.weight`).
+ */
+const EXIT_WEIGHTS: Readonly<Record<ExitWeightName, WeightEntry>> = {
+  exitNorm: { torch: "to_early_exit_logits.0.weight", shape: ({ C }) => [C], init: ONES },
+  exitWeight: {
+    torch: "to_early_exit_logits.1.weight",
+    shape: ({ V, C }) => [V, C],
+    init: uniform((s) => s.C),
+  },
+};
+
+/** The state_dict prefix of the exit branch's extra blocks (the reference's ModuleList). */
+export const EXIT_BLOCKS_PREFIX: string = "early_exit_transformer_blocks";
+
 /** The checkpoint name of the rotary inverse frequencies (a buffer, not a parameter). */
 export const ROTARY_INV_FREQ: string = "rotary_emb.inv_freq";
 
@@ -129,24 +157,63 @@ export function modelWeightName(role: ModelWeightName): string {
 }
 
 /**
+ * The checkpoint name of a weight of the exit branch's extra block `j`.
+ *
+ * @param j extra block index
+ * @param role the weight's role
+ * @returns e.g. `early_exit_transformer_blocks.0.0.to_qkv.weight` for (0, "qkv")
+ */
+export function exitBlockWeightName(j: number, role: LayerWeightName): string {
+  return `${EXIT_BLOCKS_PREFIX}.${j}.${LAYER_WEIGHTS[role].torch}`;
+}
+
+/**
+ * The checkpoint name of an exit head weight.
+ *
+ * @param role the weight's role
+ * @returns e.g. `to_early_exit_logits.1.weight`
+ */
+export function exitWeightName(role: ExitWeightName): string {
+  return EXIT_WEIGHTS[role].torch;
+}
+
+/** The exit branch's shape: its head after block k (0: none) and its extra blocks. */
+export interface ExitShape {
+  /** The reference's early_exit_layer (0: no exit head). */
+  earlyExitLayer: number;
+  /** The exit branch's extra blocks. */
+  earlyExitExtraBlocks: number;
+}
+
+/**
  * The model's weights by role, each looked up by its checkpoint name.
  *
  * @param depth number of layers
  * @param byName the value of a checkpoint name (e.g. a parameter or gradient buffer)
+ * @param exit the exit head and its extra blocks (default: none)
  * @returns the named record
  */
-export function namedWeights<T>(depth: number, byName: (name: string) => T): ModelWeights<T> {
-  const layer = (i: number) =>
+export function namedWeights<T>(
+  depth: number,
+  byName: (name: string) => T,
+  exit?: ExitShape,
+): ModelWeights<T> {
+  const block = (name: (r: LayerWeightName) => string) =>
     Object.fromEntries(
-      (Object.keys(LAYER_WEIGHTS) as LayerWeightName[]).map((
-        r,
-      ) => [r, byName(layerWeightName(i, r))]),
+      (Object.keys(LAYER_WEIGHTS) as LayerWeightName[]).map((r) => [r, byName(name(r))]),
     ) as unknown as LayerWeights<T>;
+  const hasExit = (exit?.earlyExitLayer ?? 0) > 0;
   return {
     tokenEmbedding: byName(modelWeightName("tokenEmbedding")),
-    layers: Array.from({ length: depth }, (_, i) => layer(i)),
+    layers: Array.from({ length: depth }, (_, i) => block((r) => layerWeightName(i, r))),
     finalNorm: byName(modelWeightName("finalNorm")),
     logitsWeight: byName(modelWeightName("logitsWeight")),
+    exitLayers: Array.from(
+      { length: hasExit ? exit!.earlyExitExtraBlocks : 0 },
+      (_, j) => block((r) => exitBlockWeightName(j, r)),
+    ),
+    exitNorm: hasExit ? byName(exitWeightName("exitNorm")) : undefined,
+    exitWeight: hasExit ? byName(exitWeightName("exitWeight")) : undefined,
   };
 }
 
@@ -178,6 +245,19 @@ export function paramSpecs(c: FullDecoderConfig): ParamSpec[] {
     spec(modelWeightName("finalNorm"), MODEL_WEIGHTS.finalNorm),
     spec(modelWeightName("logitsWeight"), MODEL_WEIGHTS.logitsWeight),
   );
+  // the exit branch last (the reference registers it after to_logits), so a model's other
+  // weights draw the same initial values with or without one
+  if ((c.earlyExitLayer ?? 0) > 0) {
+    for (let j = 0; j < (c.earlyExitExtraBlocks ?? 0); j++) {
+      for (const role of Object.keys(LAYER_WEIGHTS) as LayerWeightName[]) {
+        specs.push(spec(exitBlockWeightName(j, role), LAYER_WEIGHTS[role]));
+      }
+    }
+    specs.push(
+      spec(exitWeightName("exitNorm"), EXIT_WEIGHTS.exitNorm),
+      spec(exitWeightName("exitWeight"), EXIT_WEIGHTS.exitWeight),
+    );
+  }
   return specs;
 }
 

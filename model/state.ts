@@ -72,7 +72,7 @@ export class ModelState {
       const name = `${label} ${spec.name} (${spec.shape.join(", ")})`;
       this.params.set(spec.name, gpu.upload(name, v, STORAGE_UNIFORM, WEIGHT_HINT));
     }
-    this.weights = namedWeights(config.depth, (name) => this.params.get(name)!);
+    this.weights = namedWeights(config.depth, (name) => this.params.get(name)!, config);
   }
 
   /**
@@ -117,7 +117,11 @@ export class ModelState {
 
   /** The gradient buffers by role. */
   get gradWeights(): ModelWeights<GPUBuffer> {
-    return this.#gradWeights ??= namedWeights(this.config.depth, (name) => this.grads.get(name)!);
+    return this.#gradWeights ??= namedWeights(
+      this.config.depth,
+      (name) => this.grads.get(name)!,
+      this.config,
+    );
   }
 
   /**

@@ -51,6 +51,8 @@ const PARSE_TIME: [string[], string][] = [
   [["--validate-every=-0"], '--validate-every must be an integer ≥ 1, got "-0"'],
   [["--generate-every", "2.5"], '--generate-every must be an integer ≥ 1, got "2.5"'],
   [["--checkpoint-every", "NaN"], '--checkpoint-every must be an integer ≥ 1, got "NaN"'],
+  [["--early-exit", "1.5"], '--early-exit must be an integer ≥ 0, got "1.5"'],
+  [["--early-exit-extra-blocks=-1"], '--early-exit-extra-blocks must be an integer ≥ 0, got "-1"'],
   [["--lr", "0"], '--lr must be > 0, got "0" (a decimal number such as 1e-4'],
   [["--lr=-1e-3"], '--lr must be > 0, got "-1e-3"'],
   [["--lr", "0x1"], '--lr must be > 0, got "0x1"'],

@@ -83,6 +83,8 @@ Deno.test("the run config: preset defaults, flags over them, and a resume reads 
     {
       ...PRESETS.seed.training,
       checkpointEvery: 500,
+      earlyExit: 0,
+      earlyExitExtraBlocks: 0,
       seed: 0,
       preset: "seed",
       data: undefined,

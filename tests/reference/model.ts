@@ -14,6 +14,10 @@ export interface RefConfig {
   heads: number;
   dimHead: number;
   ffMult: number;
+  /** The exit head's layer k (0 or absent: none). */
+  earlyExitLayer?: number;
+  /** The exit branch's extra blocks (default 0). */
+  earlyExitExtraBlocks?: number;
 }
 
 type Arr = ArrayLike<number>;
@@ -35,11 +39,26 @@ const rmsNorm = (x: Float64Array, w: Arr, T: number, C: number) => rmsNormRef(x,
  * @returns logits, flat (B, n, V)
  */
 export function decoderLogitsRef(p: Params, c: RefConfig, tokens: number[][]): Float64Array {
+  return decoderHeadsRef(p, c, tokens).logits;
+}
+
+/**
+ * Reference forward with both heads: the final logits and, for a model with an exit head, the
+ * exit logits (B, n, V): the stream after block k, through the extra blocks
+ * (`early_exit_transformer_blocks.{j}.*`), then `to_early_exit_logits` (RMSNorm, Linear).
+ *
+ * @param p parameters by checkpoint name
+ * @param c model shape (with `earlyExitLayer`, `earlyExitExtraBlocks`)
+ * @param tokens batch × n tokens
+ * @returns `logits` and (with an exit head) `exitLogits`, flat (B, n, V)
+ */
+export function decoderHeadsRef(
+  p: Params,
+  c: RefConfig,
+  tokens: number[][],
+): { logits: Float64Array; exitLogits?: Float64Array } {
   const B = tokens.length, n = tokens[0].length, T = B * n;
-  const C = c.dim, H = c.heads, D = c.dimHead, HD = H * D, F = c.ffMult * C, V = c.numTokens;
-  const half = D / 2;
-  const inv = p["rotary_emb.inv_freq"] ??
-    Array.from({ length: half }, (_, i) => Math.fround(1 / 10000 ** ((2 * i) / D)));
+  const C = c.dim, V = c.numTokens, k = c.earlyExitLayer ?? 0;
 
   // x (T, C) = token embedding
   let x = new Float64Array(T * C);
@@ -47,17 +66,48 @@ export function decoderLogitsRef(p: Params, c: RefConfig, tokens: number[][]): F
     const tok = tokens[Math.floor(t / n)][t % n];
     for (let j = 0; j < C; j++) x[t * C + j] = p["token_emb.weight"][tok * C + j];
   }
+  let exitLogits: Float64Array | undefined;
   for (let l = 0; l < c.depth; l++) {
-    // this layer's weights, spelled out in torch's names here (independently of model/params.ts)
+    if (l === k && k > 0) {
+      // the exit branch reads the stream entering block k
+      let xe = Float64Array.from(x);
+      for (let j = 0; j < (c.earlyExitExtraBlocks ?? 0); j++) {
+        xe = blockRef(xe, p, `early_exit_transformer_blocks.${j}`, c, B, n);
+      }
+      const xfe = rmsNorm(xe, p["to_early_exit_logits.0.weight"], T, C);
+      exitLogits = linear(xfe, p["to_early_exit_logits.1.weight"], T, C, V);
+    }
+    x = blockRef(x, p, `layers.${l}`, c, B, n);
+  }
+  const xf = rmsNorm(x, p["to_logits.0.weight"], T, C);
+  return { logits: linear(xf, p["to_logits.1.weight"], T, C, V), exitLogits };
+}
+
+/** One block `x += Attn(RMSNorm(x))`, `x += FF(x)` with the weights under `prefix`. */
+function blockRef(
+  xIn: Float64Array,
+  p: Params,
+  prefix: string,
+  c: RefConfig,
+  B: number,
+  n: number,
+): Float64Array<ArrayBuffer> {
+  const T = B * n, C = c.dim, H = c.heads, D = c.dimHead, HD = H * D, F = c.ffMult * C;
+  const half = D / 2;
+  const inv = p["rotary_emb.inv_freq"] ??
+    Array.from({ length: half }, (_, i) => Math.fround(1 / 10000 ** ((2 * i) / D)));
+  let x = Float64Array.from(xIn);
+  {
+    // this block's weights, spelled out in torch's names here (independently of model/params.ts)
     const w = {
-      norm: p[`layers.${l}.0.norm.weight`], // (C)
-      qkv: p[`layers.${l}.0.to_qkv.weight`], // (3·H·D, C)
-      attnOut: p[`layers.${l}.0.to_out.weight`], // (C, H·D)
-      ffNorm: p[`layers.${l}.1.0.weight`], // (C)
-      ffIn: p[`layers.${l}.1.1.weight`], // (F, C)
-      ffInBias: p[`layers.${l}.1.1.bias`], // (F)
-      ffOut: p[`layers.${l}.1.3.weight`], // (C, F)
-      ffOutBias: p[`layers.${l}.1.3.bias`], // (C)
+      norm: p[`${prefix}.0.norm.weight`], // (C)
+      qkv: p[`${prefix}.0.to_qkv.weight`], // (3·H·D, C)
+      attnOut: p[`${prefix}.0.to_out.weight`], // (C, H·D)
+      ffNorm: p[`${prefix}.1.0.weight`], // (C)
+      ffIn: p[`${prefix}.1.1.weight`], // (F, C)
+      ffInBias: p[`${prefix}.1.1.bias`], // (F)
+      ffOut: p[`${prefix}.1.3.weight`], // (C, F)
+      ffOutBias: p[`${prefix}.1.3.bias`], // (C)
     };
     // attention block: x += attnOut(attn(rotary(qkv(norm(x)))))
     const xn = rmsNorm(x, w.norm, T, C);
@@ -111,8 +161,7 @@ export function decoderLogitsRef(p: Params, c: RefConfig, tokens: number[][]): F
     const y = linear(h, w.ffOut, T, F, C, w.ffOutBias);
     x = x.map((v, i) => v + y[i]);
   }
-  const xf = rmsNorm(x, p["to_logits.0.weight"], T, C);
-  return linear(xf, p["to_logits.1.weight"], T, C, V);
+  return x;
 }
 
 /**
@@ -124,8 +173,15 @@ export function decoderLogitsRef(p: Params, c: RefConfig, tokens: number[][]): F
  * @returns the mean loss
  */
 export function decoderLossRef(p: Params, c: RefConfig, tokens: number[][]): number {
-  const logits = decoderLogitsRef(p, c, tokens);
-  const B = tokens.length, n = tokens[0].length, V = c.numTokens;
+  const { logits, exitLogits } = decoderHeadsRef(p, c, tokens);
+  // with an exit head, the joint objective: the two heads' losses summed
+  return meanCrossEntropyRef(logits, tokens, c.numTokens) +
+    (exitLogits ? meanCrossEntropyRef(exitLogits, tokens, c.numTokens) : 0);
+}
+
+/** Mean next-token cross-entropy of logits (B, n, V) over B × (n − 1) positions. */
+function meanCrossEntropyRef(logits: Float64Array, tokens: number[][], V: number): number {
+  const B = tokens.length, n = tokens[0].length;
   let total = 0;
   for (let b = 0; b < B; b++) {
     for (let i = 0; i + 1 < n; i++) {

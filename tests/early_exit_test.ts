@@ -1,0 +1,338 @@
+/**
+ * Early exit (`DecoderConfig.earlyExitLayer`): the config's errors, the exit head's forward
+ * against the float64 reference, the joint loss's gradients against finite differences,
+ * checkpoints that keep the exit head, and self-speculative decoding (the model as its own draft)
+ * exact: greedy equal to the model's greedy, the sampled law through the chi-square test, which a
+ * broken acceptance kernel fails.
+ */
+import { deepStrictEqual, match, ok, rejects, throws } from "node:assert/strict";
+import { Decoder } from "../model/decoder.ts";
+import { resolveConfig } from "../model/config.ts";
+import { readModelCheckpoint, writeModelCheckpoint } from "../model/checkpoint.ts";
+import { paramSpecs } from "../model/params.ts";
+import { decoderHeadsRef, decoderLossRef, type RefConfig } from "./reference/model.ts";
+import { assertClose, gpuTest, randomRows } from "./helpers.ts";
+import type { Gpu } from "../kernels/gpu.ts";
+import type { DecoderConfig } from "../model/config.ts";
+import { baseDecoding, speculativeDecoding, speculativeDecodingWith } from "../model/decoding.ts";
+import { type AcceptKernel, acceptKernel } from "../kernels/speculative.ts";
+import { brokenAcceptKernel } from "./kernels/broken_accept.ts";
+import { chiSquare, probsRef } from "./reference/sampling.ts";
+import { selfSpeculativeEngine } from "../model/self_speculative.ts";
+import { parseFlags, runConfig, savedArgs } from "../cli/train_options.ts";
+
+/** Tiny models with an exit head after block 1 of 3, without and with an extra block. */
+const EXIT: RefConfig = {
+  numTokens: 11,
+  dim: 8,
+  depth: 3,
+  heads: 2,
+  dimHead: 4,
+  ffMult: 4,
+  earlyExitLayer: 1,
+};
+const EXIT_EXTRA: RefConfig = { ...EXIT, earlyExitLayer: 2, earlyExitExtraBlocks: 1 };
+
+Deno.test("config: earlyExitLayer and earlyExitExtraBlocks are validated by name and limit", () => {
+  const base = { numTokens: 16, dim: 8, depth: 3 };
+  deepStrictEqual(resolveConfig(base).earlyExitLayer, 0);
+  deepStrictEqual(resolveConfig({ ...base, earlyExitLayer: undefined }).earlyExitLayer, 0);
+  deepStrictEqual(resolveConfig({ ...base, earlyExitLayer: 2 }).earlyExitLayer, 2);
+  throws(
+    () => resolveConfig({ ...base, earlyExitLayer: 3 }),
+    /config\.earlyExitLayer must be an integer from 1 to depth − 1 = 2 .*got 3/,
+  );
+  throws(() => resolveConfig({ ...base, earlyExitLayer: -1 }), /config\.earlyExitLayer .*got -1/);
+  throws(() => resolveConfig({ ...base, earlyExitLayer: 1.5 }), /config\.earlyExitLayer .*1\.5/);
+  throws(
+    () => resolveConfig({ ...base, earlyExitLayer: 1, earlyExitExtraBlocks: -2 }),
+    /config\.earlyExitExtraBlocks must be a non-negative integer, got -2/,
+  );
+  throws(
+    () => resolveConfig({ ...base, earlyExitExtraBlocks: 1 }),
+    /config\.earlyExitExtraBlocks is 1 but config\.earlyExitLayer is 0/,
+  );
+});
+
+Deno.test("params: the exit head and extra blocks have the reference's state_dict names", () => {
+  const names = paramSpecs(resolveConfig(EXIT_EXTRA)).map((s) => s.name);
+  ok(names.includes("early_exit_transformer_blocks.0.0.to_qkv.weight"));
+  ok(names.includes("early_exit_transformer_blocks.0.1.3.bias"));
+  deepStrictEqual(names.slice(-2), [
+    "to_early_exit_logits.0.weight",
+    "to_early_exit_logits.1.weight",
+  ]);
+  // without an exit head, nothing changes
+  const plain = paramSpecs(resolveConfig({ ...EXIT, earlyExitLayer: 0 })).map((s) => s.name);
+  ok(!plain.some((n) => n.includes("early_exit")));
+});
+
+/** Float64 copies of a model's parameters. */
+async function params64(model: Decoder): Promise<Record<string, Float64Array>> {
+  const p = await model.paramValues();
+  return Object.fromEntries(Object.entries(p).map(([k, v]) => [k, Float64Array.from(v)]));
+}
+
+for (const cfg of [EXIT, EXIT_EXTRA]) {
+  const what = `k=${cfg.earlyExitLayer}, ${cfg.earlyExitExtraBlocks ?? 0} extra blocks`;
+
+  gpuTest(`exit head (${what}): both heads' logits match the float64 reference`, async (gpu) => {
+    const model = Decoder.create(gpu, cfg, { seed: 3 });
+    const tokens = randomRows(2, 7, cfg.numTokens, 9);
+    const p = await params64(model);
+    const ref = decoderHeadsRef(p, cfg, tokens);
+    assertClose(await model.logits(tokens), ref.logits, { atol: 2e-5, label: "final logits" });
+    assertClose(await model.exitLogits(tokens), ref.exitLogits!, {
+      atol: 2e-5,
+      label: "exit logits",
+    });
+    // the two heads differ (a test comparing one with itself would prove nothing)
+    ok(ref.logits.some((v, i) => Math.abs(v - ref.exitLogits![i]) > 1e-3));
+    // loss() is the joint objective: the two cross-entropies summed
+    assertClose([await model.loss(tokens)], [decoderLossRef(p, cfg, tokens)], {
+      atol: 1e-5,
+      label: "joint loss",
+    });
+    model.destroy();
+  });
+
+  gpuTest(
+    `exit head (${what}): gradients match finite differences of the joint loss`,
+    async (gpu) => {
+      const model = Decoder.create(gpu, cfg, { seed: 11 });
+      await gradientOracle(model, cfg, randomRows(2, 6, cfg.numTokens, 5));
+      model.destroy();
+    },
+  );
+}
+
+/**
+ * Every parameter's gradient (all elements of small tensors, 40 spread over larger ones) against
+ * central finite differences of the float64 reference loss.
+ */
+async function gradientOracle(model: Decoder, cfg: RefConfig, tokens: number[][]): Promise<void> {
+  const grads = await model.gradients(tokens);
+  const p64 = await params64(model);
+  const h = 1e-5;
+  for (const [name, values] of Object.entries(p64)) {
+    const stride = Math.max(1, Math.floor(values.length / 40));
+    const idx = Array.from({ length: Math.ceil(values.length / stride) }, (_, j) => j * stride);
+    const fd = new Float64Array(idx.length);
+    for (const [j, i] of idx.entries()) {
+      const keep = values[i];
+      values[i] = keep + h;
+      const up = decoderLossRef(p64, cfg, tokens);
+      values[i] = keep - h;
+      const down = decoderLossRef(p64, cfg, tokens);
+      values[i] = keep;
+      fd[j] = (up - down) / (2 * h);
+    }
+    assertClose(idx.map((i) => grads[name][i]), fd, {
+      atol: 2e-5,
+      rtol: 2e-3,
+      label: `d loss / d ${name}`,
+    });
+  }
+}
+
+gpuTest("checkpoint: the exit head and its layer survive a round trip", async (gpu: Gpu) => {
+  const model = Decoder.create(gpu, EXIT_EXTRA, { seed: 2 });
+  const bytes = await model.toSafetensors();
+  const again = await Decoder.fromSafetensors(gpu, bytes);
+  deepStrictEqual(again.config, model.config);
+  deepStrictEqual(again.config.earlyExitLayer, 2);
+  deepStrictEqual(again.config.earlyExitExtraBlocks, 1);
+  const tokens = randomRows(1, 5, EXIT.numTokens, 1);
+  deepStrictEqual(await again.exitLogits(tokens), await model.exitLogits(tokens));
+  // a PyTorch file has the names but not k: the caller says it, or loading says what is missing
+  const { tensors } = (await import("../model/checkpoint.ts")).readSafetensors(bytes);
+  const plain: Record<string, { shape: number[]; data: Float32Array }> = {};
+  for (const [k, t] of tensors) plain[k] = t;
+  const { writeSafetensors } = await import("../model/checkpoint.ts");
+  const torchFile = writeSafetensors(plain, { format: "pt" });
+  throws(
+    () => readModelCheckpoint(torchFile, { source: "t.safetensors" }),
+    /t\.safetensors has an exit head \("to_early_exit_logits\.1\.weight"\) but does not say .*earlyExitLayer/,
+  );
+  deepStrictEqual(
+    readModelCheckpoint(torchFile, { earlyExitLayer: 2 }).config.earlyExitLayer,
+    2,
+  );
+  throws(
+    () => readModelCheckpoint(bytes, { earlyExitLayer: 1, source: "m" }),
+    /m: option earlyExitLayer 1 disagrees with the specdec metadata's earlyExitLayer 2/,
+  );
+  // an exit head's tensor missing is named
+  delete plain["to_early_exit_logits.1.weight"];
+  throws(
+    () => readModelCheckpoint(writeSafetensors(plain, { format: "pt" }), { earlyExitLayer: 2 }),
+    /missing tensor "to_early_exit_logits\.1\.weight"/,
+  );
+  await rejects(
+    async () =>
+      await (await Decoder.fromSafetensors(gpu, torchFile, { earlyExitLayer: 2 })).exitLogits([[
+        99,
+      ]]),
+    /not a token/,
+  );
+  model.destroy();
+  again.destroy();
+  match("ok", /ok/);
+});
+
+/** A model with an exit head for the decoding tests (small vocabulary, short sequences). */
+const DEC_CFG: DecoderConfig = {
+  numTokens: 16,
+  dim: 16,
+  depth: 3,
+  heads: 2,
+  dimHead: 8,
+  ffMult: 2,
+  maxSeqLen: 64,
+  earlyExitLayer: 1,
+};
+
+for (const extra of [0, 1]) {
+  gpuTest(
+    `self-speculative greedy (${extra} extra blocks) equals baseDecoding() greedy`,
+    async (gpu) => {
+      const model = await agreeingModel(gpu, { ...DEC_CFG, earlyExitExtraBlocks: extra }, 4);
+      // rows with different prompts accept at different rates, so they drift apart
+      const prompt = [[1, 2, 3], [9, 9, 4], [15, 0, 7]];
+      const base = await baseDecoding(model, prompt, 40, { temperature: 0 });
+      for (const gamma of [1, 3, 5]) {
+        const spec = await speculativeDecoding(model, model, prompt, 40, { gamma, temperature: 0 });
+        deepStrictEqual(spec.tokens, base.tokens, `gamma ${gamma}`);
+        ok(spec.steps < 37, `gamma ${gamma}: ${spec.steps} steps, nothing accepted`);
+      }
+      // adaptive draft length on the exit head: the threshold is the median confidence of the
+      // exit head's argmax along the greedy output, so rows stop drafting at their own points
+      const V = DEC_CFG.numTokens;
+      const conf: number[] = [];
+      const exit = await model.exitLogits(base.tokens.map((r, b) => [...prompt[b], ...r]));
+      for (let t = 0; t < exit.length / V; t++) {
+        const row = exit.subarray(t * V, (t + 1) * V);
+        const m = Math.max(...row);
+        conf.push(1 / row.reduce((s, x) => s + Math.exp(x - m), 0));
+      }
+      const draftThreshold = conf.sort((a, b) => a - b)[conf.length >> 1];
+      const adaptive = await speculativeDecoding(model, model, prompt, 40, {
+        gamma: 5,
+        temperature: 0,
+        draftThreshold,
+      });
+      deepStrictEqual(adaptive.tokens, base.tokens, `gamma 5, draftThreshold ${draftThreshold}`);
+      ok(
+        adaptive.draftedMean > 1.05 && adaptive.draftedMean < 4.95,
+        `draftedMean ${adaptive.draftedMean}: the threshold never or always stopped drafting`,
+      );
+      model.destroy();
+    },
+  );
+}
+
+gpuTest("the self-speculative engine needs an exit head", (gpu) => {
+  const plain = Decoder.create(gpu, { ...DEC_CFG, earlyExitLayer: 0 });
+  throws(
+    () => selfSpeculativeEngine(plain, [[1, 2]], 8, {}, acceptKernel),
+    /same model as target and draft needs a model with an exit head/,
+  );
+  plain.destroy();
+});
+
+/**
+ * A model whose exit head often agrees with its final head: the final head's weights copied into
+ * the exit head and the blocks from k on (and the extra blocks) damped, so the streams entering
+ * the two heads are close but not equal (a random exit head would never be accepted).
+ */
+async function agreeingModel(gpu: Gpu, cfg: DecoderConfig, seed: number): Promise<Decoder> {
+  const model = Decoder.create(gpu, cfg, { seed });
+  const p = await model.paramValues();
+  p["to_early_exit_logits.0.weight"] = p["to_logits.0.weight"];
+  p["to_early_exit_logits.1.weight"] = p["to_logits.1.weight"];
+  for (const [name, v] of Object.entries(p)) {
+    const l = Number(/^layers\.(\d+)\./.exec(name)?.[1] ?? -1);
+    const damped = l >= model.config.earlyExitLayer || name.startsWith("early_exit_");
+    if (damped && /(to_out\.weight|1\.3\.(weight|bias))$/.test(name)) {
+      v.forEach((x, i) => v[i] = x * 0.1);
+    }
+  }
+  const bytes = writeModelCheckpoint(model.config, Object.values(p), model.invFreq);
+  model.destroy();
+  return await Decoder.fromSafetensors(gpu, bytes);
+}
+
+/** The model's exact joint law of the next two tokens after `prompt`, (V, V) flattened. */
+async function exactJoint(model: Decoder, prompt: number[]): Promise<Float64Array> {
+  const V = model.config.numTokens, P = prompt.length;
+  const first = await model.logits([prompt]);
+  const p1 = probsRef(first.subarray((P - 1) * V, P * V), 0, 1);
+  const second = await model.logits(Array.from({ length: V }, (_, t) => [...prompt, t]));
+  const joint = new Float64Array(V * V);
+  for (let t = 0; t < V; t++) {
+    const o = (t * (P + 1) + P) * V;
+    const p2 = probsRef(second.subarray(o, o + V), 0, 1);
+    for (let u = 0; u < V; u++) joint[t * V + u] = p1[t] * p2[u];
+  }
+  return joint;
+}
+
+gpuTest(
+  "self-speculative decoding keeps the model's joint law; the broken residual is rejected",
+  async (gpu) => {
+    const V = 8, B = 1024, seqLen = 4;
+    const cfg = { ...DEC_CFG, numTokens: V, depth: 2, earlyExitExtraBlocks: 1, maxSeqLen: 16 };
+    const model = Decoder.create(gpu, cfg, { seed: 21 });
+    const group = [[1, 2], [5, 3]]; // rows alternate two prompts
+    const prompt = Array.from({ length: B }, (_, b) => group[b % 2]);
+    const laws = [await exactJoint(model, group[0]), await exactJoint(model, group[1])];
+    // gamma 1: the second token often comes from a second step, which reads the shared cache
+    const run = async (accept: AcceptKernel, gamma: number) => {
+      const counts = [new Array(V * V).fill(0), new Array(V * V).fill(0)];
+      for (const seed of [1, 2]) {
+        const out = await speculativeDecodingWith(accept, model, model, prompt, seqLen, {
+          gamma,
+          temperature: 1,
+          filterThres: 0,
+          seed,
+        });
+        out.tokens.forEach((r, b) => counts[b % 2][r[0] * V + r[1]]++);
+        ok(out.acceptedMean > 0.1 && out.acceptedMean < gamma - 0.1, `${out.acceptedMean}`);
+      }
+      return counts.map((c, g) => chiSquare(c, laws[g]));
+    };
+    for (const gamma of [1, 2]) {
+      for (const [g, fit] of (await run(acceptKernel, gamma)).entries()) {
+        ok(fit.pValue > 1e-3, `gamma ${gamma} prompt ${g}: exact rejected ${JSON.stringify(fit)}`);
+      }
+    }
+    const broken = await run(brokenAcceptKernel, 2);
+    ok(
+      broken.some((fit) => fit.pValue < 1e-6),
+      `broken sampler accepted ${JSON.stringify(broken)}`,
+    );
+    model.destroy();
+  },
+);
+
+Deno.test("train.ts: --early-exit and --early-exit-extra-blocks are checked and saved", () => {
+  const adapter = { isSoftware: true, adapterName: "test" };
+  const run = (...args: string[]) =>
+    runConfig(
+      parseFlags(["--preset", "small", "--run-dir", "/tmp/x", ...args]),
+      undefined,
+      adapter,
+    );
+  const c = run("--early-exit", "2", "--early-exit-extra-blocks", "1");
+  deepStrictEqual([c.earlyExit, c.earlyExitExtraBlocks], [2, 1]);
+  deepStrictEqual(savedArgs(c)["early-exit"], 2);
+  deepStrictEqual(savedArgs(c)["early-exit-extra-blocks"], 1);
+  deepStrictEqual(run().earlyExit, 0);
+  throws(() => run("--early-exit", "4"), /--early-exit "4" must be below the target's depth 4/);
+  throws(() => run("--early-exit=1.5"), /--early-exit must be an integer ≥ 0, got "1.5"/);
+  throws(() => run("--early-exit-extra-blocks", "1"), /needs --early-exit K/);
+  // resuming keeps the saved value
+  const saved = savedArgs(c);
+  const again = runConfig(parseFlags(["--resume", "/tmp/x"]), saved, adapter);
+  deepStrictEqual([again.earlyExit, again.earlyExitExtraBlocks], [2, 1]);
+});
