@@ -34,9 +34,17 @@ export class GpuTimer {
    * Creates a timer (a query set of `2 × capacity` timestamps when the device has them).
    *
    * @param gpu the runtime
-   * @param capacity how many passes it can time between reads
+   * @param capacity how many passes it can time between reads, 1 to 2048 (WebGPU caps a query
+   *   set at 4096 queries, two per pass)
+   * @throws Error when capacity is not an integer from 1 to 2048
    */
   constructor(gpu: Gpu, capacity = 1024) {
+    if (!Number.isInteger(capacity) || capacity < 1 || capacity > 2048) {
+      throw new Error(
+        `specdec: GpuTimer capacity must be an integer from 1 to 2048 (two timestamps per pass, ` +
+          `at most 4096 queries in a WebGPU query set), got ${capacity}`,
+      );
+    }
     this.#gpu = gpu;
     this.#capacity = capacity;
     this.gpuTimed = gpu.hasTimestamps;

@@ -44,6 +44,16 @@ gpuTest("Gpu.kernel() runs a dispatch with params and reads back", async (gpu) =
   timer.destroy();
 });
 
+gpuTest("GpuTimer refuses a capacity its query set cannot hold, naming the limit", (gpu) => {
+  for (const bad of [0, 2049, 1.5, NaN]) {
+    assertThrows(
+      () => new GpuTimer(gpu, bad),
+      /GpuTimer capacity must be an integer from 1 to 2048/,
+    );
+  }
+  new GpuTimer(gpu, 2048).destroy();
+});
+
 gpuTest("Gpu.pipeline() caches per source", (gpu) => {
   assertEquals(gpu.pipeline("a", SCALE), gpu.pipeline("b", SCALE));
 });

@@ -1,0 +1,265 @@
+/**
+ * The drafts compared (issue 13): a separate draft model, a distilled draft and the target's own
+ * early exit, each with a fixed γ and with the adaptive draft length, on the same prompts. For
+ * each configuration and batch size it reports the acceptance α, the mean accepted and drafted
+ * tokens per step, the cost ratio c, tokens/s from GPU timestamps and wall time, the speedup over
+ * base decoding of the same target, and the speedup predicted from the measured acceptance and c
+ * (Leviathan et al. 2022, §3.3: (accepted + 1) / (drafted · c + 1); with a fixed γ this is their
+ * (1 − α^(γ+1)) / ((1 − α)(γc + 1)) at α from the accepted mean).
+ *
+ * Usage:
+ *   deno run -A bench/speculation_table.ts --config NAME=RUN_DIR[:self] ... [--gammas 2,3,5]
+ *     [--adaptive 6:0.3,6:0.5] [--batches 1,8] [--prompt 128] [--seq-len 512] [--repeats 2]
+ *     [--data corpus.txt[.gz]] [--json out.json]
+ * RUN_DIR holds train.ts's checkpoint/target.safetensors and checkpoint/draft.safetensors; with
+ * `:self` the target (which must have an exit head) is its own draft. Prompts are windows of
+ * `--data` (default: this project's README), the same for every configuration; `--data` also
+ * gives the validation cross-entropy of each model (final head, and the exit head) on its last
+ * 64 KiB.
+ *
+ * c is measured like bench/suite.ts: the fastest of 5 GPU-timed one-token forwards of the draft
+ * (or the exit plan) over that of the target, at the batch size, alternated.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { gunzipSync } from "fflate";
+import { type Dispatch, requestGpu } from "../kernels/gpu.ts";
+import { GpuTimer } from "../kernels/timer.ts";
+import { Decoder } from "../model/decoder.ts";
+import { baseDecoding, type DecodingResult, speculativeDecoding } from "../model/decoding.ts";
+import { alphaFromAccepted } from "./suite.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    config: { type: "string", multiple: true, default: [] },
+    gammas: { type: "string", default: "2,3,5" },
+    adaptive: { type: "string", default: "6:0.3,6:0.5" },
+    batches: { type: "string", default: "1,8" },
+    prompt: { type: "string", default: "128" },
+    "seq-len": { type: "string", default: "512" },
+    repeats: { type: "string", default: "2" },
+    data: { type: "string" },
+    json: { type: "string" },
+  },
+});
+const ints = (s: string, flag: string) =>
+  s.split(",").filter((x) => x).map((x) => {
+    const v = Number(x);
+    if (!Number.isInteger(v) || v < 1) {
+      throw new Error(`--${flag}: "${x}" is not a positive integer`);
+    }
+    return v;
+  });
+const gammas = ints(values.gammas, "gammas");
+const batches = ints(values.batches, "batches");
+const adaptive = values.adaptive.split(",").filter((x) => x).map((x) => {
+  const [g, t] = x.split(":").map(Number);
+  if (!Number.isInteger(g) || g < 1 || !(t > 0 && t < 1)) {
+    throw new Error(`--adaptive: "${x}" is not GAMMA:THRESHOLD with 0 < THRESHOLD < 1`);
+  }
+  return { gamma: g, threshold: t };
+});
+const P = Number(values.prompt), L = Number(values["seq-len"]), R = Number(values.repeats);
+if (values.config.length === 0) throw new Error("give at least one --config NAME=RUN_DIR[:self]");
+
+const gpu = await requestGpu();
+const timer = new GpuTimer(gpu);
+const text = await corpus(values.data);
+const maxSeqLen = L + 16;
+
+async function corpus(path?: string): Promise<Uint8Array> {
+  if (!path) return await Deno.readFile(new URL("../README.md", import.meta.url));
+  const raw = await Deno.readFile(path);
+  return path.endsWith(".gz") ? gunzipSync(raw) : raw;
+}
+
+/** B prompts of P bytes from the first half of the corpus, spread out, the same for all. */
+function prompts(B: number): number[][] {
+  const half = text.length >> 1;
+  return Array.from({ length: B }, (_, b) => {
+    const at = Math.floor(((b + 0.5) / B) * (half - P));
+    return Array.from(text.subarray(at, at + P));
+  });
+}
+
+/** Mean next-byte cross-entropy (nats) of logits (rows, n, V) for the windows. */
+function crossEntropy(logits: Float32Array, windows: number[][], V: number): number {
+  let sum = 0, count = 0;
+  const n = windows[0].length;
+  for (let r = 0; r < windows.length; r++) {
+    for (let t = 0; t + 1 < n; t++) {
+      const row = logits.subarray((r * n + t) * V, (r * n + t + 1) * V);
+      const m = Math.max(...row);
+      let z = 0;
+      for (const x of row) z += Math.exp(x - m);
+      sum += Math.log(z) + m - row[windows[r][t + 1]];
+      count++;
+    }
+  }
+  return sum / count;
+}
+
+async function load(file: string): Promise<Decoder> {
+  return await Decoder.fromSafetensors(gpu, await Deno.readFile(file), {
+    maxSeqLen,
+    label: file,
+    source: file,
+  });
+}
+
+/** The fastest of 5 GPU timings of each plan's dispatches, alternated (first round warms up). */
+async function fastest(lists: Dispatch[][]): Promise<number[]> {
+  const best = lists.map(() => Infinity);
+  for (let r = 0; r < 6; r++) {
+    for (const [i, d] of lists.entries()) {
+      gpu.run("c", d, timer);
+      const ms = await timer.read();
+      if (r > 0) best[i] = Math.min(best[i], ms);
+    }
+  }
+  return best;
+}
+
+/** c: one-token draft forward over one-token target forward, at batch B, mid-context. */
+async function costRatio(target: Decoder, draft: Decoder | "self", B: number): Promise<number> {
+  const tc = target.createCache(B, maxSeqLen);
+  const dc = draft === "self" ? tc : draft.createCache(B, maxSeqLen);
+  const tp = target.forwardPlan(tc, 1);
+  const dp = draft === "self"
+    ? target.forwardPlan(tc, 1, false, "draft")
+    : draft.forwardPlan(dc, 1);
+  for (const p of [tp, dp]) gpu.write(p.start, new Uint32Array(B).fill(L >> 1));
+  const [d, t] = await fastest([dp.dispatches, tp.dispatches]);
+  tc.destroy();
+  if (dc !== tc) dc.destroy();
+  return d / t;
+}
+
+/** The median (by GPU time) of R runs after one warm-up. */
+async function median<T extends DecodingResult>(f: () => Promise<T>): Promise<T> {
+  await f();
+  const runs: T[] = [];
+  for (let r = 0; r < R; r++) runs.push(await f());
+  runs.sort((a, b) => (a.gpuMs ?? a.wallMs) - (b.gpuMs ?? b.wallMs));
+  return runs[(runs.length - 1) >> 1];
+}
+
+interface Row {
+  config: string;
+  batch: number;
+  decoding: string;
+  gamma?: number;
+  threshold?: number;
+  alpha?: number;
+  acceptedMean?: number;
+  draftedMean?: number;
+  c?: number;
+  gpuTokensPerSec: number;
+  wallTokensPerSec: number;
+  speedup: number;
+  predicted?: number;
+  dispatchesPerToken: number;
+  readbacksPerToken: number;
+}
+const rows: Row[] = [];
+const fixed = (x: number | undefined, d = 2) => x === undefined ? "–" : x.toFixed(d);
+console.log(
+  `${gpu.adapterName}; prompt ${P} → ${L}, median of ${R} after a warm-up; corpus ${
+    values.data ?? "README.md"
+  }`,
+);
+for (const spec of values.config) {
+  const m = spec.match(/^([^=]+)=(.+?)(:self)?$/);
+  if (!m) throw new Error(`--config: "${spec}" is not NAME=RUN_DIR or NAME=RUN_DIR:self`);
+  const [, name, dir, self] = m;
+  const target = await load(`${dir}/checkpoint/target.safetensors`);
+  const draft = self ? target : await load(`${dir}/checkpoint/draft.safetensors`);
+  // validation cross-entropy on the corpus's last 64 KiB: 8 windows of up to 256 bytes
+  const tail = text.subarray(Math.max(0, text.length - 65536));
+  const w = Math.min(256, maxSeqLen, tail.length);
+  const windows = Array.from({ length: 8 }, (_, i) => {
+    const at = Math.floor((i / 8) * (tail.length - w));
+    return Array.from(tail.subarray(at, at + w));
+  });
+  const V = target.config.numTokens;
+  const ceT = crossEntropy(await target.logits(windows), windows, V);
+  const ceD = self
+    ? crossEntropy(await target.exitLogits(windows), windows, V)
+    : crossEntropy(await draft.logits(windows), windows, V);
+  console.log(
+    `\n## ${name}: ${dir}${
+      self ? " (early exit after layer " + target.config.earlyExitLayer + ")" : ""
+    }\n` +
+      `validation cross-entropy (nats/byte): target ${ceT.toFixed(3)}, draft ${ceD.toFixed(3)}\n`,
+  );
+  console.log(
+    "| B | decoding | γ | threshold | α | accepted | drafted | c | tokens/s (GPU) | tokens/s (wall) | speedup | predicted | dispatches/token |",
+  );
+  console.log("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+  for (const B of batches) {
+    const c = await costRatio(target, self ? "self" : draft, B);
+    const pr = prompts(B);
+    const base = await median(() => baseDecoding(target, pr, L, { seed: 7, timer }));
+    const tps = (x: DecodingResult) => x.generated / ((x.gpuMs ?? x.wallMs) / 1000);
+    const wtps = (x: DecodingResult) => x.generated / (x.wallMs / 1000);
+    const perToken = (x: DecodingResult) => x.dispatches / (x.generated / B);
+    const baseRow: Row = {
+      config: name,
+      batch: B,
+      decoding: "base",
+      gpuTokensPerSec: tps(base),
+      wallTokensPerSec: wtps(base),
+      speedup: 1,
+      dispatchesPerToken: perToken(base),
+      readbacksPerToken: base.readbacksPerToken,
+    };
+    rows.push(baseRow);
+    const print = (r: Row) =>
+      console.log(
+        `| ${B} | ${r.decoding} | ${r.gamma ?? "–"} | ${r.threshold ?? "–"} | ${fixed(r.alpha)} | ${
+          fixed(r.acceptedMean)
+        } | ${fixed(r.draftedMean)} | ${fixed(r.c)} | ${r.gpuTokensPerSec.toFixed(0)} | ${
+          r.wallTokensPerSec.toFixed(0)
+        } | ${r.speedup.toFixed(2)} | ${fixed(r.predicted)} | ${r.dispatchesPerToken.toFixed(1)} |`,
+      );
+    print(baseRow);
+    const cases = [
+      ...gammas.map((gamma) => ({ gamma, threshold: 0 })),
+      ...adaptive,
+    ];
+    for (const { gamma, threshold } of cases) {
+      const s = await median(() =>
+        speculativeDecoding(target, draft, pr, L, {
+          gamma,
+          seed: 7,
+          timer,
+          draftThreshold: threshold,
+        })
+      );
+      const row: Row = {
+        config: name,
+        batch: B,
+        decoding: self ? "self-speculative" : "speculative",
+        gamma,
+        threshold: threshold || undefined,
+        alpha: threshold ? undefined : alphaFromAccepted(s.acceptedMean, gamma),
+        acceptedMean: s.acceptedMean,
+        draftedMean: s.draftedMean,
+        c,
+        gpuTokensPerSec: tps(s),
+        wallTokensPerSec: wtps(s),
+        speedup: tps(s) / tps(base),
+        predicted: (s.acceptedMean + 1) / (s.draftedMean * c + 1),
+        dispatchesPerToken: perToken(s),
+        readbacksPerToken: s.readbacksPerToken,
+      };
+      rows.push(row);
+      print(row);
+    }
+  }
+  if (draft !== target) draft.destroy();
+  target.destroy();
+}
+if (values.json) await Deno.writeTextFile(values.json, JSON.stringify(rows, null, 2) + "\n");
