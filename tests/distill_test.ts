@@ -7,6 +7,7 @@
 import { deepStrictEqual, ok, throws } from "node:assert/strict";
 import { type Dispatch, type Gpu, grid } from "../kernels/gpu.ts";
 import { klDivergence } from "../kernels/distill.ts";
+import { parseFlags, runConfig, savedArgs, UsageError } from "../cli/train_options.ts";
 import { Decoder } from "../model/decoder.ts";
 import { nextTokenTargets } from "../model/loss_plan.ts";
 import { Trainer } from "../model/trainer.ts";
@@ -287,4 +288,88 @@ gpuTest("distillation lowers KL(teacher ‖ draft) more than plain training", as
   ];
   ok(kd < kp * 0.8 && kd < before, `KL before ${before}, after plain ${kp}, distilled ${kd}`);
   for (const x of [tt, tp, tdist, teacher, plain, distilled]) x.destroy();
+});
+
+// ---------------------------------------------------------------------------------------------
+// train.ts flags
+
+const ADAPTER = { isSoftware: true, adapterName: "test", maxBinding: 134217728 };
+
+Deno.test("--distill and --distill-temperature: limits, errors naming the flag, saved for resume", () => {
+  const bad: [string[], string][] = [
+    [["--distill", "0"], '--distill must be > 0, got "0"'],
+    [["--distill=-0.5"], '--distill must be > 0, got "-0.5"'],
+    [["--distill", "1.0001"], '--distill must be ≤ 1, got "1.0001"'],
+    [["--distill", "half"], '--distill must be > 0, got "half"'],
+    [
+      ["--distill", "0.5", "--distill-temperature", "0"],
+      '--distill-temperature must be > 0, got "0"',
+    ],
+    [["--distill", "0.5", "--distill-temperature", "101"], "--distill-temperature must be ≤ 100"],
+    [
+      ["--distill", "0.5", "--distill-temperature", "0.009"],
+      "--distill-temperature must be ≥ 0.01",
+    ],
+    [["--distill"], "--distill"], // a value is required
+  ];
+  for (const [args, message] of bad) {
+    throws(
+      () => parseFlags(args),
+      (e: Error) =>
+        e instanceof UsageError && e.message.includes(message) || (console.error(e), false),
+      args.join(" "),
+    );
+  }
+  throws(
+    () =>
+      runConfig(parseFlags(["--preset", "tiny", "--distill-temperature", "2"]), undefined, ADAPTER),
+    (e: Error) =>
+      e instanceof UsageError && e.message.includes('--distill-temperature "2" needs --distill'),
+  );
+  // the limits themselves are accepted; off by default and then not saved
+  for (const [w, tau] of [["1", "100"], ["1e-30", "0.01"]]) {
+    const c = runConfig(
+      parseFlags(["--preset", "tiny", "--distill", w, "--distill-temperature", tau]),
+      undefined,
+      ADAPTER,
+    );
+    deepStrictEqual([c.distill, c.distillTemperature], [Number(w), Number(tau)]);
+  }
+  const off = runConfig(parseFlags(["--preset", "tiny"]), undefined, ADAPTER);
+  deepStrictEqual([off.distill, off.distillTemperature], [undefined, 1]);
+  ok(!("distill" in savedArgs(off)) && !("distill-temperature" in savedArgs(off)));
+  // resume keeps the saved values (JSON round trip, as state.json), a flag given now overrides
+  const on = runConfig(parseFlags(["--preset", "tiny", "--distill", "0.25"]), undefined, ADAPTER);
+  const saved = JSON.parse(JSON.stringify(savedArgs(on)));
+  deepStrictEqual([saved.distill, saved["distill-temperature"]], [0.25, 1]);
+  const resumed = runConfig(parseFlags(["--resume", "x"]), saved, ADAPTER, "s.json");
+  deepStrictEqual([resumed.distill, resumed.distillTemperature], [0.25, 1]);
+  const changed = runConfig(
+    parseFlags(["--resume", "x", "--distill-temperature", "2"]),
+    saved,
+    ADAPTER,
+  );
+  deepStrictEqual([changed.distill, changed.distillTemperature], [0.25, 2]);
+  throws(
+    () => runConfig(parseFlags(["--resume", "x"]), { ...saved, distill: 3 }, ADAPTER, "s.json"),
+    /args."distill" of "s.json" must be ≤ 1, got "3"/,
+  );
+  throws(
+    () => runConfig(parseFlags(["--resume", "x"]), { ...saved, distill: "0.5" }, ADAPTER, "s.json"),
+    /args."distill" of "s.json" must be a number, got "0.5"/,
+  );
+  // the target's kept logits of every micro-batch must fit a binding
+  throws(
+    () =>
+      runConfig(
+        parseFlags(["--preset", "tiny", "--distill", "0.5", "--accumulate", "3000"]),
+        undefined,
+        ADAPTER,
+      ),
+    (e: Error) =>
+      e instanceof UsageError &&
+      e.message.includes('--distill keeps the target\'s logits of --accumulate "3000"') &&
+      e.message.includes("at most --accumulate 504"),
+  );
+  runConfig(parseFlags(["--preset", "tiny", "--accumulate", "3000"]), undefined, ADAPTER);
 });
