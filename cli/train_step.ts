@@ -78,7 +78,8 @@ export async function recordLosses(run: Run): Promise<void> {
   run.progress.update(
     step + 1,
     `loss ${rt.loss.toFixed(3)} draft ${rd.loss.toFixed(3)}` +
-      (rd.distill ? ` (kl ${rd.distill.kl.toFixed(3)})` : "") + ` ${Math.round(tps)} tok/s`,
+      (rd.distill ? ` (ce ${rd.distill.ce.toFixed(3)}, kl ${rd.distill.kl.toFixed(3)})` : "") +
+      ` ${Math.round(tps)} tok/s`,
   );
 }
 
