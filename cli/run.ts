@@ -234,9 +234,7 @@ export async function openRun(gpu: Gpu, config: RunConfig, resumed?: Checkpoint)
   const teacher = new Trainer(target, opts);
   // --distill: the draft's step reads the target's logits of the same micro-batches (trainStep
   // steps the target first)
-  const distill = c.distill === undefined
-    ? undefined
-    : { teacher, weight: c.distill, temperature: c.distillTemperature };
+  const distill = c.distill && { teacher, ...c.distill };
   const trainers = { target: teacher, draft: new Trainer(draft, { ...opts, distill }) };
   const samplers = {
     train: new WindowSampler(split.train, window, c.seed * 3 + 1),
@@ -262,10 +260,10 @@ export async function openRun(gpu: Gpu, config: RunConfig, resumed?: Checkpoint)
       `target ${millions(target)}M params (depth ${target.config.depth}), ` +
       `draft ${millions(draft)}M (depth ${draft.config.depth}); data ${corpus.name}: ` +
       `${split.train.length} train / ${split.val.length} val bytes; run folder ${c.runDir}` +
-      (c.distill === undefined
-        ? ""
-        : `; draft distilled toward the target: (1 − ${c.distill})·CE + ${c.distill}·KL at ` +
-          `temperature ${c.distillTemperature}`),
+      (c.distill
+        ? `; draft distilled toward the target: (1 − ${c.distill.weight})·CE + ` +
+          `${c.distill.weight}·KL at temperature ${c.distill.temperature}`
+        : ""),
   );
   const metrics = await openMetrics(
     `${c.runDir}/metrics.jsonl`,

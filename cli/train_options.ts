@@ -219,10 +219,11 @@ export interface RunConfig extends TrainingDefaults {
   data?: string;
   /** Skip an optimizer step whose gradient norm is NaN/Inf instead of stopping. */
   skipNonFinite: boolean;
-  /** Distil the draft toward the target with this weight of the KL (0 < w ≤ 1); undefined: off. */
-  distill?: number;
-  /** The softmax temperature of the distillation's KL (default 1). */
-  distillTemperature: number;
+  /**
+   * Distil the draft toward the target: the KL's weight (0 < weight ≤ 1) and softmax temperature
+   * (default 1); absent: off.
+   */
+  distill?: { weight: number; temperature: number };
   /** The run folder: metrics, plot and checkpoints. */
   runDir: string;
 }
@@ -322,10 +323,18 @@ export function runConfig(
     preset,
     data: data.raw,
     skipNonFinite: Boolean(skip),
-    distill: distill.raw === undefined
-      ? undefined
-      : num("distill", distill.raw, 0, distill.what, distill.E),
-    distillTemperature: value("distillTemperature", 1),
+    ...(distill.raw === undefined ? {} : {
+      distill: {
+        weight: num("distill", distill.raw, 0, distill.what, distill.E),
+        temperature: num(
+          "distill-temperature",
+          temperature.raw,
+          1,
+          temperature.what,
+          temperature.E,
+        ),
+      },
+    }),
     runDir: (flags.resume as string | undefined) ?? (flags["run-dir"] as string | undefined) ??
       `runs/${new Date().toISOString().replace(/[:]/g, "-").replace(/\..*/, "")}`,
   };
@@ -426,14 +435,13 @@ function checkBuffers(
  * @returns flag name → value
  */
 export function savedArgs(config: RunConfig): SavedArgs {
-  const { preset, data, skipNonFinite, runDir: _, distill, distillTemperature, ...numbers } =
-    config;
+  const { preset, data, skipNonFinite, runDir: _, distill, ...numbers } = config;
   return {
     ...Object.fromEntries(Object.entries(numbers).map(([k, x]) => [flagName(k), x])),
     preset,
     ...(data !== undefined ? { data } : {}),
     // only when on: a run without it saves the same flags as before distillation existed
-    ...(distill !== undefined ? { distill, "distill-temperature": distillTemperature } : {}),
+    ...(distill ? { distill: distill.weight, "distill-temperature": distill.temperature } : {}),
     "skip-nonfinite": skipNonFinite,
   };
 }
