@@ -55,7 +55,12 @@ export {
   decodeAdamStats,
   type Parameter,
 } from "./model/optimizer.ts";
-export { type StepResult, Trainer, type TrainerOptions } from "./model/trainer.ts";
+export {
+  type DistillOptions,
+  type StepResult,
+  Trainer,
+  type TrainerOptions,
+} from "./model/trainer.ts";
 export {
   decodeCorpus,
   type Split,
@@ -90,6 +95,7 @@ export { RMS_EPS, rmsNorm, rmsNormBackward } from "./kernels/norm.ts";
 export { add, gelu, geluBackward, sumRows } from "./kernels/activation.ts";
 export { embedding, embeddingBackward } from "./kernels/embedding.ts";
 export { crossEntropy, IGNORE, sumLoss } from "./kernels/loss.ts";
+export { klDivergence } from "./kernels/distill.ts";
 export {
   rotary,
   type RotaryArgs,

@@ -242,7 +242,11 @@ export async function openRun(gpu: Gpu, config: RunConfig, resumed?: Checkpoint)
     clipNorm: c.clip,
     skipNonFinite: c.skipNonFinite,
   };
-  const trainers = { target: new Trainer(target, opts), draft: new Trainer(draft, opts) };
+  const teacher = new Trainer(target, opts);
+  // --distill: the draft's step reads the target's logits of the same micro-batches (trainStep
+  // steps the target first)
+  const distill = c.distill && { teacher, ...c.distill };
+  const trainers = { target: teacher, draft: new Trainer(draft, { ...opts, distill }) };
   const samplers = {
     train: new WindowSampler(split.train, window, c.seed * 3 + 1),
     val: new WindowSampler(split.val, window, c.seed * 3 + 2),
@@ -266,7 +270,11 @@ export async function openRun(gpu: Gpu, config: RunConfig, resumed?: Checkpoint)
     `specdec train: ${gpu.adapterName}; preset ${c.preset}; ` +
       `target ${millions(target)}M params (depth ${target.config.depth}), ` +
       `draft ${millions(draft)}M (depth ${draft.config.depth}); data ${corpus.name}: ` +
-      `${split.train.length} train / ${split.val.length} val bytes; run folder ${c.runDir}`,
+      `${split.train.length} train / ${split.val.length} val bytes; run folder ${c.runDir}` +
+      (c.distill
+        ? `; draft distilled toward the target: (1 − ${c.distill.weight})·CE + ` +
+          `${c.distill.weight}·KL at temperature ${c.distill.temperature}`
+        : ""),
   );
   const metrics = await openMetrics(
     `${c.runDir}/metrics.jsonl`,

@@ -65,6 +65,15 @@ export const FLAGS = {
     help:
       "seed of initialisation, data sampling and generation, 0 to 2147483647 (default 0; the models' generators take 2·seed + 1 and 2·seed + 2 as 32-bit seeds)",
   },
+  distill: {
+    type: "string",
+    help:
+      "distil the draft toward the target: draft loss (1 − W)·CE + W·KL(target ‖ draft), 0 < W ≤ 1 (default off)",
+  },
+  "distill-temperature": {
+    type: "string",
+    help: "softmax temperature of both distributions in --distill's KL, 0.01 to 100 (default 1)",
+  },
   "skip-nonfinite": {
     type: "boolean",
     help: "skip an optimizer step whose gradient norm is NaN/Inf instead of stopping",
@@ -194,6 +203,13 @@ export const NUMBER_FLAGS: Record<string, NumberFlag> = {
   "checkpoint-every": every,
   "early-exit": { ...size(0), why: "a layer index" },
   "early-exit-extra-blocks": { ...size(0), why: "a block count" },
+  distill: { int: false, min: F32_MIN, max: 1, why: "the KL's weight in (1 − W)·CE + W·KL" },
+  "distill-temperature": {
+    int: false,
+    min: 0.01,
+    max: 100,
+    why: "beyond, 32-bit softmaxes are one-hot or flat",
+  },
   seed: {
     int: true,
     min: 0,
@@ -218,6 +234,11 @@ export interface RunConfig extends TrainingDefaults {
   earlyExit: number;
   /** The exit branch's extra blocks (`DecoderConfig.earlyExitExtraBlocks`). */
   earlyExitExtraBlocks: number;
+  /**
+   * Distil the draft toward the target: the KL's weight (0 < weight ≤ 1) and softmax temperature
+   * (default 1); absent: off.
+   */
+  distill?: { weight: number; temperature: number };
   /** The run folder: metrics, plot and checkpoints. */
   runDir: string;
 }
@@ -286,6 +307,12 @@ export function runConfig(
     return raw === undefined ? fallback : num(flagName(key), raw, fallback, what, E);
   };
   const data = pick("data");
+  const distill = pick("distill"), temperature = pick("distill-temperature");
+  if (distill.raw === undefined && temperature.raw !== undefined) {
+    throw new temperature.E(
+      `${temperature.what} "${temperature.raw}" needs --distill (the temperature of its KL)`,
+    );
+  }
   const skip = flags["skip-nonfinite"] ?? saved?.["skip-nonfinite"];
   if (skip !== undefined && typeof skip !== "boolean") {
     throw new Error(
@@ -313,6 +340,18 @@ export function runConfig(
     preset,
     data: data.raw,
     skipNonFinite: Boolean(skip),
+    ...(distill.raw === undefined ? {} : {
+      distill: {
+        weight: num("distill", distill.raw, 0, distill.what, distill.E),
+        temperature: num(
+          "distill-temperature",
+          temperature.raw,
+          1,
+          temperature.what,
+          temperature.E,
+        ),
+      },
+    }),
     runDir: (flags.resume as string | undefined) ?? (flags["run-dir"] as string | undefined) ??
       `runs/${new Date().toISOString().replace(/[:]/g, "-").replace(/\..*/, "")}`,
   };
@@ -344,7 +383,8 @@ export function runConfig(
  * a micro-batch's activations `(batch × (seq-len + 1), max(vocabulary, ffMult·dim, 3·heads·
  * dimHead))` f32 and its training KV cache, the tokens of `accumulate` micro-batches, and the
  * decoding KV cache `(2, heads, generate-len + gamma + 2, dimHead)` f32 and draft
- * probabilities `(gamma, vocabulary)` f32.
+ * probabilities `(gamma, vocabulary)` f32; with `--distill` and `accumulate` > 1, the target's
+ * kept logits `(accumulate, batch × (seq-len + 1), vocabulary)` f32.
  */
 function checkBuffers(
   c: RunConfig,
@@ -353,6 +393,7 @@ function checkBuffers(
 ): void {
   const models = [PRESETS[c.preset].target, PRESETS[c.preset].draft].map(resolveConfig);
   const over = (bytes: number) => bytes > maxBinding;
+  const vocabOf = () => Math.max(...models.map((m) => m.numTokens));
   const limit = `this device's storage binding limit of ${maxBinding} bytes`;
   const T = c.batch * (c.seqLen + 1);
   const perToken = Math.max(
@@ -368,6 +409,13 @@ function checkBuffers(
         (most >= 1
           ? `at most --batch ${most} at this --seq-len`
           : `at most --seq-len ${Math.floor(maxBinding / (4 * perToken)) - 1} at --batch 1`),
+    );
+  }
+  if (c.distill !== undefined && c.accumulate > 1 && over(4 * T * c.accumulate * vocabOf())) {
+    throw new (E("distill", "accumulate", "batch", "seq-len"))(
+      `--distill keeps the target's logits of --accumulate "${c.accumulate}" micro-batches of ` +
+        `${T} tokens, ${4 * T * c.accumulate * vocabOf()} bytes, over ${limit}; at most ` +
+        `--accumulate ${Math.floor(maxBinding / (4 * T * vocabOf()))}`,
     );
   }
   if (over(4 * T * c.accumulate)) {
@@ -422,11 +470,13 @@ function checkEarlyExit(c: RunConfig, E: (...f: string[]) => new (m: string) => 
  * @returns flag name → value
  */
 export function savedArgs(config: RunConfig): SavedArgs {
-  const { preset, data, skipNonFinite, runDir: _, ...numbers } = config;
+  const { preset, data, skipNonFinite, runDir: _, distill, ...numbers } = config;
   return {
     ...Object.fromEntries(Object.entries(numbers).map(([k, x]) => [flagName(k), x])),
     preset,
     ...(data !== undefined ? { data } : {}),
+    // only when on: a run without it saves the same flags as before distillation existed
+    ...(distill ? { distill: distill.weight, "distill-temperature": distill.temperature } : {}),
     "skip-nonfinite": skipNonFinite,
   };
 }

@@ -9,7 +9,8 @@ import { log, record, type Run, tokensPerStep } from "./run.ts";
 
 /**
  * Runs step `run.step`: draws `accumulate` micro-batches and submits one step of the target and
- * one of the draft on them, then records the previous step's losses while this one runs.
+ * then one of the draft on them (with `--distill` the draft's step reads the logits of the
+ * target's), then records the previous step's losses while this one runs.
  * Afterwards `run.step` counts this step as done and `run.pending` holds it.
  *
  * @param run the run
@@ -70,11 +71,15 @@ export async function recordLosses(run: Run): Promise<void> {
     smallLoss: rd.loss,
     gradNorm: rt.gradNorm,
     smallGradNorm: rd.gradNorm,
+    // --distill: smallLoss is (1 − w)·CE + w·KL; its parts apart (validation stays plain CE)
+    ...(rd.distill ? { smallCe: rd.distill.ce, smallKl: rd.distill.kl } : {}),
     seconds: +secs.toFixed(3),
   });
   run.progress.update(
     step + 1,
-    `loss ${rt.loss.toFixed(3)} draft ${rd.loss.toFixed(3)} ${Math.round(tps)} tok/s`,
+    `loss ${rt.loss.toFixed(3)} draft ${rd.loss.toFixed(3)}` +
+      (rd.distill ? ` (ce ${rd.distill.ce.toFixed(3)}, kl ${rd.distill.kl.toFixed(3)})` : "") +
+      ` ${Math.round(tps)} tok/s`,
   );
 }
 

@@ -4,20 +4,34 @@
  * and Adam. The host never waits inside a step; losses are copied into a GPU log and read back
  * only when the caller asks.
  *
+ * With `distill`, a trainer also pulls its model toward a teacher trainer's distribution: the
+ * KL kernel reads the teacher's logits of the same micro-batches from the teacher's own step
+ * (kept on the GPU) and adds its gradient after cross-entropy's.
+ *
  * @module
  */
 import type { Gpu } from "../kernels/gpu.ts";
 import type { GpuTimer } from "../kernels/timer.ts";
 import { type Decoder, validateTokens } from "./decoder.ts";
-import { type LossPlan, nextTokenTargets } from "./loss_plan.ts";
+import {
+  buildDistillPlan,
+  type DistillPlan,
+  type LossPlan,
+  nextTokenTargets,
+} from "./loss_plan.ts";
 import { Adam, type AdamOptions, type AdamStats, decodeAdamStats } from "./optimizer.ts";
 import { paramSpecs } from "./params.ts";
 import { readSafetensors, writeSafetensors } from "./checkpoint.ts";
 
 /** Readback slots: results of the last RING steps map without queueing a copy. */
 const RING = 4;
-/** Words per step in the log: the loss, then the first 7 Adam stats words. */
-const LOG_WORDS = 8;
+/** Adam stats words a step logs (see decodeAdamStats). */
+const STATS_LOGGED = 7;
+/**
+ * Words per step in the log: the loss, the first 7 Adam stats words, then (distilling) the plain
+ * cross-entropy and the KL.
+ */
+const LOG_WORDS = 10;
 const LOG_BYTES = LOG_WORDS * 4;
 
 /** What one training step computed (see {@link Trainer.result}). */
@@ -30,6 +44,29 @@ export interface StepResult {
   gradNorm: number;
   /** Whether the update was skipped for a non-finite gradient norm (`skipNonFinite`). */
   skipped: boolean;
+  /**
+   * Distilling: the step's mean plain cross-entropy and mean KL(teacher ‖ model), whose
+   * (1 − w, w)-weighted sum is `loss`.
+   */
+  distill?: { ce: number; kl: number };
+}
+
+/**
+ * Distillation of a {@link Trainer}'s model toward a teacher's distribution: the loss becomes
+ * (1 − weight)·CE + weight·KL(p_teacher ‖ p_model), both at softmax temperature `temperature`.
+ */
+export interface DistillOptions {
+  /**
+   * The teacher's trainer, on the same batch, seqLen, accumulation and vocabulary. Each step of
+   * this trainer must come right after a step of the teacher's on the same micro-batches: it
+   * reads the logits of that step's forward (computed before the teacher's own update) on the
+   * GPU, with no readback and no extra forward.
+   */
+  teacher: Trainer;
+  /** Weight w of the KL term, 0 < w ≤ 1. */
+  weight: number;
+  /** Softmax temperature of both distributions, > 0 (default 1). */
+  temperature?: number;
 }
 
 /** Options of a {@link Trainer}. */
@@ -42,6 +79,8 @@ export interface TrainerOptions extends AdamOptions {
   accumulate?: number;
   /** Steps whose loss the GPU log keeps before wrapping (default 4096). */
   logSize?: number;
+  /** Distil toward a teacher's logits (default: plain cross-entropy). */
+  distill?: DistillOptions;
 }
 
 /**
@@ -80,12 +119,21 @@ export class Trainer {
   // submission, so reading step i's loss maps that buffer at once instead of queueing a copy
   // behind the steps submitted since (which would stall the host until they finish).
   #ring: { buffer: GPUBuffer; step: number; busy: boolean }[];
+  // Distilling: the teacher and the KL dispatches.
+  #distill?: { teacher: Trainer; plan: DistillPlan };
+  // As a teacher: its logits of every micro-batch of the last step, (N, T, V) (N = 1: the loss
+  // plan's own logits buffer, not a copy), and the tokens of that step.
+  #logitsStore?: GPUBuffer;
+  #ownsStore = false;
+  #lastTokens?: Uint32Array;
 
   /**
    * Preallocates everything a step needs for (batch, seqLen) and builds the optimizer.
    *
    * @param model the model to train
-   * @param options batch shape, accumulation and Adam options
+   * @param options batch shape, accumulation, Adam options and distillation
+   * @throws Error naming the option when one is out of range, or (distilling) when the teacher's
+   *   shapes differ from this trainer's
    */
   constructor(model: Decoder, options: TrainerOptions) {
     const { batch, seqLen } = options;
@@ -108,7 +156,21 @@ export class Trainer {
     this.batch = batch;
     this.seqLen = seqLen;
     this.accumulate = N;
-    this.#plan = model.trainingPlan(batch, seqLen, 1 / N);
+    const distill = options.distill;
+    if (distill !== undefined) this.#checkTeacher(distill, model, batch, seqLen, N);
+    // distilling, cross-entropy weighs (1 − w): its loss plan's lossScale carries that factor
+    this.#plan = model.trainingPlan(batch, seqLen, (1 - (distill?.weight ?? 0)) / N);
+    if (distill !== undefined) {
+      this.#distill = {
+        teacher: distill.teacher,
+        plan: buildDistillPlan(this.#gpu, this.#plan, {
+          teacherLogits: distill.teacher.#teacherLogits(),
+          weight: distill.weight,
+          temperature: distill.temperature,
+          accumulate: N,
+        }),
+      };
+    }
     const T = batch * seqLen;
     this.#tokens = this.#gpu.buffer(`trainer tokens u32 (${N}, ${batch}, ${seqLen})`, N * T * 4);
     this.#targets = this.#gpu.buffer(`trainer targets u32 (${N}, ${batch}, ${seqLen})`, N * T * 4);
@@ -136,6 +198,55 @@ export class Trainer {
     this.optimizer = new Adam(this.#gpu, params, options);
   }
 
+  /** Validates distillation options (the teacher's shapes must match this trainer's). */
+  #checkTeacher(d: DistillOptions, model: Decoder, batch: number, seqLen: number, N: number) {
+    if (!(d.teacher instanceof Trainer)) {
+      throw new Error("specdec: Trainer option distill.teacher must be a Trainer");
+    }
+    if (d.teacher.model === model) {
+      throw new Error("specdec: Trainer option distill.teacher trains this same model");
+    }
+    if (typeof d.weight !== "number" || !(d.weight > 0 && d.weight <= 1)) {
+      throw new Error(`specdec: Trainer option distill.weight must be in (0, 1], got ${d.weight}`);
+    }
+    const tau = d.temperature ?? 1;
+    if (typeof tau !== "number" || !Number.isFinite(tau) || tau <= 0) {
+      throw new Error(
+        `specdec: Trainer option distill.temperature must be a finite number > 0, got ${tau}`,
+      );
+    }
+    const t = d.teacher;
+    const mine = [batch, seqLen, N, model.config.numTokens];
+    const theirs = [t.batch, t.seqLen, t.accumulate, t.model.config.numTokens];
+    if (mine.some((v, i) => v !== theirs[i])) {
+      throw new Error(
+        `specdec: the distillation teacher trains (batch, seqLen, accumulate, vocabulary) = ` +
+          `(${theirs.join(", ")}), this trainer (${mine.join(", ")}); they must be equal`,
+      );
+    }
+  }
+
+  /**
+   * Makes this trainer keep its logits of every micro-batch of its last step, for a student
+   * trainer that distils toward it, and returns the buffer: with one micro-batch the loss plan's
+   * own logits (no copy), else an `(N, T, V)` store each micro-batch's logits are copied into.
+   */
+  #teacherLogits(): GPUBuffer {
+    if (!this.#logitsStore) {
+      const N = this.accumulate, lp = this.#plan;
+      if (N === 1) this.#logitsStore = lp.plan.logits;
+      else {
+        const T = this.batch * this.seqLen, V = this.model.config.numTokens;
+        this.#logitsStore = this.#gpu.buffer(
+          `trainer teacher logits (${N}, ${T}, ${V})`,
+          N * T * V * 4,
+        );
+        this.#ownsStore = true;
+      }
+    }
+    return this.#logitsStore;
+  }
+
   /** Steps submitted so far. */
   get steps(): number {
     return this.#steps;
@@ -148,6 +259,8 @@ export class Trainer {
    * @param microBatches the step's micro-batches
    * @param timer optional GPU timer: times the step's passes (one per micro-batch, one for Adam)
    * @returns the step index (0-based), for {@link Trainer.result} and {@link Trainer.loss}
+   * @throws Error when the micro-batches' count or shape is wrong, or (distilling) when the
+   *   teacher's last step was not on the same micro-batches
    */
   step(microBatches: number[][][], timer?: GpuTimer): number {
     const N = this.accumulate, B = this.batch, n = this.seqLen, T = B * n;
@@ -172,6 +285,16 @@ export class Trainer {
       mb.forEach((row, b) => tok.set(row, m * T + b * n));
       tgt.set(nextTokenTargets(mb, n), m * T);
     });
+    const distill = this.#distill;
+    if (distill) {
+      const seen = distill.teacher.#lastTokens;
+      if (!seen || seen.length !== tok.length || seen.some((x, i) => x !== tok[i])) {
+        throw new Error(
+          `specdec: distillation step ${this.#steps}: the teacher's last step was not on these ` +
+            `micro-batches (step the teacher on the same micro-batches first)`,
+        );
+      }
+    }
     const gpu = this.#gpu, lp = this.#plan, index = this.#steps;
     gpu.write(this.#tokens, tok);
     gpu.write(this.#targets, tgt);
@@ -179,6 +302,12 @@ export class Trainer {
     const enc = gpu.device.createCommandEncoder({ label: `train step ${index}` });
     this.model.encodeZeroGrad(enc);
     enc.clearBuffer(lp.loss);
+    if (distill) {
+      enc.clearBuffer(distill.plan.ce);
+      enc.clearBuffer(distill.plan.kl);
+    }
+    const keep = this.#ownsStore ? this.#logitsStore : undefined,
+      TV = T * this.model.config.numTokens;
     for (let m = 0; m < N; m++) {
       enc.copyBufferToBuffer(this.#tokens, m * T * 4, lp.plan.tokens, 0, T * 4);
       enc.copyBufferToBuffer(this.#targets, m * T * 4, lp.targets, 0, T * 4);
@@ -187,8 +316,11 @@ export class Trainer {
         timestampWrites: timer?.writes(),
       });
       gpu.encode(pass, lp.dispatches);
+      if (distill) gpu.encode(pass, distill.plan.dispatches[m]);
       gpu.encode(pass, lp.backward!);
       pass.end();
+      // a teacher keeps each micro-batch's logits (the backward does not touch them)
+      if (keep) enc.copyBufferToBuffer(lp.plan.logits, 0, keep, m * TV * 4, TV * 4);
     }
     const pass = enc.beginComputePass({ label: "clip + adam", timestampWrites: timer?.writes() });
     gpu.encode(pass, this.optimizer.stepDispatches());
@@ -197,13 +329,19 @@ export class Trainer {
     // log entry: [loss, stats words…]
     const at = (index % this.#logSize) * LOG_BYTES;
     enc.copyBufferToBuffer(lp.loss, 0, this.#log, at, 4);
-    enc.copyBufferToBuffer(this.optimizer.statsBuffer, 0, this.#log, at + 4, LOG_BYTES - 4);
+    enc.copyBufferToBuffer(this.optimizer.statsBuffer, 0, this.#log, at + 4, STATS_LOGGED * 4);
+    if (distill) {
+      const after = at + 4 + STATS_LOGGED * 4;
+      enc.copyBufferToBuffer(distill.plan.ce, 0, this.#log, after, 4);
+      enc.copyBufferToBuffer(distill.plan.kl, 0, this.#log, after + 4, 4);
+    }
     const slot = this.#ring[index % RING];
     if (!slot.busy) {
       enc.copyBufferToBuffer(this.#log, at, slot.buffer, 0, LOG_BYTES);
       slot.step = index;
     } else slot.step = -1; // still being read: this step's result comes from the log instead
     gpu.device.queue.submit([enc.finish()]);
+    if (this.#logitsStore) this.#lastTokens = tok;
     return this.#steps++;
   }
 
@@ -238,9 +376,16 @@ export class Trainer {
     } else {
       bytes = await this.#gpu.read(this.#log, LOG_BYTES, (index % this.#logSize) * LOG_BYTES);
     }
-    const loss = new Float32Array(bytes, 0, 1)[0];
-    const stats = decodeAdamStats(bytes.slice(4));
-    return { step: index, loss, gradNorm: stats.gradNorm, skipped: stats.lastSkipped };
+    const f = new Float32Array(bytes), loss = f[0];
+    const stats = decodeAdamStats(bytes.slice(4, 4 + STATS_LOGGED * 4));
+    const r: StepResult = {
+      step: index,
+      loss,
+      gradNorm: stats.gradNorm,
+      skipped: stats.lastSkipped,
+    };
+    if (this.#distill) r.distill = { ce: f[1 + STATS_LOGGED], kl: f[2 + STATS_LOGGED] };
+    return r;
   }
 
   /**
@@ -304,5 +449,7 @@ export class Trainer {
     for (const b of [this.#tokens, this.#targets, this.#log, ...this.#ring.map((r) => r.buffer)]) {
       b.destroy();
     }
+    this.#distill?.plan.destroy();
+    if (this.#ownsStore) this.#logitsStore?.destroy();
   }
 }

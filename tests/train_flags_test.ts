@@ -61,6 +61,8 @@ const PARSE_TIME: [string[], string][] = [
   [["--lr", "1e-40"], '--lr must be ≥ 1.1754943508222875e-38, got "1e-40"'],
   [["--clip", "nan"], '--clip must be > 0, got "nan"'],
   [["--clip", "0"], '--clip must be > 0, got "0"'],
+  [["--distill", "1.5"], '--distill must be ≤ 1, got "1.5" (the KL\'s weight'],
+  [["--distill-temperature", "0.001"], '--distill-temperature must be ≥ 0.01, got "0.001"'],
   [["--preset", "huge"], '--preset must be one of "seed", "small", "tiny", got "huge"'],
   [["--run-dir", ""], '--run-dir needs a path, got ""'],
 ];
