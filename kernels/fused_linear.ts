@@ -115,6 +115,11 @@ export type FusedEpilogue =
     D: number;
     /** Cache positions per row. */
     maxLen: number;
+    /**
+     * The layer's KV texture (kernels/attention_decode.ts), written as well as `kv` where given:
+     * k of `(b, h)` at array layer `b·H + h`, v at `(B + b)·H + h`, texel (d/4, position).
+     */
+    kvTex?: GPUTexture;
   };
 
 /** Arguments of {@link fusedLinear}. */
@@ -171,6 +176,8 @@ export interface FusedLayout {
   R: number;
   /** Columns per lane: 8 (two vec4 groups) or 4. */
   C: number;
+  /** The qkv epilogue also stores k and v into the KV texture. */
+  kvTex?: boolean;
   /** Uniform bindings: vec4s of x, the norm weight and each W chunk; undefined: storage. */
   uniform?: { x: number; norm: number; chunks: number[] };
 }
@@ -223,7 +230,11 @@ ${ERF_WGSL}`,
 ${b(1)} var<storage, read_write> kv: array<vec4f>;  // (2, B, H, maxLen, D)
 ${b(2)} var<storage, read> start: array<u32>;       // (B)
 ${b(3)} var<storage, read> cosT: array<vec4f>;      // (maxLen, D/2)
-${b(4)} var<storage, read> sinT: array<vec4f>;      // (maxLen, D/2)`,
+${b(4)} var<storage, read> sinT: array<vec4f>;      // (maxLen, D/2)${
+      l.kvTex
+        ? `\n${b(5)} var kvT: texture_storage_2d_array<rgba32float, write>; // (2·B·H, maxLen, D/4)`
+        : ""
+    }`,
     // the lane's two column groups are x₁ = cols n0..n0+4 and x₂ = n0+D/2..: a rotary pair
     store: /* wgsl */ `
   let half = params.D / 2u;
@@ -254,7 +265,14 @@ ${b(4)} var<storage, read> sinT: array<vec4f>;      // (maxLen, D/2)`,
       } else if (pos < params.maxLen) { // no slot past the cache, as kvWrite
         let o = ((((s - 1u) * params.B + b) * params.H + h) * params.maxLen + pos) * D4 + d4;
         kv[o] = y1;
-        kv[o + half / 4u] = y2;
+        kv[o + half / 4u] = y2;${
+      l.kvTex
+        ? `
+        let layer = ((s - 1u) * params.B + b) * params.H + h;
+        textureStore(kvT, vec2u(d4, pos), layer, y1);
+        textureStore(kvT, vec2u(d4 + half / 4u, pos), layer, y2);`
+        : ""
+    }
       }
     }
   }`,
@@ -410,6 +428,13 @@ function declaredBindings(code: string): Map<string, number> {
   return out;
 }
 
+/** The binding number of the KV texture `kvT` the WGSL declares. */
+function kvTexBinding(code: string): number {
+  const m = code.match(/@binding\((\d+)\) var kvT:/);
+  if (!m) throw new Error("specdec: fusedLinear: the shader declares no kvT texture");
+  return Number(m[1]);
+}
+
 /** Where each workgroup's columns lie: the chunk rows RC if every workgroup stays in one. */
 function chunkRows(N: number, K: number, C: number, D: number | undefined): number {
   const unitsPerWg = WG;
@@ -517,6 +542,7 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     : [];
   const layout: FusedLayout = {
     kind: e.kind,
+    kvTex: e.kind === "rotaryKv" && !!e.kvTex,
     norm: !!a.norm,
     bias: e.kind === "accumulate" && !!e.bias,
     R,
@@ -565,12 +591,16 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     );
   }
   const pipeline = gpu.pipeline(label, code);
+  const textures: GPUBindGroupEntry[] = e.kind === "rotaryKv" && e.kvTex
+    ? [{ binding: kvTexBinding(code), resource: e.kvTex.createView({ dimension: "2d-array" }) }]
+    : [];
   const bindGroup = gpu.device.createBindGroup({
     label,
     layout: pipeline.getBindGroupLayout(0),
     entries: [
       { binding: 0, resource: { buffer: uniform } },
       ...names.map((k) => ({ binding: declared.get(k)!, resource: buffers[k] })),
+      ...textures,
     ],
   });
   const n = Math.max(tiles, 1);

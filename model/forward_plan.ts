@@ -16,6 +16,7 @@ import { embedding } from "../kernels/embedding.ts";
 import { rotary } from "../kernels/rotary.ts";
 import { attention, kvWrite } from "../kernels/attention.ts";
 import { fusedLinear, fusedLinearSupported, STORAGE_UNIFORM } from "../kernels/fused_linear.ts";
+import { attentionDecode, kvTextureWrite } from "../kernels/attention_decode.ts";
 import type { KVCache } from "./kv_cache.ts";
 import type { ModelState } from "./state.ts";
 
@@ -154,6 +155,8 @@ export function buildForwardPlan(
   d.push(embedding(gpu, { tokens, table: weights.tokenEmbedding, out: layers[0].x, T, C }));
   for (let l = 0; useFused && l < config.depth; l++) {
     const w = weights.layers[l], a = layers[0], kv = cache.layers[l], x = a.x;
+    // the cache's texture copy (software adapters): the decode attention reads K/V from it
+    const kvTex = cache.textures?.[l];
     // x += attention(rotary(norm(x)·qkvᵀ)) · attnOutᵀ: k, v straight into the cache
     d.push(fusedLinear(gpu, {
       x,
@@ -162,9 +165,14 @@ export function buildForwardPlan(
       M: T,
       N: 3 * HD,
       K: C,
-      epilogue: { kind: "rotaryKv", qkv: a.qkv, kv, start, cos, sin, B, n, H, D, maxLen },
+      epilogue: { kind: "rotaryKv", qkv: a.qkv, kv, kvTex, start, cos, sin, B, n, H, D, maxLen },
     }));
-    d.push(attention(gpu, { qkv: a.qkv, kv, start, out: a.att, lse: a.lse, B, n, H, D, maxLen }));
+    const sizes = { B, n, H, D, maxLen };
+    d.push(
+      kvTex
+        ? attentionDecode(gpu, { qkv: a.qkv, kvTex, start, out: a.att, lse: a.lse, ...sizes })
+        : attention(gpu, { qkv: a.qkv, kv, start, out: a.att, lse: a.lse, ...sizes }),
+    );
     d.push(fusedLinear(gpu, {
       x: a.att,
       w: w.attnOut,
@@ -200,6 +208,9 @@ export function buildForwardPlan(
     d.push(linear(gpu, { a: a.xn, b: w.qkv, c: a.qkv, M: T, N: 3 * HD, K: C }));
     d.push(rotary(gpu, { qkv: a.qkv, cos, sin, start, B, n, H, D, maxLen }));
     d.push(kvWrite(gpu, { qkv: a.qkv, kv, start, B, n, H, D, maxLen }));
+    // keep the cache's texture copy in step: a later fused step reads it
+    const kvTex = cache.textures?.[l];
+    if (kvTex) d.push(kvTextureWrite(gpu, { qkv: a.qkv, kvTex, start, B, n, H, D, maxLen }));
     d.push(
       attention(gpu, { qkv: a.qkv, kv, start, out: a.att, lse: a.lse, B, n, H, D, maxLen }),
     );
