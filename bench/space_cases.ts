@@ -28,8 +28,16 @@ const UNI = 0x40 | 0x80 | 0x8 | 0x4;
 /** A texture `(height, width)` of rgba32float texels holding `data` row-major. */
 function texture(gpu: Gpu, label: string, data: Float32Array, width: number): GPUTexture {
   const height = data.length / 4 / width;
-  const t = gpu.device.createTexture({ label, size: [width, height], format: "rgba32float", usage: TEX });
-  gpu.device.queue.writeTexture({ texture: t }, data, { bytesPerRow: width * 16, rowsPerImage: height }, [
+  const t = gpu.device.createTexture({
+    label,
+    size: [width, height],
+    format: "rgba32float",
+    usage: TEX,
+  });
+  gpu.device.queue.writeTexture({ texture: t }, data, {
+    bytesPerRow: width * 16,
+    rowsPerImage: height,
+  }, [
     width,
     height,
   ]);
@@ -89,7 +97,9 @@ export function gemvCases(gpu: Gpu, N: number, K: number): SpaceCase[] {
       ).join("\n");
       load = "wc(chunk, (c0 + j - chunk * RC) * K4 + k)";
       decl += `\nfn wc(q: u32, o: u32) -> vec4f {\n${
-        Array.from({ length: chunks }, (_, q) => `  if (q == ${q}u) { return w${q}[o]; }`).join("\n")
+        Array.from({ length: chunks }, (_, q) => `  if (q == ${q}u) { return w${q}[o]; }`).join(
+          "\n",
+        )
       }\n  return vec4f();\n}`;
       for (let q = 0; q < chunks; q++) {
         entries.push({ buffer: w, offset: q * RC * K * 4, size: RC * K * 4 });
@@ -218,7 +228,8 @@ export function attnCases(gpu: Gpu, L: number): SpaceCase[] {
       entries.push(tex.createView());
     } else {
       decl = `@group(0) @binding(2) var kv: texture_2d<f32>; // rows of 256 texels`;
-      ldk = `textureLoad(kv, vec2u(((h * L + j) * D4 + c) % 256u, ((h * L + j) * D4 + c) / 256u), 0)`;
+      ldk =
+        `textureLoad(kv, vec2u(((h * L + j) * D4 + c) % 256u, ((h * L + j) * D4 + c) / 256u), 0)`;
       ldv =
         `textureLoad(kv, vec2u((((H + h) * L + j) * D4 + c) % 256u, (((H + h) * L + j) * D4 + c) / 256u), 0)`;
       entries.push(texWide.createView());
@@ -262,7 +273,11 @@ const TJ: u32 = ${TJ}u;
 @group(0) @binding(1) var<storage, read> q: array<vec4f>;
 ${decl}
 @group(0) @binding(${outBinding}) var<storage, read_write> out: array<vec4f>;
-${space === "workgroup" ? "var<workgroup> kS: array<vec4f, TJ * D4>;\nvar<workgroup> vS: array<vec4f, TJ * D4>;" : ""}
+${
+      space === "workgroup"
+        ? "var<workgroup> kS: array<vec4f, TJ * D4>;\nvar<workgroup> vS: array<vec4f, TJ * D4>;"
+        : ""
+    }
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid: u32) {
   let h = wid.x;
@@ -284,7 +299,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
       check: async () => {
         gpu.run(name, [d]);
         const got = await gpu.readF32(out);
-        const err = got.reduce((m, v, i) => Math.max(m, Math.abs(v - ref[i]) / (1 + Math.abs(ref[i]))), 0);
+        const err = got.reduce(
+          (m, v, i) => Math.max(m, Math.abs(v - ref[i]) / (1 + Math.abs(ref[i]))),
+          0,
+        );
         if (err > 1e-4) throw new Error(`space bench: attn ${name} is wrong (${err})`);
         gpu.device.queue.writeBuffer(out, 0, new Float32Array(ref.length));
       },

@@ -130,6 +130,11 @@ export interface FusedLinearArgs {
   norm?: GPUBuffer;
   /** Weight `(N, K)` (torch layout). */
   w: GPUBuffer;
+  /**
+   * The same weight as an rgba32float texture `(N rows, K/4 texels)` (ModelState.weightTexture):
+   * W is then read from it (~2.5× cheaper than uniform chunks on lavapipe, see the module doc).
+   */
+  wTex?: GPUTexture;
   /** Rows. */
   M: number;
   /** Output columns (`3·H·D` for `"rotaryKv"`). */
@@ -178,6 +183,8 @@ export interface FusedLayout {
   C: number;
   /** The qkv epilogue also stores k and v into the KV texture. */
   kvTex?: boolean;
+  /** W is read from a texture `wT` (uniform.chunks is then empty). */
+  wTex?: boolean;
   /** Uniform bindings: vec4s of x, the norm weight and each W chunk; undefined: storage. */
   uniform?: { x: number; norm: number; chunks: number[] };
 }
@@ -314,7 +321,9 @@ export function fusedLinearCode(l: FusedLayout): string {
     : u
     ? `${bind()} var<uniform> norm: array<vec4f, ${u.norm}>; // (K) RMSNorm weight`
     : `${bind()} var<storage, read> norm: array<vec4f>; // (K) RMSNorm weight`;
-  const wDecl = u
+  const wDecl = l.wTex
+    ? `${bind()} var wT: texture_2d<f32>;            // (N, K/4) texels: W`
+    : u
     ? u.chunks.map((c, q) =>
       `${bind()} var<uniform> w${q}: array<vec4f, ${c}>; // W rows of chunk ${q}`
     )
@@ -328,7 +337,9 @@ export function fusedLinearCode(l: FusedLayout): string {
     rotary
       ? `(${unit} / (params.D / 8u)) * params.D + (${unit} % (params.D / 8u)) * 4u`
       : `${unit} * C`;
-  const loadW = u
+  const loadW = l.wTex
+    ? `for (var j = 0u; j < C; j++) { /* unroll */ bv[j] = textureLoad(wT, vec2u(k, bj[j]), 0); }`
+    : u
     ? u.chunks.map((_, q) =>
       `${q === 0 ? "" : " else "}${
         q === u.chunks.length - 1 && q > 0 ? "" : `if (chunk == ${q}u) `
@@ -396,9 +407,9 @@ ${
   let n1 = ${rotary ? "n0 + params.D / 2u" : "n0 + 4u"};
   let cols = array<u32, 2>(n0, n1);
   let rowEnd = min(params.N, (chunk + 1u) * params.RC) - 1u; // last W row of the chunk
-  var bj: array<u32, C>; // offsets of W(col, ·) in the chunk, clamped
+  var bj: array<u32, C>; // ${l.wTex ? "rows" : "offsets"} of W(col, ·) in the chunk, clamped
   for (var j = 0u; j < C; j++) { /* unroll */
-    bj[j] = (min(cols[j / 4u] + j % 4u, rowEnd) - chunk * params.RC) * K4;
+    bj[j] = (min(cols[j / 4u] + j % 4u, rowEnd) - chunk * params.RC)${l.wTex ? "" : " * K4"};
   }
   var acc: array<vec4f, R * C4>; // (row i, column group q) at acc[i * C4 + q]
   for (var k = 0u; k < K4; k++) {
@@ -428,10 +439,10 @@ function declaredBindings(code: string): Map<string, number> {
   return out;
 }
 
-/** The binding number of the KV texture `kvT` the WGSL declares. */
-function kvTexBinding(code: string): number {
-  const m = code.match(/@binding\((\d+)\) var kvT:/);
-  if (!m) throw new Error("specdec: fusedLinear: the shader declares no kvT texture");
+/** The binding number of the texture `name` the WGSL declares. */
+function textureBinding(code: string, name: string): number {
+  const m = code.match(new RegExp(`@binding\\((\\d+)\\) var ${name}:`));
+  if (!m) throw new Error(`specdec: fusedLinear: the shader declares no texture "${name}"`);
   return Number(m[1]);
 }
 
@@ -521,10 +532,17 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   // x is declared as big as its buffer allows (≤ 64 KiB), not as M·K: one pipeline serves every
   // M of a block size when the buffers are padded (the forward plan pads them to 64 KiB)
   const xVec4 = Math.floor(Math.min(a.x.size, UNIFORM_BYTES) / 16);
-  if (
-    (a.uniform ?? gpu.isSoftware) && M <= MAX_R && M * K <= 4 * xVec4 && uniformOk(a.x) &&
-    uniformOk(a.w) && (!a.norm || uniformOk(a.norm))
-  ) {
+  const tex = a.wTex !== undefined;
+  const uniformX = (a.uniform ?? gpu.isSoftware) && M <= MAX_R && M * K <= 4 * xVec4 &&
+    uniformOk(a.x) && (!a.norm || uniformOk(a.norm));
+  if (tex && (a.wTex!.width !== K / 4 || a.wTex!.height !== N)) {
+    throw new Error(
+      `specdec: fusedLinear: the weight texture is ${a.wTex!.width} × ${a.wTex!.height} texels, ` +
+        `W (${N}, ${K}) needs ${K / 4} × ${N}`,
+    );
+  }
+  if (tex) rc = uniformX ? N : 0; // x (and the norm weight) uniform, W from the texture
+  else if (uniformX && uniformOk(a.w)) {
     // 8 columns per lane where a workgroup's 64 columns fit a chunk, else 4 (plain epilogues)
     for (const c of D === undefined ? [8, 4] : [8]) {
       const r = chunkRows(N, K, c, D);
@@ -534,7 +552,7 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
       }
     }
   }
-  const chunks = rc > 0
+  const chunks = rc > 0 && !tex
     ? Array.from(
       { length: Math.ceil(N / rc) },
       (_, q) => (Math.min(N, (q + 1) * rc) - q * rc) * K / 4,
@@ -543,6 +561,7 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   const layout: FusedLayout = {
     kind: e.kind,
     kvTex: e.kind === "rotaryKv" && !!e.kvTex,
+    wTex: tex,
     norm: !!a.norm,
     bias: e.kind === "accumulate" && !!e.bias,
     R,
@@ -553,7 +572,8 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   if (a.norm) {
     buffers.norm = rc > 0 ? { buffer: a.norm, offset: 0, size: K * 4 } : { buffer: a.norm };
   }
-  if (rc > 0) {
+  if (tex) { /* bound below */ }
+  else if (rc > 0) {
     chunks.forEach((c, q) =>
       buffers[`w${q}`] = { buffer: a.w, offset: q * rc * K * 4, size: c * 16 }
     );
@@ -562,7 +582,9 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   const tilesN = Math.ceil(N / unitCols / WG);
   const tiles = M === 0 ? 0 : tilesN * Math.ceil(M / R);
   const code = fusedLinearCode(layout);
-  const label = `fusedLinear ${a.norm ? "norm " : ""}${e.kind}${rc > 0 ? " uniform" : ""}`;
+  const label = `fusedLinear ${a.norm ? "norm " : ""}${e.kind}${rc > 0 ? " uniform" : ""}${
+    tex ? " wTex" : ""
+  }`;
   const params: Record<string, number> = {
     M,
     N,
@@ -591,9 +613,14 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     );
   }
   const pipeline = gpu.pipeline(label, code);
-  const textures: GPUBindGroupEntry[] = e.kind === "rotaryKv" && e.kvTex
-    ? [{ binding: kvTexBinding(code), resource: e.kvTex.createView({ dimension: "2d-array" }) }]
-    : [];
+  const textures: GPUBindGroupEntry[] = [];
+  if (e.kind === "rotaryKv" && e.kvTex) {
+    textures.push({
+      binding: textureBinding(code, "kvT"),
+      resource: e.kvTex.createView({ dimension: "2d-array" }),
+    });
+  }
+  if (tex) textures.push({ binding: textureBinding(code, "wT"), resource: a.wTex!.createView() });
   const bindGroup = gpu.device.createBindGroup({
     label,
     layout: pipeline.getBindGroupLayout(0),

@@ -162,6 +162,7 @@ export function buildForwardPlan(
       x,
       norm: w.norm,
       w: w.qkv,
+      wTex: model.weightTexture(w.qkv, 3 * HD, C),
       M: T,
       N: 3 * HD,
       K: C,
@@ -176,6 +177,7 @@ export function buildForwardPlan(
     d.push(fusedLinear(gpu, {
       x: a.att,
       w: w.attnOut,
+      wTex: model.weightTexture(w.attnOut, C, HD),
       M: T,
       N: C,
       K: HD,
@@ -186,6 +188,7 @@ export function buildForwardPlan(
       x,
       norm: w.ffNorm,
       w: w.ffIn,
+      wTex: model.weightTexture(w.ffIn, F, C),
       M: T,
       N: F,
       K: C,
@@ -194,6 +197,7 @@ export function buildForwardPlan(
     d.push(fusedLinear(gpu, {
       x: a.a,
       w: w.ffOut,
+      wTex: model.weightTexture(w.ffOut, C, F),
       M: T,
       N: C,
       K: F,
@@ -250,6 +254,7 @@ export function buildForwardPlan(
       x: xFinal,
       norm: weights.finalNorm,
       w: weights.logitsWeight,
+      wTex: model.weightTexture(weights.logitsWeight, V, C),
       M: T,
       N: V,
       K: C,
@@ -258,6 +263,20 @@ export function buildForwardPlan(
   } else {
     d.push(rmsNorm(gpu, { x: xFinal, weight: weights.finalNorm, y: xf, rstd: rstdF, T, C }));
     d.push(linear(gpu, { a: xf, b: weights.logitsWeight, c: logits, M: T, N: V, K: C }));
+  }
+  if (useFused) {
+    // the weight textures the fused GEMVs read are copied again, when the weights may have
+    // changed, as the plan's first dispatch is encoded (a separate submit queued before it)
+    const first = d[0];
+    d[0] = {
+      label: first.label,
+      pipeline: first.pipeline,
+      bindGroup: first.bindGroup,
+      get workgroups(): [number, number, number] {
+        model.syncWeightTextures();
+        return first.workgroups;
+      },
+    };
   }
   return {
     cache,
