@@ -62,10 +62,32 @@
  * each plus their loads and stores of the activations). The RMSNorm prologue costs each
  * workgroup a share of one row's loads (its 8 lanes split the row, as the narrow RMSNorm does).
  *
- * Attention stays kernels/attention_forward.ts's `"split"` kernel: already one dispatch per
+ * ## Weights from textures (bench/dispatch_bench.ts `--only space`)
+ *
+ * A later round measured where W itself should live, M = 1, µs per dispatch and ns per weight
+ * word (median of 5 alternated rounds, load average ~4; the full table, with the attention loop,
+ * is in kernels/attention_decode.ts's header):
+ *
+ * | GEMV      | storage     | 4 uniform chunks | rgba32f texture | workgroup memory (coop) | storage, 1 lane |
+ * | --------- | ----------: | ---------------: | --------------: | ----------------------: | --------------: |
+ * | 512 × 128 | 876, 13.4   | 206, 3.1         | **81, 1.2**     | 1247, 19.0              | 1052, 16.1      |
+ * | 128 × 512 | 925, 14.1   | 196, 3.0         | **80, 1.2**     | 1885, 28.8              | 863, 13.2       |
+ *
+ * `textureLoad` of an rgba32float texel is llvmpipe's vectorised texel fetch: a gather per
+ * component for all 8 lanes, where a uniform load at a varying address is a masked gather per
+ * word and a storage load a per-lane scalar loop. So on software adapters the model keeps an
+ * rgba32float copy of each weight `(N rows, K/4 texels)` (model/state.ts `weightTexture`, where
+ * K % 64 = 0 so one buffer-to-texture copy fills it) and the fused GEMVs read W from it (`wTex`),
+ * x and the norm weight still through uniform bindings; the arithmetic and its order are
+ * unchanged, so the bits are too. Elsewhere the uniform chunks or storage above.
+ *
+ * Attention was kernels/attention_forward.ts's `"split"` kernel: already one dispatch per
  * layer for every head and row, each key and value loaded once for up to 8 queries of a row
  * (the γ + 1 verification rows), keys split over 8 lanes. Splitting long contexts over more
  * workgroups was not done: with B·H = 4 workgroups per step there are already 2 per core.
+ * On software adapters the fused path now runs kernels/attention_decode.ts, the same kernel
+ * reading K and V from a texture copy of the cache that the `"rotaryKv"` epilogue also writes
+ * (`kvTex`).
  *
  * @module
  */
