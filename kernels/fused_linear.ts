@@ -62,10 +62,32 @@
  * each plus their loads and stores of the activations). The RMSNorm prologue costs each
  * workgroup a share of one row's loads (its 8 lanes split the row, as the narrow RMSNorm does).
  *
- * Attention stays kernels/attention_forward.ts's `"split"` kernel: already one dispatch per
+ * ## Weights from textures (bench/dispatch_bench.ts `--only space`)
+ *
+ * A later round measured where W itself should live, M = 1, µs per dispatch and ns per weight
+ * word (median of 5 alternated rounds, load average ~4; the full table, with the attention loop,
+ * is in kernels/attention_decode.ts's header):
+ *
+ * | GEMV      | storage     | 4 uniform chunks | rgba32f texture | workgroup memory (coop) | storage, 1 lane |
+ * | --------- | ----------: | ---------------: | --------------: | ----------------------: | --------------: |
+ * | 512 × 128 | 876, 13.4   | 206, 3.1         | **81, 1.2**     | 1247, 19.0              | 1052, 16.1      |
+ * | 128 × 512 | 925, 14.1   | 196, 3.0         | **80, 1.2**     | 1885, 28.8              | 863, 13.2       |
+ *
+ * `textureLoad` of an rgba32float texel is llvmpipe's vectorised texel fetch: a gather per
+ * component for all 8 lanes, where a uniform load at a varying address is a masked gather per
+ * word and a storage load a per-lane scalar loop. So on software adapters the model keeps an
+ * rgba32float copy of each weight `(N rows, K/4 texels)` (model/state.ts `weightTexture`, where
+ * K % 64 = 0 so one buffer-to-texture copy fills it) and the fused GEMVs read W from it (`wTex`),
+ * x and the norm weight still through uniform bindings; the arithmetic and its order are
+ * unchanged, so the bits are too. Elsewhere the uniform chunks or storage above.
+ *
+ * Attention was kernels/attention_forward.ts's `"split"` kernel: already one dispatch per
  * layer for every head and row, each key and value loaded once for up to 8 queries of a row
  * (the γ + 1 verification rows), keys split over 8 lanes. Splitting long contexts over more
  * workgroups was not done: with B·H = 4 workgroups per step there are already 2 per core.
+ * On software adapters the fused path now runs kernels/attention_decode.ts, the same kernel
+ * reading K and V from a texture copy of the cache that the `"rotaryKv"` epilogue also writes
+ * (`kvTex`).
  *
  * @module
  */
@@ -115,6 +137,11 @@ export type FusedEpilogue =
     D: number;
     /** Cache positions per row. */
     maxLen: number;
+    /**
+     * The layer's KV texture (kernels/attention_decode.ts), written as well as `kv` where given:
+     * k of `(b, h)` at array layer `b·H + h`, v at `(B + b)·H + h`, texel (d/4, position).
+     */
+    kvTex?: GPUTexture;
   };
 
 /** Arguments of {@link fusedLinear}. */
@@ -125,6 +152,11 @@ export interface FusedLinearArgs {
   norm?: GPUBuffer;
   /** Weight `(N, K)` (torch layout). */
   w: GPUBuffer;
+  /**
+   * The same weight as an rgba32float texture `(N rows, K/4 texels)` (ModelState.weightTexture):
+   * W is then read from it (~2.5× cheaper than uniform chunks on lavapipe, see the module doc).
+   */
+  wTex?: GPUTexture;
   /** Rows. */
   M: number;
   /** Output columns (`3·H·D` for `"rotaryKv"`). */
@@ -171,6 +203,10 @@ export interface FusedLayout {
   R: number;
   /** Columns per lane: 8 (two vec4 groups) or 4. */
   C: number;
+  /** The qkv epilogue also stores k and v into the KV texture. */
+  kvTex?: boolean;
+  /** W is read from a texture `wT` (uniform.chunks is then empty). */
+  wTex?: boolean;
   /** Uniform bindings: vec4s of x, the norm weight and each W chunk; undefined: storage. */
   uniform?: { x: number; norm: number; chunks: number[] };
 }
@@ -223,7 +259,11 @@ ${ERF_WGSL}`,
 ${b(1)} var<storage, read_write> kv: array<vec4f>;  // (2, B, H, maxLen, D)
 ${b(2)} var<storage, read> start: array<u32>;       // (B)
 ${b(3)} var<storage, read> cosT: array<vec4f>;      // (maxLen, D/2)
-${b(4)} var<storage, read> sinT: array<vec4f>;      // (maxLen, D/2)`,
+${b(4)} var<storage, read> sinT: array<vec4f>;      // (maxLen, D/2)${
+      l.kvTex
+        ? `\n${b(5)} var kvT: texture_storage_2d_array<rgba32float, write>; // (2·B·H, maxLen, D/4)`
+        : ""
+    }`,
     // the lane's two column groups are x₁ = cols n0..n0+4 and x₂ = n0+D/2..: a rotary pair
     store: /* wgsl */ `
   let half = params.D / 2u;
@@ -254,7 +294,14 @@ ${b(4)} var<storage, read> sinT: array<vec4f>;      // (maxLen, D/2)`,
       } else if (pos < params.maxLen) { // no slot past the cache, as kvWrite
         let o = ((((s - 1u) * params.B + b) * params.H + h) * params.maxLen + pos) * D4 + d4;
         kv[o] = y1;
-        kv[o + half / 4u] = y2;
+        kv[o + half / 4u] = y2;${
+      l.kvTex
+        ? `
+        let layer = ((s - 1u) * params.B + b) * params.H + h;
+        textureStore(kvT, vec2u(d4, pos), layer, y1);
+        textureStore(kvT, vec2u(d4 + half / 4u, pos), layer, y2);`
+        : ""
+    }
       }
     }
   }`,
@@ -296,7 +343,9 @@ export function fusedLinearCode(l: FusedLayout): string {
     : u
     ? `${bind()} var<uniform> norm: array<vec4f, ${u.norm}>; // (K) RMSNorm weight`
     : `${bind()} var<storage, read> norm: array<vec4f>; // (K) RMSNorm weight`;
-  const wDecl = u
+  const wDecl = l.wTex
+    ? `${bind()} var wT: texture_2d<f32>;            // (N, K/4) texels: W`
+    : u
     ? u.chunks.map((c, q) =>
       `${bind()} var<uniform> w${q}: array<vec4f, ${c}>; // W rows of chunk ${q}`
     )
@@ -310,7 +359,9 @@ export function fusedLinearCode(l: FusedLayout): string {
     rotary
       ? `(${unit} / (params.D / 8u)) * params.D + (${unit} % (params.D / 8u)) * 4u`
       : `${unit} * C`;
-  const loadW = u
+  const loadW = l.wTex
+    ? `for (var j = 0u; j < C; j++) { /* unroll */ bv[j] = textureLoad(wT, vec2u(k, bj[j]), 0); }`
+    : u
     ? u.chunks.map((_, q) =>
       `${q === 0 ? "" : " else "}${
         q === u.chunks.length - 1 && q > 0 ? "" : `if (chunk == ${q}u) `
@@ -378,9 +429,9 @@ ${
   let n1 = ${rotary ? "n0 + params.D / 2u" : "n0 + 4u"};
   let cols = array<u32, 2>(n0, n1);
   let rowEnd = min(params.N, (chunk + 1u) * params.RC) - 1u; // last W row of the chunk
-  var bj: array<u32, C>; // offsets of W(col, ·) in the chunk, clamped
+  var bj: array<u32, C>; // ${l.wTex ? "rows" : "offsets"} of W(col, ·) in the chunk, clamped
   for (var j = 0u; j < C; j++) { /* unroll */
-    bj[j] = (min(cols[j / 4u] + j % 4u, rowEnd) - chunk * params.RC) * K4;
+    bj[j] = (min(cols[j / 4u] + j % 4u, rowEnd) - chunk * params.RC)${l.wTex ? "" : " * K4"};
   }
   var acc: array<vec4f, R * C4>; // (row i, column group q) at acc[i * C4 + q]
   for (var k = 0u; k < K4; k++) {
@@ -408,6 +459,13 @@ function declaredBindings(code: string): Map<string, number> {
   const out = new Map<string, number>();
   for (const m of code.matchAll(/@binding\((\d+)\) var<[^>]*> (\w+)/g)) out.set(m[2], Number(m[1]));
   return out;
+}
+
+/** The binding number of the texture `name` the WGSL declares. */
+function textureBinding(code: string, name: string): number {
+  const m = code.match(new RegExp(`@binding\\((\\d+)\\) var ${name}:`));
+  if (!m) throw new Error(`specdec: fusedLinear: the shader declares no texture "${name}"`);
+  return Number(m[1]);
 }
 
 /** Where each workgroup's columns lie: the chunk rows RC if every workgroup stays in one. */
@@ -496,10 +554,17 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   // x is declared as big as its buffer allows (≤ 64 KiB), not as M·K: one pipeline serves every
   // M of a block size when the buffers are padded (the forward plan pads them to 64 KiB)
   const xVec4 = Math.floor(Math.min(a.x.size, UNIFORM_BYTES) / 16);
-  if (
-    (a.uniform ?? gpu.isSoftware) && M <= MAX_R && M * K <= 4 * xVec4 && uniformOk(a.x) &&
-    uniformOk(a.w) && (!a.norm || uniformOk(a.norm))
-  ) {
+  const tex = a.wTex !== undefined;
+  const uniformX = (a.uniform ?? gpu.isSoftware) && M <= MAX_R && M * K <= 4 * xVec4 &&
+    uniformOk(a.x) && (!a.norm || uniformOk(a.norm));
+  if (tex && (a.wTex!.width !== K / 4 || a.wTex!.height !== N)) {
+    throw new Error(
+      `specdec: fusedLinear: the weight texture is ${a.wTex!.width} × ${a.wTex!.height} texels, ` +
+        `W (${N}, ${K}) needs ${K / 4} × ${N}`,
+    );
+  }
+  if (tex) rc = uniformX ? N : 0; // x (and the norm weight) uniform, W from the texture
+  else if (uniformX && uniformOk(a.w)) {
     // 8 columns per lane where a workgroup's 64 columns fit a chunk, else 4 (plain epilogues)
     for (const c of D === undefined ? [8, 4] : [8]) {
       const r = chunkRows(N, K, c, D);
@@ -509,7 +574,7 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
       }
     }
   }
-  const chunks = rc > 0
+  const chunks = rc > 0 && !tex
     ? Array.from(
       { length: Math.ceil(N / rc) },
       (_, q) => (Math.min(N, (q + 1) * rc) - q * rc) * K / 4,
@@ -517,6 +582,8 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     : [];
   const layout: FusedLayout = {
     kind: e.kind,
+    kvTex: e.kind === "rotaryKv" && !!e.kvTex,
+    wTex: tex,
     norm: !!a.norm,
     bias: e.kind === "accumulate" && !!e.bias,
     R,
@@ -527,7 +594,8 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   if (a.norm) {
     buffers.norm = rc > 0 ? { buffer: a.norm, offset: 0, size: K * 4 } : { buffer: a.norm };
   }
-  if (rc > 0) {
+  if (tex) { /* bound below */ }
+  else if (rc > 0) {
     chunks.forEach((c, q) =>
       buffers[`w${q}`] = { buffer: a.w, offset: q * rc * K * 4, size: c * 16 }
     );
@@ -536,7 +604,9 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   const tilesN = Math.ceil(N / unitCols / WG);
   const tiles = M === 0 ? 0 : tilesN * Math.ceil(M / R);
   const code = fusedLinearCode(layout);
-  const label = `fusedLinear ${a.norm ? "norm " : ""}${e.kind}${rc > 0 ? " uniform" : ""}`;
+  const label = `fusedLinear ${a.norm ? "norm " : ""}${e.kind}${rc > 0 ? " uniform" : ""}${
+    tex ? " wTex" : ""
+  }`;
   const params: Record<string, number> = {
     M,
     N,
@@ -565,12 +635,21 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     );
   }
   const pipeline = gpu.pipeline(label, code);
+  const textures: GPUBindGroupEntry[] = [];
+  if (e.kind === "rotaryKv" && e.kvTex) {
+    textures.push({
+      binding: textureBinding(code, "kvT"),
+      resource: e.kvTex.createView({ dimension: "2d-array" }),
+    });
+  }
+  if (tex) textures.push({ binding: textureBinding(code, "wT"), resource: a.wTex!.createView() });
   const bindGroup = gpu.device.createBindGroup({
     label,
     layout: pipeline.getBindGroupLayout(0),
     entries: [
       { binding: 0, resource: { buffer: uniform } },
       ...names.map((k) => ({ binding: declared.get(k)!, resource: buffers[k] })),
+      ...textures,
     ],
   });
   const n = Math.max(tiles, 1);

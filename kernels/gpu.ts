@@ -43,6 +43,11 @@ export interface Dispatch {
    * so a kernel can skip later work (counts 0) without a readback.
    */
   indirect?: { buffer: GPUBuffer; offset: number };
+  /**
+   * Host work to do each time the dispatch is encoded, before it (e.g. queueing a copy that must
+   * land first: the weight textures of forward_plan.ts). Must not encode into the pass.
+   */
+  prepare?: () => void;
 }
 
 /** A timer of compute passes (see GpuTimer in timer.ts): timestamp writes, then a resolve. */
@@ -313,6 +318,7 @@ export class Gpu {
    */
   encode(pass: GPUComputePassEncoder, dispatches: readonly Dispatch[]): void {
     for (const d of dispatches) {
+      d.prepare?.();
       pass.setPipeline(d.pipeline);
       pass.setBindGroup(0, d.bindGroup);
       if (d.indirect) {

@@ -16,6 +16,7 @@ import { embedding } from "../kernels/embedding.ts";
 import { rotary } from "../kernels/rotary.ts";
 import { attention, kvWrite } from "../kernels/attention.ts";
 import { fusedLinear, fusedLinearSupported, STORAGE_UNIFORM } from "../kernels/fused_linear.ts";
+import { attentionDecode, kvTextureWrite } from "../kernels/attention_decode.ts";
 import type { KVCache } from "./kv_cache.ts";
 import type { ModelState } from "./state.ts";
 import type { LayerWeights } from "./params.ts";
@@ -195,20 +196,29 @@ export function buildForwardPlan(
   for (const s of useFused ? exit.steps : []) {
     const { w, a, kv } = s, x = a.x;
     if (s.pre) d.push(s.pre);
+    // the cache's texture copy (software adapters): the decode attention reads K/V from it
+    const kvTex = cache.textures?.[cache.layers.indexOf(kv)];
     // x += attention(rotary(norm(x)·qkvᵀ)) · attnOutᵀ: k, v straight into the cache
     d.push(fusedLinear(gpu, {
       x,
       norm: w.norm,
       w: w.qkv,
+      wTex: model.weightTexture(w.qkv, 3 * HD, C),
       M: T,
       N: 3 * HD,
       K: C,
-      epilogue: { kind: "rotaryKv", qkv: a.qkv, kv, start, cos, sin, B, n, H, D, maxLen },
+      epilogue: { kind: "rotaryKv", qkv: a.qkv, kv, kvTex, start, cos, sin, B, n, H, D, maxLen },
     }));
-    d.push(attention(gpu, { qkv: a.qkv, kv, start, out: a.att, lse: a.lse, B, n, H, D, maxLen }));
+    const sizes = { B, n, H, D, maxLen };
+    d.push(
+      kvTex
+        ? attentionDecode(gpu, { qkv: a.qkv, kvTex, start, out: a.att, lse: a.lse, ...sizes })
+        : attention(gpu, { qkv: a.qkv, kv, start, out: a.att, lse: a.lse, ...sizes }),
+    );
     d.push(fusedLinear(gpu, {
       x: a.att,
       w: w.attnOut,
+      wTex: model.weightTexture(w.attnOut, C, HD),
       M: T,
       N: C,
       K: HD,
@@ -219,6 +229,7 @@ export function buildForwardPlan(
       x,
       norm: w.ffNorm,
       w: w.ffIn,
+      wTex: model.weightTexture(w.ffIn, F, C),
       M: T,
       N: F,
       K: C,
@@ -227,6 +238,7 @@ export function buildForwardPlan(
     d.push(fusedLinear(gpu, {
       x: a.a,
       w: w.ffOut,
+      wTex: model.weightTexture(w.ffOut, C, F),
       M: T,
       N: C,
       K: F,
@@ -241,6 +253,9 @@ export function buildForwardPlan(
     d.push(linear(gpu, { a: a.xn, b: w.qkv, c: a.qkv, M: T, N: 3 * HD, K: C }));
     d.push(rotary(gpu, { qkv: a.qkv, cos, sin, start, B, n, H, D, maxLen }));
     d.push(kvWrite(gpu, { qkv: a.qkv, kv, start, B, n, H, D, maxLen }));
+    // keep the cache's texture copy in step: a later fused step reads it
+    const kvTex = cache.textures?.[cache.layers.indexOf(kv)];
+    if (kvTex) d.push(kvTextureWrite(gpu, { qkv: a.qkv, kvTex, start, B, n, H, D, maxLen }));
     d.push(
       attention(gpu, { qkv: a.qkv, kv, start, out: a.att, lse: a.lse, B, n, H, D, maxLen }),
     );
@@ -285,7 +300,16 @@ export function buildForwardPlan(
     r: GPUBuffer,
   ) => {
     if (useFused && fusedLinearSupported(C, V)) {
-      d.push(fusedLinear(gpu, { x, norm, w, M: T, N: V, K: C, epilogue: { kind: "none", out } }));
+      d.push(fusedLinear(gpu, {
+        x,
+        norm,
+        w,
+        wTex: model.weightTexture(w, V, C),
+        M: T,
+        N: V,
+        K: C,
+        epilogue: { kind: "none", out },
+      }));
     } else {
       d.push(rmsNorm(gpu, { x, weight: norm, y, rstd: r, T, C }));
       d.push(linear(gpu, { a: y, b: w, c: out, M: T, N: V, K: C }));
@@ -305,6 +329,11 @@ export function buildForwardPlan(
       exit.xfExit!,
       exit.rstdExit!,
     );
+  }
+  if (useFused) {
+    // the weight textures the fused GEMVs read are copied again, when the weights may have
+    // changed, as the plan's first dispatch is encoded (a separate submit queued before it)
+    d[0] = { ...d[0], prepare: () => model.syncWeightTextures() };
   }
   return {
     kind,

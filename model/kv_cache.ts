@@ -9,6 +9,7 @@
  * @module
  */
 import type { Gpu } from "../kernels/gpu.ts";
+import { kvTexture, kvTextureSupported } from "../kernels/attention_decode.ts";
 
 /** Keys and values for `batch` rows of up to `maxLen` positions, per layer. */
 export class KVCache {
@@ -18,6 +19,13 @@ export class KVCache {
   readonly maxLen: number;
   /** Per layer: `(2, batch, heads, maxLen, dimHead)` f32 — k at [0], v at [1]. */
   readonly layers: GPUBuffer[];
+  /**
+   * Per layer, on software adapters: the same keys and values in an rgba32float texture
+   * `(2·batch·heads layers, maxLen, dimHead/4)` that the decode attention reads (see
+   * kernels/attention_decode.ts: ~10× cheaper loads than the storage buffer on lavapipe).
+   * Every forward plan over this cache writes both. Undefined elsewhere.
+   */
+  readonly textures?: GPUTexture[];
 
   /**
    * Allocates the cache (uninitialised: only positions below a row's start are ever read).
@@ -53,10 +61,17 @@ export class KVCache {
       (_, l) =>
         gpu.buffer(`${label} layer ${l} (2, ${batch}, ${heads}, ${maxLen}, ${dimHead})`, bytes),
     );
+    if (kvTextureSupported(gpu, batch, heads, dimHead, maxLen)) {
+      this.textures = Array.from(
+        { length: depth },
+        (_, l) => kvTexture(gpu, `${label} layer ${l} texture`, batch, heads, dimHead, maxLen),
+      );
+    }
   }
 
   /** Frees the GPU memory. */
   destroy(): void {
     for (const b of this.layers) b.destroy();
+    for (const t of this.textures ?? []) t.destroy();
   }
 }

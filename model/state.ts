@@ -33,8 +33,7 @@ export class ModelState {
   readonly config: FullDecoderConfig;
   /** Label prefix of every buffer. */
   readonly label: string;
-  /** Parameters by checkpoint name, each an f32 buffer in torch layout. */
-  readonly params: Map<string, GPUBuffer>;
+  readonly #params: Map<string, GPUBuffer>;
   /** The same parameter buffers by role. */
   readonly weights: ModelWeights<GPUBuffer>;
   /** Rotary inverse frequencies `(D/2)` as the checkpoint stores them. */
@@ -44,6 +43,12 @@ export class ModelState {
   readonly #tables = new Map<number, RotaryTables>();
   /** Every buffer allocated through {@link ModelState.alloc} (plans, tables, gradients). */
   readonly #owned = new Set<GPUBuffer>();
+  /** Weight textures (see {@link ModelState.weightTexture}) by their weight buffer. */
+  readonly #weightTextures = new Map<GPUBuffer, GPUTexture>();
+  /** Bumped whenever the weights may have been written (params or grads handed out). */
+  #weightsVersion = 0;
+  /** The weights version the textures were last copied from. */
+  #texturesVersion = 0;
 
   /**
    * Uploads the parameters.
@@ -65,14 +70,87 @@ export class ModelState {
     this.config = config;
     this.label = label;
     this.invFreq = invFreq ?? rotaryInvFreq(config.dimHead);
-    this.params = new Map();
+    this.#params = new Map();
     for (const spec of paramSpecs(config)) {
       const v = values.get(spec.name)!;
       // storage and uniform: the fused decode kernels read weights through uniform bindings
       const name = `${label} ${spec.name} (${spec.shape.join(", ")})`;
-      this.params.set(spec.name, gpu.upload(name, v, STORAGE_UNIFORM, WEIGHT_HINT));
+      this.#params.set(spec.name, gpu.upload(name, v, STORAGE_UNIFORM, WEIGHT_HINT));
     }
-    this.weights = namedWeights(config.depth, (name) => this.params.get(name)!, config);
+    this.weights = namedWeights(config.depth, (name) => this.#params.get(name)!, config);
+  }
+
+  /**
+   * Parameters by checkpoint name, each an f32 buffer in torch layout. Handing them out counts
+   * as a possible write: the weight textures are copied again before the next fused forward.
+   */
+  get params(): Map<string, GPUBuffer> {
+    this.#weightsVersion++;
+    return this.#params;
+  }
+
+  /**
+   * Says the weights were written (by a training step, or a write into a parameter buffer):
+   * the weight textures are copied again before the next fused forward encodes.
+   */
+  weightsChanged(): void {
+    this.#weightsVersion++;
+  }
+
+  /**
+   * An rgba32float texture copy of weight `w (N, K)`, `K/4` texels wide and `N` high, that the
+   * fused GEMVs read on software adapters (kernels/fused_linear.ts: ~2.5× cheaper loads than
+   * uniform chunks on lavapipe). Built once per weight; {@link ModelState.syncWeightTextures}
+   * copies the weights again after {@link ModelState.weightsChanged} (or after `params` or
+   * `grads` were handed out, which training steps and direct writes go through).
+   *
+   * @param w a weight buffer of this model (`weights.*`)
+   * @param N its rows
+   * @param K its columns
+   * @returns the texture, or undefined off software adapters or where the sizes do not fit
+   *   (K a multiple of 64: the copy's rows are whole 256-byte lines; within the texture limits)
+   */
+  weightTexture(w: GPUBuffer, N: number, K: number): GPUTexture | undefined {
+    const lim = this.gpu.device.limits;
+    if (
+      !this.gpu.isSoftware || K <= 0 || K % 64 !== 0 || N <= 0 ||
+      K / 4 > lim.maxTextureDimension2D || N > lim.maxTextureDimension2D || w.size !== N * K * 4
+    ) return undefined;
+    let t = this.#weightTextures.get(w);
+    if (!t) {
+      t = this.gpu.device.createTexture({
+        label: `${w.label} texture`,
+        size: [K / 4, N],
+        format: "rgba32float",
+        usage: 0x04 | 0x02, // TEXTURE_BINDING | COPY_DST
+      });
+      this.#weightTextures.set(w, t);
+      this.#copyToTextures([[w, t]]);
+    }
+    return t;
+  }
+
+  /**
+   * Copies the weights into their textures if they may have changed since the last copy (one
+   * submit, queued before whatever is encoded next). The fused forward plans call it as their
+   * first dispatch is encoded.
+   */
+  syncWeightTextures(): void {
+    if (this.#texturesVersion === this.#weightsVersion) return;
+    this.#copyToTextures([...this.#weightTextures]);
+  }
+
+  #copyToTextures(pairs: [GPUBuffer, GPUTexture][]): void {
+    const enc = this.gpu.device.createCommandEncoder({ label: `${this.label} weight textures` });
+    for (const [w, t] of pairs) {
+      enc.copyBufferToTexture(
+        { buffer: w, bytesPerRow: t.width * 16, rowsPerImage: t.height },
+        { texture: t },
+        [t.width, t.height],
+      );
+    }
+    this.gpu.device.queue.submit([enc.finish()]);
+    if (pairs.length === this.#weightTextures.size) this.#texturesVersion = this.#weightsVersion;
   }
 
   /**
@@ -106,6 +184,7 @@ export class ModelState {
 
   /** Gradient buffers by checkpoint name, same shapes as the parameters (allocated on first use). */
   get grads(): Map<string, GPUBuffer> {
+    this.#weightsVersion++; // a training step is about to update the weights
     if (!this.#grads) {
       this.#grads = new Map();
       for (const s of paramSpecs(this.config)) {
@@ -147,7 +226,9 @@ export class ModelState {
 
   /** Frees the parameters and every buffer allocated through this state. */
   destroy(): void {
-    for (const b of this.params.values()) b.destroy();
+    for (const b of this.#params.values()) b.destroy();
+    for (const t of this.#weightTextures.values()) t.destroy();
+    this.#weightTextures.clear();
     for (const b of this.#owned) b.destroy();
     this.#owned.clear();
   }

@@ -11,6 +11,8 @@ import { rmsNorm } from "../kernels/norm.ts";
 import { gelu } from "../kernels/activation.ts";
 import { rotary, rotaryInvFreq, rotaryTable } from "../kernels/rotary.ts";
 import { kvWrite } from "../kernels/attention.ts";
+import { kvTexture } from "../kernels/attention_decode.ts";
+import { readKvTexture, writeKvTexture } from "./reference/texture.ts";
 import type { Dispatch, Gpu } from "../kernels/gpu.ts";
 import { matmulNTRef } from "./reference/matmul.ts";
 import { normLinearGeluRef, normLinearRef, normQkvKvRef } from "./reference/fused.ts";
@@ -212,3 +214,119 @@ gpuTest("fusedLinear refuses sizes it does not serve, naming them", (gpu) => {
     /K and N multiples of 4.*K 6/,
   );
 });
+
+/** W `(N, K)` as the rgba32float texture the fused GEMVs read (ModelState.weightTexture's). */
+function weightTexture(gpu: Gpu, w: Float32Array<ArrayBuffer>, N: number, K: number): GPUTexture {
+  const t = gpu.device.createTexture({
+    size: [K / 4, N],
+    format: "rgba32float",
+    usage: 0x04 | 0x02,
+  });
+  gpu.device.queue.writeTexture({ texture: t }, w, { bytesPerRow: K * 4, rowsPerImage: N }, [
+    K / 4,
+    N,
+  ]);
+  return t;
+}
+
+gpuTest(
+  "fusedLinear with W from a texture: the storage path's bits, every epilogue",
+  async (gpu) => {
+    // K = 64 (texture rows), N = 20 (not a multiple of a lane's 8 columns); M 5: x from storage
+    const K = 64, N = 20;
+    const norm = randomF32(K, 61, 0.5, 1.5), w = randomF32(N * K, 62, -0.5, 0.5);
+    const bias = randomF32(N, 63);
+    const nb = up(gpu, "norm", norm), wb = up(gpu, "w", w), bb = up(gpu, "bias", bias);
+    const wTex = weightTexture(gpu, w, N, K);
+    for (const M of [1, 5]) {
+      const x = randomF32(M * K, 70 + M, -2, 2), x0 = randomF32(M * N, 80 + M);
+      const xb = up(gpu, "x", x);
+      const outs = [0, 1].map(() => [0, 1, 2].map(() => gpu.buffer("out", M * N * 4)));
+      outs.forEach((o) => gpu.write(o[2], x0));
+      gpu.run(
+        "fused",
+        [0, 1].flatMap((t) => {
+          const args = { x: xb, w: wb, wTex: t ? wTex : undefined, M, N, K, uniform: M === 1 };
+          const ds = [
+            fusedLinear(gpu, { ...args, norm: nb, epilogue: { kind: "none", out: outs[t][0] } }),
+            fusedLinear(gpu, {
+              ...args,
+              norm: nb,
+              epilogue: { kind: "biasGelu", bias: bb, out: outs[t][1] },
+            }),
+            fusedLinear(gpu, {
+              ...args,
+              epilogue: { kind: "accumulate", bias: bb, out: outs[t][2] },
+            }),
+          ];
+          ds.forEach((d) => assertEquals(d.label.endsWith(" wTex"), t === 1, d.label));
+          return ds;
+        }),
+      );
+      const got = await Promise.all(outs[1].map((b) => gpu.readF32(b)));
+      assertClose(got[0], normLinearRef(x, norm, w, M, N, K), { ...TOL, label: `none M=${M}` });
+      assertClose(got[1], normLinearGeluRef(x, norm, w, bias, M, N, K), {
+        ...TOL,
+        label: `biasGelu M=${M}`,
+      });
+      const prod = matmulNTRef(x, w, M, N, K, bias);
+      assertClose(got[2], prod.map((v, i) => v + x0[i]), { ...TOL, label: `accumulate M=${M}` });
+      for (let e = 0; e < 3; e++) {
+        assertBits(
+          got[e],
+          await gpu.readF32(outs[0][e]),
+          `epilogue ${e} M=${M}: texture vs storage`,
+        );
+      }
+    }
+    throws(
+      () =>
+        fusedLinear(gpu, {
+          x: wb,
+          w: wb,
+          wTex,
+          M: 1,
+          N: 16,
+          K,
+          epilogue: { kind: "none", out: bb },
+        }),
+      /weight texture is 16 × 20 texels, W \(16, 64\) needs 16 × 16/,
+    );
+    wTex.destroy();
+  },
+);
+
+gpuTest(
+  "fusedLinear rotaryKv with W and the KV cache in textures: the cache's values",
+  async (gpu) => {
+    const H = 2, D = 16, K = 64, N = 3 * H * D, maxLen = 7, B = 2, n = 3, M = B * n;
+    const starts = [1, 5]; // row 1's third token sits at position 7 = maxLen: not written
+    const invFreq = rotaryInvFreq(D), tables = rotaryTable(maxLen, invFreq);
+    const cos = gpu.upload("cos", tables.cos), sin = gpu.upload("sin", tables.sin);
+    const norm = randomF32(K, 91, 0.5, 1.5), w = randomF32(N * K, 92, -0.2, 0.2);
+    const x = randomF32(M * K, 93, -2, 2), kv0 = randomF32(2 * B * H * maxLen * D, 94);
+    const nb = up(gpu, "norm", norm), wb = up(gpu, "w", w), xb = up(gpu, "x", x);
+    const wTex = weightTexture(gpu, w, N, K);
+    const kvTex = kvTexture(gpu, "kv texture", B, H, D, maxLen);
+    writeKvTexture(gpu, kvTex, kv0);
+    const start = gpu.upload("start", new Uint32Array(starts));
+    const qkv = gpu.buffer("qkv", M * N * 4), kv = gpu.upload("kv", kv0);
+    const sizes = { B, n, H, D, maxLen };
+    gpu.run("qkv", [fusedLinear(gpu, {
+      x: xb,
+      norm: nb,
+      w: wb,
+      wTex,
+      M,
+      N,
+      K,
+      epilogue: { kind: "rotaryKv", qkv, kv, kvTex, start, cos, sin, ...sizes },
+    })]);
+    const ref = normQkvKvRef(x, norm, w, { ...sizes, K, start: starts, invFreq, kv: kv0 });
+    const gotKv = await gpu.readF32(kv);
+    assertClose(gotKv, ref.kv, { ...TOL, label: "kv" });
+    assertEquals(await readKvTexture(gpu, kvTex), gotKv);
+    wTex.destroy();
+    kvTex.destroy();
+  },
+);

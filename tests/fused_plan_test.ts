@@ -56,14 +56,31 @@ async function plans(gpu: Gpu, cfg: RefConfig, B: number, seed: number) {
   return { model, state, values, fused: plan(true), unfused: plan(false) };
 }
 
-gpuTest(
-  "fused plan: 5 dispatches per layer, prefill + steps = full forward, unfused bits",
-  async (gpu) => {
-    const B = 2, N = 11, V = CFG.numTokens;
+// dim 64 and ffMult 2: the qkv, ffIn, ffOut and logits GEMVs read W from textures on software
+// adapters (K a multiple of 64), the out-projection (K = H·D = 32) from uniform chunks
+const CFG64: RefConfig = { numTokens: 20, dim: 64, depth: 1, heads: 2, dimHead: 16, ffMult: 2 };
+
+for (const [cfg, B] of [[CFG, 2], [CFG64, 1]] as const) {
+  gpuTest(
+    `fused plan: 5 dispatches per layer, prefill + steps = full forward, unfused bits (dim ${cfg.dim})`,
+    async (gpu) => {
+      await fusedCase(gpu, cfg, B);
+    },
+  );
+}
+
+/** The fused plan's dispatches and its logits over a prefill and steps, against both references. */
+async function fusedCase(gpu: Gpu, CFG: RefConfig, B: number) {
+  {
+    const N = 11, V = CFG.numTokens;
     const { model, state, values, fused, unfused } = await plans(gpu, CFG, B, 7);
     const step = fused(1);
     ok(step.fused && !unfused(1).fused);
     deepStrictEqual(step.dispatches.length, 1 + 5 * CFG.depth + 1); // embedding, layers, logits
+    const labels = step.dispatches.map((d) => d.label).join();
+    // software adapters: attention reads the KV texture; W textures where K % 64 = 0
+    deepStrictEqual(labels.includes("attention decode (texture)"), gpu.isSoftware);
+    deepStrictEqual(labels.includes("wTex"), gpu.isSoftware && CFG.dim % 64 === 0, labels);
     const tokens = randomRows(B, N, V, 17);
     const want = decoderLogitsRef(values, CFG, tokens);
     const a = await decode(gpu, fused, tokens), b = await decode(gpu, unfused, tokens);
@@ -86,8 +103,33 @@ gpuTest(
     });
     model.destroy();
     state.destroy();
-  },
-);
+  }
+}
+
+gpuTest("fused plan: weight textures follow writes into the parameters", async (gpu) => {
+  const B = 1, N = 11, V = CFG64.numTokens;
+  const { model, state, values, fused } = await plans(gpu, CFG64, B, 9);
+  const tokens = randomRows(B, N, V, 19);
+  const last = async (vals: typeof values) => {
+    const got = (await decode(gpu, fused, tokens))[1]; // the step at position 5
+    const want = decoderLogitsRef(vals, CFG64, tokens);
+    assertClose(got, want.subarray(5 * V, 6 * V), { atol: 1e-4, rtol: 0, label: "position 5" });
+  };
+  await last(values);
+  // a direct write into a weight (handing out params counts as one), then a training-like one
+  // (grads handed out): the next fused forward copies the textures again
+  for (const [i, name] of ["layers.0.1.1.weight", "to_logits.1.weight"].entries()) {
+    const w = values[name].map((v, j) => v + 0.05 * Math.sin(j + i));
+    const buffer = state.params.get(name);
+    ok(buffer, name);
+    if (i === 1) void state.grads;
+    gpu.write(buffer, Float32Array.from(w));
+    values[name] = w;
+    await last(values);
+  }
+  model.destroy();
+  state.destroy();
+});
 
 gpuTest("fused plan: unfused kernels where the fused ones do not fit", async (gpu) => {
   // dimHead 6: no rotary pair of whole vec4s; V = 19: no vec4 logits rows (fused layers)

@@ -1,0 +1,402 @@
+/**
+ * Attention for decode and verification steps on software adapters, reading keys and values from
+ * an rgba32float texture copy of the KV cache instead of the storage buffer.
+ *
+ * ## Why a texture (bench/dispatch_bench.ts `--only space`)
+ *
+ * Mesa 22.3 lavapipe (llvmpipe, LLVM 15, AVX2: 8 lanes), 2 shared cores, load average ~4,
+ * GPU timestamps, 20 dispatches per pass, median of 5 alternated rounds. The same loop reads the
+ * same data from different places; ns per 32-bit word of the big operand:
+ *
+ * | work                                      | storage | uniform chunks | rgba32f texture | workgroup (coop fill) |
+ * | ----------------------------------------- | ------: | -------------: | --------------: | --------------------: |
+ * | attention decode, 4 heads × 512 keys × 32 | 2183 µs, 16.7 | 616 µs, 4.7 | **145 µs, 1.1** | 4362 µs, 33.3 |
+ * | GEMV 512 × 128 (M = 1)                    | 876 µs, 13.4 | 206 µs, 3.1 | **81 µs, 1.2** | 1247 µs, 19.0 |
+ * | GEMV 128 × 512 (M = 1)                    | 925 µs, 14.1 | 196 µs, 3.0 | **80 µs, 1.2** | 1885 µs, 28.8 |
+ *
+ * A storage load is a scalar loop over the 8 lanes with a bounds check each; a uniform load at a
+ * varying address is a masked gather; `textureLoad` of an rgba32float texel with integer
+ * coordinates goes through llvmpipe's SoA texel fetch, one vectorised gather per component for
+ * all lanes, and a texture has no 64 KiB limit. Workgroup memory filled from storage pays the
+ * storage loads and then its own per-lane loads (it only helps when a word is reused, and here
+ * each is read once). Addressing matters a little: the same K/V in a texture 256 texels wide
+ * (x and y from a flat index) took 230 µs against 145 µs with x = the vec4 of the head vector
+ * and y = the position (the y is shared by a row's 8 loads).
+ *
+ * So on software adapters each KV cache layer also lives in a texture: a 2-D array of
+ * `2·B·H` layers (k of (b, h) at layer `b·H + h`, v at `(B + b)·H + h`), `D/4` texels wide and
+ * `maxLen` high. The fused qkv GEMV's epilogue stores k and v into it as well as into the
+ * storage cache (kernels/fused_linear.ts), and unfused forwards copy them with
+ * {@link kvTextureWrite}; the storage cache stays the one training and the unfused attention
+ * read.
+ *
+ * {@link attentionDecode} is kernels/attention_forward.ts's `"split"` kernel with its key and
+ * value loads from the texture: the same lanes, order and arithmetic, so its outputs have the
+ * same bits and greedy decoding is unchanged (tests/attention_decode_test.ts).
+ *
+ * @module
+ */
+import { type Dispatch, type Gpu, grid } from "./gpu.ts";
+import { shaderInterface } from "./bindings.ts";
+import { headVectors, NEG_MAX } from "./attention_head.ts";
+import { unrollLoops } from "./unroll.ts";
+
+/** GPUTextureUsage: TEXTURE_BINDING | STORAGE_BINDING | COPY_SRC | COPY_DST. */
+const KV_TEXTURE_USAGE = 0x04 | 0x08 | 0x01 | 0x02;
+
+/**
+ * Whether a KV cache of these sizes gets a texture copy: software adapters only (hardware keeps
+ * the storage path, unmeasured there), D a multiple of 8 (the fused qkv epilogue's rotary
+ * halves), and within the device's texture limits.
+ *
+ * @param gpu the runtime
+ * @param B rows
+ * @param H heads
+ * @param D dimHead
+ * @param maxLen positions per row
+ * @returns whether {@link kvTexture} may be called
+ */
+export function kvTextureSupported(
+  gpu: Gpu,
+  B: number,
+  H: number,
+  D: number,
+  maxLen: number,
+): boolean {
+  const lim = gpu.device.limits;
+  return gpu.isSoftware && D > 0 && D % 8 === 0 && D / 4 <= lim.maxTextureDimension2D &&
+    maxLen > 0 && maxLen <= lim.maxTextureDimension2D && B * H > 0 &&
+    2 * B * H <= lim.maxTextureArrayLayers;
+}
+
+/**
+ * Allocates one layer's KV texture: rgba32float, `D/4` wide, `maxLen` high, `2·B·H` layers.
+ *
+ * @param gpu the runtime
+ * @param label the texture's label
+ * @param B rows
+ * @param H heads
+ * @param D dimHead
+ * @param maxLen positions per row
+ * @returns the texture (uninitialised, like the storage cache)
+ */
+export function kvTexture(
+  gpu: Gpu,
+  label: string,
+  B: number,
+  H: number,
+  D: number,
+  maxLen: number,
+): GPUTexture {
+  return gpu.device.createTexture({
+    label,
+    size: [D / 4, maxLen, 2 * B * H],
+    format: "rgba32float",
+    usage: KV_TEXTURE_USAGE,
+  });
+}
+
+/** Texture bindings a WGSL source declares, by name (`@binding(i) var name: texture_…`). */
+function textureBindings(code: string): Map<string, number> {
+  const out = new Map<string, number>();
+  for (const m of code.matchAll(/@binding\((\d+)\) var (\w+)\s*:\s*texture_/g)) {
+    out.set(m[2], Number(m[1]));
+  }
+  return out;
+}
+
+/**
+ * A dispatch binding storage buffers and textures by the names the WGSL declares (gpu.kernel
+ * binds buffers only).
+ */
+function textureKernel(gpu: Gpu, spec: {
+  label: string;
+  code: string;
+  params: Record<string, number>;
+  buffers: Record<string, GPUBuffer>;
+  textures: Record<string, GPUTexture>;
+  workgroups: number;
+}): Dispatch {
+  const iface = shaderInterface(spec.label, spec.code);
+  const texs = textureBindings(spec.code);
+  const entries: GPUBindGroupEntry[] = [];
+  for (const [name, binding] of iface.storages) {
+    const b = spec.buffers[name];
+    if (!b) throw new Error(`specdec: kernel "${spec.label}": no buffer "${name}"`);
+    entries.push({ binding, resource: { buffer: b } });
+  }
+  for (const [name, binding] of texs) {
+    const t = spec.textures[name];
+    if (!t) throw new Error(`specdec: kernel "${spec.label}": no texture "${name}"`);
+    entries.push({ binding, resource: t.createView({ dimension: "2d-array" }) });
+  }
+  const uniform = iface.uniformBytes(spec.label, spec.params)!;
+  const u = gpu.buffer(`${spec.label} params`, uniform.byteLength, 0x40 | 0x8);
+  gpu.device.queue.writeBuffer(u, 0, uniform);
+  entries.push({ binding: iface.paramsBinding!, resource: { buffer: u } });
+  const pipeline = gpu.pipeline(spec.label, spec.code);
+  const bindGroup = gpu.device.createBindGroup({
+    label: spec.label,
+    layout: pipeline.getBindGroupLayout(0),
+    entries,
+  });
+  return {
+    label: spec.label,
+    pipeline,
+    bindGroup,
+    workgroups: grid(Math.max(1, spec.workgroups)),
+  };
+}
+
+/**
+ * The split kernel's shape (kernels/attention_forward.ts `splitShape`): S lanes striding over
+ * the keys, QC queries per workgroup. Kept equal so both give the same bits.
+ */
+function splitShape(gpu: Gpu, D: number, n: number): { S: number; QC: number } {
+  const D4 = Math.ceil(D / 4);
+  const S = gpu.isSoftware ? 8 : 32;
+  const fit = Math.floor(12288 / (S * (D4 * 16 + 8)));
+  return { S, QC: Math.max(1, Math.min(8, n, fit)) };
+}
+
+/** The split forward with K and V from the texture (see the module doc). */
+export function attentionDecodeCode(D: number, S: number, QC: number): string {
+  return unrollLoops(/* wgsl */ `
+struct Params {
+  B: u32, n: u32, H: u32, maxLen: u32,
+  scale: f32,  // dimHead^-0.5
+  tiles: u32,  // workgroups per (row, head)
+}
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> qkv: array<vec4f>;       // (T, 3, H, D)
+@group(0) @binding(2) var kvT: texture_2d_array<f32>;             // (2·B·H, maxLen, D/4) texels
+@group(0) @binding(3) var<storage, read> start: array<u32>;       // (B)
+@group(0) @binding(4) var<storage, read_write> out: array<vec4f>; // (T, H, D)
+@group(0) @binding(5) var<storage, read_write> lse: array<f32>;   // (B, H, n)
+${headVectors(D, ["qkv"], ["out"])}
+const NEG_MAX: f32 = ${NEG_MAX};
+const S: u32 = ${S}u;   // threads per workgroup, striding over keys
+const QC: u32 = ${QC}u; // queries per workgroup
+var<workgroup> mS: array<f32, QC * S>;        // (QC, S) running max per query and thread
+var<workgroup> lS: array<f32, QC * S>;        // (QC, S) running sum
+var<workgroup> aS: array<vec4f, QC * S * D4>; // (QC, S, D4) running weighted values
+var<workgroup> wM: array<f32, QC>;            // (QC) combined max
+var<workgroup> wL: array<f32, QC>;            // (QC) combined sum
+
+@compute @workgroup_size(S)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let w = wg.x + wg.y * nw.x; // (b, h, chunk of QC queries)
+  let chunk = w % params.tiles;
+  let h = (w / params.tiles) % params.H;
+  let b = w / (params.tiles * params.H);
+  if (b >= params.B) { return; } // whole workgroup: grid overshoot
+  let scale = params.scale;
+  let i0 = chunk * QC;
+  let st = start[b];
+  var ends: array<u32, QC>;
+  var q: array<vec4f, QC * D4>;
+  var m: array<f32, QC>;
+  var l: array<f32, QC>;
+  var a: array<vec4f, QC * D4>;
+  var kEnd = 0u; // keys any query of the chunk sees
+  for (var u = 0u; u < QC; u++) { /* unroll */
+    ends[u] = select(0u, min(st + i0 + u, params.maxLen - 1u) + 1u, i0 + u < params.n);
+    let qRow = (b * params.n + min(i0 + u, params.n - 1u)) * 3u * params.H + h;
+    for (var c = 0u; c < D4; c++) { /* unroll */ q[u * D4 + c] = ld_qkv(qRow, c); }
+    m[u] = NEG_MAX;
+    kEnd = max(kEnd, ends[u]);
+  }
+  let kLayer = b * params.H + h;                  // k of (b, h)
+  let vLayer = kLayer + params.B * params.H;      // v of (b, h)
+  for (var j = li; j < kEnd; j += S) {
+    var kj: array<vec4f, D4>; // key j
+    var vj: array<vec4f, D4>; // value j
+    for (var c = 0u; c < D4; c++) { /* unroll */ kj[c] = textureLoad(kvT, vec2u(c, j), kLayer, 0); }
+    for (var c = 0u; c < D4; c++) { /* unroll */ vj[c] = textureLoad(kvT, vec2u(c, j), vLayer, 0); }
+    for (var u = 0u; u < QC; u++) { /* unroll */
+      if (j < ends[u]) {
+        var s = dot(q[u * D4], kj[0]);
+        for (var c = 1u; c < D4; c++) { /* unroll */ s += dot(q[u * D4 + c], kj[c]); }
+        s *= scale;
+        if (s > m[u]) { // new running max: rescale what was summed so far
+          let alpha = exp(m[u] - s);
+          l[u] = l[u] * alpha;
+          for (var c = 0u; c < D4; c++) { /* unroll */ a[u * D4 + c] = a[u * D4 + c] * alpha; }
+          m[u] = s;
+        }
+        let pj = exp(s - m[u]);
+        l[u] = l[u] + pj;
+        for (var c = 0u; c < D4; c++) { /* unroll */ a[u * D4 + c] = a[u * D4 + c] + pj * vj[c]; }
+      }
+    }
+  }
+  for (var u = 0u; u < QC; u++) { /* unroll */
+    mS[u * S + li] = m[u];
+    lS[u * S + li] = l[u];
+    for (var c = 0u; c < D4; c++) { /* unroll */ aS[(u * S + li) * D4 + c] = a[u * D4 + c]; }
+  }
+  workgroupBarrier();
+  // Threads that saw no key hold m = −FLT_MAX, l = 0: their weight exp(−FLT_MAX − M) is 0.
+  for (var u = li; u < QC; u += S) {
+    var M = NEG_MAX;
+    for (var s = 0u; s < S; s++) { M = max(M, mS[u * S + s]); }
+    var L = 0.0;
+    for (var s = 0u; s < S; s++) { L = L + exp(mS[u * S + s] - M) * lS[u * S + s]; }
+    wM[u] = M;
+    wL[u] = L;
+    if (i0 + u < params.n) { lse[(b * params.H + h) * params.n + i0 + u] = M + log(L); }
+  }
+  workgroupBarrier();
+  for (var e = li; e < QC * D4; e += S) {
+    let u = e / D4;
+    let c = e % D4;
+    if (i0 + u < params.n) {
+      let M = wM[u];
+      let inv = 1.0 / wL[u];
+      var acc = vec4f();
+      for (var s = 0u; s < S; s++) {
+        acc = acc + exp(mS[u * S + s] - M) * aS[(u * S + s) * D4 + c];
+      }
+      st_out((b * params.n + i0 + u) * params.H + h, c, acc * inv);
+    }
+  }
+}`);
+}
+
+/** Sizes of the decode attention and the texture write. */
+export interface DecodeAttentionSizes {
+  /** Rows. */
+  B: number;
+  /** Tokens per row in this forward. */
+  n: number;
+  /** Heads. */
+  H: number;
+  /** dimHead (a multiple of 8, see {@link kvTextureSupported}). */
+  D: number;
+  /** Cache positions per row. */
+  maxLen: number;
+}
+
+/**
+ * Causal attention of this forward's queries over the KV texture: query `(b, i)` attends
+ * positions `0..start[b]+i` (clamped to maxLen − 1) of its row and head, exactly as
+ * kernels/attention.ts's `attention` with the `"split"` variant, with the same bits; keys and
+ * values come from `kvTex` (written by the fused qkv epilogue or {@link kvTextureWrite}).
+ *
+ * @param gpu the runtime
+ * @param a `qkv (T, 3, H, D)` (q read), `kvTex` from {@link kvTexture}, `start (B)` u32,
+ *   outputs `out (T, H, D)` and `lse (B, H, n)`, sizes
+ * @returns the dispatch
+ * @throws Error when D is not a multiple of 8
+ * @example
+ * ```ts
+ * import { requestGpu } from "./gpu.ts";
+ * import { attentionDecode, kvTexture, kvTextureWrite } from "./attention_decode.ts";
+ * const gpu = await requestGpu();
+ * const [B, n, H, D, maxLen] = [1, 1, 2, 8, 16];
+ * const qkv = gpu.upload("qkv (T, 3, H, D)", new Float32Array(B * n * 3 * H * D).fill(0.5));
+ * const kvTex = kvTexture(gpu, "kv texture", B, H, D, maxLen);
+ * const start = gpu.upload("start (B)", new Uint32Array([0]));
+ * const out = gpu.buffer("out (T, H, D)", B * n * H * D * 4);
+ * const lse = gpu.buffer("lse (B, H, n)", B * H * n * 4);
+ * const sizes = { B, n, H, D, maxLen };
+ * gpu.run("decode", [
+ *   kvTextureWrite(gpu, { qkv, kvTex, start, ...sizes }),
+ *   attentionDecode(gpu, { qkv, kvTex, start, out, lse, ...sizes }),
+ * ]);
+ * console.log(await gpu.readF32(out)); // 0.5 everywhere
+ * ```
+ */
+export function attentionDecode(
+  gpu: Gpu,
+  a: DecodeAttentionSizes & {
+    qkv: GPUBuffer;
+    kvTex: GPUTexture;
+    start: GPUBuffer;
+    out: GPUBuffer;
+    lse: GPUBuffer;
+  },
+): Dispatch {
+  const { B, n, H, D, maxLen } = a;
+  if (D % 8 !== 0) throw new Error(`specdec: attentionDecode needs dimHead % 8 = 0, got ${D}`);
+  const { S, QC } = splitShape(gpu, D, n);
+  const tiles = Math.ceil(n / QC);
+  return textureKernel(gpu, {
+    label: "attention decode (texture)",
+    code: attentionDecodeCode(D, S, QC),
+    params: { B, n, H, maxLen, scale: 1 / Math.sqrt(D), tiles },
+    buffers: { qkv: a.qkv, start: a.start, out: a.out, lse: a.lse },
+    textures: { kvT: a.kvTex },
+    workgroups: B * H * tiles,
+  });
+}
+
+/** The texture copy of kvWrite: one invocation per (token, k/v, head, vec4 of D). */
+const KV_TEXTURE_WRITE = /* wgsl */ `
+struct Params {
+  B: u32, n: u32, H: u32,
+  D4: u32,     // vec4s per head vector
+  maxLen: u32,
+  total: u32,  // vec4s to copy: B·n · 2 · H · D4
+}
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> qkv: array<vec4f>; // (T, 3, H, D)
+@group(0) @binding(2) var<storage, read> start: array<u32>; // (B)
+@group(0) @binding(3) var kvT: texture_storage_2d_array<rgba32float, write>; // (2·B·H, maxLen, D/4)
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let id = (wg.x + wg.y * nw.x) * 64u + li;
+  if (id >= params.total) { return; }
+  let c = id % params.D4;
+  var r = id / params.D4;
+  let h = r % params.H;
+  r = r / params.H;
+  let s = r % 2u;
+  let t = r / 2u;
+  let b = t / params.n;
+  let pos = start[b] + t % params.n;
+  if (pos >= params.maxLen) { return; } // no slot past the cache, as kvWrite
+  let layer = (s * params.B + b) * params.H + h;
+  textureStore(kvT, vec2u(c, pos), layer, qkv[((t * 3u + 1u + s) * params.H + h) * params.D4 + c]);
+}`;
+
+/**
+ * Copies k and v of every token `(b, i)` of this forward from `qkv` into the KV texture at
+ * position `start[b] + i` (positions ≥ maxLen are skipped), as kvWrite does into the storage
+ * cache: the unfused forwards keep the texture in step with the cache.
+ *
+ * @param gpu the runtime
+ * @param a `qkv (T, 3, H, D)` (after rotary), `kvTex` (written), `start (B)` u32, sizes
+ * @returns the dispatch
+ * @throws Error when D is not a multiple of 8
+ * @example
+ * ```ts
+ * import { requestGpu } from "./gpu.ts";
+ * import { kvTexture, kvTextureWrite } from "./attention_decode.ts";
+ * const gpu = await requestGpu();
+ * const [B, n, H, D, maxLen] = [1, 2, 1, 8, 4];
+ * const qkv = gpu.upload("qkv (T, 3, H, D)", new Float32Array(B * n * 3 * H * D).fill(1));
+ * const kvTex = kvTexture(gpu, "kv texture", B, H, D, maxLen);
+ * const start = gpu.upload("start (B)", new Uint32Array([0]));
+ * gpu.run("copy", [kvTextureWrite(gpu, { qkv, kvTex, start, B, n, H, D, maxLen })]);
+ * ```
+ */
+export function kvTextureWrite(
+  gpu: Gpu,
+  a: DecodeAttentionSizes & { qkv: GPUBuffer; kvTex: GPUTexture; start: GPUBuffer },
+): Dispatch {
+  const { B, n, H, D, maxLen } = a;
+  if (D % 8 !== 0) throw new Error(`specdec: kvTextureWrite needs dimHead % 8 = 0, got ${D}`);
+  const total = B * n * 2 * H * (D / 4);
+  return textureKernel(gpu, {
+    label: "kvTextureWrite",
+    code: KV_TEXTURE_WRITE,
+    params: { B, n, H, D4: D / 4, maxLen, total },
+    buffers: { qkv: a.qkv, start: a.start },
+    textures: { kvT: a.kvTex },
+    workgroups: total === 0 ? 0 : Math.ceil(total / 64),
+  });
+}
