@@ -22,8 +22,8 @@
  * Softmax is streamed (online max and sum), so any key count works in fixed memory. Every
  * reduction has a fixed order: results are deterministic, and no float atomics are used.
  *
- * Files: kernels/attention_forward.ts ({@link kvWrite}, {@link attention}: variants `"tiled"` and
- * `"split"`), kernels/attention_backward.ts ({@link attentionBackward}), and what they share,
+ * Files: kernels/attention_forward.ts ({@link kvWrite}, {@link attention}: variants `"tiled"`,
+ * with `per` queries per invocation, and `"split"`), kernels/attention_backward.ts ({@link attentionBackward}), and what they share,
  * kernels/attention_head.ts: one WGSL template per kernel, head vectors held as `array<vec4f, D4>`
  * in unrolled loops (registers), each head size D compiling its own pipelines.
  *

@@ -107,6 +107,20 @@ export function kvWrite(
 // ---------------------------------------------------------------------------------------------
 // attention forward
 
+/**
+ * Queries per invocation of the tiled forward on software adapters ({@link attention}'s `per`):
+ * each key and value an invocation loads then serves that many queries. On lavapipe every
+ * storage load is a per-lane loop (~5–7 ns a word), and one query per invocation spent its time
+ * loading keys and values.
+ */
+const SOFTWARE_PER = 8;
+/**
+ * On hardware adapters: one query per invocation, the shared-memory key tiles of
+ * {@link attentionTiledCode} (coalesced loads, 64 threads a workgroup); not measured against
+ * PER > 1 on a GPU yet.
+ */
+const HARDWARE_PER = 1;
+
 /** Params and bindings of both forward variants. */
 function forwardBindings(D: number): string {
   const elem = headElem(D);
@@ -198,6 +212,95 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
     let inv = 1.0 / l;
     for (var c = 0u; c < D4; c++) { /* unroll */ st_out(t * params.H + h, c, a[c] * inv); }
     lse[(b * params.H + h) * params.n + iq] = m + log(l);
+  }
+}`);
+}
+
+/** The same WGSL once per owned query r = 0..per−1, with `$r` replaced. */
+function perOwned(code: string, per: number): string {
+  return Array.from({ length: per }, (_, r) => code.replaceAll("$r", String(r))).join("\n");
+}
+
+/**
+ * Tiled forward with PER > 1 queries per invocation (software adapters): a workgroup takes
+ * TILE consecutive queries of one (row, head), TILE / PER invocations of PER consecutive queries
+ * each. An invocation walks keys 0..(its last query's last key) once, straight from storage,
+ * and each key and value it loads serves all its PER queries (a query skips keys past its own
+ * last one). No shared memory or barriers: on lavapipe every storage load is a per-lane loop, so
+ * what pays is the reuse of each loaded word across queries. Each query keeps its own online
+ * softmax and sees its keys in the same order with the same arithmetic as in
+ * {@link attentionTiledCode}: the same bits.
+ */
+function attentionTiledPerCode(D: number, per: number): string {
+  return unrollLoops(/* wgsl */ `${forwardBindings(D)}
+const TILE: u32 = ${TILE}u; // queries per workgroup
+const PER: u32 = ${per}u;   // queries per invocation
+
+@compute @workgroup_size(${TILE / per})
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let w = wg.x + wg.y * nw.x; // (b, h, tile)
+  let tile = w % params.tiles;
+  let h = (w / params.tiles) % params.H;
+  let b = w / (params.tiles * params.H);
+  if (b >= params.B) { return; } // whole workgroup: grid overshoot
+  let first = tile * TILE + li * PER; // this invocation's first query
+  if (first >= params.n) { return; }  // no query of its own: nothing to compute or help load
+  let scale = params.scale;
+  let lastQ = params.n - 1u;
+  let st = start[b];
+  ${
+    perOwned(
+      `
+  let i$r = min(first + $ru, lastQ); // queries past n shadow the last one and write nothing
+  let lim$r = min(st + i$r, params.maxLen - 1u); // this query's last key (inclusive)
+  let t$r = b * params.n + i$r;
+  var q$r: array<vec4f, D4>;
+  for (var c = 0u; c < D4; c++) { /* unroll */ q$r[c] = ld_qkv(t$r * 3u * params.H + h, c); }
+  var m$r = NEG_MAX; // running max
+  var l$r = 0.0;     // running sum of exp(s - m)
+  var a$r: array<vec4f, D4>; // running sum of exp(s - m) · v`,
+      per,
+    )
+  }
+  let kRow = (b * params.H + h) * params.maxLen;
+  let vRow = kRow + params.B * params.H * params.maxLen;
+  for (var j = 0u; j <= lim${per - 1}; j++) {
+    var k: array<vec4f, D4>;
+    var v: array<vec4f, D4>;
+    for (var c = 0u; c < D4; c++) { /* unroll */ k[c] = ld_kv(kRow + j, c); }
+    for (var c = 0u; c < D4; c++) { /* unroll */ v[c] = ld_kv(vRow + j, c); }
+    ${
+    perOwned(
+      `
+    if (j <= lim$r) { // causal: query $r's keys only
+      var s = dot(q$r[0], k[0]);
+      for (var c = 1u; c < D4; c++) { /* unroll */ s += dot(q$r[c], k[c]); }
+      s *= scale;
+      if (s > m$r) { // new running max: rescale what was summed so far
+        let alpha = exp(m$r - s);
+        l$r = l$r * alpha;
+        for (var c = 0u; c < D4; c++) { /* unroll */ a$r[c] = a$r[c] * alpha; }
+        m$r = s;
+      }
+      let pk = exp(s - m$r);
+      l$r = l$r + pk;
+      for (var c = 0u; c < D4; c++) { /* unroll */ a$r[c] = a$r[c] + pk * v[c]; }
+    }`,
+      per,
+    )
+  }
+  }
+  ${
+    perOwned(
+      `
+  if (first + $ru < params.n) {
+    let inv$r = 1.0 / l$r;
+    for (var c = 0u; c < D4; c++) { /* unroll */ st_out(t$r * params.H + h, c, a$r[c] * inv$r); }
+    lse[(b * params.H + h) * params.n + i$r] = m$r + log(l$r);
+  }`,
+      per,
+    )
   }
 }`);
 }
@@ -334,8 +437,9 @@ export type AttentionVariant = "tiled" | "split";
  * k and v from `kv` ({@link kvWrite} must have run first, in the same or an earlier pass).
  * Writes the merged-head output and the logsumexp of the scaled scores (kept for the backward).
  *
- * Two kernels: `"tiled"` (a workgroup per 64 queries sharing key tiles in shared memory, for
- * training and prefill) and `"split"` (a workgroup per up to 8 queries of a row and head, keys
+ * Two kernels: `"tiled"` (a workgroup per 64 queries, for training and prefill: with `per` = 1
+ * one query per thread sharing key tiles in shared memory, with `per` > 1 that many queries per
+ * thread, each key loaded once for all of them; the same bits either way) and `"split"` (a workgroup per up to 8 queries of a row and head, keys
  * split over its threads and each key loaded once for all those queries, for decode,
  * verification and short prompts). The default picks `"split"` when n < 64: a tiled workgroup
  * then has idle threads, and small workgroups spread better over the GPU. The split kernel gives
@@ -344,8 +448,11 @@ export type AttentionVariant = "tiled" | "split";
  *
  * @param gpu the runtime
  * @param a `qkv (T, 3, H, D)`, `kv (2, B, H, maxLen, D)`, `start (B)` u32, outputs
- *   `out (T, H, D)` and `lse (B, H, n)`, sizes, and optionally the variant
+ *   `out (T, H, D)` and `lse (B, H, n)`, sizes, optionally the variant, and `per`: queries per
+ *   invocation of the tiled variant, a power of two up to 64 (default 8 on software adapters, 1
+ *   on hardware ones; the split variant ignores it)
  * @returns the dispatch
+ * @throws Error when `per` is not a power of two from 1 to 64
  * @example
  * ```ts
  * import { requestGpu } from "./gpu.ts";
@@ -373,16 +480,26 @@ export function attention(
     out: GPUBuffer;
     lse: GPUBuffer;
     variant?: AttentionVariant;
+    per?: number;
   },
 ): Dispatch {
   const { B, n, H, D, maxLen } = a;
   const variant = a.variant ?? (n < TILE ? "split" : "tiled");
   const tiled = variant === "tiled";
+  const per = a.per ?? (gpu.isSoftware ? SOFTWARE_PER : HARDWARE_PER);
+  if (![1, 2, 4, 8, 16, 32, 64].includes(per)) {
+    throw new Error(`specdec: attention: per = ${per} must be a power of two from 1 to 64`);
+  }
   const { S, QC } = splitShape(gpu, D, n);
   const tiles = Math.ceil(n / (tiled ? TILE : QC));
+  const code = !tiled
+    ? attentionSplitCode(D, S, QC)
+    : per === 1
+    ? attentionTiledCode(D)
+    : attentionTiledPerCode(D, per);
   return gpu.kernel({
-    label: `attention ${variant}`,
-    code: tiled ? attentionTiledCode(D) : attentionSplitCode(D, S, QC),
+    label: tiled && per > 1 ? `attention tiled per ${per}` : `attention ${variant}`,
+    code,
     params: { B, n, H, maxLen, scale: 1 / Math.sqrt(D), tiles },
     buffers: { qkv: a.qkv, kv: a.kv, start: a.start, out: a.out, lse: a.lse },
     workgroups: B * H * tiles,

@@ -26,6 +26,7 @@ function forward(
   start: GPUBuffer,
   s: Sizes,
   variant?: AttentionVariant,
+  per?: number,
 ) {
   const T = s.B * s.n;
   const qkv = gpu.upload("qkv (T, 3, H, D)", qkvHost);
@@ -33,7 +34,7 @@ function forward(
   const lse = gpu.buffer("lse (B, H, n)", s.B * s.H * s.n * 4);
   const dispatches = [
     kvWrite(gpu, { qkv, kv, start, ...s }),
-    attention(gpu, { qkv, kv, start, out, lse, variant, ...s }),
+    attention(gpu, { qkv, kv, start, out, lse, variant, per, ...s }),
   ];
   return { qkv, out, lse, dispatches };
 }
@@ -80,20 +81,22 @@ for (const variant of ["tiled", "split"] as const) {
   gpuTest(
     `attention() ${variant} matches the reference with per-row starts and a cache`,
     async (gpu) => {
-      const cases: (Sizes & { start: number[] })[] = [
+      const cases: (Sizes & { start: number[]; per?: number })[] = [
         { B: 3, n: 5, H: 3, D: 10, maxLen: 40, start: [0, 17, 34] },
         { B: 2, n: 70, H: 1, D: 8, maxLen: 90, start: [0, 19] }, // two query tiles
-        { B: 1, n: 3, H: 2, D: 64, maxLen: 45, start: [41] }, // the model's head size
+        // the model's head size; per 4 (tiled): lavapipe takes ~1 min to compile 8 queries of 64
+        // per invocation without a shader cache (a fresh CI machine), 4 compile in seconds
+        { B: 1, n: 3, H: 2, D: 64, maxLen: 45, start: [41], per: 4 },
       ];
       for (const c of cases) {
-        const { B, n, H, D, maxLen, start } = c;
+        const { B, n, H, D, maxLen, start, per } = c;
         const T = B * n;
         const seed = 100 * D + n;
         const qkvHost = randomNormal(T * 3 * H * D, seed);
         const cacheHost = randomNormal(2 * B * H * maxLen * D, seed + 1); // (2, B, H, maxLen, D)
         const kv = gpu.upload("kv (2, B, H, maxLen, D)", cacheHost);
         const startBuf = gpu.upload("start (B)", new Uint32Array(start));
-        const f = forward(gpu, kv, qkvHost, startBuf, { B, n, H, D, maxLen }, variant);
+        const f = forward(gpu, kv, qkvHost, startBuf, { B, n, H, D, maxLen }, variant, per);
         gpu.run("attention", f.dispatches);
         const { q, k, v } = splitQkv(qkvHost, { T, H, D });
         const half = B * H * maxLen * D;
@@ -121,6 +124,68 @@ for (const variant of ["tiled", "split"] as const) {
     },
   );
 }
+
+gpuTest(
+  "attention() tiled: per 1 and per 8 match the reference and give the same bits",
+  async (gpu) => {
+    // per = queries per invocation (8: software adapters, 1: hardware, the shared-memory kernel).
+    // n not a multiple of 8 nor of 64, so the last group of 8 and the last workgroup are partial.
+    const cases: (Sizes & { start: number[] })[] = [
+      { B: 3, n: 5, H: 1, D: 8, maxLen: 5, start: [0, 0, 0] }, // training: start 0
+      { B: 2, n: 13, H: 2, D: 32, maxLen: 13, start: [0, 0] },
+      { B: 1, n: 67, H: 3, D: 32, maxLen: 67, start: [0] }, // two workgroups of queries
+      { B: 3, n: 67, H: 2, D: 8, maxLen: 80, start: [0, 9, 13] }, // a cache
+      { B: 2, n: 13, H: 1, D: 10, maxLen: 30, start: [3, 11] }, // scalar loads (D % 4 ≠ 0)
+      // row 1's positions 20..32 run past maxLen: its last queries see keys ≤ 19 only (the
+      // reference has no such clamp: only per 1 and per 8 are compared, bit for bit)
+      { B: 2, n: 13, H: 2, D: 8, maxLen: 20, start: [2, 7] },
+    ];
+    for (const c of cases) {
+      const { B, n, H, D, maxLen, start } = c;
+      const T = B * n;
+      const qkvHost = randomNormal(T * 3 * H * D, 200 + n + D);
+      const cacheHost = randomNormal(2 * B * H * maxLen * D, 300 + n + D); // (2, B, H, maxLen, D)
+      const { q, k, v } = splitQkv(qkvHost, { T, H, D });
+      const half = B * H * maxLen * D;
+      const ref = attentionRef({
+        q,
+        k,
+        v,
+        B,
+        n,
+        H,
+        D,
+        start,
+        maxLen,
+        cacheK: cacheHost.subarray(0, half),
+        cacheV: cacheHost.subarray(half),
+      });
+      const clamped = start.some((st) => st + n > maxLen);
+      const got: Float32Array[][] = [];
+      for (const per of [1, 8, 2]) {
+        const kv = gpu.upload("kv (2, B, H, maxLen, D)", cacheHost);
+        const startBuf = gpu.upload("start (B)", new Uint32Array(start));
+        const f = forward(gpu, kv, qkvHost, startBuf, { B, n, H, D, maxLen }, "tiled", per);
+        gpu.run("attention", f.dispatches);
+        const out = await gpu.readF32(f.out), lse = await gpu.readF32(f.lse);
+        const label = `per=${per} B=${B} n=${n} H=${H} D=${D} start=${start}`;
+        if (!clamped) {
+          assertClose(out, ref.out, { atol: 2e-6, rtol: 1e-5, label });
+          assertClose(lse, ref.lse, { atol: 2e-6, rtol: 1e-6, label: label + " lse" });
+        }
+        got.push([out, lse]);
+      }
+      // the same summation order per query: the same bits whatever per is
+      for (const [i, per] of [[1, 8], [2, 2]]) {
+        assertEquals(got[i][0], got[0][0], `out per=${per} vs per=1, n=${n} D=${D}`);
+        assertEquals(got[i][1], got[0][1], `lse per=${per} vs per=1, n=${n} D=${D}`);
+      }
+    }
+    const b = gpu.buffer("any (4)", 16);
+    const bufs = { qkv: b, kv: b, start: b, out: b, lse: b, B: 1, n: 1, H: 1, D: 4, maxLen: 1 };
+    assertThrows(() => attention(gpu, { ...bufs, per: 6 }), /per = 6 must be a power of two/);
+  },
+);
 
 gpuTest("attention() cached decode and rollback equal one full pass", async (gpu) => {
   const [B, H, D, N, maxLen] = [3, 3, 8, 20, 24];
