@@ -5,7 +5,7 @@
  * @module
  */
 import type { Dispatch, Gpu } from "./gpu.ts";
-import { headElem, headVectors, TILE } from "./attention_head.ts";
+import { headElem, headVectors, softwarePer, TILE } from "./attention_head.ts";
 import { unrollLoops } from "./unroll.ts";
 
 // Training only: start = 0, so the keys of row b are its own tokens b·n + j.
@@ -15,14 +15,11 @@ import { unrollLoops } from "./unroll.ts";
 //   dqᵢ = scale Σ_{j≤i} dSᵢⱼ kⱼ,  dkⱼ = scale Σ_{i≥j} dSᵢⱼ qᵢ,  dvⱼ = Σ_{i≥j} Pᵢⱼ dOᵢ,
 // with Pᵢⱼ recomputed from the forward's logsumexp: Pᵢⱼ = exp(Sᵢⱼ − lseᵢ).
 
-/**
- * Queries (dq kernel) or keys (dk dv kernel) each invocation owns on software adapters, 8 to a
- * workgroup of TILE. Every key (query) the loop
- * loads then serves that many queries (keys): on lavapipe one per invocation spent its time
- * loading k and v (141 ms for dq at n = 513, H = 2, D = 32), 8 per invocation took 23 ms; 16
- * gained nothing more.
- */
-const SOFTWARE_PER = 8;
+// Queries (dq kernel) or keys (dk dv kernel) each invocation owns on software adapters:
+// softwarePer(D) (attention_head.ts). Every key (query) the loop loads then serves that many
+// queries (keys): on lavapipe one per invocation spent its time loading k and v (141 ms for dq at
+// n = 513, H = 2, D = 32), 8 per invocation took 23 ms; 16 gained nothing more.
+
 /**
  * On hardware adapters: one query (key) per invocation, 64 per workgroup, since a workgroup of
  * 8 invocations would leave most of a SIMD unit idle there (not measured on a GPU yet).
@@ -249,7 +246,7 @@ export function attentionBackward(
   },
 ): Dispatch[] {
   const { B, n, H, D } = a;
-  const per = a.per ?? (gpu.isSoftware ? SOFTWARE_PER : HARDWARE_PER);
+  const per = a.per ?? (gpu.isSoftware ? softwarePer(D) : HARDWARE_PER);
   if (![1, 2, 4, 8, 16, 32, 64].includes(per)) {
     throw new Error(`specdec: attentionBackward: per = ${per} must be a power of two from 1 to 64`);
   }

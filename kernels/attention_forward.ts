@@ -5,7 +5,7 @@
  * @module
  */
 import type { Dispatch, Gpu } from "./gpu.ts";
-import { headElem, headVectors, NEG_MAX, TILE, tileRows } from "./attention_head.ts";
+import { headElem, headVectors, NEG_MAX, softwarePer, TILE, tileRows } from "./attention_head.ts";
 import { unrollLoops } from "./unroll.ts";
 
 /**
@@ -107,13 +107,11 @@ export function kvWrite(
 // ---------------------------------------------------------------------------------------------
 // attention forward
 
-/**
- * Queries per invocation of the tiled forward on software adapters ({@link attention}'s `per`):
- * each key and value an invocation loads then serves that many queries. On lavapipe every
- * storage load is a per-lane loop (~5–7 ns a word), and one query per invocation spent its time
- * loading keys and values.
- */
-const SOFTWARE_PER = 8;
+// Queries per invocation of the tiled forward on software adapters ({@link attention}'s `per`):
+// softwarePer(D) (attention_head.ts). Each key and value an invocation loads then serves that
+// many queries. On lavapipe every storage load is a per-lane loop (~5–7 ns a word), and one query
+// per invocation spent its time loading keys and values.
+
 /**
  * On hardware adapters: one query per invocation, the shared-memory key tiles of
  * {@link attentionTiledCode} (coalesced loads, 64 threads a workgroup); not measured against
@@ -486,7 +484,7 @@ export function attention(
   const { B, n, H, D, maxLen } = a;
   const variant = a.variant ?? (n < TILE ? "split" : "tiled");
   const tiled = variant === "tiled";
-  const per = a.per ?? (gpu.isSoftware ? SOFTWARE_PER : HARDWARE_PER);
+  const per = a.per ?? (gpu.isSoftware ? softwarePer(D) : HARDWARE_PER);
   if (![1, 2, 4, 8, 16, 32, 64].includes(per)) {
     throw new Error(`specdec: attention: per = ${per} must be a power of two from 1 to 64`);
   }

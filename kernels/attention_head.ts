@@ -82,3 +82,20 @@ export function headVectors(D: number, loads: string[], stores: string[]): strin
     ...stores.map(st),
   ].join("\n");
 }
+
+/**
+ * Queries (or keys) per invocation of the tiled attention kernels on software adapters, for head
+ * size D: 8, halved while per · D > 256. Each key or query an invocation loads then serves per of
+ * them (lavapipe's storage loads are a per-lane loop, ~5–7 ns a word), but the per × D/4 vec4
+ * register arrays are unrolled, and lavapipe's compile time explodes with them: at D = 64, per 8
+ * took 55 s (forward) and 330 s (backward) to compile cold, per 4 14 s for the forward, which then
+ * runs ~30% slower. A first training step should not wait minutes.
+ *
+ * @param D head size
+ * @returns per, a power of two from 1 to 8
+ */
+export function softwarePer(D: number): number {
+  let per = 8;
+  while (per > 1 && per * D > 256) per /= 2;
+  return per;
+}
