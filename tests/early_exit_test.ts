@@ -19,6 +19,7 @@ import { type AcceptKernel, acceptKernel } from "../kernels/speculative.ts";
 import { brokenAcceptKernel } from "./kernels/broken_accept.ts";
 import { chiSquare, probsRef } from "./reference/sampling.ts";
 import { selfSpeculativeEngine } from "../model/self_speculative.ts";
+import { slotCopyKernel } from "../kernels/hidden_slots.ts";
 import { parseFlags, runConfig, savedArgs } from "../cli/train_options.ts";
 
 /** Tiny models with an exit head after block 1 of 3, without and with an extra block. */
@@ -226,6 +227,80 @@ for (const extra of [0, 1]) {
         adaptive.draftedMean > 1.05 && adaptive.draftedMean < 4.95,
         `draftedMean ${adaptive.draftedMean}: the threshold never or always stopped drafting`,
       );
+      model.destroy();
+    },
+  );
+}
+
+for (const [k, extra] of [[1, 0], [2, 1]]) {
+  gpuTest(
+    `self-speculative verification (k=${k}, ${extra} extra blocks): blocks < k run only in the ` +
+      "one-token draft forwards, and the upper plan's logits are a full verification's bits",
+    async (gpu) => {
+      const cfg = { ...DEC_CFG, earlyExitLayer: k, earlyExitExtraBlocks: extra };
+      const model = Decoder.create(gpu, cfg, { seed: 8 + k });
+      const B = 3, G = 3, N = 12, L = 32, C = cfg.dim;
+      const tokens = randomRows(B, N, cfg.numTokens, 17);
+      const s = [4, 1, 6]; // each row's first verified position, pos − 1
+      const at = (j: number) => Uint32Array.from(tokens.map((r, b) => r[s[b] + j]));
+      const prefill = (cache: ReturnType<Decoder["createCache"]>) => {
+        const plan = model.forwardPlan(cache, 6, false, extra > 0 ? "verify" : "full");
+        gpu.write(plan.tokens, Uint32Array.from(tokens.flatMap((r) => r.slice(0, 6))));
+        gpu.write(plan.start, new Uint32Array(B));
+        gpu.run("prefill", plan.dispatches);
+      };
+      // today's verification: every block over the γ + 1 positions
+      const fullCache = model.createCache(B, L);
+      prefill(fullCache);
+      const full = model.forwardPlan(fullCache, G + 1);
+      gpu.write(
+        full.tokens,
+        Uint32Array.from(tokens.flatMap((r, b) => r.slice(s[b], s[b] + G + 1))),
+      );
+      gpu.write(full.start, Uint32Array.from(s));
+      gpu.run("full verification", full.dispatches);
+      const want = await gpu.readF32(full.logits);
+      // the new one: one-token draft forwards x_0 .. x_γ, each copying its stream after block
+      // k − 1 into its slot (the engine's copy kernel, slot from the row's pos), then blocks ≥ k
+      const cache = model.createCache(B, L);
+      prefill(cache);
+      const d1 = model.forwardPlan(cache, 1, false, "draft");
+      const upper = model.forwardPlan(cache, G + 1, false, "upper");
+      const state = gpu.upload("state", Uint32Array.from(s.map((x) => x + 1)));
+      const copy = slotCopyKernel(gpu, {
+        state,
+        start: d1.start,
+        x: d1.layers[0].x,
+        hidden: upper.layers[0].x,
+        B,
+        C,
+        slots: G + 1,
+        L,
+      });
+      const split = d1.draftSplit!;
+      for (let j = 0; j <= G; j++) {
+        gpu.write(d1.tokens, at(j));
+        gpu.write(d1.start, Uint32Array.from(s.map((x) => x + j)));
+        const d = d1.dispatches;
+        gpu.run(`draft ${j}`, [...d.slice(0, split.lower), copy, ...d.slice(split.lower)]);
+      }
+      gpu.write(upper.start, Uint32Array.from(s));
+      gpu.run("upper verification", upper.dispatches);
+      const got = await gpu.readF32(upper.logits);
+      // the same bits: a row's result does not depend on the forward's width
+      const diff = got.findIndex((v, i) => v !== want[i]);
+      ok(diff < 0, `logit ${diff}: ${got[diff]} ≠ the full verification's ${want[diff]}`);
+      // fewer dispatches: no embedding, no blocks < k (they are the draft's first split.lower)
+      ok(upper.dispatches.every((d) => !/embedding/i.test(d.label)));
+      deepStrictEqual(upper.dispatches.length + split.lower, full.dispatches.length);
+      ok(upper.dispatches.length < full.dispatches.length);
+      // the engine verifies with that plan; the tail forward is the draft's up to its exit head
+      const engine = selfSpeculativeEngine(model, [[1, 2, 3]], 10, { gamma: G }, acceptKernel);
+      const part = (name: RegExp) => engine.parts.find((p) => name.test(p.name))!.dispatches;
+      deepStrictEqual(part(/^target forward/).length, upper.dispatches.length);
+      deepStrictEqual(part(/^tail forward/).length, split.head + 1);
+      engine.destroy();
+      state.destroy();
       model.destroy();
     },
   );
