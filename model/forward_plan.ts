@@ -207,7 +207,7 @@ export function buildForwardPlan(
   let lower = -1; // a draft plan's dispatches before the extra blocks
   for (const [i, s] of (useFused ? exit.steps : []).entries()) {
     const { w, a, kv } = s, x = a.x;
-    if (i === config.earlyExitLayer) lower = d.length;
+    if (kind === "draft" && i === config.earlyExitLayer) lower = d.length;
     if (s.pre) d.push(s.pre);
     // x += attention(rotary(norm(x)·qkvᵀ)) · attnOutᵀ: k, v straight into the cache
     d.push(fusedLinear(gpu, {
@@ -249,7 +249,7 @@ export function buildForwardPlan(
   }
   for (const [i, s] of (useFused ? [] : exit.steps).entries()) {
     const { w, a, kv, next } = s;
-    if (i === config.earlyExitLayer) lower = d.length;
+    if (kind === "draft" && i === config.earlyExitLayer) lower = d.length;
     if (s.pre) d.push(s.pre);
     // attention block: x += att · attnOutᵀ, att = attention(rotary(norm(x) · qkvᵀ))
     d.push(rmsNorm(gpu, { x: a.x, weight: w.norm, y: a.xn, rstd: a.rstd, T, C }));

@@ -19,7 +19,7 @@ import { type AcceptKernel, acceptKernel } from "../kernels/speculative.ts";
 import { brokenAcceptKernel } from "./kernels/broken_accept.ts";
 import { chiSquare, probsRef } from "./reference/sampling.ts";
 import { selfSpeculativeEngine } from "../model/self_speculative.ts";
-import { slotCopyKernel } from "../kernels/hidden_slots.ts";
+import { slotCopyKernel, tailFeedKernel } from "../kernels/hidden_slots.ts";
 import { parseFlags, runConfig, savedArgs } from "../cli/train_options.ts";
 
 /** Tiny models with an exit head after block 1 of 3, without and with an extra block. */
@@ -305,6 +305,52 @@ for (const [k, extra] of [[1, 0], [2, 1]]) {
     },
   );
 }
+
+gpuTest("slot copy and tail feed kernels match their reference (odd sizes)", async (gpu) => {
+  const B = 5, C = 13, S = 4, L = 20, G = S - 1;
+  const x = Float32Array.from({ length: B * C }, (_, i) => Math.sin(i * 1.7) + i / 100);
+  const before = Float32Array.from({ length: B * S * C }, (_, i) => -1 - i);
+  // pos per row; row 3 finished; row 4's start is below pos − 1 (stale), row 2's beyond slot G
+  const pos = [7, 1, 3, L, 9], start = [8, 2, 2 + S, 4, 5];
+  const state = gpu.upload("state", Uint32Array.from(pos));
+  const xs = gpu.upload("x", x), hidden = gpu.upload("hidden", before);
+  const startBuf = gpu.upload("start", Uint32Array.from(start));
+  gpu.run("copy", [
+    slotCopyKernel(gpu, { state, start: startBuf, x: xs, hidden, B, C, slots: S, L }),
+  ]);
+  const want = Float32Array.from(before);
+  for (let b = 0; b < B; b++) {
+    const slot = start[b] + 1 - pos[b];
+    if (pos[b] >= L || slot < 0 || slot >= S) continue;
+    want.set(x.subarray(b * C, (b + 1) * C), (b * S + slot) * C);
+  }
+  deepStrictEqual(await gpu.readF32(hidden), want);
+  // the tail feed: x_k at targetStart + k, k = gamma or the row's draft count (STOPPED flag off)
+  const targetTokens = Uint32Array.from({ length: B * S }, (_, i) => 100 + i);
+  const targetStart = [3, 0, 8, 11, 2], drafted = [1, 0x80000002, 3, 0x80000001, 2];
+  const tt = gpu.upload("targetTokens", targetTokens);
+  const ts = gpu.upload("targetStart", Uint32Array.from(targetStart));
+  const dr = gpu.upload("drafted", Uint32Array.from(drafted));
+  for (const adaptive of [false, true]) {
+    const ft = gpu.upload("feedTokens", new Uint32Array(B)),
+      fs = gpu.upload("fs", new Uint32Array(B));
+    gpu.run("tail feed", [tailFeedKernel(gpu, {
+      targetTokens: tt,
+      targetStart: ts,
+      feedTokens: ft,
+      feedStart: fs,
+      B,
+      gamma: G,
+      ...(adaptive ? { drafted: dr } : {}),
+    })]);
+    const k = drafted.map((d) => adaptive ? Math.min(d & 0xffff, G) : G);
+    deepStrictEqual([...await gpu.readU32(ft)], k.map((k, b) => targetTokens[b * S + k]));
+    deepStrictEqual([...await gpu.readU32(fs)], k.map((k, b) => targetStart[b] + k));
+    ft.destroy();
+    fs.destroy();
+  }
+  [state, xs, hidden, startBuf, tt, ts, dr].forEach((b) => b.destroy());
+});
 
 gpuTest("the self-speculative engine needs an exit head", (gpu) => {
   const plain = Decoder.create(gpu, { ...DEC_CFG, earlyExitLayer: 0 });
