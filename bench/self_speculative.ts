@@ -4,8 +4,11 @@
  * α ≈ accepted at position 1), the mean accepted drafts per step and dispatches per token.
  *
  * Usage: deno run -A bench/self_speculative.ts [target.safetensors] [--gammas 1,2,3,5]
- *   [--batch 1] [--prompt 32] [--len 160] [--repeats 3]
- * Without a file: a random model (dim 128, depth 4, exit after layer 1).
+ *   [--batch 1] [--prompt 32] [--len 160] [--repeats 3] [--early-exit K]
+ *   [--dim 128] [--depth 4] [--extra 0]
+ * Without a file: a random model (default dim 128, depth 4, exit after layer 1, no extra blocks).
+ * Self-speculative verification runs only the blocks from the exit on (the draft forwards keep
+ * their stream below it), so a deeper exit saves more of the verification.
  *
  * @module
  */
@@ -24,6 +27,9 @@ const { values, positionals } = parseArgs({
     len: { type: "string", default: "160" },
     repeats: { type: "string", default: "3" },
     "early-exit": { type: "string" },
+    dim: { type: "string", default: "128" },
+    depth: { type: "string", default: "4" },
+    extra: { type: "string", default: "0" },
   },
 });
 const gpu = await requestGpu();
@@ -35,11 +41,12 @@ const model = file
   })
   : Decoder.create(gpu, {
     numTokens: 256,
-    dim: 128,
-    depth: 4,
-    heads: 4,
+    dim: Number(values.dim),
+    depth: Number(values.depth),
+    heads: Math.max(1, Number(values.dim) / 32),
     dimHead: 32,
-    earlyExitLayer: 1,
+    earlyExitLayer: Number(values["early-exit"] ?? 1),
+    earlyExitExtraBlocks: Number(values.extra),
   });
 const B = Number(values.batch), P = Number(values.prompt), L = Number(values.len);
 const R = Number(values.repeats);

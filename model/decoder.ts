@@ -282,8 +282,8 @@ export class Decoder {
    * @param n tokens per row
    * @param training keep every layer's activations for {@link Decoder.gradients}
    * @param kind what it computes, for a model with an exit head: `"full"` (default), `"draft"`
-   *   (blocks below the exit, the extra blocks and the exit head) or `"verify"` (see
-   *   {@link PlanKind})
+   *   (blocks below the exit, the extra blocks and the exit head), `"verify"` or `"upper"`
+   *   (blocks from the exit on, over a stream the caller writes; see {@link PlanKind})
    * @returns the plan (cached per cache, n, mode and kind)
    */
   forwardPlan(cache: KVCache, n: number, training = false, kind: PlanKind = "full"): ForwardPlan {

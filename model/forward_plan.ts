@@ -30,9 +30,12 @@ import { sumRows } from "../kernels/activation.ts";
  * - `"draft"`: blocks [0, k), the exit branch's extra blocks and the exit head into `logits`
  *   (the model as its own draft; its keys and values of blocks < k go to the shared cache);
  * - `"verify"`: as `"full"`, plus the extra blocks on a copy of the stream after block k − 1, so
- *   their cache holds every verified position (the exit head is not computed).
+ *   their cache holds every verified position (the exit head is not computed);
+ * - `"upper"`: blocks [k, depth) and the final head only, with no embedding: the caller writes
+ *   the stream after block k − 1 into `layers[0].x` (self-speculative verification, whose draft
+ *   forwards already ran blocks < k and wrote their keys and values).
  */
-export type PlanKind = "full" | "draft" | "verify";
+export type PlanKind = "full" | "draft" | "verify" | "upper";
 
 /** One block of a forward, in order: its weights, its cache layer, activations and output. */
 interface BlockStep {
@@ -99,6 +102,12 @@ export interface ForwardPlan {
   logits: GPUBuffer;
   /** What the plan computes (see {@link PlanKind}). */
   kind: PlanKind;
+  /**
+   * Where the dispatches of a `"draft"` plan split: `[0, lower)` the embedding and blocks < k
+   * (the stream after block k − 1 is then in `layers[0].x`), `[lower, head)` the extra blocks,
+   * `[head, end)` the exit head.
+   */
+  draftSplit?: { lower: number; head: number };
   /** The exit head's logits `(B, n, V)`: a training plan of a model with an exit head. */
   exitLogits?: GPUBuffer;
   /** The exit branch's extra blocks' activations (training plans only). */
@@ -192,9 +201,14 @@ export function buildForwardPlan(
     fusedLinearSupported(HD, C) && fusedLinearSupported(F, C);
 
   const d: Dispatch[] = [];
-  d.push(embedding(gpu, { tokens, table: weights.tokenEmbedding, out: layers[0].x, T, C }));
-  for (const s of useFused ? exit.steps : []) {
+  // an "upper" plan's input stream is written by the caller
+  if (kind !== "upper") {
+    d.push(embedding(gpu, { tokens, table: weights.tokenEmbedding, out: layers[0].x, T, C }));
+  }
+  let lower = -1; // a draft plan's dispatches before the extra blocks
+  for (const [i, s] of (useFused ? exit.steps : []).entries()) {
     const { w, a, kv } = s, x = a.x;
+    if (kind === "draft" && i === config.earlyExitLayer) lower = d.length;
     if (s.pre) d.push(s.pre);
     // the cache's texture copy (software adapters): the decode attention reads K/V from it
     const kvTex = cache.textures?.[cache.layers.indexOf(kv)];
@@ -245,8 +259,9 @@ export function buildForwardPlan(
       epilogue: { kind: "accumulate", bias: w.ffOutBias, out: x },
     }));
   }
-  for (const s of useFused ? [] : exit.steps) {
+  for (const [i, s] of (useFused ? [] : exit.steps).entries()) {
     const { w, a, kv, next } = s;
+    if (kind === "draft" && i === config.earlyExitLayer) lower = d.length;
     if (s.pre) d.push(s.pre);
     // attention block: x += att · attnOutᵀ, att = attention(rotary(norm(x) · qkvᵀ))
     d.push(rmsNorm(gpu, { x: a.x, weight: w.norm, y: a.xn, rstd: a.rstd, T, C }));
@@ -315,6 +330,9 @@ export function buildForwardPlan(
       d.push(linear(gpu, { a: y, b: w, c: out, M: T, N: V, K: C }));
     }
   };
+  const draftSplit = kind === "draft"
+    ? { lower: lower < 0 ? d.length : lower, head: d.length }
+    : undefined;
   if (kind === "draft") {
     head(xFinal, weights.exitNorm!, weights.exitWeight!, logits, xf, rstdF);
   } else {
@@ -337,6 +355,7 @@ export function buildForwardPlan(
   }
   return {
     kind,
+    draftSplit,
     exitLogits: exit.exitLogits,
     exitLayers: exit.exitLayers,
     xExit: exit.xExit,
@@ -364,7 +383,8 @@ export function buildForwardPlan(
  * The blocks of a forward in order, with the exit branch where the plan's kind puts it: training
  * plans run the extra blocks after block k − 1 on fresh buffers (the exit head reads their
  * output); `"draft"` plans stop after block k − 1 and run the extra blocks in place; `"verify"`
- * plans copy the stream after block k − 1 and run the extra blocks on the copy.
+ * plans copy the stream after block k − 1 and run the extra blocks on the copy; `"upper"` plans
+ * run only blocks [k, depth).
  */
 function exitSteps(
   model: ModelState,
@@ -436,7 +456,7 @@ function exitSteps(
   }
   const firstAbove = kind === "draft" ? depth : k;
   const steps = [
-    ...Array.from({ length: k > 0 ? k : depth }, (_, l) => main(l)),
+    ...Array.from({ length: kind === "upper" ? 0 : k > 0 ? k : depth }, (_, l) => main(l)),
     ...branch,
     ...Array.from({ length: k > 0 ? depth - firstAbove : 0 }, (_, i) => main(firstAbove + i)),
   ];

@@ -8,15 +8,33 @@
  * and one difference in the feeds: the draft needs no look-back, since the shared cache already
  * holds every position below `pos − 1` that the verification wrote, so each step starts with a
  * one-token feed of `seq[pos − 1]` at `pos − 1` (the acceptance kernel's two-token feed goes to a
- * scratch buffer). The verification forward runs every block over the γ + 1 positions
- * `pos − 1 …`, so it rewrites the draft's keys and values of blocks < k there before any
- * attention reads them: the cache below `pos − 1` only ever holds what verification (or the
- * prefill) wrote, and exactness does not depend on the draft computing the same bits. With extra
- * blocks, verification (and the prefill) also runs them on a copy of the stream after block
- * k − 1, so their cache holds every verified position too.
+ * scratch buffer).
  *
- * Not done yet: verification recomputes blocks < k for the γ positions the draft already ran;
- * keeping the draft's stream after block k − 1 would let it run only blocks [k, depth) there.
+ * Verification recomputes nothing the draft computed. Each one-token draft forward keeps its
+ * stream after block k − 1 in its slot of `hidden (B, γ + 1, C)` (the verification plan's input
+ * stream; the slot copy of kernels/hidden_slots.ts, slot = position − (pos − 1)): draft step i,
+ * whose input is x_{i−1}, fills slot i − 1. The one stream missing is the last draft's: a tail
+ * feed puts each row's last draft x_k (k = γ, or the row's own draft count with an adaptive draft
+ * length) at its position, and the draft forward's dispatches up to the exit head run it (blocks
+ * < k, the slot copy into slot k, the extra blocks). Then the verification runs only blocks
+ * [k, depth) and the final head over the γ + 1 positions (an `"upper"` plan).
+ *
+ * So the cache holds the draft forwards' keys and values for blocks < k and for the extra blocks
+ * at every position `pos − 1 … pos − 1 + k` a row can accept, and the verification's for blocks
+ * ≥ k. The target's logits at a position are still a function of the tokens up to it alone (each
+ * position's blocks < k ran once, on its own token, over the cache below it), so the law and
+ * greedy exactness hold whatever bits the one-token forward gives; on the fused path a row's
+ * result does not depend on the forward's width, so they are the bits of a full verification too
+ * (tests/early_exit_test.ts compares them).
+ *
+ * Rows that stopped drafting early (adaptive draft length) keep their feed at their last draft
+ * x_k, so a later draft forward of theirs (while other rows draft) recomputes x_k at its position
+ * and rewrites slot k with the same values; the tail forward always runs, so slot k is filled even
+ * when every later draft forward was gated off. Their slots after k are stale: verification rows
+ * after k read them, but a verification row attends only to positions up to its own, so rows ≤ k
+ * (all the acceptance reads) are unaffected, and the keys and values the stale rows write lie
+ * beyond the row's new `pos − 1`, rewritten before any later step reads them. Finished rows skip
+ * the copies; their verification reads stale slots and nobody reads its result.
  *
  * @module
  */
@@ -33,11 +51,13 @@ import {
 } from "./decoding_engine.ts";
 import { type SpeculativeOptions, validateSpeculative } from "./decoding_options.ts";
 import { draftGate, draftParts } from "./draft_gate.ts";
+import { slotCopyKernel, tailFeedKernel } from "../kernels/hidden_slots.ts";
 
 /**
  * Builds the engine of self-speculative decoding (see the module doc): per step a one-token feed,
- * γ draft forwards of the exit plan (blocks < k, extra blocks, exit head), each followed by its
- * sampling kernel, the verification forward of γ + 1 tokens and the acceptance kernel.
+ * γ draft forwards of the exit plan (blocks < k, the slot copy, extra blocks, exit head), each
+ * followed by its sampling kernel, the tail feed and the last draft's forward up to the exit head,
+ * the verification forward of blocks [k, depth) over γ + 1 positions and the acceptance kernel.
  *
  * @param model the model with an exit head, target and draft at once
  * @param prompt a batch of equal-length rows of tokens
@@ -72,8 +92,9 @@ export function selfSpeculativeEngine(
   const label = "self-speculative decoding";
   // in-flight writes reach position L + γ − 1 for rows about to finish
   const maxLen = L + G + 1;
-  // verification runs the extra blocks too, so their cache keeps up with the shared one
-  const verifyKind = model.config.earlyExitExtraBlocks > 0 ? "verify" : "full";
+  // the prefill runs the extra blocks too, so their cache keeps up with the shared one
+  const prefillKind = model.config.earlyExitExtraBlocks > 0 ? "verify" : "full";
+  const C = model.config.dim;
   const cleanup = cleanupList();
   try {
     const buffer = (name: string, bytes: number) => {
@@ -94,7 +115,7 @@ export function selfSpeculativeEngine(
     const { cache, release, adopt } = model.caches.acquire(B, maxLen);
     cleanup.add(release);
     const d1 = model.forwardPlan(cache, 1, false, "draft");
-    const tp = model.forwardPlan(cache, G + 1, false, verifyKind);
+    const tp = model.forwardPlan(cache, G + 1, false, "upper");
     [d1, tp].forEach(adopt); // freed with the cache if the pool evicts it
     const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
     const common = { ...sampling, state, layout, q, draft: drafts, gamma: G, seed };
@@ -119,11 +140,43 @@ export function selfSpeculativeEngine(
           ? { feedTokens: d1.tokens, feedStart: d1.start }
           : { targetTokens: tp.tokens, targetStart: tp.start }),
       });
-    const gate = adaptive && G > 1 ? draftGate(gpu, state, layout, drafted!, d1, B) : undefined;
+    // the draft forward with the slot copy of its stream after block k − 1 into the verification's
+    // input, and the part of it that the last draft runs (no exit head)
+    const split = d1.draftSplit!;
+    const copy = slotCopyKernel(gpu, {
+      state,
+      start: d1.start,
+      x: d1.layers[0].x,
+      hidden: tp.layers[0].x,
+      B,
+      C,
+      slots: G + 1,
+      L,
+    });
+    const forward = [
+      ...d1.dispatches.slice(0, split.lower),
+      copy,
+      ...d1.dispatches.slice(split.lower),
+    ];
+    const tail = forward.slice(0, split.head + 1);
+    const gate = adaptive && G > 1
+      ? draftGate(gpu, state, layout, drafted!, { ...d1, dispatches: forward }, B)
+      : undefined;
     if (gate) cleanup.add(() => gate.counts.destroy());
-    parts.push(...draftParts(d1.dispatches, draftStep, 1, G, gate));
+    parts.push(...draftParts(forward, draftStep, 1, G, gate));
+    const tailFeed = tailFeedKernel(gpu, {
+      targetTokens: tp.tokens,
+      targetStart: tp.start,
+      feedTokens: d1.tokens,
+      feedStart: d1.start,
+      B,
+      gamma: G,
+      drafted,
+    });
     parts.push(
-      { name: `target forward n=${G + 1}`, dispatches: tp.dispatches },
+      { name: "tail feed", dispatches: [tailFeed] },
+      { name: "tail forward n=1", dispatches: tail },
+      { name: `target forward n=${G + 1} (blocks ≥ k)`, dispatches: tp.dispatches },
       {
         name: "accept",
         dispatches: [accept(gpu, {
@@ -145,7 +198,7 @@ export function selfSpeculativeEngine(
     // the prefill: the first P − 1 prompt tokens through every block (and the extra blocks)
     const prefill = [];
     if (P > 1) {
-      const plan = model.forwardPlan(cache, P - 1, false, verifyKind);
+      const plan = model.forwardPlan(cache, P - 1, false, prefillKind);
       adopt(plan);
       prefill.push(
         seqFeedKernel(gpu, {

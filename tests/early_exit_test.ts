@@ -19,6 +19,7 @@ import { type AcceptKernel, acceptKernel } from "../kernels/speculative.ts";
 import { brokenAcceptKernel } from "./kernels/broken_accept.ts";
 import { chiSquare, probsRef } from "./reference/sampling.ts";
 import { selfSpeculativeEngine } from "../model/self_speculative.ts";
+import { slotCopyKernel, tailFeedKernel } from "../kernels/hidden_slots.ts";
 import { parseFlags, runConfig, savedArgs } from "../cli/train_options.ts";
 
 /** Tiny models with an exit head after block 1 of 3, without and with an extra block. */
@@ -230,6 +231,126 @@ for (const extra of [0, 1]) {
     },
   );
 }
+
+for (const [k, extra] of [[1, 0], [2, 1]]) {
+  gpuTest(
+    `self-speculative verification (k=${k}, ${extra} extra blocks): blocks < k run only in the ` +
+      "one-token draft forwards, and the upper plan's logits are a full verification's bits",
+    async (gpu) => {
+      const cfg = { ...DEC_CFG, earlyExitLayer: k, earlyExitExtraBlocks: extra };
+      const model = Decoder.create(gpu, cfg, { seed: 8 + k });
+      const B = 3, G = 3, N = 12, L = 32, C = cfg.dim;
+      const tokens = randomRows(B, N, cfg.numTokens, 17);
+      const s = [4, 1, 6]; // each row's first verified position, pos − 1
+      const at = (j: number) => Uint32Array.from(tokens.map((r, b) => r[s[b] + j]));
+      const prefill = (cache: ReturnType<Decoder["createCache"]>) => {
+        const plan = model.forwardPlan(cache, 6, false, extra > 0 ? "verify" : "full");
+        gpu.write(plan.tokens, Uint32Array.from(tokens.flatMap((r) => r.slice(0, 6))));
+        gpu.write(plan.start, new Uint32Array(B));
+        gpu.run("prefill", plan.dispatches);
+      };
+      // today's verification: every block over the γ + 1 positions
+      const fullCache = model.createCache(B, L);
+      prefill(fullCache);
+      const full = model.forwardPlan(fullCache, G + 1);
+      gpu.write(
+        full.tokens,
+        Uint32Array.from(tokens.flatMap((r, b) => r.slice(s[b], s[b] + G + 1))),
+      );
+      gpu.write(full.start, Uint32Array.from(s));
+      gpu.run("full verification", full.dispatches);
+      const want = await gpu.readF32(full.logits);
+      // the new one: one-token draft forwards x_0 .. x_γ, each copying its stream after block
+      // k − 1 into its slot (the engine's copy kernel, slot from the row's pos), then blocks ≥ k
+      const cache = model.createCache(B, L);
+      prefill(cache);
+      const d1 = model.forwardPlan(cache, 1, false, "draft");
+      const upper = model.forwardPlan(cache, G + 1, false, "upper");
+      const state = gpu.upload("state", Uint32Array.from(s.map((x) => x + 1)));
+      const copy = slotCopyKernel(gpu, {
+        state,
+        start: d1.start,
+        x: d1.layers[0].x,
+        hidden: upper.layers[0].x,
+        B,
+        C,
+        slots: G + 1,
+        L,
+      });
+      const split = d1.draftSplit!;
+      for (let j = 0; j <= G; j++) {
+        gpu.write(d1.tokens, at(j));
+        gpu.write(d1.start, Uint32Array.from(s.map((x) => x + j)));
+        const d = d1.dispatches;
+        gpu.run(`draft ${j}`, [...d.slice(0, split.lower), copy, ...d.slice(split.lower)]);
+      }
+      gpu.write(upper.start, Uint32Array.from(s));
+      gpu.run("upper verification", upper.dispatches);
+      const got = await gpu.readF32(upper.logits);
+      // the same bits: a row's result does not depend on the forward's width
+      const diff = got.findIndex((v, i) => v !== want[i]);
+      ok(diff < 0, `logit ${diff}: ${got[diff]} ≠ the full verification's ${want[diff]}`);
+      // fewer dispatches: no embedding, no blocks < k (they are the draft's first split.lower)
+      ok(upper.dispatches.every((d) => !/embedding/i.test(d.label)));
+      deepStrictEqual(upper.dispatches.length + split.lower, full.dispatches.length);
+      ok(upper.dispatches.length < full.dispatches.length);
+      // the engine verifies with that plan; the tail forward is the draft's up to its exit head
+      const engine = selfSpeculativeEngine(model, [[1, 2, 3]], 10, { gamma: G }, acceptKernel);
+      const part = (name: RegExp) => engine.parts.find((p) => name.test(p.name))!.dispatches;
+      deepStrictEqual(part(/^target forward/).length, upper.dispatches.length);
+      deepStrictEqual(part(/^tail forward/).length, split.head + 1);
+      engine.destroy();
+      state.destroy();
+      model.destroy();
+    },
+  );
+}
+
+gpuTest("slot copy and tail feed kernels match their reference (odd sizes)", async (gpu) => {
+  const B = 5, C = 13, S = 4, L = 20, G = S - 1;
+  const x = Float32Array.from({ length: B * C }, (_, i) => Math.sin(i * 1.7) + i / 100);
+  const before = Float32Array.from({ length: B * S * C }, (_, i) => -1 - i);
+  // pos per row; row 3 finished; row 4's start is below pos − 1 (stale), row 2's beyond slot G
+  const pos = [7, 1, 3, L, 9], start = [8, 2, 2 + S, 4, 5];
+  const state = gpu.upload("state", Uint32Array.from(pos));
+  const xs = gpu.upload("x", x), hidden = gpu.upload("hidden", before);
+  const startBuf = gpu.upload("start", Uint32Array.from(start));
+  gpu.run("copy", [
+    slotCopyKernel(gpu, { state, start: startBuf, x: xs, hidden, B, C, slots: S, L }),
+  ]);
+  const want = Float32Array.from(before);
+  for (let b = 0; b < B; b++) {
+    const slot = start[b] + 1 - pos[b];
+    if (pos[b] >= L || slot < 0 || slot >= S) continue;
+    want.set(x.subarray(b * C, (b + 1) * C), (b * S + slot) * C);
+  }
+  deepStrictEqual(await gpu.readF32(hidden), want);
+  // the tail feed: x_k at targetStart + k, k = gamma or the row's draft count (STOPPED flag off)
+  const targetTokens = Uint32Array.from({ length: B * S }, (_, i) => 100 + i);
+  const targetStart = [3, 0, 8, 11, 2], drafted = [1, 0x80000002, 3, 0x80000001, 2];
+  const tt = gpu.upload("targetTokens", targetTokens);
+  const ts = gpu.upload("targetStart", Uint32Array.from(targetStart));
+  const dr = gpu.upload("drafted", Uint32Array.from(drafted));
+  for (const adaptive of [false, true]) {
+    const ft = gpu.upload("feedTokens", new Uint32Array(B)),
+      fs = gpu.upload("fs", new Uint32Array(B));
+    gpu.run("tail feed", [tailFeedKernel(gpu, {
+      targetTokens: tt,
+      targetStart: ts,
+      feedTokens: ft,
+      feedStart: fs,
+      B,
+      gamma: G,
+      ...(adaptive ? { drafted: dr } : {}),
+    })]);
+    const k = drafted.map((d) => adaptive ? Math.min(d & 0xffff, G) : G);
+    deepStrictEqual([...await gpu.readU32(ft)], k.map((k, b) => targetTokens[b * S + k]));
+    deepStrictEqual([...await gpu.readU32(fs)], k.map((k, b) => targetStart[b] + k));
+    ft.destroy();
+    fs.destroy();
+  }
+  [state, xs, hidden, startBuf, tt, ts, dr].forEach((b) => b.destroy());
+});
 
 gpuTest("the self-speculative engine needs an exit head", (gpu) => {
   const plain = Decoder.create(gpu, { ...DEC_CFG, earlyExitLayer: 0 });
