@@ -1,6 +1,7 @@
 /**
  * `deno task bench:report [--quick] [--out DIR] [--models RUN_DIR] [--filter TEXT] [--reps N] [--reference]
- * [--prompt N] [--seq-len N] [--draft-threshold P]`: runs the benchmark suite and writes
+ * [--prompt N] [--seq-len N] [--draft-threshold P] [--preset tiny|small|seed] [--train-batch B]
+ * [--train-seq N]`: runs the benchmark suite and writes
  * `bench/results/<adapter>-<date>.json`, a markdown table beside it, and SVG plots (speculative
  * speedup vs gamma, measured and predicted by Leviathan's formula; decode tokens/s per method).
  *
@@ -12,6 +13,7 @@ import { requestGpu } from "../kernels/gpu.ts";
 import { benchCases, representative, type Sample } from "./suite.ts";
 import { formatTable, type ReportRow, summarize } from "./summary.ts";
 import { renderChart, type Series } from "../cli/plot.ts";
+import { PRESETS } from "../model/config.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -25,6 +27,9 @@ const { values } = parseArgs({
     prompt: { type: "string" },
     "seq-len": { type: "string" },
     "draft-threshold": { type: "string" },
+    preset: { type: "string" },
+    "train-batch": { type: "string" },
+    "train-seq": { type: "string" },
   },
 });
 const gpu = await requestGpu();
@@ -43,7 +48,20 @@ const decode = {
   prompt: sizeFlag("prompt", values.prompt),
   seqLen: sizeFlag("seq-len", values["seq-len"]),
 };
+const train = {
+  trainBatch: sizeFlag("train-batch", values["train-batch"]),
+  trainSeq: sizeFlag("train-seq", values["train-seq"]),
+};
 for (const k of ["prompt", "seqLen"] as const) if (decode[k] === undefined) delete decode[k];
+for (const k of ["trainBatch", "trainSeq"] as const) if (train[k] === undefined) delete train[k];
+// the model shapes of a train.ts preset (target and draft) instead of the adapter's defaults
+const preset = values.preset === undefined ? undefined : PRESETS[values.preset];
+if (values.preset !== undefined && !preset) {
+  throw new Error(
+    `--preset must be one of ${Object.keys(PRESETS).join(", ")}, got "${values.preset}"`,
+  );
+}
+const shapes = preset ? { target: preset.target, draft: preset.draft } : {};
 // the speculative decodes' adaptive draft length (SpeculativeOptions.draftThreshold)
 const threshold = values["draft-threshold"];
 if (threshold !== undefined && !(/^0(\.[0-9]+)?$/.test(threshold))) {
@@ -52,6 +70,8 @@ if (threshold !== undefined && !(/^0(\.[0-9]+)?$/.test(threshold))) {
 const draftThreshold = Number(threshold ?? 0);
 const cases = benchCases(gpu, quick, values.models, values.reference ?? !gpu.isSoftware, {
   ...decode,
+  ...train,
+  ...shapes,
   draftThreshold,
 })
   .filter((

@@ -161,9 +161,10 @@ export function alphaFromAccepted(mean: number, gamma: number): number {
  *   decode with trained models; random ones otherwise (low acceptance)
  * @param reference use the reference config (dim 512, depth 10 / 2, batch 4 × 512) even on a
  *   software adapter (slow there: seconds per training step)
- * @param decode the decodes' prompt length and total length instead of the adapter's defaults
- *   (e.g. 128 → 512 on a software adapter, to compare with bench/torch_baseline.py there), and
- *   the speculative decodes' `draftThreshold` (adaptive draft length; default 0, a fixed gamma)
+ * @param decode sizes instead of the adapter's defaults (e.g. the decodes' `prompt` and `seqLen`
+ *   128 → 512, or `trainBatch` 4 × `trainSeq` 512 and the `target`/`draft` shapes of a preset, to
+ *   compare with bench/torch_baseline.py on a software adapter), and the speculative decodes'
+ *   `draftThreshold` (adaptive draft length; default 0, a fixed gamma)
  * @returns the cases
  */
 export function benchCases(
@@ -171,7 +172,7 @@ export function benchCases(
   quick = false,
   modelsDir?: string,
   reference = !gpu.isSoftware,
-  decode: { prompt?: number; seqLen?: number; draftThreshold?: number } = {},
+  decode: Partial<SuiteSizes> & { draftThreshold?: number } = {},
 ): BenchCase[] {
   const { draftThreshold = 0, ...sizes } = decode;
   const S = { ...suiteSizes(gpu, quick, reference), ...sizes };

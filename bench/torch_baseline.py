@@ -475,13 +475,36 @@ def sizes(small, quick):
     )
 
 
-def run_benchmarks(args, device, target, draft, clock):
-    """Runs every case; returns report rows like bench/summary.ts summarize()."""
+# model/config.ts PRESETS' target and draft shapes, for --preset (like bench/report.ts --preset)
+PRESET_SHAPES = {
+    "tiny": (dict(num_tokens=256, dim=64, depth=2, heads=2, dim_head=32),
+             dict(num_tokens=256, dim=64, depth=1, heads=2, dim_head=32)),
+    "small": (dict(num_tokens=256, dim=128, depth=4, heads=4, dim_head=32),
+              dict(num_tokens=256, dim=128, depth=1, heads=4, dim_head=32)),
+    "seed": (dict(num_tokens=256, dim=512, depth=10, heads=8, dim_head=64),
+             dict(num_tokens=256, dim=512, depth=2, heads=8, dim_head=64)),
+}
+
+
+def run_sizes(args):
+    """sizes() with the flags that override it, like bench/report.ts's."""
     S = sizes(args.small, args.quick)
     if args.prompt:  # like bench/report.ts --prompt / --seq-len
         S["prompt"] = args.prompt
     if args.seq_len:
         S["seq_len"] = args.seq_len
+    if args.train_batch:  # like bench/report.ts --train-batch / --train-seq
+        S["train_batch"] = args.train_batch
+    if args.train_seq:
+        S["train_seq"] = args.train_seq
+    if args.preset:
+        S["target"], S["draft"] = PRESET_SHAPES[args.preset]
+    return S
+
+
+def run_benchmarks(args, device, target, draft, clock):
+    """Runs every case; returns report rows like bench/summary.ts summarize()."""
+    S = run_sizes(args)
     reps = args.reps or (3 if args.quick or device.type == "cpu" else 5)
     decode_reps = args.reps or 3
     gen = torch.Generator(device=device)
@@ -901,6 +924,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1, help="init seed without checkpoints")
     ap.add_argument("--prompt", type=int, default=0, help="decoding prompt length (default: the sizes')")
     ap.add_argument("--seq-len", type=int, default=0, help="decoding total length, prompt included")
+    ap.add_argument("--train-batch", type=int, default=0, help="training step rows (default: the sizes')")
+    ap.add_argument("--train-seq", type=int, default=0, help="training step tokens per row (default: the sizes')")
+    ap.add_argument("--preset", choices=sorted(PRESET_SHAPES), help="target and draft shapes of a train.ts preset")
     ap.add_argument("--sdpa", action="store_true", help="use F.scaled_dot_product_attention (not the reference math)")
     ap.add_argument("--selfcheck", action="store_true", help="numpy float64 forward vs --check-logits; no torch")
     ap.add_argument("--selftest", action="store_true", help="checks of this file's torch code on CPU")
@@ -934,7 +960,7 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     torch.set_float32_matmul_precision("highest")
-    S = sizes(args.small, args.quick)
+    S = run_sizes(args)
     target = build_model(paths["target"], S["target"], device, args.seed, args.sdpa)
     draft = build_model(paths["draft"], S["draft"], device, args.seed + 1, args.sdpa)
     meta = {
