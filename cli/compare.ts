@@ -27,10 +27,12 @@ export async function compareDecodings(run: Run, step: number): Promise<void> {
   const seed = c.seed * 1000003 + step;
   const timer = new GpuTimer(run.gpu);
   const base = await baseDecoding(run.target, prime, c.generateLen, { seed, timer });
+  const draftThreshold = c.draftThreshold ?? 0;
   const spec = await speculativeDecoding(run.target, run.draft, prime, c.generateLen, {
     gamma: c.gamma,
     seed,
     timer,
+    draftThreshold,
   });
   // with an exit head, the target is also its own draft (self-speculative decoding)
   const self = c.earlyExit > 0
@@ -38,6 +40,7 @@ export async function compareDecodings(run: Run, step: number): Promise<void> {
       gamma: c.gamma,
       seed,
       timer,
+      draftThreshold,
     })
     : undefined;
   timer.destroy();
@@ -63,7 +66,8 @@ export async function compareDecodings(run: Run, step: number): Promise<void> {
       `speedup: ${(baseMs / specMs).toFixed(2)}x ${unit} time, ${
         (baseWall / specWall).toFixed(2)
       }x wall`,
-      `average num accepted: ${spec.acceptedMean.toFixed(2)} / ${c.gamma}`,
+      `average num accepted: ${spec.acceptedMean.toFixed(2)} / ${c.gamma}` +
+      (draftThreshold > 0 ? ` (drafted ${spec.draftedMean.toFixed(2)})` : ""),
       ...(self ? selfLines(self, baseMs, baseWall, unit, c.gamma, c.earlyExit) : []),
       "",
     ].join("\n"),
@@ -78,6 +82,7 @@ export async function compareDecodings(run: Run, step: number): Promise<void> {
     speedup: baseMs / specMs,
     acceptedMean: spec.acceptedMean,
     gamma: c.gamma,
+    ...(draftThreshold > 0 ? { draftThreshold, draftedMean: spec.draftedMean } : {}),
     ...(self
       ? {
         selfMs: self.gpuMs ?? self.wallMs,

@@ -39,6 +39,11 @@ export const FLAGS = {
     type: "string",
     help: "draft tokens per speculative step, at most generate-len − prime-len (reference: 5)",
   },
+  "draft-threshold": {
+    type: "string",
+    help:
+      "adaptive draft length in the comparisons: a row stops drafting after a draft token whose draft probability is under P, 0 ≤ P ≤ 0.99 (default 0: always --gamma)",
+  },
   "early-exit": {
     type: "string",
     help:
@@ -204,6 +209,12 @@ export const NUMBER_FLAGS: Record<string, NumberFlag> = {
   "early-exit": { ...size(0), why: "a layer index" },
   "early-exit-extra-blocks": { ...size(0), why: "a block count" },
   distill: { int: false, min: F32_MIN, max: 1, why: "the KL's weight in (1 − W)·CE + W·KL" },
+  "draft-threshold": {
+    int: false,
+    min: 0,
+    max: 0.99,
+    why: "a draft probability; at 1 every row would stop after one draft",
+  },
   "distill-temperature": {
     int: false,
     min: 0.01,
@@ -239,6 +250,11 @@ export interface RunConfig extends TrainingDefaults {
    * (default 1); absent: off.
    */
   distill?: { weight: number; temperature: number };
+  /**
+   * The comparisons' adaptive draft length (`SpeculativeOptions.draftThreshold`); absent: 0, a
+   * fixed gamma.
+   */
+  draftThreshold?: number;
   /** The run folder: metrics, plot and checkpoints. */
   runDir: string;
 }
@@ -308,6 +324,7 @@ export function runConfig(
   };
   const data = pick("data");
   const distill = pick("distill"), temperature = pick("distill-temperature");
+  const threshold = pick("draft-threshold");
   if (distill.raw === undefined && temperature.raw !== undefined) {
     throw new temperature.E(
       `${temperature.what} "${temperature.raw}" needs --distill (the temperature of its KL)`,
@@ -351,6 +368,9 @@ export function runConfig(
           temperature.E,
         ),
       },
+    }),
+    ...(threshold.raw === undefined ? {} : {
+      draftThreshold: num("draft-threshold", threshold.raw, 0, threshold.what, threshold.E),
     }),
     runDir: (flags.resume as string | undefined) ?? (flags["run-dir"] as string | undefined) ??
       `runs/${new Date().toISOString().replace(/[:]/g, "-").replace(/\..*/, "")}`,
@@ -470,13 +490,14 @@ function checkEarlyExit(c: RunConfig, E: (...f: string[]) => new (m: string) => 
  * @returns flag name → value
  */
 export function savedArgs(config: RunConfig): SavedArgs {
-  const { preset, data, skipNonFinite, runDir: _, distill, ...numbers } = config;
+  const { preset, data, skipNonFinite, runDir: _, distill, draftThreshold, ...numbers } = config;
   return {
     ...Object.fromEntries(Object.entries(numbers).map(([k, x]) => [flagName(k), x])),
     preset,
     ...(data !== undefined ? { data } : {}),
     // only when on: a run without it saves the same flags as before distillation existed
     ...(distill ? { distill: distill.weight, "distill-temperature": distill.temperature } : {}),
+    ...(draftThreshold !== undefined ? { "draft-threshold": draftThreshold } : {}),
     "skip-nonfinite": skipNonFinite,
   };
 }

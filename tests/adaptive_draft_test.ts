@@ -4,7 +4,13 @@
  * the sampled law passes the chi-square test and broken samplers fail it), threshold 0 unchanged,
  * option errors, and the gate that skips the draft work once every row has stopped.
  */
-import { deepStrictEqual as assertEquals, ok as assert, throws } from "node:assert/strict";
+import {
+  deepStrictEqual as assertEquals,
+  ok as assert,
+  strictEqual,
+  throws,
+} from "node:assert/strict";
+import { parseFlags, runConfig, savedArgs, UsageError } from "../cli/train_options.ts";
 import type { Dispatch, Gpu } from "../kernels/gpu.ts";
 import { type StateLayout, stateOffsets } from "../kernels/decode_state.ts";
 import { draftStepKernel } from "../kernels/decode_step.ts";
@@ -457,3 +463,38 @@ gpuTest(
     }
   },
 );
+
+Deno.test("train.ts --draft-threshold: limits named, off unless given, saved for resume", () => {
+  const adapter = { isSoftware: true, adapterName: "test", maxBinding: 134217728 };
+  for (
+    const [args, message] of [
+      [["--draft-threshold", "0.995"], '--draft-threshold must be ≤ 0.99, got "0.995"'],
+      [["--draft-threshold=-0.1"], '--draft-threshold must be > 0, got "-0.1"'],
+      [["--draft-threshold", "most"], '--draft-threshold must be > 0, got "most"'],
+    ] as [string[], string][]
+  ) {
+    throws(
+      () => parseFlags(args),
+      (e: Error) => e instanceof UsageError && e.message.includes(message),
+    );
+  }
+  const off = runConfig(parseFlags(["--preset", "tiny"]), undefined, adapter);
+  assert(!("draftThreshold" in off) && !("draft-threshold" in savedArgs(off)), "off: not saved");
+  const zero = runConfig(
+    parseFlags(["--preset", "tiny", "--draft-threshold", "0"]),
+    undefined,
+    adapter,
+  );
+  strictEqual(zero.draftThreshold, 0);
+  const on = runConfig(
+    parseFlags(["--preset", "tiny", "--draft-threshold", "0.4"]),
+    undefined,
+    adapter,
+  );
+  const saved = JSON.parse(JSON.stringify(savedArgs(on)));
+  strictEqual(saved["draft-threshold"], 0.4);
+  strictEqual(
+    runConfig(parseFlags(["--resume", "x"]), saved, adapter, "s.json").draftThreshold,
+    0.4,
+  );
+});

@@ -63,6 +63,7 @@ const PARSE_TIME: [string[], string][] = [
   [["--clip", "0"], '--clip must be > 0, got "0"'],
   [["--distill", "1.5"], '--distill must be ≤ 1, got "1.5" (the KL\'s weight'],
   [["--distill-temperature", "0.001"], '--distill-temperature must be ≥ 0.01, got "0.001"'],
+  [["--draft-threshold", "1"], '--draft-threshold must be ≤ 0.99, got "1" (a draft probability'],
   [["--preset", "huge"], '--preset must be one of "seed", "small", "tiny", got "huge"'],
   [["--run-dir", ""], '--run-dir needs a path, got ""'],
 ];
