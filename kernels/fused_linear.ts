@@ -157,6 +157,11 @@ export interface FusedLinearArgs {
    * W is then read from it (~2.5× cheaper than uniform chunks on lavapipe, see the module doc).
    */
   wTex?: GPUTexture;
+  /**
+   * The texture holds Wᵀ instead: `(K/4 rows, N texels)`, texel (n, k) = W[n, 4k..4k+4]
+   * (the columns a workgroup reads at one k are then contiguous).
+   */
+  wTexTransposed?: boolean;
   /** Rows. */
   M: number;
   /** Output columns (`3·H·D` for `"rotaryKv"`). */
@@ -170,6 +175,16 @@ export interface FusedLinearArgs {
    * fit and their buffers allow it. Default: on software adapters. See the module doc.
    */
   uniform?: boolean;
+  /**
+   * Output columns per lane with W from a texture (`wTex`), plain epilogues only: 8 (default)
+   * or 4 (twice the workgroups). See the module doc.
+   */
+  cols?: 4 | 8;
+  /**
+   * With x through a uniform binding: each lane computes the RMSNorm's sum itself (default true;
+   * false: the 8 lanes split it and combine through workgroup memory). Same bits either way.
+   */
+  laneNorm?: boolean;
 }
 
 /**
@@ -205,8 +220,15 @@ export interface FusedLayout {
   C: number;
   /** The qkv epilogue also stores k and v into the KV texture. */
   kvTex?: boolean;
+  /**
+   * Every lane sums the norm's squares itself (in the same order), without workgroup memory or
+   * barriers: where x is read through a uniform binding (a broadcast load).
+   */
+  laneNorm?: boolean;
   /** W is read from a texture `wT` (uniform.chunks is then empty). */
   wTex?: boolean;
+  /** The texture is transposed: texel (n, k) at x = n, y = k. */
+  wTexT?: boolean;
   /** Uniform bindings: vec4s of x, the norm weight and each W chunk; undefined: storage. */
   uniform?: { x: number; norm: number; chunks: number[] };
 }
@@ -360,7 +382,9 @@ export function fusedLinearCode(l: FusedLayout): string {
       ? `(${unit} / (params.D / 8u)) * params.D + (${unit} % (params.D / 8u)) * 4u`
       : `${unit} * C`;
   const loadW = l.wTex
-    ? `for (var j = 0u; j < C; j++) { /* unroll */ bv[j] = textureLoad(wT, vec2u(k, bj[j]), 0); }`
+    ? `for (var j = 0u; j < C; j++) { /* unroll */ bv[j] = textureLoad(wT, ${
+      l.wTexT ? "vec2u(bj[j], k)" : "vec2u(k, bj[j])"
+    }, 0); }`
     : u
     ? u.chunks.map((_, q) =>
       `${q === 0 ? "" : " else "}${
@@ -388,7 +412,11 @@ const R: u32 = ${l.R}u;   // rows per block
 const C: u32 = ${l.C}u;    // columns per lane
 const C4: u32 = ${C4}u;   // vec4 column groups per lane
 const WG: u32 = ${WG}u;   // lanes per workgroup
-${l.norm ? "var<workgroup> red: array<f32, R * WG>; // (R, WG) partial sums of squares" : ""}
+${
+    l.norm && !l.laneNorm
+      ? "var<workgroup> red: array<f32, R * WG>; // (R, WG) partial sums of squares"
+      : ""
+  }
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -400,8 +428,31 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   var ai: array<u32, R>; // row offsets of x(m0 + i, ·), clamped
   for (var i = 0u; i < R; i++) { /* unroll */ ai[i] = min(m0 + i, params.M - 1u) * K4; }
 ${
-    l.norm
-      ? `  // prologue: rstd of each row as the narrow vec4 RMSNorm sums it (lane lid takes vec4s
+    !l.norm
+      ? ""
+      : l.laneNorm
+      ? `  // prologue: rstd of each row summed in the narrow vec4 RMSNorm's order (the sums of lanes
+  // l = 0..7 over the vec4s l, l + 8, …, components pairwise, then the 3-step tree), by every
+  // lane alone: x is read at workgroup-uniform addresses (one broadcast load each), and there is
+  // no workgroup memory or barrier
+  var r: array<f32, R>;
+  for (var i = 0u; i < R; i++) { /* unroll */
+    var p: array<f32, WG>;
+    for (var l = 0u; l < WG; l++) { /* unroll */
+      var ss = vec4f();
+      for (var c = l; c < K4; c += WG) {
+        let v = x[ai[i] + c];
+        ss = fma(v, v, ss);
+      }
+      p[l] = (ss.x + ss.y) + (ss.z + ss.w);
+    }
+    // the tree of 8 lanes (WG = 8): strides 4, 2, 1
+    for (var l = 0u; l < 4u; l++) { /* unroll */ p[l] = p[l] + p[l + 4u]; }
+    for (var l = 0u; l < 2u; l++) { /* unroll */ p[l] = p[l] + p[l + 2u]; }
+    p[0] = p[0] + p[1];
+    r[i] = 1.0 / sqrt(p[0] / f32(params.K) + params.eps);
+  }`
+      : `  // prologue: rstd of each row as the narrow vec4 RMSNorm sums it (lane lid takes vec4s
   // lid, lid + 8, …; components pairwise; then a 3-step tree)
   for (var i = 0u; i < R; i++) { /* unroll */
     var ss = vec4f();
@@ -420,7 +471,6 @@ ${
   }
   var r: array<f32, R>;
   for (var i = 0u; i < R; i++) { /* unroll */ r[i] = 1.0 / sqrt(red[i * WG] / f32(params.K) + params.eps); }`
-      : ""
   }
   let u0 = (t % params.tilesN) * WG; // the workgroup's first unit of C columns
   let chunk = (${colOf("u0")}) / params.RC; // the W chunk all its columns lie in
@@ -557,14 +607,17 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   const tex = a.wTex !== undefined;
   const uniformX = (a.uniform ?? gpu.isSoftware) && M <= MAX_R && M * K <= 4 * xVec4 &&
     uniformOk(a.x) && (!a.norm || uniformOk(a.norm));
-  if (tex && (a.wTex!.width !== K / 4 || a.wTex!.height !== N)) {
+  const [tw, th] = a.wTexTransposed ? [N, K / 4] : [K / 4, N];
+  if (tex && (a.wTex!.width !== tw || a.wTex!.height !== th)) {
     throw new Error(
       `specdec: fusedLinear: the weight texture is ${a.wTex!.width} × ${a.wTex!.height} texels, ` +
-        `W (${N}, ${K}) needs ${K / 4} × ${N}`,
+        `W (${N}, ${K}) needs ${tw} × ${th}`,
     );
   }
-  if (tex) rc = uniformX ? N : 0; // x (and the norm weight) uniform, W from the texture
-  else if (uniformX && uniformOk(a.w)) {
+  if (tex) {
+    rc = uniformX ? N : 0; // x (and the norm weight) uniform, W from the texture
+    if (D === undefined) C = a.cols ?? 8;
+  } else if (uniformX && uniformOk(a.w)) {
     // 8 columns per lane where a workgroup's 64 columns fit a chunk, else 4 (plain epilogues)
     for (const c of D === undefined ? [8, 4] : [8]) {
       const r = chunkRows(N, K, c, D);
@@ -584,7 +637,9 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     kind: e.kind,
     kvTex: e.kind === "rotaryKv" && !!e.kvTex,
     wTex: tex,
+    wTexT: tex && !!a.wTexTransposed,
     norm: !!a.norm,
+    laneNorm: rc > 0 && (a.laneNorm ?? true),
     bias: e.kind === "accumulate" && !!e.bias,
     R,
     C,
@@ -605,7 +660,7 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   const tiles = M === 0 ? 0 : tilesN * Math.ceil(M / R);
   const code = fusedLinearCode(layout);
   const label = `fusedLinear ${a.norm ? "norm " : ""}${e.kind}${rc > 0 ? " uniform" : ""}${
-    tex ? " wTex" : ""
+    tex ? a.wTexTransposed ? " wTexT" : " wTex" : ""
   }`;
   const params: Record<string, number> = {
     M,
