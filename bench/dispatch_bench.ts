@@ -766,30 +766,17 @@ function fusedCases(gpu: Gpu): { name: string; d: Dispatch; extra?: Dispatch[]; 
       : s.kind === "accumulate"
       ? { kind: s.kind, bias: s.K === F ? bias : undefined, out }
       : { kind: s.kind, out };
-    const variants = s.kind === "rotaryKv" ? [8] as const : [8, 4] as const;
-    for (
-      const [cols, laneNorm] of variants.flatMap((c) =>
-        "norm" in s ? [[c, false], [c, true]] as const : [[c, true]] as const
-      )
-    ) {
-      const d = fusedLinear(gpu, {
-        laneNorm,
-        x: s.x,
-        norm: "norm" in s ? s.norm : undefined,
-        w,
-        wTex,
-        M: 1,
-        N: s.N,
-        K: s.K,
-        cols,
-        epilogue,
-      });
-      out0.push({
-        name: `${s.name} ${cols} cols${"norm" in s ? laneNorm ? " laneNorm" : " barrier" : ""}`,
-        d,
-        words: s.N * s.K,
-      });
-    }
+    const d = fusedLinear(gpu, {
+      x: s.x,
+      norm: "norm" in s ? s.norm : undefined,
+      w,
+      wTex,
+      M: 1,
+      N: s.N,
+      K: s.K,
+      epilogue,
+    });
+    out0.push({ name: s.name, d, words: s.N * s.K });
   }
   // cold weights: the ffOut GEMV over 16 distinct weight textures (4 MiB, more than the caches
   // hold) in turn, as a decode step reads each weight once, against one texture 16 times
@@ -828,46 +815,13 @@ function fusedCases(gpu: Gpu): { name: string; d: Dispatch; extra?: Dispatch[]; 
       extra: same.slice(1),
       words: 16 * C * F,
     });
-    const dt = Array.from({ length: 16 }, (_, i) => {
-      const ws = new Float32Array(C * F).map((_, j) => Math.cos(j * (0.1 + i)));
-      const wt = new Float32Array(C * F); // texel (n, k) at x = n, y = k
-      for (let n = 0; n < C; n++) {
-        for (let k = 0; k < F / 4; k++) {
-          wt.set(ws.subarray(n * F + 4 * k, n * F + 4 * k + 4), (k * C + n) * 4);
-        }
-      }
-      return fusedLinear(gpu, {
-        x: a,
-        w: gpu.buffer(`w cold T ${i}`, C * F * 4, STORAGE_UNIFORM),
-        wTex: texture(gpu, `wT ${i}`, wt, C),
-        wTexTransposed: true,
-        M: 1,
-        N: C,
-        K: F,
-        epilogue: { kind: "accumulate", bias, out },
-      });
-    });
-    out0.push({
-      name: "ffOut ×16, one weight, Wᵀ",
-      d: dt[0],
-      extra: new Array(15).fill(dt[0]),
-      words: 16 * C * F,
-    });
-    out0.push({
-      name: "ffOut ×16, 16 weights, Wᵀ",
-      d: dt[0],
-      extra: dt.slice(1),
-      words: 16 * C * F,
-    });
   }
   const tokens = gpu.upload("tokens", new Uint32Array([7]));
   const table = gpu.upload("table", new Float32Array(V * C).fill(0.5));
-  for (const narrow of [false, true]) {
-    out0.push({
-      name: `embedding ${narrow ? "vec4, 8 lanes" : "f32, 256 lanes"}`,
-      d: embedding(gpu, { tokens, table, out: x, T: 1, C, narrow }),
-      words: C,
-    });
-  }
+  out0.push({
+    name: "embedding (T 1, C 128)",
+    d: embedding(gpu, { tokens, table, out: x, T: 1, C }),
+    words: C,
+  });
   return out0;
 }

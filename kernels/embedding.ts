@@ -34,33 +34,6 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   out[i] = v;
 }`;
 
-/** Lanes per workgroup of the vec4 lookup: one SIMD group of the software adapter. */
-const NARROW_WG = 8;
-
-/**
- * Lookup with vec4 rows (C % 4 = 0), 8 lanes per workgroup, one vec4 per lane: the decode step's
- * embedding on software adapters (see {@link embedding}).
- */
-const EMBEDDING_VEC4 = /* wgsl */ `
-struct Params { T: u32, C4: u32, V: u32 }
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> tokens: array<u32>;      // (T) u32
-@group(0) @binding(2) var<storage, read> table: array<vec4f>;     // (V, C/4)
-@group(0) @binding(3) var<storage, read_write> out: array<vec4f>; // (T, C/4)
-const WG: u32 = ${NARROW_WG}u;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let i = (wid.x + wid.y * nwg.x) * WG + lid; // the grid may be split over x and y
-  if (i >= params.T * params.C4) { return; }
-  let t = i / params.C4;
-  let tok = tokens[t];
-  var v = vec4f();
-  if (tok < params.V) { v = table[tok * params.C4 + i - t * params.C4]; }
-  out[i] = v;
-}`;
-
 /** Tokens each backward invocation scans per chunk; a chunk is 64 × RUN tokens. */
 const BWD_RUN = 8;
 
@@ -167,25 +140,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  */
 export function embedding(
   gpu: Gpu,
-  a: {
-    tokens: GPUBuffer;
-    table: GPUBuffer;
-    out: GPUBuffer;
-    T: number;
-    C: number;
-    narrow?: boolean;
-  },
+  a: { tokens: GPUBuffer; table: GPUBuffer; out: GPUBuffer; T: number; C: number },
 ): Dispatch {
-  const V = Math.floor(a.table.size / 4 / Math.max(a.C, 1));
-  if ((a.narrow ?? gpu.isSoftware) && a.C % 4 === 0 && a.C > 0) {
-    return gpu.kernel({
-      label: `embedding vec4 T=${a.T} C=${a.C}`,
-      code: EMBEDDING_VEC4,
-      params: { T: a.T, C4: a.C / 4, V },
-      buffers: { tokens: a.tokens, table: a.table, out: a.out },
-      workgroups: Math.ceil((a.T * a.C) / 4 / NARROW_WG),
-    });
-  }
   return gpu.kernel({
     label: `embedding T=${a.T} C=${a.C}`,
     code: EMBEDDING,

@@ -158,10 +158,12 @@ export interface FusedLinearArgs {
    */
   wTex?: GPUTexture;
   /**
-   * The texture holds Wᵀ instead: `(K/4 rows, N texels)`, texel (n, k) = W[n, 4k..4k+4]
-   * (the columns a workgroup reads at one k are then contiguous).
+   * The embedding lookup folded in: x's rows are `table[tokens[t]]` (zero for a token ≥ the
+   * table's rows, as kernels/embedding.ts), read from the table's texture `(V rows, K/4 texels)`,
+   * and the workgroups of the first column tile also store them into `x` (the residual stream
+   * the later dispatches read). `x` is then bound as storage, the norm weight as before.
    */
-  wTexTransposed?: boolean;
+  embed?: { tokens: GPUBuffer; table: GPUTexture };
   /** Rows. */
   M: number;
   /** Output columns (`3·H·D` for `"rotaryKv"`). */
@@ -175,16 +177,6 @@ export interface FusedLinearArgs {
    * fit and their buffers allow it. Default: on software adapters. See the module doc.
    */
   uniform?: boolean;
-  /**
-   * Output columns per lane with W from a texture (`wTex`), plain epilogues only: 8 (default)
-   * or 4 (twice the workgroups). See the module doc.
-   */
-  cols?: 4 | 8;
-  /**
-   * With x through a uniform binding: each lane computes the RMSNorm's sum itself (default true;
-   * false: the 8 lanes split it and combine through workgroup memory). Same bits either way.
-   */
-  laneNorm?: boolean;
 }
 
 /**
@@ -220,15 +212,10 @@ export interface FusedLayout {
   C: number;
   /** The qkv epilogue also stores k and v into the KV texture. */
   kvTex?: boolean;
-  /**
-   * Every lane sums the norm's squares itself (in the same order), without workgroup memory or
-   * barriers: where x is read through a uniform binding (a broadcast load).
-   */
-  laneNorm?: boolean;
+  /** x is the embedding of `tokens`, from the texture `embT`, and is stored (see the args). */
+  embed?: boolean;
   /** W is read from a texture `wT` (uniform.chunks is then empty). */
   wTex?: boolean;
-  /** The texture is transposed: texel (n, k) at x = n, y = k. */
-  wTexT?: boolean;
   /** Uniform bindings: vec4s of x, the norm weight and each W chunk; undefined: storage. */
   uniform?: { x: number; norm: number; chunks: number[] };
 }
@@ -357,7 +344,16 @@ export function fusedLinearCode(l: FusedLayout): string {
   const C4 = l.C / 4;
   let next = 1;
   const bind = () => `@group(0) @binding(${next++})`;
-  const xDecl = u
+  const xDecl = l.embed
+    ? `${bind()} var<storage, read_write> x: array<vec4f>; // (M, K): the embeddings, stored
+${bind()} var<storage, read> tokens: array<u32>;     // (M)
+${bind()} var embT: texture_2d<f32>;                 // (V, K/4) texels: the embedding table
+// x(row, vec4 c) of a row whose token is tok (zero past the table, as the embedding kernel)
+fn xe(tok: u32, c: u32) -> vec4f {
+  if (tok >= textureDimensions(embT).y) { return vec4f(); }
+  return textureLoad(embT, vec2u(c, tok), 0);
+}`
+    : u
     ? `${bind()} var<uniform> x: array<vec4f, ${u.x}>;          // (M, K)`
     : `${bind()} var<storage, read> x: array<vec4f>;    // (M, K)`;
   const normDecl = !l.norm
@@ -374,6 +370,8 @@ export function fusedLinearCode(l: FusedLayout): string {
       .join("\n")
     : `${bind()} var<storage, read> w: array<vec4f>;    // (N, K)`;
   const e = epilogueCode(l, next);
+  // x(m0 + i, vec4 c): ai[i] is the row's offset in x, or with the embedding its token
+  const xAt = (c: string) => l.embed ? `xe(ai[i], ${c})` : `x[ai[i] + ${c}]`;
   // the lane's unit u of C columns: n0..n0+4 and n1..n1+4 with n1 = n0 + 4, or for the qkv
   // epilogue a rotary pair of vec4s, n1 = n0 + D/2 (a head slot of (3, H) holds D/8 units)
   const rotary = l.kind === "rotaryKv";
@@ -382,9 +380,7 @@ export function fusedLinearCode(l: FusedLayout): string {
       ? `(${unit} / (params.D / 8u)) * params.D + (${unit} % (params.D / 8u)) * 4u`
       : `${unit} * C`;
   const loadW = l.wTex
-    ? `for (var j = 0u; j < C; j++) { /* unroll */ bv[j] = textureLoad(wT, ${
-      l.wTexT ? "vec2u(bj[j], k)" : "vec2u(k, bj[j])"
-    }, 0); }`
+    ? `for (var j = 0u; j < C; j++) { /* unroll */ bv[j] = textureLoad(wT, vec2u(k, bj[j]), 0); }`
     : u
     ? u.chunks.map((_, q) =>
       `${q === 0 ? "" : " else "}${
@@ -412,11 +408,7 @@ const R: u32 = ${l.R}u;   // rows per block
 const C: u32 = ${l.C}u;    // columns per lane
 const C4: u32 = ${C4}u;   // vec4 column groups per lane
 const WG: u32 = ${WG}u;   // lanes per workgroup
-${
-    l.norm && !l.laneNorm
-      ? "var<workgroup> red: array<f32, R * WG>; // (R, WG) partial sums of squares"
-      : ""
-  }
+${l.norm ? "var<workgroup> red: array<f32, R * WG>; // (R, WG) partial sums of squares" : ""}
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -425,39 +417,27 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (t >= params.tiles) { return; } // the whole workgroup
   let K4 = params.K / 4u;
   let m0 = (t / params.tilesN) * R;
-  var ai: array<u32, R>; // row offsets of x(m0 + i, ·), clamped
-  for (var i = 0u; i < R; i++) { /* unroll */ ai[i] = min(m0 + i, params.M - 1u) * K4; }
+  var ai: array<u32, R>; // row offsets of x(m0 + i, ·), clamped (with the embedding: tokens)
 ${
-    !l.norm
-      ? ""
-      : l.laneNorm
-      ? `  // prologue: rstd of each row summed in the narrow vec4 RMSNorm's order (the sums of lanes
-  // l = 0..7 over the vec4s l, l + 8, …, components pairwise, then the 3-step tree), by every
-  // lane alone: x is read at workgroup-uniform addresses (one broadcast load each), and there is
-  // no workgroup memory or barrier
-  var r: array<f32, R>;
-  for (var i = 0u; i < R; i++) { /* unroll */
-    var p: array<f32, WG>;
-    for (var l = 0u; l < WG; l++) { /* unroll */
-      var ss = vec4f();
-      for (var c = l; c < K4; c += WG) {
-        let v = x[ai[i] + c];
-        ss = fma(v, v, ss);
+    l.embed
+      ? `  for (var i = 0u; i < R; i++) { /* unroll */ ai[i] = tokens[min(m0 + i, params.M - 1u)]; }
+  if (t % params.tilesN == 0u) { // the first column tile stores the rows of x
+    for (var i = 0u; i < R; i++) { /* unroll */
+      if (m0 + i < params.M) {
+        for (var c = lid; c < K4; c += WG) { x[(m0 + i) * K4 + c] = xe(ai[i], c); }
       }
-      p[l] = (ss.x + ss.y) + (ss.z + ss.w);
     }
-    // the tree of 8 lanes (WG = 8): strides 4, 2, 1
-    for (var l = 0u; l < 4u; l++) { /* unroll */ p[l] = p[l] + p[l + 4u]; }
-    for (var l = 0u; l < 2u; l++) { /* unroll */ p[l] = p[l] + p[l + 2u]; }
-    p[0] = p[0] + p[1];
-    r[i] = 1.0 / sqrt(p[0] / f32(params.K) + params.eps);
   }`
-      : `  // prologue: rstd of each row as the narrow vec4 RMSNorm sums it (lane lid takes vec4s
+      : "  for (var i = 0u; i < R; i++) { /* unroll */ ai[i] = min(m0 + i, params.M - 1u) * K4; }"
+  }
+${
+    l.norm
+      ? `  // prologue: rstd of each row as the narrow vec4 RMSNorm sums it (lane lid takes vec4s
   // lid, lid + 8, …; components pairwise; then a 3-step tree)
   for (var i = 0u; i < R; i++) { /* unroll */
     var ss = vec4f();
     for (var c = lid; c < K4; c += WG) {
-      let v = x[ai[i] + c];
+      let v = ${xAt("c")};
       ss = fma(v, v, ss);
     }
     red[i * WG + lid] = (ss.x + ss.y) + (ss.z + ss.w);
@@ -471,6 +451,7 @@ ${
   }
   var r: array<f32, R>;
   for (var i = 0u; i < R; i++) { /* unroll */ r[i] = 1.0 / sqrt(red[i * WG] / f32(params.K) + params.eps); }`
+      : ""
   }
   let u0 = (t % params.tilesN) * WG; // the workgroup's first unit of C columns
   let chunk = (${colOf("u0")}) / params.RC; // the W chunk all its columns lie in
@@ -489,9 +470,7 @@ ${
     ${loadW}
     ${l.norm ? "let g = norm[k];" : ""}
     for (var i = 0u; i < R; i++) { /* unroll */
-      let av = x[ai[i] + k]${
-    l.norm ? " * r[i] * g; // RMSNorm(x), rounded as the norm kernel" : ";"
-  }
+      let av = ${xAt("k")}${l.norm ? " * r[i] * g; // RMSNorm(x), rounded as the norm kernel" : ";"}
       for (var q = 0u; q < C4; q++) { /* unroll */
         acc[i * C4 + q] += vec4f(dot(av, bv[4u * q]), dot(av, bv[4u * q + 1u]),
                                  dot(av, bv[4u * q + 2u]), dot(av, bv[4u * q + 3u]));
@@ -607,17 +586,20 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   const tex = a.wTex !== undefined;
   const uniformX = (a.uniform ?? gpu.isSoftware) && M <= MAX_R && M * K <= 4 * xVec4 &&
     uniformOk(a.x) && (!a.norm || uniformOk(a.norm));
-  const [tw, th] = a.wTexTransposed ? [N, K / 4] : [K / 4, N];
-  if (tex && (a.wTex!.width !== tw || a.wTex!.height !== th)) {
+  if (a.embed && a.embed.table.width !== K / 4) {
     throw new Error(
-      `specdec: fusedLinear: the weight texture is ${a.wTex!.width} × ${a.wTex!.height} texels, ` +
-        `W (${N}, ${K}) needs ${tw} × ${th}`,
+      `specdec: fusedLinear: the embedding texture is ${a.embed.table.width} texels wide, ` +
+        `rows of ${K} need ${K / 4}`,
     );
   }
-  if (tex) {
-    rc = uniformX ? N : 0; // x (and the norm weight) uniform, W from the texture
-    if (D === undefined) C = a.cols ?? 8;
-  } else if (uniformX && uniformOk(a.w)) {
+  if (tex && (a.wTex!.width !== K / 4 || a.wTex!.height !== N)) {
+    throw new Error(
+      `specdec: fusedLinear: the weight texture is ${a.wTex!.width} × ${a.wTex!.height} texels, ` +
+        `W (${N}, ${K}) needs ${K / 4} × ${N}`,
+    );
+  }
+  if (tex) rc = uniformX ? N : 0; // x (and the norm weight) uniform, W from the texture
+  else if (uniformX && uniformOk(a.w)) {
     // 8 columns per lane where a workgroup's 64 columns fit a chunk, else 4 (plain epilogues)
     for (const c of D === undefined ? [8, 4] : [8]) {
       const r = chunkRows(N, K, c, D);
@@ -637,15 +619,15 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     kind: e.kind,
     kvTex: e.kind === "rotaryKv" && !!e.kvTex,
     wTex: tex,
-    wTexT: tex && !!a.wTexTransposed,
+    embed: a.embed !== undefined,
     norm: !!a.norm,
-    laneNorm: rc > 0 && (a.laneNorm ?? true),
     bias: e.kind === "accumulate" && !!e.bias,
     R,
     C,
     uniform: rc > 0 ? { x: xVec4, norm: K / 4, chunks } : undefined,
   };
-  buffers.x = rc > 0 ? { buffer: a.x, offset: 0, size: xVec4 * 16 } : { buffer: a.x };
+  buffers.x = rc > 0 && !a.embed ? { buffer: a.x, offset: 0, size: xVec4 * 16 } : { buffer: a.x };
+  if (a.embed) buffers.tokens = { buffer: a.embed.tokens };
   if (a.norm) {
     buffers.norm = rc > 0 ? { buffer: a.norm, offset: 0, size: K * 4 } : { buffer: a.norm };
   }
@@ -660,8 +642,8 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   const tiles = M === 0 ? 0 : tilesN * Math.ceil(M / R);
   const code = fusedLinearCode(layout);
   const label = `fusedLinear ${a.norm ? "norm " : ""}${e.kind}${rc > 0 ? " uniform" : ""}${
-    tex ? a.wTexTransposed ? " wTexT" : " wTex" : ""
-  }`;
+    tex ? " wTex" : ""
+  }${a.embed ? " embed" : ""}`;
   const params: Record<string, number> = {
     M,
     N,
@@ -698,6 +680,9 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     });
   }
   if (tex) textures.push({ binding: textureBinding(code, "wT"), resource: a.wTex!.createView() });
+  if (a.embed) {
+    textures.push({ binding: textureBinding(code, "embT"), resource: a.embed.table.createView() });
+  }
   const bindGroup = gpu.device.createBindGroup({
     label,
     layout: pipeline.getBindGroupLayout(0),
