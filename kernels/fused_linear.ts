@@ -81,6 +81,43 @@
  * x and the norm weight still through uniform bindings; the arithmetic and its order are
  * unchanged, so the bits are too. Elsewhere the uniform chunks or storage above.
  *
+ * ## What is left of a decode step (bench/dispatch_bench.ts `--only fused`)
+ *
+ * The step's five GEMVs at the reference shape (M = 1, dim 128, 4 × 32 heads, F 512, V 256, W
+ * from textures), µs per dispatch, min (median) of 21 rounds of 10 to 20 dispatches, three runs,
+ * load average 2.5 to 4.7 (two other jobs held both cores at nice 10):
+ *
+ * | dispatch            | words  | µs, min        | µs, median  |
+ * | ------------------- | -----: | -------------: | ----------: |
+ * | empty, 1 / 2 / 4 / 16 workgroups of 8 lanes | 0 | 17 / 19 / 21 / 21 | 45 to 56 |
+ * | embedding (T 1)     | 128    | 17 to 23       | 44 to 47    |
+ * | qkv 384 × 128       | 49 152 | 65 to 73       | 98 to 109   |
+ * | out 128 × 128       | 16 384 | 36 to 51       | 48 to 76    |
+ * | ffIn 512 × 128      | 65 536 | 83 to 88       | 123 to 172  |
+ * | ffOut 128 × 512     | 65 536 | 73 to 79       | 95 to 176   |
+ * | logits 256 × 128    | 32 768 | 44 to 57       | 74 to 114   |
+ *
+ * Each is ~18 µs of fixed cost plus ~1.1 ns per weight word (the texel fetch), so the GEMVs are
+ * at the fetch bound. Variants measured against them (commit dfec54a has their code), none kept:
+ * - 4 columns per lane, twice the workgroups (out 4, ffOut 4, ffIn 16, logits 8): out 36 vs 36,
+ *   ffOut 76 to 79 vs 73 to 74, ffIn 94 to 113 vs 83 to 88, logits 52 to 80 vs 44 to 51: no gain
+ *   where a 2-thread pool already has 2+ workgroups per thread, a loss where each workgroup
+ *   repeats the norm prologue;
+ * - every lane summing the norm itself in the narrow order (no workgroup memory, no barrier;
+ *   the same bits): ffIn 84 vs 83 to 88, qkv 65 to 69 vs 70 to 73, logits 51 to 57 vs 44 to 53:
+ *   within the noise;
+ * - Wᵀ in the texture (a workgroup's 64 columns contiguous at each k), ffOut over 16 distinct
+ *   weights (µs per 16): 1531 to 2346 vs 1271 to 1852; a vec4 embedding with 8 lanes: 27 to 31
+ *   vs 21 to 23 (the lookup is all fixed cost).
+ * Cold weights (16 distinct 256 KiB textures in turn, as a step reads each once) cost 0 to 30 %
+ * more than one texture 16 times; 16 bind groups on one texture cost nothing extra.
+ * What could go was a dispatch: the embedding lookup folds into the first block's qkv GEMV
+ * (`embed`: x's rows fetched from the table's texture, stored by the first column tile), one
+ * dispatch (~18 to 45 µs) fewer per forward (a decode step 22, a draft step of one block 6).
+ * The sampling dispatch (kernels/decode_step.ts, not measured here) is the other small one.
+ * The attention dispatch at 1 key costs 53 to 65 µs (min): its cross-lane combine through
+ * workgroup memory is ~10 to 15 of them (38 to 45 without it), its barriers ~0.
+ *
  * Attention was kernels/attention_forward.ts's `"split"` kernel: already one dispatch per
  * layer for every head and row, each key and value loaded once for up to 8 queries of a row
  * (the γ + 1 verification rows), keys split over 8 lanes. Splitting long contexts over more
