@@ -10,7 +10,8 @@
  * The work of every GEMV variant is the same: `y (N) = W (N, K) · x (K)`, N = 512, K = 128
  * (65 536 multiply-adds, 256 KiB of weights: the size of a decode step's qkv / ffIn GEMV at the
  * software reference shape). Families:
- * - `empty`: a dispatch that does nothing (1 workgroup of 1 invocation): the floor.
+ * - `empty`: a dispatch that does nothing (1 workgroup of 1 invocation, and 1 to 16 of 8 lanes):
+ *   the floor, and what a thread pool costs.
  * - `wgsize`: lanes per workgroup 1, 8, 32, 64, 256 with 8 workgroups.
  * - `wgcount`: 8 lanes per workgroup, 1 … 1024 workgroups.
  * - `barriers`: 8 or 64 lanes, 0 / 1 / 8 / 32 workgroup barriers each.
@@ -22,8 +23,13 @@
  *   and V, in a storage binding, 64 KiB uniform chunks, an rgba32float texture (`textureLoad`),
  *   workgroup memory filled cooperatively, and a GEMV with 1 lane per workgroup; printed with
  *   ns per 32-bit word of the operand.
+ * - `fused` (`--only fused`): the decode step's fused GEMVs as the forward plan runs them on
+ *   software adapters (kernels/fused_linear.ts, M = 1, dim 128, heads 4 × 32, F 512, V 256, W
+ *   from textures), the ffOut GEMV over 16 distinct weights against one (cold caches) and the
+ *   embedding lookup; each row also prints the minimum over the rounds, steadier than the
+ *   median on a shared machine. Not checked here (tests/fused_linear_test.ts checks them).
  *
- * Every case's output is checked before timing. Times are medians over the rounds.
+ * Every case's output is checked before timing (the `fused` family excepted). Times are medians over the rounds.
  * Findings on lavapipe are written in kernels/fused_linear.ts's header (dispatch shape, uniform
  * bindings) and kernels/attention_decode.ts's (textures).
  *
