@@ -10,7 +10,8 @@
  * The work of every GEMV variant is the same: `y (N) = W (N, K) · x (K)`, N = 512, K = 128
  * (65 536 multiply-adds, 256 KiB of weights: the size of a decode step's qkv / ffIn GEMV at the
  * software reference shape). Families:
- * - `empty`: a dispatch that does nothing (1 workgroup of 1 invocation): the floor.
+ * - `empty`: a dispatch that does nothing (1 workgroup of 1 invocation, and 1 to 16 of 8 lanes):
+ *   the floor, and what a thread pool costs.
  * - `wgsize`: lanes per workgroup 1, 8, 32, 64, 256 with 8 workgroups.
  * - `wgcount`: 8 lanes per workgroup, 1 … 1024 workgroups.
  * - `barriers`: 8 or 64 lanes, 0 / 1 / 8 / 32 workgroup barriers each.
@@ -22,8 +23,13 @@
  *   and V, in a storage binding, 64 KiB uniform chunks, an rgba32float texture (`textureLoad`),
  *   workgroup memory filled cooperatively, and a GEMV with 1 lane per workgroup; printed with
  *   ns per 32-bit word of the operand.
+ * - `fused` (`--only fused`): the decode step's fused GEMVs as the forward plan runs them on
+ *   software adapters (kernels/fused_linear.ts, M = 1, dim 128, heads 4 × 32, F 512, V 256, W
+ *   from textures), the ffOut GEMV over 16 distinct weights against one (cold caches) and the
+ *   embedding lookup; each row also prints the minimum over the rounds, steadier than the
+ *   median on a shared machine. Not checked here (tests/fused_linear_test.ts checks them).
  *
- * Every case's output is checked before timing. Times are medians over the rounds.
+ * Every case's output is checked before timing (the `fused` family excepted). Times are medians over the rounds.
  * Findings on lavapipe are written in kernels/fused_linear.ts's header (dispatch shape, uniform
  * bindings) and kernels/attention_decode.ts's (textures).
  *
@@ -32,6 +38,10 @@
 import { type Dispatch, type Gpu, requestGpu } from "../kernels/gpu.ts";
 import { GpuTimer } from "../kernels/timer.ts";
 import { unrollLoops } from "../kernels/unroll.ts";
+import { fusedLinear, STORAGE_UNIFORM } from "../kernels/fused_linear.ts";
+import { kvTexture } from "../kernels/attention_decode.ts";
+import { rotaryInvFreq, rotaryTable } from "../kernels/rotary.ts";
+import { embedding } from "../kernels/embedding.ts";
 
 const N = 512, K = 128;
 const TEX = 0x04 | 0x02; // TEXTURE_BINDING | COPY_DST
@@ -131,7 +141,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
 const EMPTY = /* wgsl */ `
 @group(0) @binding(1) var<storage, read_write> y: array<f32>; // (1)
 @compute @workgroup_size(1)
-fn main(@builtin(workgroup_id) wid: vec3u) { if (wid.x > 1u) { y[0] = 0.0; } }`;
+fn main(@builtin(workgroup_id) wid: vec3u) { if (wid.x > 100u) { y[0] = 0.0; } }`;
 
 /** Command-line flags: `--name value`. */
 function flag(name: string, fallback: number): number {
@@ -173,6 +183,19 @@ cases.push({
   d: gpu.kernel({ label: "empty", code: EMPTY, buffers: { y }, workgroups: 1 }),
   check: false,
 });
+for (const n of [1, 2, 4, 16]) {
+  cases.push({
+    family: "empty",
+    name: `${n} × 8 lanes, no work`,
+    d: gpu.kernel({
+      label: "empty",
+      code: EMPTY.replace("@workgroup_size(1)", "@workgroup_size(8)"),
+      buffers: { y },
+      workgroups: n,
+    }),
+    check: false,
+  });
+}
 for (const wg of [1, 8, 32, 64, 256]) {
   add("wgsize", `${wg} lanes × 8 wg, vec4`, { wg, nwg: 8, vec4: true });
 }
@@ -327,6 +350,7 @@ for (
 ) {
   cases.push({ ...c, family: `space: ${c.family}`, check: false, verify: c.check });
 }
+for (const c of fusedCases(gpu)) cases.push({ ...c, family: "fused", check: false });
 
 // --only <family>: run one family (`space`: the three space families)
 const only = Deno.args.indexOf("--only");
@@ -371,12 +395,15 @@ const rows = cases.map((c) => ({
   family: c.family,
   name: c.name,
   us: median(times.get(c)!) * 1000,
+  minUs: Math.min(...times.get(c)!) * 1000,
   nsPerWord: c.words ? (median(times.get(c)!) * 1e6) / c.words : undefined,
 }));
 for (const r of rows) {
   const per = r.nsPerWord === undefined ? "" : ` ${r.nsPerWord.toFixed(2).padStart(6)} ns/word`;
   console.log(
-    `${r.family.padEnd(9)} ${r.name.padEnd(32)} ${r.us.toFixed(1).padStart(8)} µs${per}`,
+    `${r.family.padEnd(9)} ${r.name.padEnd(32)} ${r.us.toFixed(1).padStart(8)} µs (min ${
+      r.minUs.toFixed(1).padStart(6)
+    })${per}`,
   );
 }
 const i = Deno.args.indexOf("--json");
@@ -699,4 +726,108 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(local_invocation_index) lid:
   add("texture-wide", "K/V rgba32f texture (256 wide)");
   add("workgroup", "K/V → workgroup (coop)");
   return cases;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the fused family: the decode step's five fused GEMVs (M = 1, dim 128, heads 4 × 32, F 512,
+// V 256, W from textures as on software adapters) with each workgroup layout
+
+/** A weight texture `(N rows, K/4 texels)`. */
+function weightTex(gpu: Gpu, N: number, K: number, seed: number): GPUTexture {
+  return texture(
+    gpu,
+    `w ${N}×${K}`,
+    new Float32Array(N * K).map((_, i) => Math.cos(i * seed)),
+    K / 4,
+  );
+}
+
+/** The decode step's fused GEMVs, each with every columns-per-lane variant it allows. */
+function fusedCases(gpu: Gpu): { name: string; d: Dispatch; extra?: Dispatch[]; words: number }[] {
+  const C = 128, H = 4, D = 32, F = 512, V = 256, maxLen = 512;
+  const buf = (label: string, n: number, fill = 0.1) =>
+    gpu.upload(label, new Float32Array(Math.max(n, 16384)).fill(fill), STORAGE_UNIFORM);
+  const x = buf("x", C), norm = buf("norm", C, 1), att = buf("att", H * D), a = buf("a", F);
+  const bias = buf("bias", F), out = buf("out", F), qkv = buf("qkv", 3 * H * D);
+  const kv = gpu.buffer("kv", 2 * H * maxLen * D * 4);
+  const start = gpu.upload("start", new Uint32Array([300]));
+  const t = rotaryTable(maxLen, rotaryInvFreq(D));
+  const cos = gpu.upload("cos", t.cos), sin = gpu.upload("sin", t.sin);
+  const kvTex = kvTexture(gpu, "kv tex", 1, H, D, maxLen);
+  const out0: { name: string; d: Dispatch; extra?: Dispatch[]; words: number }[] = [];
+  const shapes = [
+    { name: "qkv 384×128", x, norm, N: 3 * H * D, K: C, kind: "rotaryKv" },
+    { name: "out 128×128", x: att, N: C, K: H * D, kind: "accumulate" },
+    { name: "ffIn 512×128", x, norm, N: F, K: C, kind: "biasGelu" },
+    { name: "ffOut 128×512", x: a, N: C, K: F, kind: "accumulate" },
+    { name: "logits 256×128", x, norm, N: V, K: C, kind: "none" },
+  ] as const;
+  for (const [i, s] of shapes.entries()) {
+    const wTex = weightTex(gpu, s.N, s.K, 0.37 + i);
+    const w = gpu.buffer(`w ${s.name}`, s.N * s.K * 4, STORAGE_UNIFORM);
+    const epilogue = s.kind === "rotaryKv"
+      ? { kind: s.kind, qkv, kv, kvTex, start, cos, sin, B: 1, n: 1, H, D, maxLen }
+      : s.kind === "biasGelu"
+      ? { kind: s.kind, bias, out }
+      : s.kind === "accumulate"
+      ? { kind: s.kind, bias: s.K === F ? bias : undefined, out }
+      : { kind: s.kind, out };
+    const d = fusedLinear(gpu, {
+      x: s.x,
+      norm: "norm" in s ? s.norm : undefined,
+      w,
+      wTex,
+      M: 1,
+      N: s.N,
+      K: s.K,
+      epilogue,
+    });
+    out0.push({ name: s.name, d, words: s.N * s.K });
+  }
+  // cold weights: the ffOut GEMV over 16 distinct weight textures (4 MiB, more than the caches
+  // hold) in turn, as a decode step reads each weight once, against one texture 16 times
+  {
+    const ds = Array.from({ length: 16 }, (_, i) =>
+      fusedLinear(gpu, {
+        x: a,
+        w: gpu.buffer(`w cold ${i}`, C * F * 4, STORAGE_UNIFORM),
+        wTex: weightTex(gpu, C, F, 0.1 + i),
+        M: 1,
+        N: C,
+        K: F,
+        epilogue: { kind: "accumulate", bias, out },
+      }));
+    out0.push({
+      name: "ffOut ×16, one weight",
+      d: ds[0],
+      extra: new Array(15).fill(ds[0]),
+      words: 16 * C * F,
+    });
+    out0.push({ name: "ffOut ×16, 16 weights", d: ds[0], extra: ds.slice(1), words: 16 * C * F });
+    const tex0 = weightTex(gpu, C, F, 0.1);
+    const same = Array.from({ length: 16 }, (_, i) =>
+      fusedLinear(gpu, {
+        x: a,
+        w: gpu.buffer(`w same ${i}`, C * F * 4, STORAGE_UNIFORM),
+        wTex: tex0,
+        M: 1,
+        N: C,
+        K: F,
+        epilogue: { kind: "accumulate", bias, out },
+      }));
+    out0.push({
+      name: "ffOut ×16, 16 bind groups, 1 weight",
+      d: same[0],
+      extra: same.slice(1),
+      words: 16 * C * F,
+    });
+  }
+  const tokens = gpu.upload("tokens", new Uint32Array([7]));
+  const table = gpu.upload("table", new Float32Array(V * C).fill(0.5));
+  out0.push({
+    name: "embedding (T 1, C 128)",
+    d: embedding(gpu, { tokens, table, out: x, T: 1, C }),
+    words: C,
+  });
+  return out0;
 }

@@ -75,6 +75,9 @@ function kind(d: Dispatch, last: boolean): string {
   if (l.startsWith("gelu")) return "gelu";
   if (l.startsWith("embedding")) return "embedding";
   if (l.startsWith("fusedLinear norm none")) return "logits";
+  if (l.includes("rotaryKv") && l.endsWith(" embed")) {
+    return "embedding + norm + qkv + rotary + kvWrite";
+  }
   if (l.includes("rotaryKv")) return "norm + qkv + rotary + kvWrite";
   if (l.includes("biasGelu")) return "norm + ffIn + gelu";
   if (l.startsWith("fusedLinear accumulate")) return "matmuls";

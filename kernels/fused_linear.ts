@@ -81,6 +81,43 @@
  * x and the norm weight still through uniform bindings; the arithmetic and its order are
  * unchanged, so the bits are too. Elsewhere the uniform chunks or storage above.
  *
+ * ## What is left of a decode step (bench/dispatch_bench.ts `--only fused`)
+ *
+ * The step's five GEMVs at the reference shape (M = 1, dim 128, 4 × 32 heads, F 512, V 256, W
+ * from textures), µs per dispatch, min (median) of 21 rounds of 10 to 20 dispatches, three runs,
+ * load average 2.5 to 4.7 (two other jobs held both cores at nice 10):
+ *
+ * | dispatch            | words  | µs, min        | µs, median  |
+ * | ------------------- | -----: | -------------: | ----------: |
+ * | empty, 1 / 2 / 4 / 16 workgroups of 8 lanes | 0 | 17 / 19 / 21 / 21 | 45 to 56 |
+ * | embedding (T 1)     | 128    | 17 to 23       | 44 to 47    |
+ * | qkv 384 × 128       | 49 152 | 65 to 73       | 98 to 109   |
+ * | out 128 × 128       | 16 384 | 36 to 51       | 48 to 76    |
+ * | ffIn 512 × 128      | 65 536 | 83 to 88       | 123 to 172  |
+ * | ffOut 128 × 512     | 65 536 | 73 to 79       | 95 to 176   |
+ * | logits 256 × 128    | 32 768 | 44 to 57       | 74 to 114   |
+ *
+ * Each is ~18 µs of fixed cost plus ~1.1 ns per weight word (the texel fetch), so the GEMVs are
+ * at the fetch bound. Variants measured against them (commit dfec54a has their code), none kept:
+ * - 4 columns per lane, twice the workgroups (out 4, ffOut 4, ffIn 16, logits 8): out 36 vs 36,
+ *   ffOut 76 to 79 vs 73 to 74, ffIn 94 to 113 vs 83 to 88, logits 52 to 80 vs 44 to 51: no gain
+ *   where a 2-thread pool already has 2+ workgroups per thread, a loss where each workgroup
+ *   repeats the norm prologue;
+ * - every lane summing the norm itself in the narrow order (no workgroup memory, no barrier;
+ *   the same bits): ffIn 84 vs 83 to 88, qkv 65 to 69 vs 70 to 73, logits 51 to 57 vs 44 to 53:
+ *   within the noise;
+ * - Wᵀ in the texture (a workgroup's 64 columns contiguous at each k), ffOut over 16 distinct
+ *   weights (µs per 16): 1531 to 2346 vs 1271 to 1852; a vec4 embedding with 8 lanes: 27 to 31
+ *   vs 21 to 23 (the lookup is all fixed cost).
+ * Cold weights (16 distinct 256 KiB textures in turn, as a step reads each once) cost 0 to 30 %
+ * more than one texture 16 times; 16 bind groups on one texture cost nothing extra.
+ * What could go was a dispatch: the embedding lookup folds into the first block's qkv GEMV
+ * (`embed`: x's rows fetched from the table's texture, stored by the first column tile), one
+ * dispatch (~18 to 45 µs) fewer per forward (a decode step 22, a draft step of one block 6).
+ * The sampling dispatch (kernels/decode_step.ts, not measured here) is the other small one.
+ * The attention dispatch at 1 key costs 53 to 65 µs (min): its cross-lane combine through
+ * workgroup memory is ~10 to 15 of them (38 to 45 without it), its barriers ~0.
+ *
  * Attention was kernels/attention_forward.ts's `"split"` kernel: already one dispatch per
  * layer for every head and row, each key and value loaded once for up to 8 queries of a row
  * (the γ + 1 verification rows), keys split over 8 lanes. Splitting long contexts over more
@@ -157,6 +194,13 @@ export interface FusedLinearArgs {
    * W is then read from it (~2.5× cheaper than uniform chunks on lavapipe, see the module doc).
    */
   wTex?: GPUTexture;
+  /**
+   * The embedding lookup folded in: x's rows are `table[tokens[t]]` (zero for a token ≥ the
+   * table's rows, as kernels/embedding.ts), read from the table's texture `(V rows, K/4 texels)`,
+   * and the workgroups of the first column tile also store them into `x` (the residual stream
+   * the later dispatches read). `x` is then bound as storage, the norm weight as before.
+   */
+  embed?: { tokens: GPUBuffer; table: GPUTexture };
   /** Rows. */
   M: number;
   /** Output columns (`3·H·D` for `"rotaryKv"`). */
@@ -205,6 +249,8 @@ export interface FusedLayout {
   C: number;
   /** The qkv epilogue also stores k and v into the KV texture. */
   kvTex?: boolean;
+  /** x is the embedding of `tokens`, from the texture `embT`, and is stored (see the args). */
+  embed?: boolean;
   /** W is read from a texture `wT` (uniform.chunks is then empty). */
   wTex?: boolean;
   /** Uniform bindings: vec4s of x, the norm weight and each W chunk; undefined: storage. */
@@ -335,7 +381,16 @@ export function fusedLinearCode(l: FusedLayout): string {
   const C4 = l.C / 4;
   let next = 1;
   const bind = () => `@group(0) @binding(${next++})`;
-  const xDecl = u
+  const xDecl = l.embed
+    ? `${bind()} var<storage, read_write> x: array<vec4f>; // (M, K): the embeddings, stored
+${bind()} var<storage, read> tokens: array<u32>;     // (M)
+${bind()} var embT: texture_2d<f32>;                 // (V, K/4) texels: the embedding table
+// x(row, vec4 c) of a row whose token is tok (zero past the table, as the embedding kernel)
+fn xe(tok: u32, c: u32) -> vec4f {
+  if (tok >= textureDimensions(embT).y) { return vec4f(); }
+  return textureLoad(embT, vec2u(c, tok), 0);
+}`
+    : u
     ? `${bind()} var<uniform> x: array<vec4f, ${u.x}>;          // (M, K)`
     : `${bind()} var<storage, read> x: array<vec4f>;    // (M, K)`;
   const normDecl = !l.norm
@@ -352,6 +407,8 @@ export function fusedLinearCode(l: FusedLayout): string {
       .join("\n")
     : `${bind()} var<storage, read> w: array<vec4f>;    // (N, K)`;
   const e = epilogueCode(l, next);
+  // x(m0 + i, vec4 c): ai[i] is the row's offset in x, or with the embedding its token
+  const xAt = (c: string) => l.embed ? `xe(ai[i], ${c})` : `x[ai[i] + ${c}]`;
   // the lane's unit u of C columns: n0..n0+4 and n1..n1+4 with n1 = n0 + 4, or for the qkv
   // epilogue a rotary pair of vec4s, n1 = n0 + D/2 (a head slot of (3, H) holds D/8 units)
   const rotary = l.kind === "rotaryKv";
@@ -397,8 +454,19 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (t >= params.tiles) { return; } // the whole workgroup
   let K4 = params.K / 4u;
   let m0 = (t / params.tilesN) * R;
-  var ai: array<u32, R>; // row offsets of x(m0 + i, ·), clamped
-  for (var i = 0u; i < R; i++) { /* unroll */ ai[i] = min(m0 + i, params.M - 1u) * K4; }
+  var ai: array<u32, R>; // row offsets of x(m0 + i, ·), clamped (with the embedding: tokens)
+${
+    l.embed
+      ? `  for (var i = 0u; i < R; i++) { /* unroll */ ai[i] = tokens[min(m0 + i, params.M - 1u)]; }
+  if (t % params.tilesN == 0u) { // the first column tile stores the rows of x
+    for (var i = 0u; i < R; i++) { /* unroll */
+      if (m0 + i < params.M) {
+        for (var c = lid; c < K4; c += WG) { x[(m0 + i) * K4 + c] = xe(ai[i], c); }
+      }
+    }
+  }`
+      : "  for (var i = 0u; i < R; i++) { /* unroll */ ai[i] = min(m0 + i, params.M - 1u) * K4; }"
+  }
 ${
     l.norm
       ? `  // prologue: rstd of each row as the narrow vec4 RMSNorm sums it (lane lid takes vec4s
@@ -406,7 +474,7 @@ ${
   for (var i = 0u; i < R; i++) { /* unroll */
     var ss = vec4f();
     for (var c = lid; c < K4; c += WG) {
-      let v = x[ai[i] + c];
+      let v = ${xAt("c")};
       ss = fma(v, v, ss);
     }
     red[i * WG + lid] = (ss.x + ss.y) + (ss.z + ss.w);
@@ -439,9 +507,7 @@ ${
     ${loadW}
     ${l.norm ? "let g = norm[k];" : ""}
     for (var i = 0u; i < R; i++) { /* unroll */
-      let av = x[ai[i] + k]${
-    l.norm ? " * r[i] * g; // RMSNorm(x), rounded as the norm kernel" : ";"
-  }
+      let av = ${xAt("k")}${l.norm ? " * r[i] * g; // RMSNorm(x), rounded as the norm kernel" : ";"}
       for (var q = 0u; q < C4; q++) { /* unroll */
         acc[i * C4 + q] += vec4f(dot(av, bv[4u * q]), dot(av, bv[4u * q + 1u]),
                                  dot(av, bv[4u * q + 2u]), dot(av, bv[4u * q + 3u]));
@@ -557,6 +623,12 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   const tex = a.wTex !== undefined;
   const uniformX = (a.uniform ?? gpu.isSoftware) && M <= MAX_R && M * K <= 4 * xVec4 &&
     uniformOk(a.x) && (!a.norm || uniformOk(a.norm));
+  if (a.embed && a.embed.table.width !== K / 4) {
+    throw new Error(
+      `specdec: fusedLinear: the embedding texture is ${a.embed.table.width} texels wide, ` +
+        `rows of ${K} need ${K / 4}`,
+    );
+  }
   if (tex && (a.wTex!.width !== K / 4 || a.wTex!.height !== N)) {
     throw new Error(
       `specdec: fusedLinear: the weight texture is ${a.wTex!.width} × ${a.wTex!.height} texels, ` +
@@ -584,13 +656,15 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     kind: e.kind,
     kvTex: e.kind === "rotaryKv" && !!e.kvTex,
     wTex: tex,
+    embed: a.embed !== undefined,
     norm: !!a.norm,
     bias: e.kind === "accumulate" && !!e.bias,
     R,
     C,
     uniform: rc > 0 ? { x: xVec4, norm: K / 4, chunks } : undefined,
   };
-  buffers.x = rc > 0 ? { buffer: a.x, offset: 0, size: xVec4 * 16 } : { buffer: a.x };
+  buffers.x = rc > 0 && !a.embed ? { buffer: a.x, offset: 0, size: xVec4 * 16 } : { buffer: a.x };
+  if (a.embed) buffers.tokens = { buffer: a.embed.tokens };
   if (a.norm) {
     buffers.norm = rc > 0 ? { buffer: a.norm, offset: 0, size: K * 4 } : { buffer: a.norm };
   }
@@ -606,7 +680,7 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   const code = fusedLinearCode(layout);
   const label = `fusedLinear ${a.norm ? "norm " : ""}${e.kind}${rc > 0 ? " uniform" : ""}${
     tex ? " wTex" : ""
-  }`;
+  }${a.embed ? " embed" : ""}`;
   const params: Record<string, number> = {
     M,
     N,
@@ -643,6 +717,9 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     });
   }
   if (tex) textures.push({ binding: textureBinding(code, "wT"), resource: a.wTex!.createView() });
+  if (a.embed) {
+    textures.push({ binding: textureBinding(code, "embT"), resource: a.embed.table.createView() });
+  }
   const bindGroup = gpu.device.createBindGroup({
     label,
     layout: pipeline.getBindGroupLayout(0),

@@ -201,8 +201,13 @@ export function buildForwardPlan(
     fusedLinearSupported(HD, C) && fusedLinearSupported(F, C);
 
   const d: Dispatch[] = [];
+  // the embedding lookup folds into the first block's qkv GEMV where the fused path reads the
+  // table from a texture (software adapters): one dispatch fewer per forward
+  const embedTex = useFused && kind !== "upper" && exit.steps.length > 0 && !exit.steps[0].pre
+    ? model.weightTexture(weights.tokenEmbedding, V, C)
+    : undefined;
   // an "upper" plan's input stream is written by the caller
-  if (kind !== "upper") {
+  if (kind !== "upper" && !embedTex) {
     d.push(embedding(gpu, { tokens, table: weights.tokenEmbedding, out: layers[0].x, T, C }));
   }
   let lower = -1; // a draft plan's dispatches before the extra blocks
@@ -215,6 +220,7 @@ export function buildForwardPlan(
     // x += attention(rotary(norm(x)·qkvᵀ)) · attnOutᵀ: k, v straight into the cache
     d.push(fusedLinear(gpu, {
       x,
+      embed: i === 0 && embedTex ? { tokens, table: embedTex } : undefined,
       norm: w.norm,
       w: w.qkv,
       wTex: model.weightTexture(w.qkv, 3 * HD, C),

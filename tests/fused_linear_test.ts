@@ -11,6 +11,7 @@ import { rmsNorm } from "../kernels/norm.ts";
 import { gelu } from "../kernels/activation.ts";
 import { rotary, rotaryInvFreq, rotaryTable } from "../kernels/rotary.ts";
 import { kvWrite } from "../kernels/attention.ts";
+import { embedding } from "../kernels/embedding.ts";
 import { kvTexture } from "../kernels/attention_decode.ts";
 import { readKvTexture, writeKvTexture } from "./reference/texture.ts";
 import type { Dispatch, Gpu } from "../kernels/gpu.ts";
@@ -193,6 +194,111 @@ gpuTest(
         assertBits(gotKv, await gpu.readF32(kvU), `kv ${what} vs unfused`);
       }
     }
+  },
+);
+
+/** An rgba32float texture `(rows, K/4 texels)` holding `data (rows, K)`. */
+function rowTexture(gpu: Gpu, data: Float32Array<ArrayBuffer>, rows: number, K: number) {
+  const t = gpu.device.createTexture({
+    size: [K / 4, rows],
+    format: "rgba32float",
+    usage: 0x04 | 0x02, // TEXTURE_BINDING | COPY_DST
+  });
+  gpu.device.queue.writeTexture({ texture: t }, data, { bytesPerRow: K * 4, rowsPerImage: rows }, [
+    K / 4,
+    rows,
+  ]);
+  return t;
+}
+
+gpuTest(
+  "fusedLinear embed: the embedding folded in, its rows stored, unfused bits",
+  async (gpu) => {
+    // K = 20 (5 texels), V = 7 table rows; tokens 7 and 9 lie past the table: zero rows
+    const K = 20, V = 7, H = 2, D = 8, maxLen = 8;
+    const table = randomF32(V * K, 60, -2, 2), tex = rowTexture(gpu, table, V, K);
+    const tableB = gpu.upload("table", table);
+    const norm = up(gpu, "norm", randomF32(K, 61, 0.5, 1.5));
+    const tables = rotaryTable(maxLen, rotaryInvFreq(D));
+    const cos = gpu.upload("cos", tables.cos), sin = gpu.upload("sin", tables.sin);
+    for (const uniform of [false, true]) {
+      for (const M of [1, 5, 19]) { // 19: two blocks of rows
+        const toks = Uint32Array.from({ length: M }, (_, i) => [3, 7, 0, 6, 9][i % 5]);
+        const tokens = gpu.upload("tokens", toks);
+        const pad = (n: number) => Math.max(n, 4096);
+        const x = up(gpu, "x", new Float32Array(pad(M * K)).fill(123));
+        const xRef = up(gpu, "x ref", new Float32Array(pad(M * K)));
+        const what = `M=${M}${uniform ? " uniform" : ""}`;
+        // "none": N = 12, not a multiple of a workgroup's 64 columns
+        {
+          const N = 12, wData = randomF32(N * K, 62, -0.5, 0.5), w = up(gpu, "w", wData);
+          const out = gpu.buffer("out", M * N * 4), ref = gpu.buffer("ref", M * N * 4);
+          // with uniform bindings W from a texture too, as the forward plan runs it
+          const wTex = uniform ? rowTexture(gpu, wData, N, K) : undefined;
+          const args = { norm, w, wTex, M, N, K, uniform };
+          const d = fusedLinear(gpu, {
+            ...args,
+            x,
+            embed: { tokens, table: tex },
+            epilogue: { kind: "none", out },
+          });
+          assert(d.label.endsWith(" embed"), d.label);
+          gpu.run("embed none", [
+            d,
+            embedding(gpu, { tokens, table: tableB, out: xRef, T: M, C: K }),
+            fusedLinear(gpu, { ...args, x: xRef, epilogue: { kind: "none", out: ref } }),
+          ]);
+          const xs = (await gpu.readF32(x)).slice(0, M * K);
+          assertBits(xs, (await gpu.readF32(xRef)).slice(0, M * K), `x ${what} vs embedding`);
+          assert(xs.slice(K, 2 * K).every((v) => v === 0), "token 7 past the table: a zero row");
+          assertBits(await gpu.readF32(out), await gpu.readF32(ref), `none ${what} vs unfused`);
+        }
+        // "rotaryKv": B·n = M rows (B = 1), positions from 2 (rows past the cache included)
+        if (M === 5) {
+          const N = 3 * H * D, w = up(gpu, "w qkv", randomF32(N * K, 63, -0.5, 0.5));
+          const start = gpu.upload("start", new Uint32Array([2]));
+          const sizes = { B: 1, n: M, H, D, maxLen };
+          const kv0 = randomF32(2 * H * maxLen * D, 64);
+          const mk = () => ({
+            qkv: gpu.buffer("qkv", M * N * 4),
+            kv: gpu.upload("kv", kv0),
+          });
+          const [a, b] = [mk(), mk()];
+          const args = { norm, w, M, N, K, uniform };
+          gpu.run("embed qkv", [
+            fusedLinear(gpu, {
+              ...args,
+              x,
+              embed: { tokens, table: tex },
+              epilogue: { kind: "rotaryKv", ...a, start, cos, sin, ...sizes },
+            }),
+            fusedLinear(gpu, {
+              ...args,
+              x: xRef,
+              epilogue: { kind: "rotaryKv", ...b, start, cos, sin, ...sizes },
+            }),
+          ]);
+          assertBits(await gpu.readF32(a.qkv), await gpu.readF32(b.qkv), `qkv ${what} vs unfused`);
+          assertBits(await gpu.readF32(a.kv), await gpu.readF32(b.kv), `kv ${what} vs unfused`);
+        }
+      }
+    }
+    const x = up(gpu, "x", new Float32Array(4096));
+    const out = gpu.buffer("out", 64);
+    throws(
+      () =>
+        fusedLinear(gpu, {
+          x,
+          norm,
+          w: up(gpu, "w", new Float32Array(4 * 24)),
+          M: 1,
+          N: 4,
+          K: 24,
+          embed: { tokens: gpu.upload("t", new Uint32Array([0])), table: tex },
+          epilogue: { kind: "none", out },
+        }),
+      /embedding texture is 5 texels wide, rows of 24 need 6/,
+    );
   },
 );
 
