@@ -275,7 +275,8 @@ export function buildForwardPlan(
     d.push(rotary(gpu, { qkv: a.qkv, cos, sin, start, B, n, H, D, maxLen }));
     d.push(kvWrite(gpu, { qkv: a.qkv, kv, start, B, n, H, D, maxLen }));
     // keep the cache's texture copy in step: a later fused step reads it
-    const kvTex = cache.textures?.[cache.layers.indexOf(kv)];
+    // (training forwards never decode from their cache: no texture copy there)
+    const kvTex = training ? undefined : cache.textures?.[cache.layers.indexOf(kv)];
     if (kvTex) d.push(kvTextureWrite(gpu, { qkv: a.qkv, kvTex, start, B, n, H, D, maxLen }));
     d.push(
       attention(gpu, { qkv: a.qkv, kv, start, out: a.att, lse: a.lse, B, n, H, D, maxLen }),
