@@ -49,7 +49,7 @@ import {
 } from "./decoding_options.ts";
 import type { DecodingResult, SpeculativeResult } from "./decoding_results.ts";
 import { selfSpeculativeEngine } from "./self_speculative.ts";
-import { draftGate, draftParts } from "./draft_gate.ts";
+import { draftGate, draftParts, speculativeBuffers } from "./speculative_parts.ts";
 
 export type { DecodingEngine, StepPart } from "./decoding_engine.ts";
 export type { DecodingOptions, SpeculativeOptions } from "./decoding_options.ts";
@@ -216,18 +216,16 @@ export function speculativeDecodingEngine(
   const maxLen = L + G + 1;
   const cleanup = cleanupList();
   try {
-    const buffer = (name: string, bytes: number) => {
-      const b = gpu.buffer(`${label} ${name}`, bytes);
-      cleanup.add(() => b.destroy());
-      return b;
-    };
-    const state = initialState(gpu, layout, prompt, label);
-    cleanup.add(() => state.destroy());
-    const q = buffer(`q (${B}, ${G}, ${V})`, B * G * V * 4);
-    const drafts = buffer(`draft tokens u32 (${B}, ${G})`, B * G * 4);
-    // adaptive draft length: each row's drafts this step (k | STOPPED), decode_step.ts
-    const drafted = adaptive ? buffer(`drafted u32 (${B})`, B * 4) : undefined;
-    const adapt = adaptive ? { drafted, threshold: draftThreshold } : {};
+    const { state, q, drafts, drafted, adapt } = speculativeBuffers(
+      gpu,
+      label,
+      layout,
+      prompt,
+      G,
+      V,
+      draftThreshold,
+      cleanup,
+    );
     const { cache: tc, release: releaseT, adopt: adoptT } = target.caches.acquire(B, maxLen);
     cleanup.add(releaseT);
     const { cache: dc, release: releaseD, adopt: adoptD } = draft.caches.acquire(B, maxLen);

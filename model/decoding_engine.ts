@@ -14,6 +14,7 @@ import {
   stateOffsets,
 } from "../kernels/decode_state.ts";
 import type { Decoder, ForwardPlan } from "./decoder.ts";
+import type { PlanKind } from "./forward_plan.ts";
 import type { KVCache } from "./kv_cache.ts";
 import { type DecodingOptions, integerOption } from "./decoding_options.ts";
 import type { DecodingResult } from "./decoding_results.ts";
@@ -212,7 +213,8 @@ export function initialState(
 
 /**
  * Prefill dispatches: the first P − 1 prompt tokens of each row at start 0 (none when P = 1).
- * `adopt` ties the prefill's plan to a pooled cache (freed with it).
+ * `adopt` ties the prefill's plan to a pooled cache (freed with it); `kind` is the forward's
+ * (`"verify"`: a model whose exit branch has blocks of its own, so their cache keeps up).
  */
 export function prefillDispatches(
   model: Decoder,
@@ -221,9 +223,10 @@ export function prefillDispatches(
   layout: StateLayout,
   P: number,
   adopt?: (plan: ForwardPlan) => void,
+  kind: PlanKind = "full",
 ): Dispatch[] {
   if (P < 2) return [];
-  const plan = model.forwardPlan(cache, P - 1);
+  const plan = model.forwardPlan(cache, P - 1, false, kind);
   adopt?.(plan);
   return [
     seqFeedKernel(model.gpu, {

@@ -46,11 +46,11 @@ import type { Decoder } from "./decoder.ts";
 import {
   cleanupList,
   type DecodingEngine,
-  initialState,
+  prefillDispatches,
   type StepPart,
 } from "./decoding_engine.ts";
 import { type SpeculativeOptions, validateSpeculative } from "./decoding_options.ts";
-import { draftGate, draftParts } from "./draft_gate.ts";
+import { draftGate, draftParts, speculativeBuffers } from "./speculative_parts.ts";
 import { slotCopyKernel, tailFeedKernel } from "../kernels/hidden_slots.ts";
 
 /**
@@ -102,13 +102,16 @@ export function selfSpeculativeEngine(
       cleanup.add(() => b.destroy());
       return b;
     };
-    const state = initialState(gpu, layout, prompt, label);
-    cleanup.add(() => state.destroy());
-    const q = buffer(`q (${B}, ${G}, ${V})`, B * G * V * 4);
-    const drafts = buffer(`draft tokens u32 (${B}, ${G})`, B * G * 4);
-    // adaptive draft length: each row's drafts this step (k | STOPPED), decode_step.ts
-    const drafted = adaptive ? buffer(`drafted u32 (${B})`, B * 4) : undefined;
-    const adapt = adaptive ? { drafted, threshold: draftThreshold } : {};
+    const { state, q, drafts, drafted, adapt } = speculativeBuffers(
+      gpu,
+      label,
+      layout,
+      prompt,
+      G,
+      V,
+      draftThreshold,
+      cleanup,
+    );
     // the acceptance kernel's two-token draft feed, unused here (see the module doc)
     const unusedTokens = buffer(`unused feed tokens u32 (${B}, 2)`, B * 2 * 4);
     const unusedStart = buffer(`unused feed start u32 (${B})`, B * 4);
@@ -196,22 +199,7 @@ export function selfSpeculativeEngine(
       },
     );
     // the prefill: the first P − 1 prompt tokens through every block (and the extra blocks)
-    const prefill = [];
-    if (P > 1) {
-      const plan = model.forwardPlan(cache, P - 1, false, prefillKind);
-      adopt(plan);
-      prefill.push(
-        seqFeedKernel(gpu, {
-          state,
-          layout,
-          tokens: plan.tokens,
-          start: plan.start,
-          n: P - 1,
-          back: P,
-        }),
-        ...plan.dispatches,
-      );
-    }
+    const prefill = prefillDispatches(model, cache, state, layout, P, adopt, prefillKind);
     return {
       gpu,
       label,

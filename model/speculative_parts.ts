@@ -1,9 +1,10 @@
 /**
- * The adaptive draft length's gate (see `SpeculativeOptions.draftThreshold`), shared by the
- * speculative engines (decoding.ts, self_speculative.ts): after each draft step a one-workgroup
- * kernel checks whether any row is still drafting, and the later draft forwards and samplings of
- * the step read their workgroup counts from a buffer it rewrites, so once every row has stopped
- * they run zero workgroups without a readback.
+ * What the two speculative engines (decoding.ts: a separate draft; self_speculative.ts: the
+ * model's exit head) share: their step buffers, and the adaptive draft length's gate (see
+ * `SpeculativeOptions.draftThreshold`): after each draft step a one-workgroup kernel checks
+ * whether any row is still drafting, and the later draft forwards and samplings of the step read
+ * their workgroup counts from a buffer it rewrites, so once every row has stopped they run zero
+ * workgroups without a readback.
  *
  * @module
  */
@@ -11,7 +12,60 @@ import type { StateLayout } from "../kernels/decode_state.ts";
 import { draftGateKernel } from "../kernels/decode_step.ts";
 import { type Dispatch, type Gpu, grid, INDIRECT_STORAGE } from "../kernels/gpu.ts";
 import type { ForwardPlan } from "./forward_plan.ts";
-import type { StepPart } from "./decoding_engine.ts";
+import { type cleanupList, initialState, type StepPart } from "./decoding_engine.ts";
+
+/** The buffers of a speculative decoding step (see {@link speculativeBuffers}). */
+export interface SpeculativeBuffers {
+  /** The decoding state `[pos (B) | err (B, 2) | stats (B, W) | seq (B, L)]` u32. */
+  state: GPUBuffer;
+  /** The draft's probabilities `(B, γ, V)` f32. */
+  q: GPUBuffer;
+  /** The draft tokens `(B, γ)` u32. */
+  drafts: GPUBuffer;
+  /** Each row's drafts this step `(B)` u32 (k | STOPPED), with an adaptive draft length only. */
+  drafted?: GPUBuffer;
+  /** The draft sampling kernels' adaptive arguments: `{ drafted, threshold }`, or none. */
+  adapt: { drafted?: GPUBuffer; threshold?: number };
+}
+
+/**
+ * Allocates a speculative step's buffers, each freed by `cleanup`.
+ *
+ * @param gpu the runtime
+ * @param label the engine's name, for buffer labels
+ * @param layout the state's layout
+ * @param prompt the prompt rows
+ * @param G gamma
+ * @param V vocabulary size
+ * @param draftThreshold the adaptive draft length's threshold (0: a fixed gamma, no `drafted`)
+ * @param cleanup where each buffer's destroy goes
+ * @returns the buffers
+ */
+export function speculativeBuffers(
+  gpu: Gpu,
+  label: string,
+  layout: StateLayout,
+  prompt: number[][],
+  G: number,
+  V: number,
+  draftThreshold: number,
+  cleanup: ReturnType<typeof cleanupList>,
+): SpeculativeBuffers {
+  const B = layout.batch;
+  const buffer = (name: string, bytes: number) => {
+    const b = gpu.buffer(`${label} ${name}`, bytes);
+    cleanup.add(() => b.destroy());
+    return b;
+  };
+  const state = initialState(gpu, layout, prompt, label);
+  cleanup.add(() => state.destroy());
+  const q = buffer(`q (${B}, ${G}, ${V})`, B * G * V * 4);
+  const drafts = buffer(`draft tokens u32 (${B}, ${G})`, B * G * 4);
+  // adaptive draft length: each row's drafts this step (k | STOPPED), decode_step.ts
+  const drafted = draftThreshold > 0 ? buffer(`drafted u32 (${B})`, B * 4) : undefined;
+  const adapt = drafted ? { drafted, threshold: draftThreshold } : {};
+  return { state, q, drafts, drafted, adapt };
+}
 
 /** A draft gate: its counts buffer, its kernel and the gated copy of a dispatch. */
 export interface DraftGate {
