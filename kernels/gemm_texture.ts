@@ -28,8 +28,12 @@ const TILE: RegisterTile = { R: 16, C: 8, WG: 16 };
 
 /** Arguments of {@link matmulNTTexture}. */
 export interface TextureGemmArgs {
-  /** `a (M, K)` as an rgba32float texture K/4 texels wide, M high (TEXTURE_BINDING usage). */
-  a: GPUTexture;
+  /**
+   * `a (M, K)` as an rgba32float texture K/4 texels wide, M high (TEXTURE_BINDING usage), or as
+   * an f32 storage buffer (read as vec4, as `matmulNT` does): the layout of a weight texture `b`
+   * with activations left in storage.
+   */
+  a: GPUTexture | GPUBuffer;
   /** `b (N, K)` as an rgba32float texture K/4 texels wide, N high (TEXTURE_BINDING usage). */
   b: GPUTexture;
   /** `c (M, N)` f32 storage buffer, written (or added into with `accumulate`). */
@@ -54,14 +58,19 @@ export interface TextureGemmArgs {
  * into range for the loads as there, so the inner loop has no branches.
  *
  * @param tile the register tile (C a multiple of 4)
+ * @param aTexture whether `a` is a texture too (else a storage `array<vec4f>`, loaded as in
+ *   kernels/gemm.ts)
  * @returns the WGSL, unrolled
  */
-export function textureGemmCode(tile: RegisterTile): string {
+export function textureGemmCode(tile: RegisterTile, aTexture = true): string {
   // The k-step of the storage NT, word for word, with its two loads swapped: same FMA order.
   const step = NT_VEC4_STEP
     .replace("b[bj[j] + k]", "textureLoad(bT, vec2u(k, bj[j]), 0)")
-    .replace("a[ai[i] + k]", "textureLoad(aT, vec2u(k, ai[i]), 0)");
-  if (step.includes("b[bj") || step.includes("a[ai")) {
+    .replace(
+      "a[ai[i] + k]",
+      aTexture ? "textureLoad(aT, vec2u(k, ai[i]), 0)" : "a[ai[i] * K4 + k]",
+    );
+  if (step.includes("b[bj") || step.includes("a[ai[i] +")) {
     throw new Error("specdec: textureGemmCode: NT_VEC4_STEP changed; update the texture loads");
   }
   return unrollLoops(/* wgsl */ `
@@ -69,8 +78,12 @@ struct Params { M: u32, N: u32, K: u32, tilesN: u32, tiles: u32, hasBias: u32, a
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> bias: array<f32>;   // (N), or unused words
 @group(0) @binding(2) var<storage, read_write> c: array<f32>; // (M, N)
-@group(0) @binding(3) var aT: texture_2d<f32>;                // (M, K/4) texels: a
-@group(0) @binding(4) var bT: texture_2d<f32>;                // (N, K/4) texels: b
+@group(0) @binding(3) var bT: texture_2d<f32>;                // (N, K/4) texels: b
+${
+    aTexture
+      ? "@group(0) @binding(4) var aT: texture_2d<f32>;                // (M, K/4) texels: a"
+      : "@group(0) @binding(4) var<storage, read> a: array<vec4f>;    // (M, K), as vec4 along rows"
+  }
 
 const R: u32 = ${tile.R}u;   // rows per invocation
 const C: u32 = ${tile.C}u;    // columns per invocation
@@ -174,7 +187,16 @@ export function matmulNTTexture(gpu: Gpu, args: TextureGemmArgs): Dispatch {
         `texels); use matmulNT (storage buffers)`,
     );
   }
-  checkOperand(gpu, "a", args.a, M, K);
+  const aTexture = !(args.a instanceof GPUBuffer);
+  if (args.a instanceof GPUBuffer) {
+    if (args.a.size < M * K * 4) {
+      throw new Error(
+        `specdec: matmulNTTexture: "a" has ${args.a.size} bytes, (M ${M}, K ${K}) needs ${
+          M * K * 4
+        }`,
+      );
+    }
+  } else checkOperand(gpu, "a", args.a, M, K);
   checkOperand(gpu, "b", args.b, N, K);
   if (args.c.size < M * N * 4) {
     throw new Error(
@@ -188,7 +210,7 @@ export function matmulNTTexture(gpu: Gpu, args: TextureGemmArgs): Dispatch {
   const tilesN = Math.ceil(N / (WG * tile.C));
   const tiles = tilesN * Math.ceil(M / tile.R);
   const label = args.label ?? "matmulNTTexture";
-  const code = textureGemmCode(tile);
+  const code = textureGemmCode(tile, aTexture);
   const iface = shaderInterface(label, code);
   let bias = args.bias;
   if (!bias) {
@@ -196,6 +218,7 @@ export function matmulNTTexture(gpu: Gpu, args: TextureGemmArgs): Dispatch {
     if (!bias) noBias.set(gpu.device, bias = gpu.buffer("matmulNTTexture no-bias (4) f32", 16));
   }
   const buffers: Record<string, GPUBuffer> = { bias, c: args.c };
+  if (args.a instanceof GPUBuffer) buffers.a = args.a;
   checkNames(label, "buffers:", [...iface.storages.keys()], Object.keys(buffers));
   const uniform = iface.uniformBytes(label, {
     M,
@@ -215,7 +238,9 @@ export function matmulNTTexture(gpu: Gpu, args: TextureGemmArgs): Dispatch {
     entries: [
       { binding: iface.paramsBinding!, resource: { buffer: u } },
       ...[...iface.storages].map(([n, binding]) => ({ binding, resource: { buffer: buffers[n] } })),
-      { binding: textureBinding(code, "aT"), resource: args.a.createView() },
+      ...(args.a instanceof GPUBuffer
+        ? []
+        : [{ binding: textureBinding(code, "aT"), resource: args.a.createView() }]),
       { binding: textureBinding(code, "bT"), resource: args.b.createView() },
     ],
   });

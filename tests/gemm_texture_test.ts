@@ -58,12 +58,16 @@ async function check(gpu: Gpu, cs: Case): Promise<void> {
     bT = texture(gpu, "bT", b, N, K);
   }
   const C = gpu.upload("c (M, N)", c0), C2 = gpu.upload("c storage (M, N)", c0);
+  const C3 = gpu.upload("c mixed (M, N)", c0);
   const flags = { bias: cs.bias ? BIAS : undefined, accumulate: cs.accumulate };
   gpu.run("texture gemm", [matmulNTTexture(gpu, { a: aT, b: bT, c: C, M, N, K, ...flags })]);
+  // a from storage, b from its texture (activations and a weight texture)
+  gpu.run("mixed gemm", [matmulNTTexture(gpu, { a: A, b: bT, c: C3, M, N, K, ...flags })]);
   gpu.run("storage gemm", [
     matmulNT(gpu, { a: A, b: B, c: C2, M, N, K, variant: "registerTile", ...flags }),
   ]);
   const got = await gpu.readF32(C, M * N), storage = await gpu.readF32(C2, M * N);
+  const mixed = await gpu.readF32(C3, M * N);
   const want = matmulNTRef(a, b, M, N, K, cs.bias ? bias : undefined);
   if (cs.accumulate) { for (let i = 0; i < want.length; i++) want[i] += c0[i]; }
   const label = `matmulNTTexture ${JSON.stringify(cs)}`;
@@ -71,20 +75,25 @@ async function check(gpu: Gpu, cs: Case): Promise<void> {
   // same tile, same k order: the same bits as the storage register tile
   const differ = got.findIndex((v, i) => !Object.is(v, storage[i]));
   deepStrictEqual(differ, -1, `${label}: differs from matmulNT registerTile at [${differ}]`);
-  for (const buf of [A, B, C, C2, BIAS]) buf.destroy();
+  const differMixed = mixed.findIndex((v, i) => !Object.is(v, storage[i]));
+  deepStrictEqual(differMixed, -1, `${label}, a in storage: differs at [${differMixed}]`);
+  for (const buf of [A, B, C, C2, C3, BIAS]) buf.destroy();
   aT.destroy();
   bT.destroy();
 }
 
-gpuTest("matmulNTTexture() matches the float64 reference and matmulNT's bits", async (gpu) => {
-  for (const [M, N] of [[5, 7], [33, 20]]) {
-    for (const K of [12, 64]) await check(gpu, { M, N, K });
-  }
-  await check(gpu, { M: 33, N: 20, K: 64, bias: true, accumulate: true });
-  // several tiles along N (128 columns per workgroup) and M (16 rows), narrowed tile at N = 20
-  await check(gpu, { M: 37, N: 300, K: 128, bias: true });
-  await check(gpu, { M: 1, N: 1, K: 4, accumulate: true });
-});
+gpuTest(
+  "matmulNTTexture() (a texture or storage) matches the float64 reference and matmulNT's bits",
+  async (gpu) => {
+    for (const [M, N] of [[5, 7], [33, 20]]) {
+      for (const K of [12, 64]) await check(gpu, { M, N, K });
+    }
+    await check(gpu, { M: 33, N: 20, K: 64, bias: true, accumulate: true });
+    // several tiles along N (128 columns per workgroup) and M (16 rows), narrowed tile at N = 20
+    await check(gpu, { M: 37, N: 300, K: 128, bias: true });
+    await check(gpu, { M: 1, N: 1, K: 4, accumulate: true });
+  },
+);
 
 gpuTest("matmulNTTexture() and textureFromBuffer() reject bad sizes by name", (gpu) => {
   const tex = (w: number, h: number, format: GPUTextureFormat = "rgba32float") =>
@@ -107,6 +116,10 @@ gpuTest("matmulNTTexture() and textureFromBuffer() reject bad sizes by name", (g
   throws(
     () => matmulNTTexture(gpu, { a, b, c: gpu.buffer("small c", 16), M: 5, N: 7, K: 12 }),
     /"c" has 16 bytes/,
+  );
+  throws(
+    () => matmulNTTexture(gpu, { a: gpu.buffer("small a", 16), b, c, M: 5, N: 7, K: 12 }),
+    /"a" has 16 bytes, \(M 5, K 12\) needs 240/,
   );
   const enc = gpu.device.createCommandEncoder();
   throws(() => textureFromBuffer(gpu, enc, c, 5, 12), /K 12 must be a positive multiple of 64/);
