@@ -16,18 +16,20 @@
  * wait overhead).
  *
  * Measured 2026-12-01, llvmpipe (LLVM 15.0.6, 256 bits), 2 cores AMD EPYC shared with other
- * helpers, load average 0.98 before and 1.40 after, 7 rounds:
+ * helpers, load average 1.30 before and 1.47 after, 7 rounds ("b only": `a` from storage, `b`
+ * from its texture, as a weight texture with activations left in storage):
  *
- * | M×N×K          | storage ms | GFLOP/s | texture ms | GFLOP/s | speedup | copy a ms | copy b ms | wall storage | wall copies + texture |
- * | -------------- | ---------: | ------: | ---------: | ------: | ------: | --------: | --------: | -----------: | --------------------: |
- * | 2052×128×128   |      26.05 |    2.58 |       5.31 |   12.67 |   4.91× |     0.094 |     0.010 |        37.15 |                 17.25 |
- * | 2052×128×512   |      94.85 |    2.84 |      15.89 |   16.92 |   5.97× |     0.319 |     0.049 |       105.85 |                 28.50 |
- * | 2052×512×128   |     100.51 |    2.68 |      21.19 |   12.69 |   4.74× |     0.083 |     0.027 |       112.68 |                 33.36 |
- * | 2052×512×512   |     383.75 |    2.80 |      61.78 |   17.41 |   6.21× |     0.311 |     0.104 |       396.06 |                 76.37 |
- * | 1024×1024×1024 |     766.24 |    2.80 |     133.52 |   16.08 |   5.74× |     0.317 |     0.310 |       792.56 |                144.85 |
+ * | M×N×K          | storage ms | GFLOP/s | texture ms | GFLOP/s | speedup | b only ms | speedup | copy a ms | copy b ms | wall storage | wall copies + texture |
+ * | -------------- | ---------: | ------: | ---------: | ------: | ------: | --------: | ------: | --------: | --------: | -----------: | --------------------: |
+ * | 2052×128×128   |      26.86 |    2.50 |       5.38 |   12.49 |   4.99× |     19.23 |   1.40× |     0.121 |     0.015 |        38.27 |                 20.40 |
+ * | 2052×128×512   |      98.99 |    2.72 |      17.80 |   15.11 |   5.56× |     69.82 |   1.42× |     0.480 |     0.031 |       109.64 |                 29.41 |
+ * | 2052×512×128   |      98.29 |    2.74 |      21.68 |   12.40 |   4.53× |     75.49 |   1.30× |     0.097 |     0.042 |       112.40 |                 33.97 |
+ * | 2052×512×512   |     381.39 |    2.82 |      63.78 |   16.87 |   5.98× |    273.95 |   1.39× |     0.409 |     0.093 |       393.68 |                 78.83 |
+ * | 1024×1024×1024 |     756.13 |    2.84 |     130.32 |   16.48 |   5.80× |    538.11 |   1.41× |     0.373 |     0.295 |       767.40 |                145.56 |
  *
- * Both kernels give the same bits (checked here on every shape before timing). Copies of a few
- * MiB take tenths of a millisecond (~10 GB/s), so copy + texture GEMM stays 4.5–6× faster.
+ * All three kernels give the same bits (checked here on every shape before timing). Copies of a
+ * few MiB take tenths of a millisecond (~10 GB/s), so copy + texture GEMM stays 4.5–6× faster;
+ * a weight texture alone (activations in storage) gives only 1.3–1.4×.
  *
  * @module
  */
@@ -110,6 +112,8 @@ interface Row {
   shape: string;
   storageMs: number;
   textureMs: number;
+  /** a from storage, b from its texture (activations and a weight texture). */
+  mixedMs: number;
   copyAMs: number;
   copyBMs: number;
   /** Wall ms of one submit: the storage GEMM. */
@@ -123,38 +127,44 @@ async function shape(gpu: Gpu, timer: GpuTimer, M: number, N: number, K: number,
   const A = gpu.upload(`a (${M}, ${K})`, values(M * K, 1));
   const B = gpu.upload(`b (${N}, ${K})`, values(N * K, 2));
   const C1 = gpu.buffer("c storage", M * N * 4), C2 = gpu.buffer("c texture", M * N * 4);
+  const C3 = gpu.buffer("c mixed", M * N * 4);
   const enc = gpu.device.createCommandEncoder();
   const aT = textureFromBuffer(gpu, enc, A, M, K), bT = textureFromBuffer(gpu, enc, B, N, K);
   gpu.device.queue.submit([enc.finish()]);
   const base = { M, N, K };
   const ds = matmulNT(gpu, { a: A, b: B, c: C1, ...base, variant: "registerTile" });
   const dt = matmulNTTexture(gpu, { a: aT, b: bT, c: C2, ...base });
+  const dm = matmulNTTexture(gpu, { a: A, b: bT, c: C3, ...base });
   // compile and estimate: about 150 ms of GPU time per pass, 1 to 10 dispatches
   const reps: number[] = [];
-  for (const d of [ds, dt]) {
+  for (const d of [ds, dt, dm]) {
     await pass(gpu, timer, d, 1);
     reps.push(Math.max(1, Math.min(10, Math.round(150 / (await pass(gpu, timer, d, 1))))));
   }
-  const [s1, s2] = [await gpu.readF32(C1), await gpu.readF32(C2)];
-  if (s1.some((v, i) => !Object.is(v, s2[i]))) throw new Error(`${M}×${N}×${K}: results differ`);
+  const [s1, s2, s3] = [await gpu.readF32(C1), await gpu.readF32(C2), await gpu.readF32(C3)];
+  if (s1.some((v, i) => !Object.is(v, s2[i]) || !Object.is(v, s3[i]))) {
+    throw new Error(`${M}×${N}×${K}: results differ`);
+  }
   const st: number[] = [], tt: number[] = [], ca: number[] = [], cb: number[] = [];
-  const ws: number[] = [], wt: number[] = [];
+  const ws: number[] = [], wt: number[] = [], mt: number[] = [];
   for (let r = 0; r < rounds; r++) {
     st.push(await pass(gpu, timer, ds, reps[0]));
     tt.push(await pass(gpu, timer, dt, reps[1]));
+    mt.push(await pass(gpu, timer, dm, reps[2]));
     const e = await emptyMs(gpu);
     ca.push((await copyMs(gpu, A, aT, 5) - e) / 5);
     cb.push((await copyMs(gpu, B, bT, 5) - e) / 5);
     ws.push(await wallMs(gpu, ds, []));
     wt.push(await wallMs(gpu, dt, [[A, aT], [B, bT]]));
   }
-  for (const b of [A, B, C1, C2]) b.destroy();
+  for (const b of [A, B, C1, C2, C3]) b.destroy();
   aT.destroy();
   bT.destroy();
   return {
     shape: `${M}×${N}×${K}`,
     storageMs: median(st),
     textureMs: median(tt),
+    mixedMs: median(mt),
     copyAMs: median(ca),
     copyBMs: median(cb),
     wallStorageMs: median(ws),
@@ -178,7 +188,7 @@ if (import.meta.main) {
   ];
   const f = (x: number, w = 8, p = 2) => x.toFixed(p).padStart(w);
   console.log(
-    "M×N×K            storage ms  GFLOP/s  texture ms  GFLOP/s  speedup  copy a ms  copy b ms" +
+    "M×N×K            storage ms  GFLOP/s  texture ms  GFLOP/s  speedup  b-only ms  speedup  copy a ms  copy b ms" +
       "  (copy a + tex) / storage  wall: storage  copy a,b + tex",
   );
   for (const [M, N, K] of shapes) {
@@ -189,6 +199,8 @@ if (import.meta.main) {
       f(r.textureMs, 11),
       f(r.gflop / r.textureMs * 1e3),
       `${f(r.storageMs / r.textureMs)}×`,
+      f(r.mixedMs, 10),
+      `${f(r.storageMs / r.mixedMs)}×`,
       f(r.copyAMs, 10, 3),
       f(r.copyBMs, 10, 3),
       f((r.copyAMs + r.textureMs) / r.storageMs, 26),

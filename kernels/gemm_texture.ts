@@ -13,8 +13,9 @@
  *
  * Measured (bench/gemm_texture_bench.ts, lavapipe on 2 shared cores, load average ~1): 4.6–6.2×
  * the storage kernel's speed at the training shapes and 1024³ (12–18 GFLOP/s against 2.6–2.9);
- * copying an operand into its texture costs ~0.1–0.35 ms, under 1 % of the GEMM. Numbers in
- * that file's header.
+ * copying an operand into its texture costs ~0.1–0.5 ms, under 1 % of the GEMM. With only `b`
+ * in a texture (`a` a storage buffer, as activations are) the gain is 1.3–1.4×: both operands
+ * must be textures. Numbers in that file's header.
  *
  * @module
  */
