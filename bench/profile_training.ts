@@ -84,13 +84,19 @@ function phases(trainer: Trainer): { name: string; dispatches: Dispatch[] }[] {
 }
 
 /**
- * Times each group in a pass of its own, all in one submission, and returns each pass's ms.
+ * Times each group in a pass of its own, all in one submission, and returns each pass's ms:
+ * from the previous pass's end timestamp to its own (an empty pass opens the list). Not its own
+ * end − begin: on lavapipe a pass whose dispatches bind a storage texture (the textured GEMMs of
+ * kernels/gemm_texture.ts) runs them before its beginning timestamp is written (measured: each
+ * such pass spans ~0.02 ms, the work falls between it and the pass before), so only the ends
+ * bracket the work on both kinds of passes.
  */
 async function timePasses(gpu: Gpu, groups: Dispatch[][]): Promise<number[]> {
-  const set = gpu.device.createQuerySet({ type: "timestamp", count: 2 * groups.length });
-  const buf = gpu.buffer("profile timestamps", 16 * groups.length, 0x200 | 0x4);
+  const all = [[], ...groups];
+  const set = gpu.device.createQuerySet({ type: "timestamp", count: 2 * all.length });
+  const buf = gpu.buffer("profile timestamps", 16 * all.length, 0x200 | 0x4);
   const enc = gpu.device.createCommandEncoder({ label: "profile" });
-  groups.forEach((g, i) => {
+  all.forEach((g, i) => {
     const pass = enc.beginComputePass({
       label: "profile",
       timestampWrites: {
@@ -102,13 +108,13 @@ async function timePasses(gpu: Gpu, groups: Dispatch[][]): Promise<number[]> {
     gpu.encode(pass, g);
     pass.end();
   });
-  enc.resolveQuerySet(set, 0, 2 * groups.length, buf, 0);
+  enc.resolveQuerySet(set, 0, 2 * all.length, buf, 0);
   gpu.device.queue.submit([enc.finish()]);
-  const raw = new BigUint64Array(await gpu.read(buf, 16 * groups.length));
+  const raw = new BigUint64Array(await gpu.read(buf, 16 * all.length));
   set.destroy();
   buf.destroy();
   return groups.map((_, i) => {
-    const d = raw[2 * i + 1] - raw[2 * i];
+    const d = raw[2 * i + 3] - raw[2 * i + 1];
     return d > 0n ? Number(d) / 1e6 : 0;
   });
 }

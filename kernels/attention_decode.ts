@@ -36,8 +36,7 @@
  *
  * @module
  */
-import { type Dispatch, type Gpu, grid } from "./gpu.ts";
-import { shaderInterface } from "./bindings.ts";
+import type { Dispatch, Gpu } from "./gpu.ts";
 import { headVectors, NEG_MAX } from "./attention_head.ts";
 import { unrollLoops } from "./unroll.ts";
 
@@ -94,58 +93,6 @@ export function kvTexture(
     format: "rgba32float",
     usage: KV_TEXTURE_USAGE,
   });
-}
-
-/** Texture bindings a WGSL source declares, by name (`@binding(i) var name: texture_…`). */
-function textureBindings(code: string): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const m of code.matchAll(/@binding\((\d+)\) var (\w+)\s*:\s*texture_/g)) {
-    out.set(m[2], Number(m[1]));
-  }
-  return out;
-}
-
-/**
- * A dispatch binding storage buffers and textures by the names the WGSL declares (gpu.kernel
- * binds buffers only).
- */
-function textureKernel(gpu: Gpu, spec: {
-  label: string;
-  code: string;
-  params: Record<string, number>;
-  buffers: Record<string, GPUBuffer>;
-  textures: Record<string, GPUTexture>;
-  workgroups: number;
-}): Dispatch {
-  const iface = shaderInterface(spec.label, spec.code);
-  const texs = textureBindings(spec.code);
-  const entries: GPUBindGroupEntry[] = [];
-  for (const [name, binding] of iface.storages) {
-    const b = spec.buffers[name];
-    if (!b) throw new Error(`specdec: kernel "${spec.label}": no buffer "${name}"`);
-    entries.push({ binding, resource: { buffer: b } });
-  }
-  for (const [name, binding] of texs) {
-    const t = spec.textures[name];
-    if (!t) throw new Error(`specdec: kernel "${spec.label}": no texture "${name}"`);
-    entries.push({ binding, resource: t.createView({ dimension: "2d-array" }) });
-  }
-  const uniform = iface.uniformBytes(spec.label, spec.params)!;
-  const u = gpu.buffer(`${spec.label} params`, uniform.byteLength, 0x40 | 0x8);
-  gpu.device.queue.writeBuffer(u, 0, uniform);
-  entries.push({ binding: iface.paramsBinding!, resource: { buffer: u } });
-  const pipeline = gpu.pipeline(spec.label, spec.code);
-  const bindGroup = gpu.device.createBindGroup({
-    label: spec.label,
-    layout: pipeline.getBindGroupLayout(0),
-    entries,
-  });
-  return {
-    label: spec.label,
-    pipeline,
-    bindGroup,
-    workgroups: grid(Math.max(1, spec.workgroups)),
-  };
 }
 
 /**
@@ -322,12 +269,12 @@ export function attentionDecode(
   if (D % 8 !== 0) throw new Error(`specdec: attentionDecode needs dimHead % 8 = 0, got ${D}`);
   const { S, QC } = splitShape(gpu, D, n);
   const tiles = Math.ceil(n / QC);
-  return textureKernel(gpu, {
+  return gpu.kernel({
     label: "attention decode (texture)",
     code: attentionDecodeCode(D, S, QC),
     params: { B, n, H, maxLen, scale: 1 / Math.sqrt(D), tiles },
     buffers: { qkv: a.qkv, start: a.start, out: a.out, lse: a.lse },
-    textures: { kvT: a.kvTex },
+    textures: { kvT: a.kvTex.createView({ dimension: "2d-array" }) },
     workgroups: B * H * tiles,
   });
 }
@@ -391,12 +338,12 @@ export function kvTextureWrite(
   const { B, n, H, D, maxLen } = a;
   if (D % 8 !== 0) throw new Error(`specdec: kvTextureWrite needs dimHead % 8 = 0, got ${D}`);
   const total = B * n * 2 * H * (D / 4);
-  return textureKernel(gpu, {
+  return gpu.kernel({
     label: "kvTextureWrite",
     code: KV_TEXTURE_WRITE,
     params: { B, n, H, D4: D / 4, maxLen, total },
     buffers: { qkv: a.qkv, start: a.start },
-    textures: { kvT: a.kvTex },
+    textures: { kvT: a.kvTex.createView({ dimension: "2d-array" }) },
     workgroups: total === 0 ? 0 : Math.ceil(total / 64),
   });
 }

@@ -61,12 +61,19 @@ export interface KernelSpec {
   params?: Record<string, number>;
   /** Workgroup counts; a number means (n, 1, 1), split over y when over the device limit. */
   workgroups: number | [number, number, number];
+  /**
+   * Every texture the shader declares (`var name: texture_…`, sampled or storage), by its WGSL
+   * variable name: a texture (bound through its default view) or a view.
+   */
+  textures?: Record<string, GPUTexture | GPUTextureView>;
 }
 
 /** What a shader declares: its storage bindings by name and, if any, its `params` uniform. */
 export interface ShaderInterface {
   /** Storage variable name → binding number (group 0). */
   storages: Map<string, number>;
+  /** Texture variable name (sampled or storage) → binding number (group 0). */
+  textures: Map<string, number>;
   /** Binding number of the uniform `params`, if the shader declares one. */
   paramsBinding?: number;
   /**
@@ -97,7 +104,8 @@ export function shaderInterface(label: string, code: string): ShaderInterface {
   // ~2 ms for its head. The whole source is parsed when the head does not parse alone or holds
   // fewer buffer declarations than the source (a binding declared after a function).
   const head = code.slice(0, Math.max(0, code.search(/^\s*(@compute|fn )/m))) || code;
-  const bindings = (text: string) => text.match(/var<(storage|uniform)/g)?.length ?? 0;
+  const bindings = (text: string) =>
+    text.match(/var<(storage|uniform)|var \w+\s*:\s*texture_/g)?.length ?? 0;
   let defs: ShaderDataDefinitions | undefined;
   if (bindings(head) === bindings(code)) {
     try {
@@ -110,6 +118,13 @@ export function shaderInterface(label: string, code: string): ShaderInterface {
     if (v.group !== 0) throw new Error(`specdec: kernel "${label}": "${name}" is not in group 0`);
     storages.set(name, v.binding);
   }
+  const textures = new Map<string, number>();
+  for (
+    const [name, v] of [...Object.entries(defs.textures), ...Object.entries(defs.storageTextures)]
+  ) {
+    if (v.group !== 0) throw new Error(`specdec: kernel "${label}": "${name}" is not in group 0`);
+    textures.set(name, v.binding);
+  }
   const uniforms = Object.entries(defs.uniforms);
   if (uniforms.length > 1 || (uniforms.length === 1 && uniforms[0][0] !== "params")) {
     throw new Error(
@@ -120,6 +135,7 @@ export function shaderInterface(label: string, code: string): ShaderInterface {
   const p = defs.uniforms.params;
   iface = {
     storages,
+    textures,
     paramsBinding: p?.binding,
     uniformBytes: (l, params) => uniformBytes(l, p, params),
   };

@@ -19,9 +19,8 @@
  *
  * @module
  */
-import { type Dispatch, type Gpu, grid } from "./gpu.ts";
+import type { Dispatch, Gpu } from "./gpu.ts";
 import { NT_VEC4_STEP, type RegisterTile, STORE4 } from "./gemm.ts";
-import { checkNames, shaderInterface } from "./bindings.ts";
 import { unrollLoops } from "./unroll.ts";
 
 /** The register tile of kernels/matmul.ts's vec4 GEMMs (GEMM_TILE there), before narrowing. */
@@ -35,7 +34,10 @@ export interface TextureGemmArgs {
    * with activations left in storage.
    */
   a: GPUTexture | GPUBuffer;
-  /** `b (N, K)` as an rgba32float texture K/4 texels wide, N high (TEXTURE_BINDING usage). */
+  /**
+   * `b (N, K)` as an rgba32float texture K/4 texels wide, N high (TEXTURE_BINDING usage); a
+   * bigger texture (a, too) is read only in its first rows and texels.
+   */
   b: GPUTexture;
   /** `c (M, N)` f32 storage buffer, written (or added into with `accumulate`). */
   c: GPUBuffer;
@@ -116,16 +118,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 /** The placeholder bias (4 words) per device. */
 const noBias = new WeakMap<GPUDevice, GPUBuffer>();
 
-/** The binding number of the texture `name` the WGSL declares. */
-function textureBinding(code: string, name: string): number {
-  const m = code.match(new RegExp(`@binding\\((\\d+)\\) var ${name}:`));
-  if (!m) throw new Error(`specdec: matmulNTTexture: the shader declares no texture "${name}"`);
-  return Number(m[1]);
-}
-
 /**
- * Checks the sizes against a texture operand: rgba32float, K/4 texels wide, `rows` high, within
- * the device's 2-D texture limit.
+ * Checks the sizes against a texture operand: rgba32float, at least K/4 texels wide and `rows`
+ * high (a bigger texture is read only where the sizes say), within the device's 2-D texture
+ * limit.
  */
 function checkOperand(gpu: Gpu, name: string, t: GPUTexture, rows: number, K: number): void {
   const lim = gpu.device.limits.maxTextureDimension2D;
@@ -141,10 +137,10 @@ function checkOperand(gpu: Gpu, name: string, t: GPUTexture, rows: number, K: nu
         `a 2d rgba32float texture`,
     );
   }
-  if (t.width !== K / 4 || t.height !== rows) {
+  if (t.width < K / 4 || t.height < rows) {
     throw new Error(
       `specdec: matmulNTTexture: "${name}" is ${t.width} × ${t.height} texels; K ${K} and ` +
-        `${rows} rows need ${K / 4} × ${rows}`,
+        `${rows} rows need at least ${K / 4} × ${rows}`,
     );
   }
 }
@@ -211,46 +207,28 @@ export function matmulNTTexture(gpu: Gpu, args: TextureGemmArgs): Dispatch {
   const tilesN = Math.ceil(N / (WG * tile.C));
   const tiles = tilesN * Math.ceil(M / tile.R);
   const label = args.label ?? "matmulNTTexture";
-  const code = textureGemmCode(tile, aTexture);
-  const iface = shaderInterface(label, code);
   let bias = args.bias;
   if (!bias) {
     bias = noBias.get(gpu.device);
     if (!bias) noBias.set(gpu.device, bias = gpu.buffer("matmulNTTexture no-bias (4) f32", 16));
   }
-  const buffers: Record<string, GPUBuffer> = { bias, c: args.c };
-  if (args.a instanceof GPUBuffer) buffers.a = args.a;
-  checkNames(label, "buffers:", [...iface.storages.keys()], Object.keys(buffers));
-  const uniform = iface.uniformBytes(label, {
-    M,
-    N,
-    K,
-    tilesN,
-    tiles,
-    hasBias: args.bias ? 1 : 0,
-    accumulate: args.accumulate ? 1 : 0,
-  })!;
-  const u = gpu.buffer(`${label} params`, uniform.byteLength, 0x40 | 0x8); // UNIFORM | COPY_DST
-  gpu.device.queue.writeBuffer(u, 0, uniform);
-  const pipeline = gpu.pipeline(label, code);
-  const bindGroup = gpu.device.createBindGroup({
+  const d = gpu.kernel({
     label,
-    layout: pipeline.getBindGroupLayout(0),
-    entries: [
-      { binding: iface.paramsBinding!, resource: { buffer: u } },
-      ...[...iface.storages].map(([n, binding]) => ({ binding, resource: { buffer: buffers[n] } })),
-      ...(args.a instanceof GPUBuffer
-        ? []
-        : [{ binding: textureBinding(code, "aT"), resource: args.a.createView() }]),
-      { binding: textureBinding(code, "bT"), resource: args.b.createView() },
-    ],
+    code: textureGemmCode(tile, aTexture),
+    params: {
+      M,
+      N,
+      K,
+      tilesN,
+      tiles,
+      hasBias: args.bias ? 1 : 0,
+      accumulate: args.accumulate ? 1 : 0,
+    },
+    buffers: args.a instanceof GPUBuffer ? { a: args.a, bias, c: args.c } : { bias, c: args.c },
+    textures: args.a instanceof GPUBuffer ? { bT: args.b } : { aT: args.a, bT: args.b },
+    workgroups: Math.max(tiles, 1),
   });
-  return {
-    label,
-    pipeline,
-    bindGroup,
-    workgroups: tiles === 0 ? [0, 1, 1] : grid(tiles),
-  };
+  return tiles === 0 ? { ...d, workgroups: [0, 1, 1] } : d;
 }
 
 /**
@@ -304,4 +282,226 @@ export function textureFromBuffer(
     [K / 4, rows],
   );
   return t;
+}
+
+/**
+ * Copies an f32 storage matrix `src (rows, cols)` into an rgba32float texture, as is or
+ * transposed, padding the last texel of a row with zeros:
+ * - `transpose 0`: texture row r, texel t = src(r, 4t..4t+4): `(rows, ⌈cols/4⌉ texels)`;
+ * - `transpose 1`: texture row r, texel t = src(4t..4t+4, r): `(cols, ⌈rows/4⌉ texels)`.
+ * One invocation per texel, the texture row fastest when transposing (consecutive invocations
+ * then read consecutive words of a source row).
+ */
+export const TEXTURE_STORE: string = /* wgsl */ `
+struct Params {
+  rows: u32, cols: u32, // src (rows, cols)
+  trows: u32,           // texture rows written: rows, or cols when transposing
+  texels: u32,          // texels per texture row: ⌈cols/4⌉, or ⌈rows/4⌉ when transposing
+  count: u32,           // trows · texels
+  transpose: u32,
+}
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> src: array<f32>;          // (rows, cols)
+@group(0) @binding(2) var dst: texture_storage_2d<rgba32float, write>; // (trows, texels) texels
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg: vec3u) {
+  let i = gid.x + gid.y * nwg.x * 64u;
+  if (i >= params.count) { return; }
+  var v = vec4f(0.0);
+  if (params.transpose == 0u) {
+    let r = i / params.texels;
+    let t = i % params.texels;
+    for (var j = 0u; j < 4u; j++) {
+      let c = 4u * t + j;
+      if (c < params.cols) { v[j] = src[r * params.cols + c]; }
+    }
+    textureStore(dst, vec2u(t, r), v);
+  } else {
+    let r = i % params.trows; // a column of src
+    let t = i / params.trows;
+    for (var j = 0u; j < 4u; j++) {
+      let s = 4u * t + j;
+      if (s < params.rows) { v[j] = src[s * params.cols + r]; }
+    }
+    textureStore(dst, vec2u(t, r), v);
+  }
+}`;
+
+/** Usage of the scratch textures: written by {@link TEXTURE_STORE}, read by the GEMM. */
+const SCRATCH_USAGE = 0x08 | 0x04; // STORAGE_BINDING | TEXTURE_BINDING
+
+/**
+ * Scratch textures per device and slot, replaced by a bigger one (the envelope of every size
+ * asked for) when a GEMM needs more. Every textured GEMM's stores directly precede its GEMM in
+ * any dispatch list, so no two uses of a slot overlap; a replaced texture stays with the
+ * dispatches already built on it.
+ */
+const scratch = new WeakMap<GPUDevice, Map<string, GPUTexture>>();
+
+function scratchTexture(gpu: Gpu, slot: string, texels: number, rows: number): GPUTexture {
+  let slots = scratch.get(gpu.device);
+  if (!slots) scratch.set(gpu.device, slots = new Map());
+  const old = slots.get(slot);
+  if (old && old.width >= texels && old.height >= rows) return old;
+  const t = gpu.device.createTexture({
+    label: `textured GEMM scratch ${slot}`,
+    size: [Math.max(texels, old?.width ?? 0), Math.max(rows, old?.height ?? 0)],
+    format: "rgba32float",
+    usage: SCRATCH_USAGE,
+  });
+  slots.set(slot, t);
+  return t;
+}
+
+/** Which operand layouts {@link texturedGemm} takes: those of kernels/matmul.ts. */
+export type TexturedLayout = "NT" | "NN" | "TN";
+
+/** Arguments of {@link texturedGemm}: kernels/matmul.ts's, shapes per layout. */
+export interface TexturedGemmArgs {
+  /** `a`: (M, K) for NT and NN, (K, M) for TN; f32 storage. */
+  a: GPUBuffer;
+  /** `b`: (N, K) for NT, (K, N) for NN and TN; f32 storage. */
+  b: GPUBuffer;
+  /** `c (M, N)` f32 storage, written (or added into with `accumulate`). */
+  c: GPUBuffer;
+  /** Rows of c. */
+  M: number;
+  /** Columns of c. */
+  N: number;
+  /** Reduction length. */
+  K: number;
+  /** Optional `bias (N)`, added to every row. */
+  bias?: GPUBuffer;
+  /** Add into c instead of overwriting it. */
+  accumulate?: boolean;
+  /** Label of the dispatches (default `"textured GEMM <layout>"`). */
+  label?: string;
+}
+
+/**
+ * Whether {@link texturedGemm} can take these sizes on this device: M, N, K positive and every
+ * operand texture within maxTextureDimension2D.
+ *
+ * @param gpu the runtime
+ * @param M rows of c
+ * @param N columns of c
+ * @param K reduction length
+ * @returns true when the textured path applies
+ */
+export function texturedGemmFits(gpu: Gpu, M: number, N: number, K: number): boolean {
+  const lim = gpu.device.limits.maxTextureDimension2D;
+  return M > 0 && N > 0 && K > 0 && M <= lim && N <= lim && Math.ceil(K / 4) <= lim;
+}
+
+/** The store of `src` into the scratch `slot`: the texture and the dispatch. */
+function store(
+  gpu: Gpu,
+  label: string,
+  slot: string,
+  src: GPUBuffer,
+  rows: number,
+  cols: number,
+  transpose: boolean,
+): { texture: GPUTexture; dispatch: Dispatch } {
+  const trows = transpose ? cols : rows;
+  const texels = Math.ceil((transpose ? rows : cols) / 4);
+  const texture = scratchTexture(gpu, slot, texels, trows);
+  const count = trows * texels;
+  const dispatch = gpu.kernel({
+    label: `${label} store ${slot}`,
+    code: TEXTURE_STORE,
+    params: { rows, cols, trows, texels, count, transpose: transpose ? 1 : 0 },
+    buffers: { src },
+    textures: { dst: texture },
+    workgroups: Math.ceil(count / 64),
+  });
+  return { texture, dispatch };
+}
+
+/**
+ * A GEMM of kernels/matmul.ts's layouts through textures: each operand is first stored
+ * ({@link TEXTURE_STORE}) into a per-device scratch texture in the `(rows, K/4 texels)` layout
+ * of the NT GEMM — transposed where the layout holds it the other way — then
+ * {@link matmulNTTexture} runs on both textures. K is padded to a multiple of 4 with zeros
+ * (adding 0·0 leaves every sum's bits alone).
+ * - NT `c = a·bᵀ` (a linear layer's forward): both stored as they are; same bits as
+ *   `matmulNT` with the register tile.
+ * - NN `c = a·b` (`dX = dY·W`): b stored transposed.
+ * - TN `c = aᵀ·b` (`dW = dYᵀ·X`): both stored transposed.
+ * NN and TN sum each output in the same k order as the storage kernels but four k at a time
+ * through `dot`, so their last bits can differ from `matmulNN`/`matmulTN`.
+ *
+ * Why (measured, bench/gemm_texture_bench.ts): on lavapipe a texel fetch is a vectorised
+ * gather while a storage load is a per-lane loop; the NT GEMM reading both operands from
+ * textures runs 4.5–6.2× faster than the storage kernel, the stores cost a few % of that.
+ * Hardware adapters keep the storage kernels (nothing measured there yet).
+ *
+ * @param gpu the runtime
+ * @param layout `"NT"`, `"NN"` or `"TN"`
+ * @param args the operands in storage, the output, the sizes and the flags
+ * @returns three dispatches (store a, store b, GEMM), to encode in this order, back to back
+ * @throws Error when the sizes do not fit ({@link texturedGemmFits}) or a buffer is too small
+ * @example
+ * ```ts
+ * import { requestGpu } from "../kernels/gpu.ts";
+ * import { texturedGemm } from "../kernels/gemm_texture.ts";
+ * const gpu = await requestGpu();
+ * const dy = gpu.upload("dy (K 2, M 1)", new Float32Array([1, 2]));
+ * const x = gpu.upload("x (K 2, N 2)", new Float32Array([1, 1, 3, 0]));
+ * const dw = gpu.buffer("dw (1, 2)", 2 * 4);
+ * gpu.run("dw = dyᵀ·x", texturedGemm(gpu, "TN", { a: dy, b: x, c: dw, M: 1, N: 2, K: 2 }));
+ * console.log(await gpu.readF32(dw)); // Float32Array [7, 1]
+ * ```
+ */
+export function texturedGemm(gpu: Gpu, layout: TexturedLayout, args: TexturedGemmArgs): Dispatch[] {
+  const { M, N, K } = args;
+  const label = args.label ?? `textured GEMM ${layout}`;
+  if (!texturedGemmFits(gpu, M, N, K)) {
+    throw new Error(
+      `specdec: ${label}: M ${M}, N ${N}, K ${K} must be positive and the operand textures ` +
+        `within maxTextureDimension2D ${gpu.device.limits.maxTextureDimension2D}`,
+    );
+  }
+  // (rows, cols) of a and b in storage, and whether each is stored transposed
+  const aShape = layout === "TN" ? [K, M] : [M, K];
+  const bShape = layout === "NT" ? [N, K] : [K, N];
+  for (const [name, buf, [r, c]] of [["a", args.a, aShape], ["b", args.b, bShape]] as const) {
+    if (buf.size < r * c * 4) {
+      throw new Error(
+        `specdec: ${label}: "${name}" ("${buf.label}") has ${buf.size} bytes, (${r}, ${c}) ` +
+          `needs ${r * c * 4}`,
+      );
+    }
+  }
+  const sa = store(
+    gpu,
+    label,
+    layout === "TN" ? "aT" : "a",
+    args.a,
+    aShape[0],
+    aShape[1],
+    layout === "TN",
+  );
+  const sb = store(
+    gpu,
+    label,
+    layout === "NT" ? "b" : "bT",
+    args.b,
+    bShape[0],
+    bShape[1],
+    layout !== "NT",
+  );
+  const gemm = matmulNTTexture(gpu, {
+    a: sa.texture,
+    b: sb.texture,
+    c: args.c,
+    M,
+    N,
+    K: 4 * Math.ceil(K / 4),
+    bias: args.bias,
+    accumulate: args.accumulate,
+    label,
+  });
+  return [sa.dispatch, sb.dispatch, gemm];
 }

@@ -274,12 +274,13 @@ export class Gpu {
 
   /**
    * Builds a {@link Dispatch}: the pipeline (cached), a uniform holding `params` (written once)
-   * and a bind group over `buffers`, each bound where the shader declares it.
+   * and a bind group over `buffers` and `textures`, each bound where the shader declares it.
    *
-   * @param spec the kernel's source, buffers and params by name, and its workgroup count
+   * @param spec the kernel's source, buffers, textures and params by name, and its workgroup
+   *   count
    * @returns the dispatch, to encode any number of times
-   * @throws Error naming the kernel and the names when `buffers` or `params` do not match the
-   *   shader's declarations exactly
+   * @throws Error naming the kernel and the names when `buffers`, `textures` or `params` do not
+   *   match the shader's declarations exactly
    */
   kernel(spec: KernelSpec): Dispatch {
     const iface = shaderInterface(spec.label, spec.code);
@@ -287,6 +288,12 @@ export class Gpu {
     const entries: GPUBindGroupEntry[] = [];
     for (const [name, binding] of iface.storages) {
       entries.push({ binding, resource: { buffer: spec.buffers[name] } });
+    }
+    const textures = spec.textures ?? {};
+    checkNames(spec.label, "textures:", [...iface.textures.keys()], Object.keys(textures));
+    for (const [name, binding] of iface.textures) {
+      const t = textures[name];
+      entries.push({ binding, resource: t instanceof GPUTexture ? t.createView() : t });
     }
     const uniform = iface.uniformBytes(spec.label, spec.params);
     if (uniform) {

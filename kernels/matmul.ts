@@ -11,6 +11,10 @@
  * runs) and kernels/gemv.ts (GEMV variants `"registerTile"`, `"splitK"`). Side by side in
  * `bench/matmul_bench.ts`.
  *
+ * Training and prefill go through {@link linearForward}, {@link inputGradient} and
+ * {@link weightGradient}, which on software adapters use the textured GEMM of
+ * kernels/gemm_texture.ts (operands stored into rgba32float textures, 4–6× faster on lavapipe).
+ *
  * The weight gradients `dW = dYᵀ·X` go through {@link weightGradient}: K is the token count
  * (thousands) while M×N is small (64×64, 256×64 at the tiny preset), so a tiled GEMM gets only a
  * few workgroups, each walking all of K. It splits K into chunks (partials into a scratch
@@ -46,6 +50,7 @@ import {
   splitKReduceCode,
 } from "./gemm_splitk.ts";
 import type { Dispatch, Gpu } from "./gpu.ts";
+import { texturedGemm, texturedGemmFits, type TexturedLayout } from "./gemm_texture.ts";
 
 /** GEMM variants of {@link matmulNT}, {@link matmulNN} and {@link matmulTN} (kernels/gemm.ts). */
 export type GemmVariant = "naive" | "workgroupTile" | "registerTile";
@@ -305,7 +310,7 @@ const SPLITK_TARGET = { software: 32, hardware: 256 };
 const SPLITK_TILE_HW: RegisterTile = { R: 4, C: 4, WG: 64 };
 
 /** The partials' register tile for these sizes, and whether it loads vec4. */
-function splitKTile(gpu: Gpu, M: number, N: number, K: number): {
+function splitKTile(gpu: Pick<Gpu, "isSoftware">, M: number, N: number, K: number): {
   tile: RegisterTile;
   vec: boolean;
 } {
@@ -319,7 +324,12 @@ function splitKTile(gpu: Gpu, M: number, N: number, K: number): {
  * target ({@link SPLITK_TARGET}), with chunks of at least {@link SPLITK_MIN_CHUNK} k; 1 (no
  * split) when the tiles alone reach it, K is short or the partials would be too big.
  */
-function splitKFor(gpu: Gpu, M: number, N: number, K: number): number {
+export function splitKFor(
+  gpu: Pick<Gpu, "isSoftware">,
+  M: number,
+  N: number,
+  K: number,
+): number {
   if (M === 0 || N === 0 || K === 0) return 1;
   const { tile } = splitKTile(gpu, M, N, K);
   const tiles = Math.ceil(N / (tile.WG * tile.C)) * Math.ceil(M / tile.R);
@@ -386,7 +396,9 @@ function matmulTNSplitK(gpu: Gpu, args: MatmulArgs, splits: number): Dispatch[] 
 
 /**
  * The weight gradient of a linear layer, `dW (M, N) (+)= dYᵀ·X` with {@link matmulTN}
- * semantics, `a (K, M)`, `b (K, N)`, K the token count: when K is long and M×N gives few tiles
+ * semantics, `a (K, M)`, `b (K, N)`, K the token count. On software adapters (no `splits` or
+ * `variant` forced) the textured GEMM of kernels/gemm_texture.ts (both operands stored
+ * transposed into textures, 4–6× faster on lavapipe). Otherwise, when K is long and M×N gives few tiles
  * (e.g. 256×64 with K = 2052), a split-K GEMM — partials over K chunks into a scratch buffer,
  * then a reduction that sums them in a fixed order and adds `bias` and (with `accumulate`) `c` —
  * else the plain {@link matmulTN}. The choice depends on the sizes and the kind of adapter only,
@@ -416,10 +428,81 @@ export function weightGradient(gpu: Gpu, args: WeightGradientArgs): Dispatch[] {
     throw new Error(`specdec: weightGradient: splits = ${splits} must be a positive integer`);
   }
   const { M, N, K } = args;
+  if (splits === undefined) {
+    const t = textured(gpu, "TN", rest);
+    if (t) return t;
+  }
   const auto = args.variant ? 1 : splitKFor(gpu, M, N, K); // a forced variant: no split
   const S = Math.min(splits ?? auto, Math.max(K, 1));
   if (S <= 1 || M === 0 || N === 0) return [matmulTN(gpu, rest)];
   return matmulTNSplitK(gpu, rest, S);
+}
+
+/**
+ * The textured GEMM (kernels/gemm_texture.ts) where it is the default: on software adapters,
+ * no forced variant, and sizes that fit the textures; else undefined.
+ */
+function textured(gpu: Gpu, layout: TexturedLayout, args: MatmulArgs): Dispatch[] | undefined {
+  if (!gpu.isSoftware || args.variant || !texturedGemmFits(gpu, args.M, args.N, args.K)) {
+    return undefined;
+  }
+  const { variant: _, ...rest } = args;
+  return texturedGemm(gpu, layout, { ...rest, label: args.label ?? `matmul${layout} (textured)` });
+}
+
+/**
+ * The forward of a linear layer over many rows (training, prefill), `c (M, N) = a (M, K) · bᵀ`
+ * (+ bias, or +=) with {@link matmulNT} semantics: the GEMV for M ≤ 16, on software adapters the
+ * textured GEMM (kernels/gemm_texture.ts: the same bits as `matmulNT`, 4–6× faster on lavapipe),
+ * else {@link matmulNT}.
+ *
+ * @param gpu the runtime
+ * @param args `a (M, K)` inputs, `b (N, K)` weights `[out, in]`, `c (M, N)`, optional
+ *   `bias (N)`, `accumulate`
+ * @returns the dispatches (one to three), to encode in this order any number of times
+ * @throws Error on sizes that are not integers in [0, 2³¹)
+ * @example
+ * ```ts
+ * import { linearForward, requestGpu } from "@x/specdec";
+ * const gpu = await requestGpu();
+ * const x = gpu.upload("x (1, 2)", new Float32Array([1, 2]));
+ * const w = gpu.upload("w (1, 2)", new Float32Array([3, 4]));
+ * const y = gpu.buffer("y (1, 1)", 4);
+ * gpu.run("linear", linearForward(gpu, { a: x, b: w, c: y, M: 1, N: 1, K: 2 }));
+ * console.log(await gpu.readF32(y)); // Float32Array [11]
+ * ```
+ */
+export function linearForward(gpu: Gpu, args: MatmulArgs): Dispatch[] {
+  checkSizes("linearForward", args);
+  const { variant: _, ...rest } = args;
+  if (args.M <= GEMV_MAX_M) return [gemvNT(gpu, rest)];
+  return textured(gpu, "NT", rest) ?? [matmulNT(gpu, rest)];
+}
+
+/**
+ * The input gradient of a linear layer, `dX (M, N) = dY (M, K) · W (K, N)` (+ bias, or +=) with
+ * {@link matmulNN} semantics: on software adapters the textured GEMM (kernels/gemm_texture.ts,
+ * W stored transposed), else {@link matmulNN}.
+ *
+ * @param gpu the runtime
+ * @param args `a (M, K)` = dY, `b (K, N)` = W `[out, in]`, `c (M, N)`, optional `bias (N)`,
+ *   `accumulate`
+ * @returns the dispatches (one or three), to encode in this order any number of times
+ * @throws Error on sizes that are not integers in [0, 2³¹)
+ * @example
+ * ```ts
+ * import { inputGradient, requestGpu } from "@x/specdec";
+ * const gpu = await requestGpu();
+ * const dy = gpu.upload("dy (1, 2)", new Float32Array([1, 2]));
+ * const w = gpu.upload("w (2, 3)", new Float32Array([1, 0, 0, 0, 1, 1]));
+ * const dx = gpu.buffer("dx (1, 3)", 3 * 4);
+ * gpu.run("dx = dy·w", inputGradient(gpu, { a: dy, b: w, c: dx, M: 1, N: 3, K: 2 }));
+ * console.log(await gpu.readF32(dx)); // Float32Array [1, 2, 2]
+ * ```
+ */
+export function inputGradient(gpu: Gpu, args: MatmulArgs): Dispatch[] {
+  checkSizes("inputGradient", args);
+  return textured(gpu, "NN", args) ?? [matmulNN(gpu, args)];
 }
 
 /** Row block of the GEMV for M rows: the next power of two ≥ M, at most {@link GEMV_MAX_M}. */

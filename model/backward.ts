@@ -5,7 +5,7 @@
  * @module
  */
 import type { Dispatch } from "../kernels/gpu.ts";
-import { matmulNN, weightGradient } from "../kernels/matmul.ts";
+import { inputGradient, weightGradient } from "../kernels/matmul.ts";
 import { rmsNormBackward } from "../kernels/norm.ts";
 import { add, geluBackward, sumRows } from "../kernels/activation.ts";
 import { embeddingBackward } from "../kernels/embedding.ts";
@@ -60,7 +60,7 @@ export function backwardDispatches(
       ...acc,
     }),
   );
-  d.push(matmulNN(gpu, { a: dLogits, b: weights.logitsWeight, c: dXn, M: T, N: C, K: V }));
+  d.push(...inputGradient(gpu, { a: dLogits, b: weights.logitsWeight, c: dXn, M: T, N: C, K: V }));
   d.push(...rmsNormBackward(gpu, {
     x: plan.xFinal,
     weight: weights.finalNorm,
@@ -80,12 +80,12 @@ export function backwardDispatches(
     // next = xmid + a · ffOutᵀ + ffOutBias
     d.push(...weightGradient(gpu, { a: dX, b: a.a, c: g.ffOut, M: C, N: F, K: T, ...acc }));
     d.push(sumRows(gpu, { x: dX, out: g.ffOutBias, M: T, N: C, accumulate: true }));
-    d.push(matmulNN(gpu, { a: dX, b: w.ffOut, c: dA, M: T, N: F, K: C }));
+    d.push(...inputGradient(gpu, { a: dX, b: w.ffOut, c: dA, M: T, N: F, K: C }));
     d.push(geluBackward(gpu, { x: a.h, dy: dA, dx: dH, n: T * F }));
     // h = xn2 · ffInᵀ + ffInBias
     d.push(...weightGradient(gpu, { a: dH, b: a.xn2, c: g.ffIn, M: F, N: C, K: T, ...acc }));
     d.push(sumRows(gpu, { x: dH, out: g.ffInBias, M: T, N: F, accumulate: true }));
-    d.push(matmulNN(gpu, { a: dH, b: w.ffIn, c: dXn, M: T, N: C, K: F }));
+    d.push(...inputGradient(gpu, { a: dH, b: w.ffIn, c: dXn, M: T, N: C, K: F }));
     // xn2 = norm(xmid): dX becomes d(xmid) = d(next) + norm backward
     d.push(...rmsNormBackward(gpu, {
       x: a.xmid,
@@ -101,7 +101,7 @@ export function backwardDispatches(
     }));
     // xmid = x + att · attnOutᵀ
     d.push(...weightGradient(gpu, { a: dX, b: a.att, c: g.attnOut, M: C, N: HD, K: T, ...acc }));
-    d.push(matmulNN(gpu, { a: dX, b: w.attnOut, c: dAtt, M: T, N: HD, K: C }));
+    d.push(...inputGradient(gpu, { a: dX, b: w.attnOut, c: dAtt, M: T, N: HD, K: C }));
     d.push(...attentionBackward(gpu, {
       qkv: a.qkv,
       kv,
@@ -130,7 +130,7 @@ export function backwardDispatches(
     );
     // qkv = xn · qkvᵀ
     d.push(...weightGradient(gpu, { a: dQkv, b: a.xn, c: g.qkv, M: 3 * HD, N: C, K: T, ...acc }));
-    d.push(matmulNN(gpu, { a: dQkv, b: w.qkv, c: dXn, M: T, N: C, K: 3 * HD }));
+    d.push(...inputGradient(gpu, { a: dQkv, b: w.qkv, c: dXn, M: T, N: C, K: 3 * HD }));
     // xn = norm(x): dX becomes d(x) = d(xmid) + norm backward
     d.push(...rmsNormBackward(gpu, {
       x: a.x,
@@ -215,7 +215,7 @@ function exitBackward(
       K: T,
       accumulate: true,
     }),
-    matmulNN(gpu, { a: dExitLogits, b: weights.exitWeight!, c: dXn, M: T, N: C, K: V }),
+    ...inputGradient(gpu, { a: dExitLogits, b: weights.exitWeight!, c: dXn, M: T, N: C, K: V }),
     ...rmsNormBackward(gpu, {
       x: plan.xExit!,
       weight: weights.exitNorm!,

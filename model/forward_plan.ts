@@ -9,7 +9,7 @@
  * @module
  */
 import type { Dispatch } from "../kernels/gpu.ts";
-import { linear } from "../kernels/matmul.ts";
+import { linearForward } from "../kernels/matmul.ts";
 import { rmsNorm } from "../kernels/norm.ts";
 import { add, gelu } from "../kernels/activation.ts";
 import { embedding } from "../kernels/embedding.ts";
@@ -271,7 +271,7 @@ export function buildForwardPlan(
     if (s.pre) d.push(s.pre);
     // attention block: x += att · attnOutᵀ, att = attention(rotary(norm(x) · qkvᵀ))
     d.push(rmsNorm(gpu, { x: a.x, weight: w.norm, y: a.xn, rstd: a.rstd, T, C }));
-    d.push(linear(gpu, { a: a.xn, b: w.qkv, c: a.qkv, M: T, N: 3 * HD, K: C }));
+    d.push(...linearForward(gpu, { a: a.xn, b: w.qkv, c: a.qkv, M: T, N: 3 * HD, K: C }));
     d.push(rotary(gpu, { qkv: a.qkv, cos, sin, start, B, n, H, D, maxLen }));
     d.push(kvWrite(gpu, { qkv: a.qkv, kv, start, B, n, H, D, maxLen }));
     // keep the cache's texture copy in step: a later fused step reads it
@@ -283,24 +283,34 @@ export function buildForwardPlan(
     );
     if (training) {
       // xmid = x + att·attnOutᵀ, into a fresh buffer so x survives for the backward pass
-      d.push(linear(gpu, { a: a.att, b: w.attnOut, c: a.xmid, M: T, N: C, K: HD }));
+      d.push(...linearForward(gpu, { a: a.att, b: w.attnOut, c: a.xmid, M: T, N: C, K: HD }));
       d.push(add(gpu, { x: a.xmid, y: a.x, n: T * C }));
     } else {
       d.push(
-        linear(gpu, { a: a.att, b: w.attnOut, c: a.x, M: T, N: C, K: HD, accumulate: true }),
+        ...linearForward(gpu, {
+          a: a.att,
+          b: w.attnOut,
+          c: a.x,
+          M: T,
+          N: C,
+          K: HD,
+          accumulate: true,
+        }),
       );
     }
     // feed-forward block: next = xmid + gelu(norm(xmid) · ffInᵀ + ffInBias) · ffOutᵀ + ffOutBias
     d.push(rmsNorm(gpu, { x: a.xmid, weight: w.ffNorm, y: a.xn2, rstd: a.rstd2, T, C }));
     d.push(
-      linear(gpu, { a: a.xn2, b: w.ffIn, bias: w.ffInBias, c: a.h, M: T, N: F, K: C }),
+      ...linearForward(gpu, { a: a.xn2, b: w.ffIn, bias: w.ffInBias, c: a.h, M: T, N: F, K: C }),
     );
     d.push(gelu(gpu, { x: a.h, y: a.a, n: T * F }));
     if (training) {
-      d.push(linear(gpu, { a: a.a, b: w.ffOut, bias: w.ffOutBias, c: next, M: T, N: C, K: F }));
+      d.push(
+        ...linearForward(gpu, { a: a.a, b: w.ffOut, bias: w.ffOutBias, c: next, M: T, N: C, K: F }),
+      );
       d.push(add(gpu, { x: next, y: a.xmid, n: T * C }));
     } else {
-      d.push(linear(gpu, {
+      d.push(...linearForward(gpu, {
         a: a.a,
         b: w.ffOut,
         bias: w.ffOutBias,
@@ -334,7 +344,7 @@ export function buildForwardPlan(
       }));
     } else {
       d.push(rmsNorm(gpu, { x, weight: norm, y, rstd: r, T, C }));
-      d.push(linear(gpu, { a: y, b: w, c: out, M: T, N: V, K: C }));
+      d.push(...linearForward(gpu, { a: y, b: w, c: out, M: T, N: V, K: C }));
     }
   };
   const draftSplit = kind === "draft"

@@ -1,9 +1,14 @@
 import { deepStrictEqual, throws } from "node:assert/strict";
 import type { Gpu } from "../kernels/gpu.ts";
-import { matmulNTTexture, textureFromBuffer } from "../kernels/gemm_texture.ts";
-import { matmulNT } from "../kernels/matmul.ts";
+import {
+  matmulNTTexture,
+  texturedGemm,
+  type TexturedLayout,
+  textureFromBuffer,
+} from "../kernels/gemm_texture.ts";
+import { matmulNN, matmulNT, matmulTN } from "../kernels/matmul.ts";
 import { assertClose, gpuTest, randomF32 } from "./helpers.ts";
-import { matmulNTRef } from "./reference/matmul.ts";
+import { matmulNNRef, matmulNTRef, matmulTNRef } from "./reference/matmul.ts";
 
 /** An rgba32float texture `(rows, K/4 texels)` holding `data (rows, K)`, via writeTexture. */
 function texture(
@@ -104,7 +109,7 @@ gpuTest("matmulNTTexture() and textureFromBuffer() reject bad sizes by name", (g
     () => matmulNTTexture(gpu, { a, b, c, M: 5, N: 7, K: 10 }),
     /K 10 must be a positive multiple of 4/,
   );
-  throws(() => matmulNTTexture(gpu, { a, b, c, M: 5, N: 6, K: 12 }), /"b" is 3 × 7 texels/);
+  throws(() => matmulNTTexture(gpu, { a, b, c, M: 5, N: 8, K: 12 }), /"b" is 3 × 7 texels/);
   throws(() => matmulNTTexture(gpu, { a, b, c, M: 5, N: 7, K: 16 }), /"a" is 3 × 5 texels/);
   const r = tex(3, 5, "r32float");
   throws(() => matmulNTTexture(gpu, { a: r, b, c, M: 5, N: 7, K: 12 }), /"a" is a 2d r32float/);
@@ -126,3 +131,78 @@ gpuTest("matmulNTTexture() and textureFromBuffer() reject bad sizes by name", (g
   throws(() => textureFromBuffer(gpu, enc, c, 5, 64), /has 140 bytes, \(5, 64\) needs 1280/);
   for (const t of [a, b, r]) t.destroy();
 });
+
+/**
+ * texturedGemm on seeded inputs against the float64 reference for its layout (c pre-filled), and
+ * NT against matmulNT's bits. Returns the result so callers can compare runs.
+ */
+async function checkTextured(
+  gpu: Gpu,
+  layout: TexturedLayout,
+  cs: Case,
+): Promise<Float32Array> {
+  const { M, N, K } = cs;
+  const seed = M * 31 + N * 37 + K * 41 + layout.charCodeAt(1);
+  const a = randomF32(M * K, seed), b = randomF32(N * K, seed + 1);
+  const bias = randomF32(N, seed + 2), c0 = randomF32(M * N, seed + 3);
+  const A = gpu.upload("a", a), B = gpu.upload("b", b), BIAS = gpu.upload("bias (N)", bias);
+  const C = gpu.upload("c (M, N)", c0), C2 = gpu.upload("c storage (M, N)", c0);
+  const flags = { bias: cs.bias ? BIAS : undefined, accumulate: cs.accumulate };
+  gpu.run("textured", texturedGemm(gpu, layout, { a: A, b: B, c: C, M, N, K, ...flags }));
+  const storageKernel = { NT: matmulNT, NN: matmulNN, TN: matmulTN }[layout];
+  gpu.run("storage", [storageKernel(gpu, { a: A, b: B, c: C2, M, N, K, ...flags })]);
+  const got = await gpu.readF32(C, M * N), storage = await gpu.readF32(C2, M * N);
+  const ref = { NT: matmulNTRef, NN: matmulNNRef, TN: matmulTNRef }[layout];
+  const want = ref(a, b, M, N, K, cs.bias ? bias : undefined);
+  if (cs.accumulate) { for (let i = 0; i < want.length; i++) want[i] += c0[i]; }
+  const label = `texturedGemm ${layout} ${JSON.stringify(cs)}`;
+  assertClose(got, want, { atol: 1e-4, rtol: 1e-4, label });
+  if (layout === "NT" && K % 4 === 0) {
+    const differ = got.findIndex((v, i) => !Object.is(v, storage[i]));
+    deepStrictEqual(differ, -1, `${label}: differs from matmulNT at [${differ}]`);
+  }
+  for (const buf of [A, B, C, C2, BIAS]) buf.destroy();
+  return got;
+}
+
+gpuTest(
+  "texturedGemm() NT/NN/TN match the float64 references at odd sizes (K padded), NT matmulNT's bits",
+  async (gpu) => {
+    for (const layout of ["NT", "NN", "TN"] as const) {
+      await checkTextured(gpu, layout, { M: 5, N: 7, K: 13 });
+      await checkTextured(gpu, layout, { M: 37, N: 300, K: 130, bias: true });
+      await checkTextured(gpu, layout, { M: 19, N: 64, K: 517, bias: true, accumulate: true });
+      await checkTextured(gpu, layout, { M: 1, N: 1, K: 1, accumulate: true });
+    }
+    await checkTextured(gpu, "NT", { M: 33, N: 20, K: 64, accumulate: true });
+  },
+);
+
+gpuTest(
+  "texturedGemm(): scratch textures grown by a bigger GEMM keep earlier dispatches and results",
+  async (gpu) => {
+    // the first GEMM's dispatches are built on small scratch textures, the second grows them;
+    // running the first again must give the same result (its textures were not replaced under it)
+    const M = 9, N = 11, K = 10;
+    const a = randomF32(M * K, 5), b = randomF32(K * N, 6);
+    const A = gpu.upload("a (M, K)", a), B = gpu.upload("b (K, N)", b);
+    const C = gpu.buffer("c (M, N)", M * N * 4);
+    const small = texturedGemm(gpu, "NN", { a: A, b: B, c: C, M, N, K });
+    await checkTextured(gpu, "NN", { M: 70, N: 90, K: 700 });
+    gpu.run("small again", small);
+    assertClose(await gpu.readF32(C, M * N), matmulNNRef(a, b, M, N, K), {
+      atol: 1e-4,
+      rtol: 1e-4,
+      label: "small NN after the scratch grew",
+    });
+    throws(
+      () => texturedGemm(gpu, "NT", { a: A, b: B, c: C, M: 0, N, K }),
+      /M 0, N 11, K 10 must be positive/,
+    );
+    throws(
+      () => texturedGemm(gpu, "TN", { a: A, b: B, c: C, M: 20, N, K }),
+      /"a" \("a \(M, K\)"\) has 360 bytes, \(10, 20\) needs 800/,
+    );
+    for (const buf of [A, B, C]) buf.destroy();
+  },
+);

@@ -1,6 +1,6 @@
 import { deepStrictEqual, ok, throws } from "node:assert/strict";
 import type { Gpu } from "../kernels/gpu.ts";
-import { matmulTN, weightGradient } from "../kernels/matmul.ts";
+import { matmulTN, splitKFor, weightGradient } from "../kernels/matmul.ts";
 import { assertClose, gpuTest, randomF32 } from "./helpers.ts";
 import { matmulTNRef } from "./reference/matmul.ts";
 
@@ -74,26 +74,40 @@ gpuTest("weightGradient() gives the same bits every run", async (gpu) => {
   deepStrictEqual(first.out, second.out);
 });
 
-gpuTest("weightGradient() splits K for the model's weight-gradient shapes only", (gpu) => {
+gpuTest("weightGradient() picks the textured GEMM on software adapters, else splits K", (gpu) => {
   const [a, b, c] = ["a", "b", "c"].map((name) => gpu.buffer(name, 1024 * 1024 * 4));
   const pick = (M: number, N: number, K: number) =>
     weightGradient(gpu, { a, b, c, M, N, K, accumulate: true }).map((d) => d.label);
   // tiny preset at 4 × 513 tokens: logits 256×64, qkv 192×64, attnOut and ff 64×64, 64×256
   for (const [M, N] of [[256, 64], [192, 64], [64, 64], [64, 256], [256, 64]]) {
-    deepStrictEqual(
-      pick(M, N, 2052),
-      ["matmulTN split-K partials", "matmulTN split-K reduce"],
-      `${M}×${N}×2052`,
-    );
+    const want = gpu.isSoftware
+      ? ["store aT", "store bT", ""].map((s) => `matmulTN (textured)${s ? " " + s : ""}`)
+      : ["matmulTN split-K partials", "matmulTN split-K reduce"];
+    deepStrictEqual(pick(M, N, 2052), want, `${M}×${N}×2052`);
   }
-  // Short K, or many tiles already: the plain GEMM, one dispatch.
-  deepStrictEqual(pick(256, 64, 260), ["matmulTN"]);
-  deepStrictEqual(pick(1024, 1024, 2052), ["matmulTN"]);
-  deepStrictEqual(pick(64, 64, 0), ["matmulTN"]);
+  deepStrictEqual(pick(64, 64, 0), ["matmulTN"]); // nothing to store
+  // The split-K choice (hardware adapters, or sizes past the texture limit), by adapter kind.
+  for (const isSoftware of [true, false]) {
+    for (const [M, N] of [[256, 64], [192, 64], [64, 64], [64, 256]]) {
+      ok(
+        splitKFor({ isSoftware }, M, N, 2052) > 1,
+        `split ${M}×${N}×2052 (software ${isSoftware})`,
+      );
+    }
+    // Short K, or many tiles already: no split.
+    deepStrictEqual(splitKFor({ isSoftware }, 256, 64, 260), 1);
+    deepStrictEqual(splitKFor({ isSoftware }, 64, 64, 0), 1);
+  }
+  deepStrictEqual(splitKFor({ isSoftware: true }, 1024, 1024, 2052), 1);
   // A forced variant is the plain GEMM with that variant.
   ok(
     weightGradient(gpu, { a, b, c, M: 64, N: 64, K: 2052, variant: "naive" })[0].pipeline ===
       matmulTN(gpu, { a, b, c, M: 64, N: 64, K: 2052, variant: "naive" }).pipeline,
+  );
+  // Forced splits: the split-K GEMM (or the plain one for 1) on every adapter.
+  deepStrictEqual(
+    weightGradient(gpu, { a, b, c, M: 64, N: 64, K: 2052, splits: 4 }).map((d) => d.label),
+    ["matmulTN split-K partials", "matmulTN split-K reduce"],
   );
   throws(() => weightGradient(gpu, { a, b, c, M: 4, N: 4, K: 4, splits: 0 }), /splits = 0/);
   throws(() => weightGradient(gpu, { a, b, c, M: -1, N: 4, K: 4 }), /M = -1/);
