@@ -239,7 +239,8 @@ function perOwned(code: string, per: number): string {
 /**
  * Tiled forward with PER > 1 queries per invocation (software adapters): a workgroup takes
  * TILE consecutive queries of one (row, head), TILE / PER invocations of PER consecutive queries
- * each. An invocation walks keys 0..(its last query's last key) once, straight from storage,
+ * each. An invocation walks keys 0..(its last query's last key) once, straight from storage
+ * (or, with `tex`, from the texture copy of qkv: {@link trainingAttention}),
  * and each key and value it loads serves all its PER queries (a query skips keys past its own
  * last one). No shared memory or barriers: on lavapipe every storage load is a per-lane loop, so
  * what pays is the reuse of each loaded word across queries. Each query keeps its own online

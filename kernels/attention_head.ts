@@ -91,6 +91,12 @@ export function headVectors(D: number, loads: string[], stores: string[]): strin
  * took 55 s (forward) and 330 s (backward) to compile cold, per 4 14 s for the forward, which then
  * runs ~30% slower. A first training step should not wait minutes.
  *
+ * With the texture variants of the training kernels (loads ~1 ns a word) the reuse matters less:
+ * at B 4, n 513, H 2, D 32 per 4 and per 8 ran within noise of each other, per 2 and per 16
+ * slower. Cold compiles (MESA_SHADER_CACHE_DISABLE, first dispatch minus second, load ~3):
+ * D = 32 per 8 and D = 64 per 4 take 1.5–1.9 s (forward), 3.4–3.9 s (dq, dk dv) with
+ * textures, 1.7–1.9 s and 4.3–4.9 s on storage.
+ *
  * @param D head size
  * @returns per, a power of two from 1 to 8
  */

@@ -4,8 +4,7 @@
  * reference, at odd sizes.
  */
 import { deepStrictEqual as assertEquals, throws as assertThrows } from "node:assert/strict";
-import { attentionBackward, kvWrite } from "../kernels/attention.ts";
-import { trainingAttention } from "../kernels/attention_forward.ts";
+import { attentionBackward, kvWrite, trainingAttention } from "../kernels/attention.ts";
 import type { Gpu } from "../kernels/gpu.ts";
 import { assertClose, gpuTest, randomNormal } from "./helpers.ts";
 import { attentionBackwardRef, attentionRef, splitQkv } from "./reference/attention.ts";
@@ -15,6 +14,8 @@ interface Case {
   n: number;
   H: number;
   D: number;
+  /** Queries (keys) per invocation; default: the adapter's. */
+  per?: number;
 }
 
 /**
@@ -28,9 +29,9 @@ async function trainingPass(
   dOutHost: Float32Array<ArrayBuffer>,
   texture: boolean,
 ) {
-  const { B, n, H, D } = c;
+  const { B, n, H, D, per } = c;
   const T = B * n;
-  const s = { B, n, H, D, maxLen: n };
+  const s = { B, n, H, D, maxLen: n, per };
   const qkv = gpu.upload("qkv (T, 3, H, D)", qkvHost);
   const kv = gpu.buffer("kv (2, B, H, maxLen, D)", 2 * B * H * n * D * 4);
   const start = gpu.upload("start (B)", new Uint32Array(B));
@@ -61,15 +62,17 @@ gpuTest(
       { B: 3, n: 65, H: 1, D: 8 },
       { B: 2, n: 131, H: 2, D: 8 },
       { B: 2, n: 73, H: 2, D: 32 },
+      { B: 3, n: 97, H: 2, D: 8, per: 2 }, // other queries (keys) per invocation
+      { B: 1, n: 70, H: 3, D: 32, per: 4 },
     ];
     for (const c of cases) {
-      const { B, n, H, D } = c;
+      const { B, n, H, D, per } = c;
       const T = B * n;
       const qkvHost = randomNormal(T * 3 * H * D, 500 + n + D);
       const dOutHost = randomNormal(T * H * D, 600 + n + D);
       const tex = await trainingPass(gpu, c, qkvHost, dOutHost, true);
       const sto = await trainingPass(gpu, c, qkvHost, dOutHost, false);
-      const label = `B=${B} n=${n} H=${H} D=${D}`;
+      const label = `B=${B} n=${n} H=${H} D=${D} per=${per}`;
       // the texture path really ran, and the storage one did not
       assertEquals(tex.labels.filter((l) => l.includes("(texture)")).length, 4, label);
       assertEquals(sto.labels.filter((l) => l.includes("(texture)")).length, 0, label);
