@@ -19,6 +19,13 @@
  * and speculative verification (`n = γ + 1`), with each row at its own start; rollback is a
  * smaller start next time (stale cache entries past a query's position are never read).
  *
+ * Training (start = 0) goes through {@link trainingAttention} and {@link attentionBackward}: on
+ * software adapters (lavapipe, where a storage load is a per-lane loop and a texel fetch a
+ * vectorised gather) their inner loops read keys, values, queries, dOut and the per-query
+ * (lse, Δ) from rgba32float scratch textures, copied just before (kernels/attention_head.ts);
+ * the same arithmetic in the same order, so the same bits as the storage kernels, which
+ * hardware adapters, D % 4 ≠ 0 and textures over maxTextureDimension2D keep.
+ *
  * Softmax is streamed (online max and sum), so any key count works in fixed memory. Every
  * reduction has a fixed order: results are deterministic, and no float atomics are used.
  *
@@ -34,5 +41,8 @@ export {
   type AttentionSizes,
   type AttentionVariant,
   kvWrite,
+  qkvTexture,
+  trainingAttention,
+  trainingTexturesFit,
 } from "./attention_forward.ts";
 export { attentionBackward } from "./attention_backward.ts";

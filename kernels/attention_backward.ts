@@ -5,7 +5,15 @@
  * @module
  */
 import type { Dispatch, Gpu } from "./gpu.ts";
-import { headElem, headVectors, softwarePer, TILE } from "./attention_head.ts";
+import {
+  headElem,
+  headVectors,
+  scratchTexture,
+  softwarePer,
+  textureFits,
+  TILE,
+} from "./attention_head.ts";
+import { qkvTexture } from "./attention_forward.ts";
 import { unrollLoops } from "./unroll.ts";
 
 // Training only: start = 0, so the keys of row b are its own tokens b·n + j.
@@ -26,9 +34,27 @@ import { unrollLoops } from "./unroll.ts";
  */
 const HARDWARE_PER = 1;
 
-/** Params and bindings of both backward kernels. */
-function backwardBindings(D: number, per: number): string {
+/**
+ * Which loads a backward kernel's inner loop takes: `"storage"` (the buffers), or on software
+ * adapters the texture variants: `"dq"` reads keys and values from qkvT, `"dkdv"` queries from
+ * qkvT, dOut from doutT and (lse, Δ) from statT (see {@link attentionBackward}).
+ */
+type Loads = "storage" | "dq" | "dkdv";
+
+/** Params and bindings of the backward kernels (each variant declares only what it reads). */
+function backwardBindings(D: number, per: number, loads: Loads = "storage"): string {
   const elem = headElem(D);
+  const perQuery = loads === "dkdv" ? "" : /* wgsl */ `
+@group(0) @binding(2) var<storage, read> out: array<${elem}>;       // (T, H, D)
+@group(0) @binding(3) var<storage, read> dout: array<${elem}>;      // (T, H, D)
+@group(0) @binding(4) var<storage, read> lse: array<f32>;           // (B, H, n)`;
+  const textures = loads === "storage"
+    ? ""
+    : loads === "dq"
+    ? "@group(0) @binding(6) var qkvT: texture_2d<f32>;  // (T, 3·H·D/4) texels"
+    : /* wgsl */ `@group(0) @binding(6) var qkvT: texture_2d<f32>;  // (T, 3·H·D/4) texels
+@group(0) @binding(7) var doutT: texture_2d<f32>; // (T, H·D/4) texels
+@group(0) @binding(8) var statT: texture_2d<f32>; // (T, H) texels (lse, Δ, 0, 0)`;
   return /* wgsl */ `
 struct Params {
   B: u32, n: u32, H: u32,
@@ -36,12 +62,10 @@ struct Params {
   scale: f32,  // dimHead^-0.5
 }
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<${elem}>;       // (T, 3, H, D)
-@group(0) @binding(2) var<storage, read> out: array<${elem}>;       // (T, H, D)
-@group(0) @binding(3) var<storage, read> dout: array<${elem}>;      // (T, H, D)
-@group(0) @binding(4) var<storage, read> lse: array<f32>;           // (B, H, n)
+@group(0) @binding(1) var<storage, read> qkv: array<${elem}>;       // (T, 3, H, D)${perQuery}
 @group(0) @binding(5) var<storage, read_write> dqkv: array<${elem}>; // (T, 3, H, D)
-${headVectors(D, ["qkv", "out", "dout"], ["dqkv"])}
+${textures}
+${headVectors(D, loads === "dkdv" ? ["qkv"] : ["qkv", "out", "dout"], ["dqkv"])}
 const TILE: u32 = ${TILE}u; // queries (or keys) per workgroup
 const PER: u32 = ${per}u;   // queries (or keys) per invocation`;
 }
@@ -56,8 +80,14 @@ function perOwned(code: string, per: number): string {
  * invocation walks the keys j = 0..(its last query) once, each key serving its PER queries
  * (j ≤ i masked), in increasing j.
  */
-function attentionBackwardQCode(D: number, per: number): string {
-  return unrollLoops(/* wgsl */ `${backwardBindings(D, per)}
+function attentionBackwardQCode(D: number, per: number, tex = false): string {
+  // key j and value j of (b, h): head vectors of qkv, or texels (H + h)·D4.. and (2H + h)·D4..
+  // of row b·n + j of its texture copy
+  const ldK = tex ? "textureLoad(qkvT, vec2u(kX + c, y0 + j), 0)" : "ld_qkv(kRow, c)";
+  const ldV = tex
+    ? "textureLoad(qkvT, vec2u(kX + params.H * D4 + c, y0 + j), 0)"
+    : "ld_qkv(kRow + params.H, c)";
+  return unrollLoops(/* wgsl */ `${backwardBindings(D, per, tex ? "dq" : "storage")}
 @compute @workgroup_size(${TILE / per})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
         @builtin(local_invocation_index) li: u32) {
@@ -86,13 +116,18 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
     )
   }
   let jEnd = min(first + PER - 1u, lastQ);
-  let k0 = (b * params.n * 3u + 1u) * params.H + h; // key 0 of (b, h)
+  ${
+    tex
+      ? `let kX = (params.H + h) * D4; // first texel of k of head h in a token's row
+  let y0 = b * params.n;          // the row of token (b, 0)`
+      : "let k0 = (b * params.n * 3u + 1u) * params.H + h; // key 0 of (b, h)"
+  }
   for (var j = 0u; j <= jEnd; j++) {
     var k: array<vec4f, D4>;
     var v: array<vec4f, D4>;
-    let kRow = k0 + j * 3u * params.H;
-    for (var c = 0u; c < D4; c++) { /* unroll */ k[c] = ld_qkv(kRow, c); }
-    for (var c = 0u; c < D4; c++) { /* unroll */ v[c] = ld_qkv(kRow + params.H, c); }
+    ${tex ? "" : "let kRow = k0 + j * 3u * params.H;"}
+    for (var c = 0u; c < D4; c++) { /* unroll */ k[c] = ${ldK}; }
+    for (var c = 0u; c < D4; c++) { /* unroll */ v[c] = ${ldV}; }
     ${
     perOwned(
       `{
@@ -125,8 +160,22 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
  * walks the queries i = (its first key)..n−1 once, each query serving its PER keys (i ≥ j
  * masked), in increasing i.
  */
-function attentionBackwardKVCode(D: number, per: number): string {
-  return unrollLoops(/* wgsl */ `${backwardBindings(D, per)}
+function attentionBackwardKVCode(D: number, per: number, tex = false): string {
+  // query i of (b, h), its dOut, Δ and lse: from the buffers, or from the textures (row b·n + i)
+  const loads = tex
+    ? `let y = b * params.n + i;
+    for (var c = 0u; c < D4; c++) { /* unroll */ q[c] = textureLoad(qkvT, vec2u(h * D4 + c, y), 0); }
+    for (var c = 0u; c < D4; c++) { /* unroll */ g[c] = textureLoad(doutT, vec2u(h * D4 + c, y), 0); }
+    let stat = textureLoad(statT, vec2u(h, y), 0); // (lse, Δ) of the query
+    let delta = stat.y;
+    let L = stat.x;`
+    : `let row = (b * params.n + i) * params.H + h;
+    for (var c = 0u; c < D4; c++) { /* unroll */ q[c] = ld_qkv((b * params.n + i) * 3u * params.H + h, c); }
+    for (var c = 0u; c < D4; c++) { /* unroll */ g[c] = ld_dout(row, c); }
+    var delta = dot(g[0], ld_out(row, 0u)); // Δ = dOut · out
+    for (var c = 1u; c < D4; c++) { /* unroll */ delta += dot(g[c], ld_out(row, c)); }
+    let L = lse[(b * params.H + h) * params.n + i];`;
+  return unrollLoops(/* wgsl */ `${backwardBindings(D, per, tex ? "dkdv" : "storage")}
 @compute @workgroup_size(${TILE / per})
 fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
         @builtin(local_invocation_index) li: u32) {
@@ -153,14 +202,9 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
     )
   }
   for (var i = min(first, lastK); i < params.n; i++) {
-    let row = (b * params.n + i) * params.H + h;
     var q: array<vec4f, D4>;
     var g: array<vec4f, D4>;
-    for (var c = 0u; c < D4; c++) { /* unroll */ q[c] = ld_qkv((b * params.n + i) * 3u * params.H + h, c); }
-    for (var c = 0u; c < D4; c++) { /* unroll */ g[c] = ld_dout(row, c); }
-    var delta = dot(g[0], ld_out(row, 0u)); // Δ = dOut · out
-    for (var c = 1u; c < D4; c++) { /* unroll */ delta += dot(g[c], ld_out(row, c)); }
-    let L = lse[(b * params.H + h) * params.n + i];
+    ${loads}
     ${
     perOwned(
       `{
@@ -192,6 +236,56 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
 }
 
 /**
+ * The texture variant's preparation, one invocation per (token t, head h): copies dOut of the
+ * query into doutT `(T, H·D/4 texels)` and stores its lse and Δ = dOut · out (the storage dk dv
+ * kernel's expression, word for word: the same bits) into statT `(T, H texels)`, so the dk dv
+ * loop loads 2·D/4 + 1 texels per query instead of 3·D/4 vec4 and a word from storage.
+ */
+function backwardPrepCode(D: number): string {
+  return unrollLoops(/* wgsl */ `
+struct Params {
+  n: u32, H: u32,
+  total: u32, // T · H
+}
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> out: array<vec4f>;  // (T, H, D)
+@group(0) @binding(2) var<storage, read> dout: array<vec4f>; // (T, H, D)
+@group(0) @binding(3) var<storage, read> lse: array<f32>;    // (B, H, n)
+@group(0) @binding(4) var doutT: texture_storage_2d<rgba32float, write>; // (T, H·D/4) texels
+@group(0) @binding(5) var statT: texture_storage_2d<rgba32float, write>; // (T, H) texels
+${headVectors(D, ["out", "dout"], [])}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
+        @builtin(local_invocation_index) li: u32) {
+  let id = (wg.x + wg.y * nw.x) * 64u + li;
+  if (id >= params.total) { return; }
+  let h = id % params.H;
+  let t = id / params.H;
+  let row = t * params.H + h;
+  var g: array<vec4f, D4>;
+  for (var c = 0u; c < D4; c++) { /* unroll */
+    g[c] = ld_dout(row, c);
+    textureStore(doutT, vec2u(h * D4 + c, t), g[c]);
+  }
+  var delta = dot(g[0], ld_out(row, 0u)); // Δ = dOut · out
+  for (var c = 1u; c < D4; c++) { /* unroll */ delta += dot(g[c], ld_out(row, c)); }
+  let b = t / params.n;
+  let L = lse[(b * params.H + h) * params.n + t % params.n];
+  textureStore(statT, vec2u(h, t), vec4f(L, delta, 0.0, 0.0));
+}`);
+}
+
+/**
+ * Whether {@link attentionBackward}'s texture variant applies: D % 4 = 0 and qkv `(T, 3·H·D/4
+ * texels)` (the biggest of its textures) within maxTextureDimension2D.
+ */
+function backwardTexturesFit(gpu: Gpu, T: number, H: number, D: number): boolean {
+  return D > 0 && D % 4 === 0 &&
+    textureFits(gpu.device.limits.maxTextureDimension2D, T, (3 * H * D) / 4);
+}
+
+/**
  * The backward of {@link "./attention_forward.ts" | attention} for training. **Requires
  * `start[b] = 0` for every row** of the forward (so the keys of row b are its own tokens
  * `b·n + j`, j ≤ i): it reads q, k and v from `qkv`, not from the cache. Writes (overwrites) all of `dqkv`: dq, dk and dv.
@@ -199,13 +293,22 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
  * Two dispatches, no atomics: dq per query looping over its keys, then dk and dv per key looping
  * over its queries. Softmax weights are recomputed from the forward's `lse`.
  *
+ * On software adapters (lavapipe: a storage load is a per-lane loop, a texel fetch a vectorised
+ * gather) the loops read from scratch textures instead, filled by two more dispatches first: qkv
+ * `(T, 3·H·D/4 texels)` (keys and values of the dq loop, queries of the dk dv loop), and dOut
+ * `(T, H·D/4 texels)` with each query's (lse, Δ) `(T, H texels)` for the dk dv loop. Same
+ * arithmetic in the same order: the same bits as the storage kernels.
+ *
  * @param gpu the runtime
  * @param a the forward's `qkv (T, 3, H, D)` (after rotary), `out (T, H, D)` and `lse (B, H, n)`,
  *   the output gradient `dOut (T, H, D)`, the result `dqkv (T, 3, H, D)`, and sizes. `kv` and
  *   `maxLen` are accepted for symmetry with the forward but not read. `per`: queries (keys) per
- *   invocation, a power of two up to 64 (default 8 on software adapters, 1 on hardware ones)
+ *   invocation, a power of two up to 64 (default 8 on software adapters, 1 on hardware ones).
+ *   `texture`: read the inner loops' operands from textures (true) or storage (false); default:
+ *   on software adapters when D % 4 = 0 and the textures fit maxTextureDimension2D
  * @returns the dispatches, in order
- * @throws Error when `per` is not a power of two from 1 to 64
+ * @throws Error when `per` is not a power of two from 1 to 64, or `texture` is true where the
+ *   texture variant does not apply
  * @example
  * ```ts
  * import { requestGpu } from "./gpu.ts";
@@ -243,6 +346,7 @@ export function attentionBackward(
     kv?: GPUBuffer;
     maxLen?: number;
     per?: number;
+    texture?: boolean;
   },
 ): Dispatch[] {
   const { B, n, H, D } = a;
@@ -253,6 +357,47 @@ export function attentionBackward(
   const tiles = Math.ceil(n / TILE);
   const params = { B, n, H, tiles, scale: 1 / Math.sqrt(D) };
   const buffers = { qkv: a.qkv, out: a.out, dout: a.dOut, lse: a.lse, dqkv: a.dqkv };
+  const T = B * n;
+  const fits = backwardTexturesFit(gpu, T, H, D);
+  if (a.texture === true && !fits) {
+    throw new Error(
+      `specdec: attentionBackward: no texture variant for B ${B}, n ${n}, H ${H}, D ${D}: it ` +
+        `needs D % 4 = 0 and qkv as ${T} × ${(3 * H * D) / 4} texels within ` +
+        `maxTextureDimension2D ${gpu.device.limits.maxTextureDimension2D}`,
+    );
+  }
+  if (a.texture ?? (gpu.isSoftware && fits)) {
+    const store = qkvTexture(gpu, "attentionBackward", a.qkv, T, H, D);
+    const doutT = scratchTexture(gpu.device, "dout", (H * D) / 4, T);
+    const statT = scratchTexture(gpu.device, "stats", H, T);
+    return [
+      store.dispatch,
+      gpu.kernel({
+        label: "attentionBackward prep (texture)",
+        code: backwardPrepCode(D),
+        params: { n, H, total: T * H },
+        buffers: { out: a.out, dout: a.dOut, lse: a.lse },
+        textures: { doutT, statT },
+        workgroups: Math.ceil((T * H) / 64),
+      }),
+      gpu.kernel({
+        label: "attentionBackward dq (texture)",
+        code: attentionBackwardQCode(D, per, true),
+        buffers,
+        textures: { qkvT: store.texture },
+        params,
+        workgroups: B * H * tiles,
+      }),
+      gpu.kernel({
+        label: "attentionBackward dk dv (texture)",
+        code: attentionBackwardKVCode(D, per, true),
+        buffers: { qkv: a.qkv, dqkv: a.dqkv },
+        textures: { qkvT: store.texture, doutT, statT },
+        params,
+        workgroups: B * H * tiles,
+      }),
+    ];
+  }
   return [
     gpu.kernel({
       label: "attentionBackward dq",

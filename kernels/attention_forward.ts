@@ -5,7 +5,17 @@
  * @module
  */
 import type { Dispatch, Gpu } from "./gpu.ts";
-import { headElem, headVectors, NEG_MAX, softwarePer, TILE, tileRows } from "./attention_head.ts";
+import {
+  headElem,
+  headVectors,
+  NEG_MAX,
+  ROWS_TEXTURE_STORE,
+  scratchTexture,
+  softwarePer,
+  textureFits,
+  TILE,
+  tileRows,
+} from "./attention_head.ts";
 import { unrollLoops } from "./unroll.ts";
 
 /**
@@ -119,9 +129,16 @@ export function kvWrite(
  */
 const HARDWARE_PER = 1;
 
-/** Params and bindings of both forward variants. */
-function forwardBindings(D: number): string {
+/**
+ * Params and bindings of the forward variants. With `tex` (the training texture variant of
+ * {@link attentionTiledPerCode}) keys and values come from `qkvT`, a texture copy of qkv
+ * `(T rows, 3·H·D/4 texels)`, instead of the cache `kv`.
+ */
+function forwardBindings(D: number, tex = false): string {
   const elem = headElem(D);
+  const keys = tex
+    ? "var qkvT: texture_2d<f32>;                                // (T, 3·H·D/4) texels"
+    : `var<storage, read> kv: array<${elem}>;       // (2, B, H, maxLen, D)`;
   return /* wgsl */ `
 struct Params {
   B: u32, n: u32, H: u32, maxLen: u32,
@@ -130,11 +147,11 @@ struct Params {
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<${elem}>;      // (T, 3, H, D)
-@group(0) @binding(2) var<storage, read> kv: array<${elem}>;       // (2, B, H, maxLen, D)
+@group(0) @binding(2) ${keys}
 @group(0) @binding(3) var<storage, read> start: array<u32>;        // (B)
 @group(0) @binding(4) var<storage, read_write> out: array<${elem}>; // (T, H, D)
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;    // (B, H, n)
-${headVectors(D, ["qkv", "kv"], ["out"])}
+${headVectors(D, tex ? ["qkv"] : ["qkv", "kv"], ["out"])}
 const NEG_MAX: f32 = ${NEG_MAX};`;
 }
 
@@ -222,15 +239,26 @@ function perOwned(code: string, per: number): string {
 /**
  * Tiled forward with PER > 1 queries per invocation (software adapters): a workgroup takes
  * TILE consecutive queries of one (row, head), TILE / PER invocations of PER consecutive queries
- * each. An invocation walks keys 0..(its last query's last key) once, straight from storage,
+ * each. An invocation walks keys 0..(its last query's last key) once, straight from storage
+ * (or, with `tex`, from the texture copy of qkv: {@link trainingAttention}),
  * and each key and value it loads serves all its PER queries (a query skips keys past its own
  * last one). No shared memory or barriers: on lavapipe every storage load is a per-lane loop, so
  * what pays is the reuse of each loaded word across queries. Each query keeps its own online
  * softmax and sees its keys in the same order with the same arithmetic as in
  * {@link attentionTiledCode}: the same bits.
  */
-function attentionTiledPerCode(D: number, per: number): string {
-  return unrollLoops(/* wgsl */ `${forwardBindings(D)}
+function attentionTiledPerCode(D: number, per: number, tex = false): string {
+  // key j and value j of (b, h): from the cache, or (start = 0) from qkv's texture copy, where
+  // token b·n + j is row b·n + j and its k, v of head h are texels (H + h)·D4.. and (2H + h)·D4..
+  const keyRows = tex
+    ? `let kX = (params.H + h) * D4; // first texel of k of head h in a token's row
+  let vX = kX + params.H * D4;    // and of v
+  let y0 = b * params.n;          // the row of token (b, 0)`
+    : `let kRow = (b * params.H + h) * params.maxLen;
+  let vRow = kRow + params.B * params.H * params.maxLen;`;
+  const ldK = tex ? "textureLoad(qkvT, vec2u(kX + c, y0 + j), 0)" : "ld_kv(kRow + j, c)";
+  const ldV = tex ? "textureLoad(qkvT, vec2u(vX + c, y0 + j), 0)" : "ld_kv(vRow + j, c)";
+  return unrollLoops(/* wgsl */ `${forwardBindings(D, tex)}
 const TILE: u32 = ${TILE}u; // queries per workgroup
 const PER: u32 = ${per}u;   // queries per invocation
 
@@ -261,13 +289,12 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
       per,
     )
   }
-  let kRow = (b * params.H + h) * params.maxLen;
-  let vRow = kRow + params.B * params.H * params.maxLen;
+  ${keyRows}
   for (var j = 0u; j <= lim${per - 1}; j++) {
     var k: array<vec4f, D4>;
     var v: array<vec4f, D4>;
-    for (var c = 0u; c < D4; c++) { /* unroll */ k[c] = ld_kv(kRow + j, c); }
-    for (var c = 0u; c < D4; c++) { /* unroll */ v[c] = ld_kv(vRow + j, c); }
+    for (var c = 0u; c < D4; c++) { /* unroll */ k[c] = ${ldK}; }
+    for (var c = 0u; c < D4; c++) { /* unroll */ v[c] = ${ldV}; }
     ${
     perOwned(
       `
@@ -502,4 +529,136 @@ export function attention(
     buffers: { qkv: a.qkv, kv: a.kv, start: a.start, out: a.out, lse: a.lse },
     workgroups: B * H * tiles,
   });
+}
+
+/**
+ * Copies `qkv (T, 3, H, D)` (D % 4 = 0) into the scratch texture slot `"qkv"`,
+ * `(T rows, 3·H·D/4 texels)`: token t's q, k, v of head h at texels `(s·H + h)·D/4..` of row t.
+ * The training attention kernels' texture variants read it.
+ *
+ * @param gpu the runtime
+ * @param label the dispatch's label prefix
+ * @param qkv the source
+ * @param T tokens
+ * @param H heads
+ * @param D head size, a multiple of 4
+ * @returns the texture and the dispatch that fills it
+ */
+export function qkvTexture(
+  gpu: Gpu,
+  label: string,
+  qkv: GPUBuffer,
+  T: number,
+  H: number,
+  D: number,
+): { texture: GPUTexture; dispatch: Dispatch } {
+  const texels = (3 * H * D) / 4;
+  const texture = scratchTexture(gpu.device, "qkv", texels, T);
+  const count = T * texels;
+  const dispatch = gpu.kernel({
+    label: `${label} store qkv`,
+    code: ROWS_TEXTURE_STORE,
+    params: { texels, count },
+    buffers: { src: qkv },
+    textures: { dst: texture },
+    workgroups: Math.ceil(count / 64),
+  });
+  return { texture, dispatch };
+}
+
+/**
+ * Whether the training kernels can read `qkv (T, 3, H, D)` (and `dOut (T, H, D)`) from
+ * textures: D % 4 = 0 (whole texels per head vector) and the textures within the device's
+ * maxTextureDimension2D.
+ *
+ * @param gpu the runtime
+ * @param T tokens
+ * @param H heads
+ * @param D head size
+ * @returns true when the texture variants apply
+ */
+export function trainingTexturesFit(gpu: Gpu, T: number, H: number, D: number): boolean {
+  return D > 0 && D % 4 === 0 &&
+    textureFits(gpu.device.limits.maxTextureDimension2D, T, (3 * H * D) / 4);
+}
+
+/**
+ * The training forward's attention (**requires `start[b] = 0` for every row**, as
+ * {@link "./attention_backward.ts" | attentionBackward}): {@link attention} with the default
+ * variant, except that on software adapters the tiled kernel with `per` > 1 reads keys and
+ * values from a texture copy of `qkv` ({@link qkvTexture}; on lavapipe a texel fetch is a
+ * vectorised gather, a storage load a per-lane loop) instead of the cache `kv` (which holds the
+ * same values at start 0, once {@link kvWrite} has run). Same arithmetic in the same order: the
+ * same bits as the storage kernel.
+ *
+ * Measured (bench/profile_training.ts, lavapipe on 2 shared cores, load average 3–5, medians of
+ * 5 alternated runs): tiny target, batch 4 × 513, 2 layers: the forward kernel 126 → 41 ms a
+ * step (+ 7 ms for the qkv copies); attentionBackward dq 177 → 44 ms, dk dv 211 → 47 ms (+ 7 ms
+ * qkv copies, 4 ms prep); whole step 1067 → 678 ms. Small target (4 layers): forward 592 → 174
+ * ms, dq 722 → 186 ms, dk dv 857 → 200 ms, whole step 4508 → 3009 ms (3 runs).
+ *
+ * @param gpu the runtime
+ * @param a as {@link attention} (without `variant`), and `texture`: force the texture path
+ *   (true) or the storage one (false); default: software adapter, tiled, per > 1,
+ *   {@link trainingTexturesFit}
+ * @returns the dispatches, in order (the qkv store, then the attention; or the attention alone)
+ * @throws Error when `texture` is true but the texture path does not apply
+ * @example
+ * ```ts
+ * import { requestGpu } from "./gpu.ts";
+ * import { kvWrite } from "./attention.ts";
+ * import { trainingAttention } from "./attention_forward.ts";
+ * const gpu = await requestGpu();
+ * const [B, n, H, D, maxLen] = [1, 70, 2, 8, 70];
+ * const qkv = gpu.upload("qkv (T, 3, H, D)", new Float32Array(B * n * 3 * H * D).fill(0.5));
+ * const kv = gpu.buffer("kv (2, B, H, maxLen, D)", 2 * B * H * maxLen * D * 4);
+ * const start = gpu.upload("start (B)", new Uint32Array([0]));
+ * const out = gpu.buffer("out (T, H, D)", B * n * H * D * 4);
+ * const lse = gpu.buffer("lse (B, H, n)", B * H * n * 4);
+ * const sizes = { B, n, H, D, maxLen };
+ * gpu.run("attend", [
+ *   kvWrite(gpu, { qkv, kv, start, ...sizes }),
+ *   ...trainingAttention(gpu, { qkv, kv, start, out, lse, ...sizes }),
+ * ]);
+ * ```
+ */
+export function trainingAttention(
+  gpu: Gpu,
+  a: AttentionSizes & {
+    qkv: GPUBuffer;
+    kv: GPUBuffer;
+    start: GPUBuffer;
+    out: GPUBuffer;
+    lse: GPUBuffer;
+    per?: number;
+    texture?: boolean;
+  },
+): Dispatch[] {
+  const { B, n, H, D, maxLen } = a;
+  const per = a.per ?? (gpu.isSoftware ? softwarePer(D) : HARDWARE_PER);
+  const applies = n >= TILE && per > 1 && trainingTexturesFit(gpu, B * n, H, D);
+  if (a.texture === true && !applies) {
+    throw new Error(
+      `specdec: trainingAttention: no texture path for B ${B}, n ${n}, H ${H}, D ${D}, per ` +
+        `${per}: it needs n ≥ ${TILE} (the tiled kernel), per > 1, D % 4 = 0 and qkv within ` +
+        `maxTextureDimension2D ${gpu.device.limits.maxTextureDimension2D} as a texture`,
+    );
+  }
+  if (!(a.texture ?? (gpu.isSoftware && applies))) return [attention(gpu, { ...a, per })];
+  if (![2, 4, 8, 16, 32, 64].includes(per)) {
+    throw new Error(`specdec: attention: per = ${per} must be a power of two from 1 to 64`);
+  }
+  const store = qkvTexture(gpu, "attention", a.qkv, B * n, H, D);
+  const tiles = Math.ceil(n / TILE);
+  return [
+    store.dispatch,
+    gpu.kernel({
+      label: `attention tiled per ${per} (texture)`,
+      code: attentionTiledPerCode(D, per, true),
+      params: { B, n, H, maxLen, scale: 1 / Math.sqrt(D), tiles },
+      buffers: { qkv: a.qkv, start: a.start, out: a.out, lse: a.lse },
+      textures: { qkvT: store.texture },
+      workgroups: B * H * tiles,
+    }),
+  ];
 }

@@ -14,7 +14,7 @@ import { rmsNorm } from "../kernels/norm.ts";
 import { add, gelu } from "../kernels/activation.ts";
 import { embedding } from "../kernels/embedding.ts";
 import { rotary } from "../kernels/rotary.ts";
-import { attention, kvWrite } from "../kernels/attention.ts";
+import { attention, kvWrite, trainingAttention } from "../kernels/attention.ts";
 import { fusedLinear, fusedLinearSupported, STORAGE_UNIFORM } from "../kernels/fused_linear.ts";
 import { attentionDecode, kvTextureWrite } from "../kernels/attention_decode.ts";
 import type { KVCache } from "./kv_cache.ts";
@@ -278,9 +278,9 @@ export function buildForwardPlan(
     // (training forwards never decode from their cache: no texture copy there)
     const kvTex = training ? undefined : cache.textures?.[cache.layers.indexOf(kv)];
     if (kvTex) d.push(kvTextureWrite(gpu, { qkv: a.qkv, kvTex, start, B, n, H, D, maxLen }));
-    d.push(
-      attention(gpu, { qkv: a.qkv, kv, start, out: a.att, lse: a.lse, B, n, H, D, maxLen }),
-    );
+    const attend = { qkv: a.qkv, kv, start, out: a.att, lse: a.lse, B, n, H, D, maxLen };
+    // training (start 0): on software adapters keys and values come from a texture copy of qkv
+    d.push(...(training ? trainingAttention(gpu, attend) : [attention(gpu, attend)]));
     if (training) {
       // xmid = x + att·attnOutᵀ, into a fresh buffer so x survives for the backward pass
       d.push(...linearForward(gpu, { a: a.att, b: w.attnOut, c: a.xmid, M: T, N: C, K: HD }));
