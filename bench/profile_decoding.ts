@@ -94,20 +94,29 @@ class PassTimer {
   readonly #buf: GPUBuffer;
   readonly #capacity: number;
   #used = 0;
+  /** Whether each pass since the last read is the empty one opening a run. */
+  #opens: boolean[] = [];
 
   constructor(gpu: Gpu, capacity: number) {
     this.#gpu = gpu;
-    this.#capacity = capacity;
-    this.#set = gpu.device.createQuerySet({ type: "timestamp", count: 2 * capacity });
-    this.#buf = gpu.buffer("profile timestamps", 16 * capacity, 0x200 | 0x4); // QUERY_RESOLVE|COPY_SRC
+    this.#capacity = 2 * capacity; // each run opens with an empty pass
+    this.#set = gpu.device.createQuerySet({ type: "timestamp", count: 2 * this.#capacity });
+    this.#buf = gpu.buffer("profile timestamps", 16 * this.#capacity, 0x200 | 0x4); // QUERY_RESOLVE|COPY_SRC
   }
 
-  /** Encodes `groups` as one timed pass each, in one submission. */
+  /**
+   * Encodes `groups` as one timed pass each, in one submission, after an empty timed pass: each
+   * group's time is from the previous pass's end timestamp to its own. Not its own end − begin:
+   * on lavapipe, in a command buffer that touches textures (the texture path of the decode
+   * kernels), each pass's work runs before its beginning timestamp is written (measured: passes
+   * of ~0.02 ms with the work between them), so only the ends bracket it.
+   */
   run(groups: Dispatch[][]): void {
-    if (this.#used + groups.length > this.#capacity) throw new Error("PassTimer is full");
+    if (this.#used + groups.length + 1 > this.#capacity) throw new Error("PassTimer is full");
     const enc = this.#gpu.device.createCommandEncoder({ label: "profile" });
-    for (const g of groups) {
+    for (const [k, g] of [[], ...groups].entries()) {
       const i = this.#used++;
+      this.#opens.push(k === 0);
       const pass = enc.beginComputePass({
         label: "profile",
         timestampWrites: {
@@ -123,16 +132,20 @@ class PassTimer {
     this.#gpu.device.queue.submit([enc.finish()]);
   }
 
-  /** Milliseconds of each pass run since the last read, in order; resets. */
+  /** Milliseconds of each group run since the last read, in order; resets. */
   async read(): Promise<number[]> {
-    const n = this.#used;
+    const n = this.#used, opens = this.#opens;
     this.#used = 0;
+    this.#opens = [];
     if (n === 0) return [];
     const raw = new BigUint64Array(await this.#gpu.read(this.#buf, 16 * n));
-    return Array.from({ length: n }, (_, i) => {
-      const d = raw[2 * i + 1] - raw[2 * i];
-      return d > 0n ? Number(d) / 1e6 : 0;
-    });
+    const out: number[] = [];
+    for (let i = 0; i < n; i++) {
+      if (opens[i]) continue;
+      const d = raw[2 * i + 1] - raw[2 * i - 1];
+      out.push(d > 0n ? Number(d) / 1e6 : 0);
+    }
+    return out;
   }
 
   /** Frees the query set and buffer. */

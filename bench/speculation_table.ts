@@ -7,9 +7,16 @@
  * (Leviathan et al. 2022, §3.3: (accepted + 1) / (drafted · c + 1); with a fixed γ this is their
  * (1 − α^(γ+1)) / ((1 − α)(γc + 1)) at α from the accepted mean).
  *
+ * Each speculative case runs in `--repeats` pairs with base decoding of the same target, after a
+ * warm-up pair: base, then speculative, with seed 7, 8, … per pair. The speedup is the ratio of
+ * their total tokens/s. Pairing keeps a slow minute of a shared machine (steal time reached 33%
+ * on the development VM) from landing on one side only, and the seeds average the acceptance over
+ * several sampled texts: at batch 1 one text of 384 tokens gave α anywhere from 0.60 to 0.80 for
+ * the same pair. The base row is the total over every pair of its batch size.
+ *
  * Usage:
  *   deno run -A bench/speculation_table.ts --config NAME=RUN_DIR[:self] ... [--gammas 2,3,5]
- *     [--adaptive 6:0.3,6:0.5] [--batches 1,8] [--prompt 128] [--seq-len 512] [--repeats 2]
+ *     [--adaptive 6:0.3,6:0.5] [--batches 1,8] [--prompt 128] [--seq-len 512] [--repeats 4]
  *     [--data corpus.txt[.gz]] [--json out.json]
  * RUN_DIR holds train.ts's checkpoint/target.safetensors and checkpoint/draft.safetensors; with
  * `:self` the target (which must have an exit head) is its own draft. Prompts are windows of
@@ -27,7 +34,12 @@ import { gunzipSync } from "fflate";
 import { type Dispatch, requestGpu } from "../kernels/gpu.ts";
 import { GpuTimer } from "../kernels/timer.ts";
 import { Decoder } from "../model/decoder.ts";
-import { baseDecoding, type DecodingResult, speculativeDecoding } from "../model/decoding.ts";
+import {
+  baseDecoding,
+  type DecodingResult,
+  speculativeDecoding,
+  type SpeculativeResult,
+} from "../model/decoding.ts";
 import { alphaFromAccepted } from "./suite.ts";
 
 const { values } = parseArgs({
@@ -39,7 +51,7 @@ const { values } = parseArgs({
     batches: { type: "string", default: "1,8" },
     prompt: { type: "string", default: "128" },
     "seq-len": { type: "string", default: "512" },
-    repeats: { type: "string", default: "2" },
+    repeats: { type: "string", default: "4" },
     data: { type: "string" },
     json: { type: "string" },
   },
@@ -137,13 +149,57 @@ async function costRatio(target: Decoder, draft: Decoder | "self", B: number): P
   return d / t;
 }
 
-/** The median (by GPU time) of R runs after one warm-up. */
-async function median<T extends DecodingResult>(f: () => Promise<T>): Promise<T> {
-  await f();
-  const runs: T[] = [];
-  for (let r = 0; r < R; r++) runs.push(await f());
-  runs.sort((a, b) => (a.gpuMs ?? a.wallMs) - (b.gpuMs ?? b.wallMs));
-  return runs[(runs.length - 1) >> 1];
+/** Tokens and milliseconds (GPU, or wall without timestamps; and wall) summed over runs. */
+interface Totals {
+  tokens: number;
+  ms: number;
+  wallMs: number;
+  dispatches: number;
+  readbacks: number;
+  accepted: number;
+  drafted: number;
+}
+const totals = (): Totals => ({
+  tokens: 0,
+  ms: 0,
+  wallMs: 0,
+  dispatches: 0,
+  readbacks: 0,
+  accepted: 0,
+  drafted: 0,
+});
+function add(t: Totals, x: DecodingResult, spec?: SpeculativeResult): void {
+  t.tokens += x.generated;
+  t.ms += x.gpuMs ?? x.wallMs;
+  t.wallMs += x.wallMs;
+  t.dispatches += x.dispatches;
+  t.readbacks += x.readbacksPerToken * x.generated;
+  if (spec) {
+    t.accepted += spec.acceptedMean;
+    t.drafted += spec.draftedMean;
+  }
+}
+
+/**
+ * Base and speculative decoding in R pairs after a warm-up pair, each pair with its own seed
+ * (7, 8, …: a different sampled text, so acceptance is averaged over R texts rather than read off
+ * one) and base right before speculative (so a slow minute of this shared machine hits both).
+ * Speedup = the speculative tokens/s over base tokens/s, each from its R runs' totals.
+ */
+async function paired(
+  base: () => (seed: number) => Promise<DecodingResult>,
+  spec: () => (seed: number) => Promise<SpeculativeResult>,
+): Promise<{ b: Totals; s: Totals }> {
+  const fb = base(), fs = spec();
+  await fb(6);
+  await fs(6);
+  const b = totals(), s = totals();
+  for (let r = 0; r < R; r++) {
+    add(b, await fb(7 + r));
+    const x = await fs(7 + r);
+    add(s, x, x);
+  }
+  return { b, s };
 }
 
 interface Row {
@@ -166,9 +222,9 @@ interface Row {
 const rows: Row[] = [];
 const fixed = (x: number | undefined, d = 2) => x === undefined ? "–" : x.toFixed(d);
 console.log(
-  `${gpu.adapterName}; prompt ${P} → ${L}, median of ${R} after a warm-up; corpus ${
-    values.data ?? "README.md"
-  }`,
+  `${gpu.adapterName}; prompt ${P} → ${L}; each speculative case paired with base decoding, ${R} pairs (seeds 7..${
+    6 + R
+  }) after a warm-up pair, totals; corpus ${values.data ?? "README.md"}`,
 );
 for (const spec of values.config) {
   const m = spec.match(/^([^=]+)=(.+?)(:self)?$/);
@@ -201,21 +257,9 @@ for (const spec of values.config) {
   for (const B of batches) {
     const c = await costRatio(target, self ? "self" : draft, B);
     const pr = prompts(B);
-    const base = await median(() => baseDecoding(target, pr, L, { seed: 7, timer }));
-    const tps = (x: DecodingResult) => x.generated / ((x.gpuMs ?? x.wallMs) / 1000);
-    const wtps = (x: DecodingResult) => x.generated / (x.wallMs / 1000);
-    const perToken = (x: DecodingResult) => x.dispatches / (x.generated / B);
-    const baseRow: Row = {
-      config: name,
-      batch: B,
-      decoding: "base",
-      gpuTokensPerSec: tps(base),
-      wallTokensPerSec: wtps(base),
-      speedup: 1,
-      dispatchesPerToken: perToken(base),
-      readbacksPerToken: base.readbacksPerToken,
-    };
-    rows.push(baseRow);
+    const tps = (t: Totals) => t.tokens / (t.ms / 1000);
+    const wtps = (t: Totals) => t.tokens / (t.wallMs / 1000);
+    const perToken = (t: Totals) => t.dispatches / (t.tokens / B);
     const print = (r: Row) =>
       console.log(
         `| ${B} | ${r.decoding} | ${r.gamma ?? "–"} | ${r.threshold ?? "–"} | ${fixed(r.alpha)} | ${
@@ -224,39 +268,57 @@ for (const spec of values.config) {
           r.wallTokensPerSec.toFixed(0)
         } | ${r.speedup.toFixed(2)} | ${fixed(r.predicted)} | ${r.dispatchesPerToken.toFixed(1)} |`,
       );
-    print(baseRow);
     const cases = [
       ...gammas.map((gamma) => ({ gamma, threshold: 0 })),
       ...adaptive,
     ];
+    const baseAll = totals();
+    const specRows: Row[] = [];
     for (const { gamma, threshold } of cases) {
-      const s = await median(() =>
-        speculativeDecoding(target, draft, pr, L, {
-          gamma,
-          seed: 7,
-          timer,
-          draftThreshold: threshold,
-        })
+      const { b, s } = await paired(
+        () => (seed) => baseDecoding(target, pr, L, { seed, timer }),
+        () => (seed) =>
+          speculativeDecoding(target, draft, pr, L, {
+            gamma,
+            seed,
+            timer,
+            draftThreshold: threshold,
+          }),
       );
+      for (const k of Object.keys(b) as (keyof Totals)[]) baseAll[k] += b[k];
+      const acceptedMean = s.accepted / R, draftedMean = s.drafted / R;
       const row: Row = {
         config: name,
         batch: B,
         decoding: self ? "self-speculative" : "speculative",
         gamma,
         threshold: threshold || undefined,
-        alpha: threshold ? undefined : alphaFromAccepted(s.acceptedMean, gamma),
-        acceptedMean: s.acceptedMean,
-        draftedMean: s.draftedMean,
+        alpha: threshold ? undefined : alphaFromAccepted(acceptedMean, gamma),
+        acceptedMean,
+        draftedMean,
         c,
         gpuTokensPerSec: tps(s),
         wallTokensPerSec: wtps(s),
-        speedup: tps(s) / tps(base),
-        predicted: (s.acceptedMean + 1) / (s.draftedMean * c + 1),
+        speedup: tps(s) / tps(b),
+        predicted: (acceptedMean + 1) / (draftedMean * c + 1),
         dispatchesPerToken: perToken(s),
-        readbacksPerToken: s.readbacksPerToken,
+        readbacksPerToken: s.readbacks / s.tokens,
       };
-      rows.push(row);
-      print(row);
+      specRows.push(row);
+    }
+    const baseRow: Row = {
+      config: name,
+      batch: B,
+      decoding: "base",
+      gpuTokensPerSec: tps(baseAll),
+      wallTokensPerSec: wtps(baseAll),
+      speedup: 1,
+      dispatchesPerToken: perToken(baseAll),
+      readbacksPerToken: baseAll.readbacks / baseAll.tokens,
+    };
+    for (const r of [baseRow, ...specRows]) {
+      rows.push(r);
+      print(r);
     }
   }
   if (draft !== target) draft.destroy();
