@@ -5,15 +5,9 @@
  * @module
  */
 import type { Dispatch, Gpu } from "./gpu.ts";
-import {
-  headElem,
-  headVectors,
-  scratchTexture,
-  softwarePer,
-  textureFits,
-  TILE,
-} from "./attention_head.ts";
-import { qkvTexture } from "./attention_forward.ts";
+import { headElem, headVectors, softwarePer, TILE } from "./attention_head.ts";
+import { scratchTexture } from "./texture_scratch.ts";
+import { qkvTexture, trainingTexturesFit } from "./attention_forward.ts";
 import { unrollLoops } from "./unroll.ts";
 
 // Training only: start = 0, so the keys of row b are its own tokens b·n + j.
@@ -277,15 +271,6 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
 }
 
 /**
- * Whether {@link attentionBackward}'s texture variant applies: D % 4 = 0 and qkv `(T, 3·H·D/4
- * texels)` (the biggest of its textures) within maxTextureDimension2D.
- */
-function backwardTexturesFit(gpu: Gpu, T: number, H: number, D: number): boolean {
-  return D > 0 && D % 4 === 0 &&
-    textureFits(gpu.device.limits.maxTextureDimension2D, T, (3 * H * D) / 4);
-}
-
-/**
  * The backward of {@link "./attention_forward.ts" | attention} for training. **Requires
  * `start[b] = 0` for every row** of the forward (so the keys of row b are its own tokens
  * `b·n + j`, j ≤ i): it reads q, k and v from `qkv`, not from the cache. Writes (overwrites) all of `dqkv`: dq, dk and dv.
@@ -358,7 +343,7 @@ export function attentionBackward(
   const params = { B, n, H, tiles, scale: 1 / Math.sqrt(D) };
   const buffers = { qkv: a.qkv, out: a.out, dout: a.dOut, lse: a.lse, dqkv: a.dqkv };
   const T = B * n;
-  const fits = backwardTexturesFit(gpu, T, H, D);
+  const fits = trainingTexturesFit(gpu, T, H, D);
   if (a.texture === true && !fits) {
     throw new Error(
       `specdec: attentionBackward: no texture variant for B ${B}, n ${n}, H ${H}, D ${D}: it ` +

@@ -5,17 +5,8 @@
  * @module
  */
 import type { Dispatch, Gpu } from "./gpu.ts";
-import {
-  headElem,
-  headVectors,
-  NEG_MAX,
-  ROWS_TEXTURE_STORE,
-  scratchTexture,
-  softwarePer,
-  textureFits,
-  TILE,
-  tileRows,
-} from "./attention_head.ts";
+import { headElem, headVectors, NEG_MAX, softwarePer, TILE, tileRows } from "./attention_head.ts";
+import { ROWS_TEXTURE_STORE, scratchTexture, textureFits } from "./texture_scratch.ts";
 import { unrollLoops } from "./unroll.ts";
 
 /**

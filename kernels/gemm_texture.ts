@@ -21,6 +21,8 @@
  */
 import type { Dispatch, Gpu } from "./gpu.ts";
 import { NT_VEC4_STEP, type RegisterTile, STORE4 } from "./gemm.ts";
+import type { MatmulArgs } from "./matmul.ts";
+import { scratchTexture, textureFits } from "./texture_scratch.ts";
 import { unrollLoops } from "./unroll.ts";
 
 /** The register tile of kernels/matmul.ts's vec4 GEMMs (GEMM_TILE there), before narrowing. */
@@ -328,56 +330,14 @@ fn main(@builtin(global_invocation_id) gid: vec3u, @builtin(num_workgroups) nwg:
   }
 }`;
 
-/** Usage of the scratch textures: written by {@link TEXTURE_STORE}, read by the GEMM. */
-const SCRATCH_USAGE = 0x08 | 0x04; // STORAGE_BINDING | TEXTURE_BINDING
-
-/**
- * Scratch textures per device and slot, replaced by a bigger one (the envelope of every size
- * asked for) when a GEMM needs more. Every textured GEMM's stores directly precede its GEMM in
- * any dispatch list, so no two uses of a slot overlap; a replaced texture stays with the
- * dispatches already built on it.
- */
-const scratch = new WeakMap<GPUDevice, Map<string, GPUTexture>>();
-
-function scratchTexture(gpu: Gpu, slot: string, texels: number, rows: number): GPUTexture {
-  let slots = scratch.get(gpu.device);
-  if (!slots) scratch.set(gpu.device, slots = new Map());
-  const old = slots.get(slot);
-  if (old && old.width >= texels && old.height >= rows) return old;
-  const t = gpu.device.createTexture({
-    label: `textured GEMM scratch ${slot}`,
-    size: [Math.max(texels, old?.width ?? 0), Math.max(rows, old?.height ?? 0)],
-    format: "rgba32float",
-    usage: SCRATCH_USAGE,
-  });
-  slots.set(slot, t);
-  return t;
-}
-
 /** Which operand layouts {@link texturedGemm} takes: those of kernels/matmul.ts. */
 export type TexturedLayout = "NT" | "NN" | "TN";
 
-/** Arguments of {@link texturedGemm}: kernels/matmul.ts's, shapes per layout. */
-export interface TexturedGemmArgs {
-  /** `a`: (M, K) for NT and NN, (K, M) for TN; f32 storage. */
-  a: GPUBuffer;
-  /** `b`: (N, K) for NT, (K, N) for NN and TN; f32 storage. */
-  b: GPUBuffer;
-  /** `c (M, N)` f32 storage, written (or added into with `accumulate`). */
-  c: GPUBuffer;
-  /** Rows of c. */
-  M: number;
-  /** Columns of c. */
-  N: number;
-  /** Reduction length. */
-  K: number;
-  /** Optional `bias (N)`, added to every row. */
-  bias?: GPUBuffer;
-  /** Add into c instead of overwriting it. */
-  accumulate?: boolean;
-  /** Label of the dispatches (default `"textured GEMM <layout>"`). */
-  label?: string;
-}
+/**
+ * Arguments of {@link texturedGemm}: kernels/matmul.ts's (no variant). `a` is (M, K) for NT and
+ * NN, (K, M) for TN; `b` is (N, K) for NT, (K, N) for NN and TN; `c` is (M, N); all f32 storage.
+ */
+export type TexturedGemmArgs = Omit<MatmulArgs, "variant">;
 
 /**
  * Whether {@link texturedGemm} can take these sizes on this device: M, N, K positive and every
@@ -390,8 +350,8 @@ export interface TexturedGemmArgs {
  * @returns true when the textured path applies
  */
 export function texturedGemmFits(gpu: Gpu, M: number, N: number, K: number): boolean {
-  const lim = gpu.device.limits.maxTextureDimension2D;
-  return M > 0 && N > 0 && K > 0 && M <= lim && N <= lim && Math.ceil(K / 4) <= lim;
+  const texels = Math.ceil(K / 4), lim = gpu.device.limits.maxTextureDimension2D;
+  return textureFits(lim, M, texels) && textureFits(lim, N, texels);
 }
 
 /** The store of `src` into the scratch `slot`: the texture and the dispatch. */
@@ -406,7 +366,7 @@ function store(
 ): { texture: GPUTexture; dispatch: Dispatch } {
   const trows = transpose ? cols : rows;
   const texels = Math.ceil((transpose ? rows : cols) / 4);
-  const texture = scratchTexture(gpu, slot, texels, trows);
+  const texture = scratchTexture(gpu.device, `GEMM ${slot}`, texels, trows);
   const count = trows * texels;
   const dispatch = gpu.kernel({
     label: `${label} store ${slot}`,
