@@ -6,7 +6,9 @@
  *   weight) with epilogue
  *   - `"none"`: store (the final norm + logits);
  *   - `"biasGelu"`: `gelu(y + bias)`, exact erf (the feed-forward input);
- *   - `"accumulate"`: `out += y (+ bias)` (the out-projection and ffOut with the residual add);
+ *   - `"accumulate"`: `out += y (+ bias)` (the out-projection and ffOut with the residual add),
+ *     optionally also storing the new rows into a self-speculative verification's input slots
+ *     (`slotCopy`, model/self_speculative.ts: one dispatch fewer per draft step);
  *   - `"rotaryKv"`: the qkv projection with rotary applied to q and k at each row's position
  *     (read from `start`), q stored into `qkv (T, 3, H, D)` and k, v written straight into the KV
  *     cache: RMSNorm + linear + rotary + kvWrite in one dispatch.
@@ -39,8 +41,9 @@
  * | W / 4 (64 KiB) through a uniform binding | x, W: storage / W uniform / both uniform | 270 / 156 / 72 |
  * | all of W in 4 uniform chunks (x uniform) | a workgroup-uniform if-chain / 4 dispatches | 246 / 234 |
  *
- * So the time is neither a fixed cost of the dispatch (an empty one is ~20 µs) nor workgroup
- * shape, barriers or register arrays (all within the noise), but the storage loads: llvmpipe
+ * So the time is neither a fixed cost of the dispatch (an empty one is ~20 µs; the thread pool
+ * section below says where that comes from) nor workgroup shape, barriers or register arrays
+ * (all within the noise), but the storage loads: llvmpipe
  * (Mesa 22.3) turns each storage-buffer load into a loop over the 8 SIMD lanes and over the
  * components, with a mask and bounds test per lane, even when every lane loads the same address
  * (eight lanes loading one shared weight cost 8× one lane). The cost is ~5 to 7 ns per 32-bit
@@ -61,6 +64,33 @@
  * Fusion then saves what it can: the separate norm, rotary, kvWrite and GELU dispatches (20+ µs
  * each plus their loads and stores of the activations). The RMSNorm prologue costs each
  * workgroup a share of one row's loads (its 8 lanes split the row, as the narrow RMSNorm does).
+ *
+ * ## The fixed cost of a dispatch: the driver's thread pool (bench/dispatch_threads.ts)
+ *
+ * What an empty dispatch costs is lavapipe's thread pool: llvmpipe hands each dispatch to its
+ * worker threads (`LP_NUM_THREADS`, default one per core) and the submitting thread sleeps until
+ * they are done, so every dispatch pays a wake-up of each worker and of the submitter. On this
+ * 2-vCPU VM, where a wake-up crosses virtual CPUs, that is ~10 µs per thread. Wall clock over 400
+ * dispatches per submit, one completion subtracted, medians of 9 rounds, µs per dispatch (load
+ * ~0.6; each column is a fresh process, since lavapipe reads the variable at device creation):
+ *
+ * | dispatch                                  | LP_NUM_THREADS=0 | 1    | 2 (default) | 4    |
+ * | ----------------------------------------- | ---------------: | ---: | ----------: | ---: |
+ * | empty, 1 workgroup of 8 lanes             | 4.0              | 23.8 | 28.1        | 39.3 |
+ * | empty, 4 workgroups                       | 4.5              | 32.5 | 32.6        | 41.6 |
+ * | 6 storage buffers + 3 textures bound      | 5.5              | 22.6 | 36.9        | 43.4 |
+ * | the same, 8 pipelines in turn             | 10.4             | 34.6 | 41.0        | 48.1 |
+ *
+ * (the 1 and 4 columns from a first run of 5 rounds.) Neither the bindings nor the workgroup
+ * count matter much; a pipeline switch adds a few µs. Without workers (`LP_NUM_THREADS=0`) a
+ * dispatch costs ~4 µs, but the work then runs on one core: a base decoding step of this shape
+ * (22 dispatches) took 1.9 to 3.1 ms there against 1.6 to 3.1 ms with the default pool, so the
+ * default stays the better one at dim 128. So the floor of a step is its dispatch count times
+ * ~25 to 30 µs (a base step: 22 dispatches, ~0.6 ms of ~1.6 ms) plus its texel fetches: the
+ * fused path's few dispatches matter more than any further tuning of one kernel, and merging two
+ * dependent dispatches pays only when the work it duplicates (each workgroup recomputing what
+ * the other dispatch produced) costs less than ~25 µs. A library cannot set `LP_NUM_THREADS`
+ * for its host process; the benchmark shows what it does.
  *
  * ## Weights from textures (bench/dispatch_bench.ts `--only space`)
  *
@@ -151,7 +181,19 @@ export const STORAGE_UNIFORM: number = 0x80 | 0x40 | 0x4 | 0x8;
 export type FusedEpilogue =
   | { kind: "none"; out: GPUBuffer }
   | { kind: "biasGelu"; bias: GPUBuffer; out: GPUBuffer }
-  | { kind: "accumulate"; bias?: GPUBuffer; out: GPUBuffer }
+  | {
+    kind: "accumulate";
+    bias?: GPUBuffer;
+    out: GPUBuffer;
+    /**
+     * Also store each updated row of `out` into its slot of a verification's input stream, as
+     * kernels/hidden_slots.ts's `slotCopyKernel` does after the dispatch (one dispatch fewer per
+     * self-speculative draft step): row b (a one-token forward, M = B) goes to
+     * `hidden[b, start[b] − (pos[b] − 1)]`; finished rows (pos ≥ L, or 0) and slots ≥ `slots`
+     * write nothing.
+     */
+    slotCopy?: FusedSlotCopy;
+  }
   | {
     kind: "rotaryKv";
     /** `qkv (T, 3, H, D)`: q (rotated) is written; k and v go to the cache only. */
@@ -180,6 +222,20 @@ export type FusedEpilogue =
      */
     kvTex?: GPUTexture;
   };
+
+/** The slot copy of the `"accumulate"` epilogue (see {@link FusedEpilogue}). */
+export interface FusedSlotCopy {
+  /** The decoding state: `pos (B)` u32 at its first words. */
+  state: GPUBuffer;
+  /** `(B)` u32: the forward's position of each row. */
+  start: GPUBuffer;
+  /** `(B, slots, N)` f32: the verification's input stream, written. */
+  hidden: GPUBuffer;
+  /** Slots per row (γ + 1). */
+  slots: number;
+  /** The decode's length: rows at pos ≥ L are finished. */
+  L: number;
+}
 
 /** Arguments of {@link fusedLinear}. */
 export interface FusedLinearArgs {
@@ -243,6 +299,8 @@ export interface FusedLayout {
   norm: boolean;
   /** Whether the accumulate epilogue adds a bias. */
   bias: boolean;
+  /** Whether the accumulate epilogue also stores the rows into their verification slots. */
+  slotCopy?: boolean;
   /** Rows per block. */
   R: number;
   /** Columns per lane: 8 (two vec4 groups) or 4. */
@@ -276,15 +334,38 @@ function epilogueCode(l: FusedLayout, first: number): { bindings: string; store:
     };
   }
   if (l.kind === "accumulate") {
+    const o = l.bias ? 1 : 0;
     return {
       bindings: `${l.bias ? `${b(0)} var<storage, read> bias: array<vec4f>;     // (N)\n` : ""}${
-        b(l.bias ? 1 : 0)
-      } var<storage, read_write> out: array<vec4f>; // (M, N), added to`,
-      // as the unfused GEMV's store: (acc + bias) + out
+        b(o)
+      } var<storage, read_write> out: array<vec4f>; // (M, N), added to${
+        l.slotCopy
+          ? `
+${
+            b(o + 1)
+          } var<storage, read> state: array<u32>;        // [pos (B) | …]
+${
+            b(o + 2)
+          } var<storage, read> start: array<u32>;        // (B) the forward's positions
+${
+            b(o + 3)
+          } var<storage, read_write> hidden: array<vec4f>; // (B, slots, N)`
+          : ""
+      }`,
+      // as the unfused GEMV's store: (acc + bias) + out; the slot copy as slotCopyKernel's
       store: rowsCols(`
         var v = acc[i * C4 + q];${l.bias ? "\n        v += bias[col / 4u];" : ""}
         v += out[o];
-        out[o] = v;`),
+        out[o] = v;${
+        l.slotCopy
+          ? `
+        let pos = state[m0 + i];
+        let slot = start[m0 + i] + 1u - pos; // wraps to a huge value below pos − 1
+        if (pos < params.L && pos != 0u && slot < params.slots) {
+          hidden[((m0 + i) * params.slots + slot) * (params.N / 4u) + col / 4u] = v;
+        }`
+          : ""
+      }`),
     };
   }
   if (l.kind === "biasGelu") {
@@ -368,6 +449,8 @@ const PARAM_FIELDS = [
   "D",
   "maxLen",
   "RC",
+  "slots",
+  "L",
 ] as const;
 
 /**
@@ -434,6 +517,7 @@ struct Params {
   eps: f32,                // RMSNorm epsilon
   B: u32, n: u32, H: u32, D: u32, maxLen: u32, // the qkv epilogue's shapes (else unused)
   RC: u32,                 // rows of W per uniform chunk (storage: N)
+  slots: u32, L: u32,      // the accumulate epilogue's slot copy (else unused)
 }
 @group(0) @binding(0) var<uniform> params: Params;
 ${xDecl}
@@ -612,6 +696,23 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   } else {
     buffers.out = { buffer: e.out };
     if (e.kind !== "none" && e.bias) buffers.bias = { buffer: e.bias };
+    const copy = e.kind === "accumulate" ? e.slotCopy : undefined;
+    if (copy) {
+      // row m of this forward is row b = m of the decode: M = B one-token rows
+      const need = M * copy.slots * N * 4;
+      if (copy.slots < 1 || copy.hidden.size < need || copy.start.size < M * 4) {
+        throw new Error(
+          `specdec: fusedLinear slot copy: "${copy.hidden.label}" has ${copy.hidden.size} bytes ` +
+            `and "${copy.start.label}" ${copy.start.size}; ${M} rows × ${copy.slots} slots × ` +
+            `${N} need ${need} and ${M * 4} (one token per row, slots ≥ 1)`,
+        );
+      }
+      Object.assign(buffers, {
+        state: { buffer: copy.state },
+        start: { buffer: copy.start },
+        hidden: { buffer: copy.hidden },
+      });
+    }
   }
   const R = blockRows(M);
   // uniform bindings where everything fits (see the module doc: ~2-4× faster loads on lavapipe)
@@ -659,6 +760,7 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     embed: a.embed !== undefined,
     norm: !!a.norm,
     bias: e.kind === "accumulate" && !!e.bias,
+    slotCopy: e.kind === "accumulate" && !!e.slotCopy,
     R,
     C,
     uniform: rc > 0 ? { x: xVec4, norm: K / 4, chunks } : undefined,
@@ -680,7 +782,7 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   const code = fusedLinearCode(layout);
   const label = `fusedLinear ${a.norm ? "norm " : ""}${e.kind}${rc > 0 ? " uniform" : ""}${
     tex ? " wTex" : ""
-  }${a.embed ? " embed" : ""}`;
+  }${a.embed ? " embed" : ""}${layout.slotCopy ? " slotCopy" : ""}`;
   const params: Record<string, number> = {
     M,
     N,
@@ -690,6 +792,8 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     eps: RMS_EPS,
     ...shapes,
     RC: rc > 0 ? rc : N,
+    slots: e.kind === "accumulate" && e.slotCopy ? e.slotCopy.slots : 1,
+    L: e.kind === "accumulate" && e.slotCopy ? e.slotCopy.L : 0,
   };
   const bytes = new ArrayBuffer(Math.ceil((PARAM_FIELDS.length * 4) / 16) * 16);
   const view = new DataView(bytes);

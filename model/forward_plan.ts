@@ -15,7 +15,12 @@ import { add, gelu } from "../kernels/activation.ts";
 import { embedding } from "../kernels/embedding.ts";
 import { rotary } from "../kernels/rotary.ts";
 import { attention, kvWrite, trainingAttention } from "../kernels/attention.ts";
-import { fusedLinear, fusedLinearSupported, STORAGE_UNIFORM } from "../kernels/fused_linear.ts";
+import {
+  fusedLinear,
+  type FusedLinearArgs,
+  fusedLinearSupported,
+  STORAGE_UNIFORM,
+} from "../kernels/fused_linear.ts";
 import { attentionDecode, kvTextureWrite } from "../kernels/attention_decode.ts";
 import type { KVCache } from "./kv_cache.ts";
 import type { ModelState } from "./state.ts";
@@ -105,9 +110,11 @@ export interface ForwardPlan {
   /**
    * Where the dispatches of a `"draft"` plan split: `[0, lower)` the embedding and blocks < k
    * (the stream after block k − 1 is then in `layers[0].x`), `[lower, head)` the extra blocks,
-   * `[head, end)` the exit head.
+   * `[head, end)` the exit head. On the fused path `lowerLast` holds the arguments of dispatch
+   * `lower − 1` (block k − 1's ffOut GEMV, whose epilogue finishes the stream), so a caller can
+   * rebuild it with a slot copy instead of a copy dispatch after it.
    */
-  draftSplit?: { lower: number; head: number };
+  draftSplit?: { lower: number; head: number; lowerLast?: FusedLinearArgs };
   /** The exit head's logits `(B, n, V)`: a training plan of a model with an exit head. */
   exitLogits?: GPUBuffer;
   /** The exit branch's extra blocks' activations (training plans only). */
@@ -211,6 +218,7 @@ export function buildForwardPlan(
     d.push(embedding(gpu, { tokens, table: weights.tokenEmbedding, out: layers[0].x, T, C }));
   }
   let lower = -1; // a draft plan's dispatches before the extra blocks
+  let lowerLast: FusedLinearArgs | undefined; // the fused args of its last one
   for (const [i, s] of (useFused ? exit.steps : []).entries()) {
     const { w, a, kv } = s, x = a.x;
     if (kind === "draft" && i === config.earlyExitLayer) lower = d.length;
@@ -255,7 +263,7 @@ export function buildForwardPlan(
       K: C,
       epilogue: { kind: "biasGelu", bias: w.ffInBias, out: a.a },
     }));
-    d.push(fusedLinear(gpu, {
+    const ffOut: FusedLinearArgs = {
       x: a.a,
       w: w.ffOut,
       wTex: model.weightTexture(w.ffOut, C, F),
@@ -263,7 +271,11 @@ export function buildForwardPlan(
       N: C,
       K: F,
       epilogue: { kind: "accumulate", bias: w.ffOutBias, out: x },
-    }));
+    };
+    d.push(fusedLinear(gpu, ffOut));
+    // the dispatch that finishes block k − 1 of a draft plan: a caller may rebuild it with a
+    // slot copy (model/self_speculative.ts)
+    if (kind === "draft" && i === config.earlyExitLayer - 1) lowerLast = ffOut;
   }
   for (const [i, s] of (useFused ? [] : exit.steps).entries()) {
     const { w, a, kv, next } = s;
@@ -348,7 +360,7 @@ export function buildForwardPlan(
     }
   };
   const draftSplit = kind === "draft"
-    ? { lower: lower < 0 ? d.length : lower, head: d.length }
+    ? { lower: lower < 0 ? d.length : lower, head: d.length, lowerLast }
     : undefined;
   if (kind === "draft") {
     head(xFinal, weights.exitNorm!, weights.exitWeight!, logits, xf, rstdF);

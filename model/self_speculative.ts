@@ -12,8 +12,9 @@
  *
  * Verification recomputes nothing the draft computed. Each one-token draft forward keeps its
  * stream after block k − 1 in its slot of `hidden (B, γ + 1, C)` (the verification plan's input
- * stream; the slot copy of kernels/hidden_slots.ts, slot = position − (pos − 1)): draft step i,
- * whose input is x_{i−1}, fills slot i − 1. The one stream missing is the last draft's: a tail
+ * stream; slot = position − (pos − 1), stored by the epilogue of block k − 1's last GEMV on the
+ * fused path (kernels/fused_linear.ts), else by the slot copy of kernels/hidden_slots.ts after
+ * it): draft step i, whose input is x_{i−1}, fills slot i − 1. The one stream missing is the last draft's: a tail
  * feed puts each row's last draft x_k (k = γ, or the row's own draft count with an adaptive draft
  * length) at its position, and the draft forward's dispatches up to the exit head run it (blocks
  * < k, the slot copy into slot k, the extra blocks). Then the verification runs only blocks
@@ -52,6 +53,7 @@ import {
 import { type SpeculativeOptions, validateSpeculative } from "./decoding_options.ts";
 import { draftGate, draftParts, speculativeBuffers } from "./speculative_parts.ts";
 import { slotCopyKernel, tailFeedKernel } from "../kernels/hidden_slots.ts";
+import { fusedLinear } from "../kernels/fused_linear.ts";
 
 /**
  * Builds the engine of self-speculative decoding (see the module doc): per step a one-token feed,
@@ -146,22 +148,24 @@ export function selfSpeculativeEngine(
     // the draft forward with the slot copy of its stream after block k − 1 into the verification's
     // input, and the part of it that the last draft runs (no exit head)
     const split = d1.draftSplit!;
-    const copy = slotCopyKernel(gpu, {
-      state,
-      start: d1.start,
-      x: d1.layers[0].x,
-      hidden: tp.layers[0].x,
-      B,
-      C,
-      slots: G + 1,
-      L,
-    });
-    const forward = [
-      ...d1.dispatches.slice(0, split.lower),
-      copy,
-      ...d1.dispatches.slice(split.lower),
-    ];
-    const tail = forward.slice(0, split.head + 1);
+    const slots = { state, start: d1.start, hidden: tp.layers[0].x, slots: G + 1, L };
+    const last = split.lowerLast;
+    // on the fused path block k − 1's last GEMV stores the stream into its slot itself (one
+    // dispatch fewer per draft step: a dispatch costs ~25 µs of fixed cost on lavapipe);
+    // otherwise a copy dispatch follows it
+    const forward = last && last.epilogue.kind === "accumulate"
+      ? [
+        ...d1.dispatches.slice(0, split.lower - 1),
+        fusedLinear(gpu, { ...last, epilogue: { ...last.epilogue, slotCopy: slots } }),
+        ...d1.dispatches.slice(split.lower),
+      ]
+      : [
+        ...d1.dispatches.slice(0, split.lower),
+        slotCopyKernel(gpu, { ...slots, x: d1.layers[0].x, B, C }),
+        ...d1.dispatches.slice(split.lower),
+      ];
+    // the last draft's forward: everything before the exit head
+    const tail = forward.slice(0, forward.length - (d1.dispatches.length - split.head));
     const gate = adaptive && G > 1
       ? draftGate(gpu, state, layout, drafted!, { ...d1, dispatches: forward }, B)
       : undefined;

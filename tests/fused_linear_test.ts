@@ -302,6 +302,73 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "fusedLinear accumulate with a slot copy: the rows into their slots, as slotCopyKernel",
+  async (gpu) => {
+    // B = 5 one-token rows; row 3 finished, row 4's start below pos − 1 (stale), row 2's past the
+    // last slot, row 1 at pos 1 (slot 1); N not a multiple of a lane's 8 columns
+    const B = 5, N = 12, K = 20, S = 4, L = 20;
+    const pos = [7, 1, 3, L, 9], start = [8, 1, 2 + S, 4, 5];
+    const a = randomF32(B * K, 60), w = randomF32(N * K, 61, -0.2, 0.2), bias = randomF32(N, 62);
+    const x0 = randomF32(B * N, 63);
+    const before = Float32Array.from({ length: B * S * N }, (_, i) => -1 - i);
+    const ab = up(gpu, "a", a), wb = up(gpu, "w", w), bb = up(gpu, "bias", bias);
+    const state = gpu.upload("state", Uint32Array.from([...pos, 0, 0]));
+    const startBuf = gpu.upload("start", Uint32Array.from(start));
+    for (const uniform of [false, true]) {
+      const x = up(gpu, "x", x0), plain = up(gpu, "plain", x0);
+      const hidden = gpu.upload("hidden", before);
+      const args = { x: ab, w: wb, M: B, N, K, uniform };
+      const d = fusedLinear(gpu, {
+        ...args,
+        epilogue: {
+          kind: "accumulate",
+          bias: bb,
+          out: x,
+          slotCopy: { state, start: startBuf, hidden, slots: S, L },
+        },
+      });
+      assert(d.label.includes("slotCopy"), d.label);
+      gpu.run("slot copy", [
+        d,
+        fusedLinear(gpu, { ...args, epilogue: { kind: "accumulate", bias: bb, out: plain } }),
+      ]);
+      const got = await gpu.readF32(x);
+      assertBits(got, await gpu.readF32(plain), `out${uniform ? " uniform" : ""} vs no copy`);
+      const want = Float32Array.from(before);
+      for (let b = 0; b < B; b++) {
+        const slot = start[b] + 1 - pos[b];
+        if (pos[b] >= L || pos[b] === 0 || slot < 0 || slot >= S) continue;
+        want.set(got.subarray(b * N, (b + 1) * N), (b * S + slot) * N);
+      }
+      assertBits(await gpu.readF32(hidden), want, `hidden${uniform ? " uniform" : ""}`);
+    }
+    // a hidden buffer too small for B rows × S slots is refused, naming it
+    throws(
+      () =>
+        fusedLinear(gpu, {
+          x: ab,
+          w: wb,
+          M: B,
+          N,
+          K,
+          epilogue: {
+            kind: "accumulate",
+            out: gpu.buffer("o", B * N * 4),
+            slotCopy: {
+              state,
+              start: startBuf,
+              hidden: gpu.buffer("tiny hidden", 16),
+              slots: S,
+              L,
+            },
+          },
+        }),
+      /slot copy: "tiny hidden" has 16 bytes/,
+    );
+  },
+);
+
 gpuTest("fusedLinear refuses sizes it does not serve, naming them", (gpu) => {
   assert(!fusedLinearSupported(6, 12) && !fusedLinearSupported(8, 12, 6));
   assert(fusedLinearSupported(8, 12) && fusedLinearSupported(8, 48, 16));
