@@ -13,6 +13,7 @@ import {
   PHILOX_WGSL,
   RNG_PURPOSE,
   rowCommonWgsl,
+  samplingCacheLength,
   type SamplingOptions,
   samplingParams,
   samplingWorkgroupSize,
@@ -20,7 +21,7 @@ import {
 } from "./sampling.ts";
 
 /** The base step: sample the last logits row of each unfinished row, feed the next forward. */
-const baseStepCode = (wg: number): string => /* wgsl */ `
+const baseStepCode = (wg: number, cache: number): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
   B: u32, L: u32, errOff: u32, statsOff: u32, seqOff: u32, statsW: u32,
@@ -31,11 +32,11 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> state: array<u32>;      // [pos (B) | err (B, 2) | stats (B, W) | seq (B, L)]
 @group(0) @binding(3) var<storage, read_write> feedTokens: array<u32>; // (B) next forward's tokens
 @group(0) @binding(4) var<storage, read_write> feedStart: array<u32>;  // (B) and their positions
-${rowCommonWgsl(wg)}
+${rowCommonWgsl(wg, cache)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
 ${FAIL_ROW_WGSL}
-fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+fn weight(j: u32, l: f32, tie: ptr<function, u32>) -> f32 { return probOf(j, l, tie); }
 const SOURCE: u32 = ${ROW_ERROR.target << 4}u; // ROW_ERROR.target << 4
 
 @compute @workgroup_size(WG)
@@ -95,7 +96,10 @@ export function baseStepKernel(
 ): Dispatch {
   return gpu.kernel({
     label: `base step sample (${args.layout.batch}, ${args.numTokens})`,
-    code: baseStepCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware)),
+    code: baseStepCode(
+      samplingWorkgroupSize(args.numTokens, gpu.isSoftware),
+      samplingCacheLength(args.numTokens, gpu.isSoftware),
+    ),
     params: {
       ...samplingParams(args),
       ...layoutParams(args.layout),
@@ -125,8 +129,9 @@ var<workgroup> wdrafted: u32; // drafted[b], broadcast (not wword: a slow thread
 // stop) when the max is +∞.
 fn greedyConfidence(t: u32) -> f32 {
   let ch = chunkOf(t);
+  let n = ch.y - ch.x;
   var s = 0.0;
-  for (var j = ch.x; j < ch.y; j++) { s += exp(logits[rBase + j] - rMax); }
+  for (var i = 0u; i < n; i++) { s += exp(ownLogit(i) - rMax); }
   wf[t] = s;
   workgroupBarrier();
   var total = 0.0;
@@ -148,7 +153,11 @@ const adaptiveSkip = (also: string): string => /* wgsl */ `
  * Draft step i that feeds the next draft forward (i < γ): q_i and x_i, then x_i at its position.
  * With n = 2 the forward started at max(pos − 2, 0), so the row of interest is 1 once pos ≥ 2.
  */
-const draftStepFeedDraftCode = (wg: number, adaptive: boolean): string => /* wgsl */ `
+const draftStepFeedDraftCode = (
+  wg: number,
+  cache: number,
+  adaptive: boolean,
+): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
   B: u32, L: u32, errOff: u32, seqOff: u32,
@@ -162,11 +171,11 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B) next draft forward
 @group(0) @binding(6) var<storage, read_write> feedStart: array<u32>;  // (B)
 ${adaptive ? ADAPTIVE_BINDING : ""}
-${rowCommonWgsl(wg)}
+${rowCommonWgsl(wg, cache)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
 ${FAIL_ROW_WGSL}
-fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+fn weight(j: u32, l: f32, tie: ptr<function, u32>) -> f32 { return probOf(j, l, tie); }
 const SOURCE: u32 = ${ROW_ERROR.draft << 4}u; // ROW_ERROR.draft << 4
 
 @compute @workgroup_size(WG)
@@ -187,8 +196,9 @@ ${adaptive ? adaptiveSkip("") : ""}
   }
   let qBase = (b * params.gamma + params.i - 1u) * params.V;
   let ch = chunkOf(t);
+  let n = ch.y - ch.x;
   var tie = tieBase[t];
-  for (var j = ch.x; j < ch.y; j++) { q[qBase + j] = logitProb(j, &tie); }
+  for (var i = 0u; i < n; i++) { q[qBase + ch.x + i] = probOf(ch.x + i, ownLogit(i), &tie); }
   var tok = rArg;
   if (params.greedy == 0u) {
     let ctr = vec4<u32>(b, pos, ${RNG_PURPOSE.draft}u, params.i);
@@ -222,7 +232,11 @@ ${adaptive ? adaptiveSkip("") : ""}
  * finished ones included (as the separate feed kernel it replaces did):
  * `[seq[b, pos − 1], x_1 .. x_γ]` at start pos − 1.
  */
-const draftStepFeedTargetCode = (wg: number, adaptive: boolean): string => /* wgsl */ `
+const draftStepFeedTargetCode = (
+  wg: number,
+  cache: number,
+  adaptive: boolean,
+): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
   B: u32, L: u32, errOff: u32, seqOff: u32,
@@ -236,11 +250,11 @@ struct Params {
 @group(0) @binding(5) var<storage, read_write> targetTokens: array<u32>; // (B, gamma + 1)
 @group(0) @binding(6) var<storage, read_write> targetStart: array<u32>;  // (B)
 ${adaptive ? ADAPTIVE_BINDING : ""}
-${rowCommonWgsl(wg)}
+${rowCommonWgsl(wg, cache)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
 ${FAIL_ROW_WGSL}
-fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+fn weight(j: u32, l: f32, tie: ptr<function, u32>) -> f32 { return probOf(j, l, tie); }
 const SOURCE: u32 = ${ROW_ERROR.draft << 4}u; // ROW_ERROR.draft << 4
 
 fn feedTarget(b: u32, pos: u32) {
@@ -271,8 +285,9 @@ ${adaptive ? adaptiveSkip("if (t == 0u) { feedTarget(b, pos); } ") : ""}
   }
   let qBase = (b * params.gamma + params.i - 1u) * params.V;
   let ch = chunkOf(t);
+  let n = ch.y - ch.x;
   var tie = tieBase[t];
-  for (var j = ch.x; j < ch.y; j++) { q[qBase + j] = logitProb(j, &tie); }
+  for (var i = 0u; i < n; i++) { q[qBase + ch.x + i] = probOf(ch.x + i, ownLogit(i), &tie); }
   var tok = rArg;
   if (params.greedy == 0u) {
     let ctr = vec4<u32>(b, pos, ${RNG_PURPOSE.draft}u, params.i);
@@ -352,12 +367,15 @@ export function draftStepKernel(
     );
   }
   const wg = samplingWorkgroupSize(args.numTokens, gpu.isSoftware);
+  const cache = samplingCacheLength(args.numTokens, gpu.isSoftware);
   const { B, L, errOff, seqOff } = layoutParams(args.layout);
   const common = { logits: args.logits, state: args.state, q: args.q, draft: args.draft };
   return gpu.kernel({
     label: `draft step ${args.i} sample (${args.layout.batch}, ${args.numTokens})` +
       (adaptive ? " adaptive" : ""),
-    code: toDraft ? draftStepFeedDraftCode(wg, adaptive) : draftStepFeedTargetCode(wg, adaptive),
+    code: toDraft
+      ? draftStepFeedDraftCode(wg, cache, adaptive)
+      : draftStepFeedTargetCode(wg, cache, adaptive),
     params: {
       ...samplingParams(args),
       B,

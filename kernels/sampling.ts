@@ -30,6 +30,23 @@
  * Draft probabilities (q) and target probabilities (p) come from the very same WGSL
  * ({@link LOGITS_CORE}), so both are computed in the same precision by the same code.
  *
+ * ## The chunk cache (software adapters)
+ *
+ * Each of a row's 8 threads reads its chunk of logits (32 at V = 256) in every pass: the max,
+ * up to 8 radix-select passes, the tie count, the softmax sum, `invCdf`. On lavapipe a storage
+ * load is a per-lane loop with a bounds test (~5 to 7 ns a word a lane, kernels/fused_linear.ts),
+ * a private array read costs next to nothing, so the first pass now keeps the chunk in a private
+ * array (`samplingCacheLength`: chunks up to {@link SAMPLING_CACHE_CAP} words) and the others read
+ * it there; the same values in the same order, so the same bits (tests/sampling_cache_test.ts).
+ * Measured with scratch/samp_bench.ts (400 copies of one dispatch in one submit, minus an empty
+ * submit, / 400, median of 5 rounds; B = 1, V = 256, top-k 0.9, temperature 1, γ = 4; old and
+ * new alternated 4 times, the median of the 4 kept; load average 2.8 to 2.9), µs per dispatch,
+ * old → new: base step sample 79 → 58, a draft step sample (which also writes q) 79 → 60,
+ * acceptance (5 rows analyzed, the bonus sampled) 269 → 191. About 25 µs of each is the fixed
+ * cost of a dispatch, so the base step's work went from ~55 to ~33 µs. Looping to the
+ * constant chunk length (an index provably the same in all lanes) instead of the thread's
+ * length measured no faster, so the loops keep their plain form.
+ *
  * @module
  */
 
@@ -51,6 +68,39 @@ export function samplingWorkgroupSize(numTokens: number, software = false): numb
   let wg = 32;
   while (wg * 4 < numTokens && wg < 128) wg *= 2;
   return wg;
+}
+
+/**
+ * The longest chunk of a row a sampling thread keeps in a private array (64 f32, 256 bytes a
+ * thread): every chunk at V ≤ 512 on software adapters. Longer chunks are read from storage in
+ * every pass, as before: a private array of thousands of words per invocation (V = 50 257 has
+ * chunks of 6 283) would sit on lavapipe's coroutine stacks, and the forward of such a vocabulary
+ * costs far more than its sampling anyway.
+ */
+export const SAMPLING_CACHE_CAP: number = 64;
+
+/**
+ * How many logits each sampling thread keeps in a private array ({@link rowCommonWgsl}): the
+ * chunk length `ceil(V / WG)` on software adapters when it is at most
+ * {@link SAMPLING_CACHE_CAP}, else 0 (every pass reads storage). On hardware adapters 0: there a
+ * storage load is one cached vector load, while a dynamically indexed private array of 4 to 64
+ * words per thread may go to scratch memory; nothing was measured there, so that path is the one
+ * that always ran.
+ *
+ * @param numTokens the row length V
+ * @param software whether the adapter is a software one (default false)
+ * @returns the chunk length to cache, or 0
+ * @example
+ * ```ts
+ * import { samplingCacheLength } from "./sampling.ts";
+ * samplingCacheLength(256, true); // 32: 8 threads of 32 logits
+ * samplingCacheLength(50257, true); // 0: chunks of 6 283 stay in storage
+ * ```
+ */
+export function samplingCacheLength(numTokens: number, software = false): number {
+  if (!software) return 0;
+  const c = Math.ceil(numTokens / samplingWorkgroupSize(numTokens, software));
+  return c <= SAMPLING_CACHE_CAP ? c : 0;
 }
 
 /** Purpose words of the RNG counter (row, position, purpose, index): distinct random streams. */
@@ -191,18 +241,50 @@ fn uniform01(ctr: vec4<u32>, key: vec2<u32>) -> f32 {
 }
 `;
 
+/** Own-chunk access that reads storage every time (no cache). */
+const STORAGE_CHUNK = /* wgsl */ `
+fn keepOwn(i: u32, v: f32) {}                                  // no cache
+fn ownLogit(i: u32) -> f32 { return logits[rBase + rLo + i]; } // logit i of this thread's chunk`;
+
+/**
+ * Own-chunk access through a private copy of the chunk, written by `analyze`'s first pass and
+ * indexed by the position in the chunk, the same in every lane of an own-chunk loop.
+ */
+const cachedChunk = (ch: number): string => /* wgsl */ `
+const CH: u32 = ${ch}u;                              // logits a thread keeps: ceil(V / WG)
+var<private> rL: array<f32, CH>;                     // (CH) this thread's chunk of the row
+fn keepOwn(i: u32, v: f32) { rL[i] = v; }            // analyze's first pass fills the cache
+fn ownLogit(i: u32) -> f32 { return rL[i]; }         // logit i of this thread's chunk`;
+
 /**
  * WGSL shared by every row kernel (one workgroup of `wg` threads per row): workgroup scratch,
- * each thread's contiguous chunk of the row, and `invCdf(t, u)`, the categorical sample over
- * `weight(j, &tie)` that the including kernel defines (called for each j of a chunk in increasing
- * order; `tie` is the tie counter {@link LOGITS_CORE} needs). Needs `params.V`.
+ * each thread's contiguous chunk of the row, its logits (`ownLogit(i)`, i < the chunk's length
+ * n = chunkOf(t).y − chunkOf(t).x, walked in order), and `invCdf(t, u)`, the categorical
+ * sample over `weight(j, l, &tie)` that the including kernel defines (called for each j of a
+ * chunk in increasing order with its logit l; `tie` is the tie counter {@link LOGITS_CORE}
+ * needs). Needs `params.V`, and {@link LOGITS_CORE} (`logits`, `rBase`, `rLo`).
+ *
+ * With `cacheLength` > 0 each thread keeps its chunk in a private array of that length, loaded
+ * once per row by `analyze` ({@link samplingCacheLength}; the kernel must then be run with
+ * `params.V` = the V it was computed from, as the kernel builders do); with 0 every pass reads
+ * storage. The two give the same bits.
  *
  * @param wg threads per workgroup ({@link samplingWorkgroupSize})
+ * @param cacheLength logits each thread caches ({@link samplingCacheLength}), 0 for none
  * @returns the WGSL
+ * @throws Error on a cache length that is not an integer in [0, {@link SAMPLING_CACHE_CAP}]
  */
-export function rowCommonWgsl(wg: number): string {
+export function rowCommonWgsl(wg: number, cacheLength = 0): string {
+  if (!Number.isInteger(cacheLength) || cacheLength < 0 || cacheLength > SAMPLING_CACHE_CAP) {
+    throw new Error(
+      `specdec: the sampling cache length must be an integer in [0, ${SAMPLING_CACHE_CAP}], got ${
+        showValue(cacheLength)
+      }`,
+    );
+  }
   return /* wgsl */ `
 const WG: u32 = ${wg}u;
+${cacheLength > 0 ? cachedChunk(cacheLength) : STORAGE_CHUNK}
 const NONE: u32 = 0xffffffffu;
 var<workgroup> wf: array<f32, WG>;      // per-thread partial sums of invCdf
 var<workgroup> tieBase: array<u32, WG>; // ties at the threshold before each thread's chunk
@@ -221,9 +303,10 @@ fn chunkOf(t: u32) -> vec2<u32> {
 // is monotone, so the search is consistent), then walks the chosen chunk.
 fn invCdf(t: u32, u: f32) -> u32 {
   let ch = chunkOf(t);
+  let n = ch.y - ch.x;
   var tie = tieBase[t];
   var s = 0.0;
-  for (var j = ch.x; j < ch.y; j++) { s += weight(j, &tie); }
+  for (var i = 0u; i < n; i++) { s += weight(ch.x + i, ownLogit(i), &tie); }
   wf[t] = s;
   workgroupBarrier();
   if (t == 0u) {
@@ -248,7 +331,7 @@ fn invCdf(t: u32, u: f32) -> u32 {
       var tie2 = tieBase[cc];
       var a = accC;
       for (var j = r.x; j < r.y; j++) {
-        let w = weight(j, &tie2);
+        let w = weight(j, logits[rBase + j], &tie2); // another thread's chunk: storage
         if (w > 0.0) {
           pick = j;
           a += w;
@@ -267,9 +350,16 @@ fn invCdf(t: u32, u: f32) -> u32 {
  * WGSL core of the filtered, tempered probabilities of one logits row (needs a storage buffer
  * `logits` and `params.V, k, invT, greedy`; see {@link samplingParams}). `analyze(base, t)`
  * (uniform control flow) finds the row's max and argmax, the top-k threshold by a radix select on
- * order-preserving keys, and the softmax sum; then `logitProb(j, &tie)` is the probability of j
- * (walk chunks in order). `probAt(x)` is the probability of one index x. The including kernel
- * defines `weight` for `invCdf` (`logitProb`, or the acceptance kernel's residual).
+ * order-preserving keys, and the softmax sum; then `probOf(j, l, &tie)` is the probability of j
+ * whose logit is l (walk chunks in order; `ownLogit(i)` for the thread's own chunk, storage
+ * otherwise; `logitProb(j, &tie)` reads l from storage). `probAt(x)` is the probability of one
+ * index x. The including kernel defines `weight(j, l, &tie)` for `invCdf` (`probOf`, or the
+ * acceptance kernel's residual).
+ *
+ * `analyze`'s first pass is the only one that reads the thread's chunk from storage; with a
+ * chunk cache ({@link rowCommonWgsl}) it keeps the chunk in a private array that the radix
+ * passes, the tie count, the softmax sum and `invCdf`'s own-chunk pass read. Reads of another
+ * thread's chunk (`invCdf`'s walk of the chosen chunk, `probAt`) stay storage reads.
  *
  * `analyze` returns 0, or the `ROW_ERROR` bits (decode_state.ts) of logits that cannot be sampled
  * (NaN; +∞ unless greedy; a max of −∞), uniform over the workgroup; then nothing else of the row
@@ -293,6 +383,7 @@ var<workgroup> wSum: array<f32, WG>;      // per-thread softmax partial sums
 var<workgroup> wBad: array<u32, WG>;      // per-thread ROW_ERROR bits (NaN, +Inf seen)
 var<workgroup> wflag: u32;                // "the select is done" / the row's errors, broadcast
 var<private> rBase: u32; // offset of the row in logits
+var<private> rLo: u32;   // start of this thread's chunk (chunkOf(t).x)
 var<private> rMask: u32; // high bits of the order key the threshold fixes (radix passes done)
 var<private> rThr: u32;  // those bits of the k-th largest logit's order key
 var<private> rKeep: u32; // logits at the threshold that are kept (lowest indices first)
@@ -319,9 +410,9 @@ fn orderKey(x: f32) -> u32 {
   return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
 }
 
-// exp((l_j − max) / T) if j survives the top-k filter, else 0.
-fn keptExp(j: u32, tie: ptr<function, u32>) -> f32 {
-  let l = logits[rBase + j];
+// exp((l − max) / T) for the next logit l of an in-order walk if it survives the top-k filter,
+// else 0.
+fn keptExpOf(l: f32, tie: ptr<function, u32>) -> f32 {
   let key = orderKey(l) & rMask;
   var keep = key > rThr;
   if (key == rThr) {
@@ -332,6 +423,16 @@ fn keptExp(j: u32, tie: ptr<function, u32>) -> f32 {
   return exp((l - rMax) * params.invT);
 }
 
+// keptExpOf of logit j, read from storage (any chunk).
+fn keptExp(j: u32, tie: ptr<function, u32>) -> f32 { return keptExpOf(logits[rBase + j], tie); }
+
+// p(j) of the analyzed row whose logit is l (walk chunks in order).
+fn probOf(j: u32, l: f32, tie: ptr<function, u32>) -> f32 {
+  if (params.greedy != 0u) { return select(0.0, 1.0, j == rArg); }
+  return keptExpOf(l, tie) / rSum;
+}
+
+// probOf with l read from storage (any chunk).
 fn logitProb(j: u32, tie: ptr<function, u32>) -> f32 {
   if (params.greedy != 0u) { return select(0.0, 1.0, j == rArg); }
   return keptExp(j, tie) / rSum;
@@ -344,12 +445,16 @@ fn analyze(base: u32, t: u32) -> u32 {
   workgroupBarrier();
   rBase = base;
   let ch = chunkOf(t);
-  // max and argmax (first index wins ties), and any NaN or +Inf
+  rLo = ch.x;
+  let n = ch.y - ch.x;
+  // max and argmax (first index wins ties), and any NaN or +Inf; the chunk's only storage reads
   var bv = 0.0;
   var bi = NONE;
   var bad = 0u;
-  for (var j = ch.x; j < ch.y; j++) {
+  for (var i = 0u; i < n; i++) {
+    let j = ch.x + i;
     let v = logits[base + j];
+    keepOwn(i, v);
     bad |= nonFinite(v);
     if (bi == NONE || v > bv) { bv = v; bi = j; }
   }
@@ -392,13 +497,13 @@ fn analyze(base: u32, t: u32) -> u32 {
       var n2 = vec4<u32>();
       var n3 = vec4<u32>();
       // byte counters, four digits per register: at most 255 keys between flushes
-      for (var j0 = ch.x; j0 < ch.y; j0 += 255u) {
+      for (var i0 = 0u; i0 < n; i0 += 255u) {
         var c0 = 0u;
         var c1 = 0u;
         var c2 = 0u;
         var c3 = 0u;
-        for (var j = j0; j < min(j0 + 255u, ch.y); j++) {
-          let key = orderKey(logits[base + j]);
+        for (var i = i0; i < min(i0 + 255u, n); i++) {
+          let key = orderKey(ownLogit(i));
           // the digit, or 16 (no counter) for keys outside the candidates: no branch
           let d = select(16u, (key >> shift) & 15u, (key & mask) == prefix);
           let one = 1u << (8u * (d & 3u));
@@ -451,8 +556,8 @@ fn analyze(base: u32, t: u32) -> u32 {
     } else {
       // more logits equal the k-th largest than are kept: count ties before each chunk
       var ties = 0u;
-      for (var j = ch.x; j < ch.y; j++) {
-        if ((orderKey(logits[base + j]) & rMask) == rThr) { ties++; }
+      for (var i = 0u; i < n; i++) {
+        if ((orderKey(ownLogit(i)) & rMask) == rThr) { ties++; }
       }
       wTies[t] = ties;
       workgroupBarrier();
@@ -464,7 +569,7 @@ fn analyze(base: u32, t: u32) -> u32 {
   // softmax denominator over the kept logits, summed over threads in order by every thread
   var tie = tieBase[t];
   var s = 0.0;
-  for (var j = ch.x; j < ch.y; j++) { s += keptExp(j, &tie); }
+  for (var i = 0u; i < n; i++) { s += keptExpOf(ownLogit(i), &tie); }
   wSum[t] = s;
   workgroupBarrier();
   var total = 0.0;

@@ -13,6 +13,7 @@ import {
   PHILOX_WGSL,
   RNG_PURPOSE,
   rowCommonWgsl,
+  samplingCacheLength,
   type SamplingOptions,
   samplingParams,
   samplingWorkgroupSize,
@@ -25,7 +26,7 @@ import {
  * needs: x_1.. until the first rejection, then the correction's (or the bonus) row — a + 1 rows
  * instead of γ + 1.
  */
-const acceptCode = (wg: number, adaptive: boolean): string => /* wgsl */ `
+const acceptCode = (wg: number, cache: number, adaptive: boolean): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
   B: u32, L: u32, errOff: u32, statsOff: u32, seqOff: u32, statsW: u32,
@@ -42,7 +43,7 @@ struct Params {
     ? "\n@group(0) @binding(7) var<storage, read> drafted: array<u32>;          // (B) k | STOPPED"
     : ""
 }
-${rowCommonWgsl(wg)}
+${rowCommonWgsl(wg, cache)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
 ${FAIL_ROW_WGSL}
@@ -51,8 +52,8 @@ var<workgroup> wacc: u32;
 var<private> residual: bool; // sample the extra token from max(0, p − q), else from p
 var<private> qRow: u32;      // offset of q_a in q
 
-fn weight(j: u32, tie: ptr<function, u32>) -> f32 {
-  let pv = logitProb(j, tie);
+fn weight(j: u32, l: f32, tie: ptr<function, u32>) -> f32 {
+  let pv = probOf(j, l, tie);
   if (residual) { return max(0.0, pv - q[qRow + j]); }
   return pv;
 }
@@ -198,7 +199,11 @@ export function acceptSpec(gpu: Gpu, args: AcceptArgs): KernelSpec {
   }
   return {
     label: `accept (${args.layout.batch}, gamma ${args.gamma}${adaptive ? ", adaptive" : ""})`,
-    code: acceptCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware), adaptive),
+    code: acceptCode(
+      samplingWorkgroupSize(args.numTokens, gpu.isSoftware),
+      samplingCacheLength(args.numTokens, gpu.isSoftware),
+      adaptive,
+    ),
     params: {
       ...samplingParams(args),
       ...layoutParams(args.layout),

@@ -12,20 +12,21 @@ import {
   LOGITS_CORE,
   PHILOX_WGSL,
   rowCommonWgsl,
+  samplingCacheLength,
   type SamplingOptions,
   samplingParams,
   samplingWorkgroupSize,
   seedParams,
 } from "../../kernels/sampling.ts";
 
-const probsCode = (wg: number): string => /* wgsl */ `
+const probsCode = (wg: number, cache: number): string => /* wgsl */ `
 struct Params { V: u32, k: u32, invT: f32, greedy: u32, rows: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;      // (R, V)
 @group(0) @binding(2) var<storage, read_write> probs: array<f32>; // (R, V)
-${rowCommonWgsl(wg)}
+${rowCommonWgsl(wg, cache)}
 ${LOGITS_CORE}
-fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+fn weight(j: u32, l: f32, tie: ptr<function, u32>) -> f32 { return probOf(j, l, tie); }
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -35,7 +36,9 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   analyze(row * params.V, t);
   let ch = chunkOf(t);
   var tie = tieBase[t];
-  for (var j = ch.x; j < ch.y; j++) { probs[row * params.V + j] = logitProb(j, &tie); }
+  for (var i = 0u; i < ch.y - ch.x; i++) {
+    probs[row * params.V + ch.x + i] = probOf(ch.x + i, ownLogit(i), &tie);
+  }
 }`;
 
 /**
@@ -43,32 +46,37 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  * one-hot at the argmax when the temperature is 0. One workgroup per row.
  *
  * @param gpu the runtime
- * @param args `logits (R, V)` f32 in, `probs (R, V)` f32 out, `rows` R and the sampling options
+ * @param args `logits (R, V)` f32 in, `probs (R, V)` f32 out, `rows` R and the sampling options;
+ *   `cache`, the logits each thread keeps privately, overrides the adapter's
+ *   {@link samplingCacheLength} (0: read storage in every pass)
  * @returns the dispatch
  */
 export function probsKernel(
   gpu: Gpu,
-  args: SamplingOptions & { logits: GPUBuffer; probs: GPUBuffer; rows: number },
+  args: SamplingOptions & { logits: GPUBuffer; probs: GPUBuffer; rows: number; cache?: number },
 ): Dispatch {
   return gpu.kernel({
     label: `probs (${args.rows}, ${args.numTokens})`,
-    code: probsCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware)),
+    code: probsCode(
+      samplingWorkgroupSize(args.numTokens, gpu.isSoftware),
+      args.cache ?? samplingCacheLength(args.numTokens, gpu.isSoftware),
+    ),
     params: { ...samplingParams(args), rows: args.rows },
     buffers: { logits: args.logits, probs: args.probs },
     workgroups: args.rows,
   });
 }
 
-const sampleCode = (wg: number): string => /* wgsl */ `
+const sampleCode = (wg: number, cache: number): string => /* wgsl */ `
 struct Params { V: u32, k: u32, invT: f32, greedy: u32, rows: u32, seedLo: u32, seedHi: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> logits: array<f32>;       // (R, V)
 @group(0) @binding(2) var<storage, read> counters: array<u32>;     // (R, 4) Philox counters
 @group(0) @binding(3) var<storage, read_write> tokens: array<u32>; // (R)
-${rowCommonWgsl(wg)}
+${rowCommonWgsl(wg, cache)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
-fn weight(j: u32, tie: ptr<function, u32>) -> f32 { return logitProb(j, tie); }
+fn weight(j: u32, l: f32, tie: ptr<function, u32>) -> f32 { return probOf(j, l, tie); }
 
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
@@ -92,7 +100,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
  *
  * @param gpu the runtime
  * @param args `logits (R, V)` f32, `counters (R, 4)` u32 Philox counters, `tokens (R)` u32 out,
- *   `rows`, `seed` and the sampling options
+ *   `rows`, `seed` and the sampling options; `cache` as {@link probsKernel}'s
  * @returns the dispatch
  */
 export function sampleKernel(
@@ -103,11 +111,15 @@ export function sampleKernel(
     tokens: GPUBuffer;
     rows: number;
     seed: number;
+    cache?: number;
   },
 ): Dispatch {
   return gpu.kernel({
     label: `sample (${args.rows}, ${args.numTokens})`,
-    code: sampleCode(samplingWorkgroupSize(args.numTokens, gpu.isSoftware)),
+    code: sampleCode(
+      samplingWorkgroupSize(args.numTokens, gpu.isSoftware),
+      args.cache ?? samplingCacheLength(args.numTokens, gpu.isSoftware),
+    ),
     params: { ...samplingParams(args), rows: args.rows, ...seedParams(args.seed) },
     buffers: { logits: args.logits, counters: args.counters, tokens: args.tokens },
     workgroups: args.rows,
