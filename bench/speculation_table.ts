@@ -28,14 +28,15 @@
  * gives the validation cross-entropy of each model (final head, and the exit head) on its last
  * 64 KiB.
  *
- * c is measured like bench/suite.ts: the fastest of 5 GPU-timed one-token forwards of the draft
- * (or the exit plan) over that of the target, at the batch size, alternated.
+ * c is measured like bench/suite.ts: one-token forwards of the draft (or the exit plan) over those
+ * of the target, at the batch size, by wall time over 20 forwards per submit, the fastest of 5
+ * alternated rounds (bench/wall_time.ts says why not GPU timestamps).
  *
  * @module
  */
 import { parseArgs } from "node:util";
 import { gunzipSync } from "fflate";
-import { type Dispatch, requestGpu } from "../kernels/gpu.ts";
+import { requestGpu } from "../kernels/gpu.ts";
 import { GpuTimer } from "../kernels/timer.ts";
 import { Decoder } from "../model/decoder.ts";
 import {
@@ -45,6 +46,7 @@ import {
   type SpeculativeResult,
 } from "../model/decoding.ts";
 import { alphaFromAccepted } from "./suite.ts";
+import { wallMsPerRun } from "./wall_time.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -125,19 +127,6 @@ async function load(file: string): Promise<Decoder> {
   });
 }
 
-/** The fastest of 5 GPU timings of each plan's dispatches, alternated (first round warms up). */
-async function fastest(lists: Dispatch[][]): Promise<number[]> {
-  const best = lists.map(() => Infinity);
-  for (let r = 0; r < 6; r++) {
-    for (const [i, d] of lists.entries()) {
-      gpu.run("c", d, timer);
-      const ms = await timer.read();
-      if (r > 0) best[i] = Math.min(best[i], ms);
-    }
-  }
-  return best;
-}
-
 /** c: one-token draft forward over one-token target forward, at batch B, mid-context. */
 async function costRatio(target: Decoder, draft: Decoder | "self", B: number): Promise<number> {
   const tc = target.createCache(B, maxSeqLen);
@@ -147,7 +136,7 @@ async function costRatio(target: Decoder, draft: Decoder | "self", B: number): P
     ? target.forwardPlan(tc, 1, false, "draft")
     : draft.forwardPlan(dc, 1);
   for (const p of [tp, dp]) gpu.write(p.start, new Uint32Array(B).fill(L >> 1));
-  const [d, t] = await fastest([dp.dispatches, tp.dispatches]);
+  const [d, t] = await wallMsPerRun(gpu, [dp.dispatches, tp.dispatches]);
   tc.destroy();
   if (dc !== tc) dc.destroy();
   return d / t;

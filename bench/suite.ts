@@ -16,6 +16,7 @@ import { Decoder } from "../model/decoder.ts";
 import type { DecoderConfig } from "../model/config.ts";
 import { Trainer } from "../model/trainer.ts";
 import { baseDecoding, speculativeDecoding } from "../model/decoding.ts";
+import { wallMsPerRun } from "./wall_time.ts";
 
 /** One measurement of a case. */
 export interface Sample {
@@ -329,21 +330,16 @@ export function benchCases(
     // cost ratio c: one draft decode forward over one target decode forward (n = 1)
     const c: Record<number, number> = {};
     for (const B of [1, 8]) {
-      // alternate the two models and keep each one's fastest of 5: on a shared machine one
-      // timing of each swings the ratio by ±30%
+      // alternate the two models and keep each one's fastest of 5 rounds: on a shared machine
+      // one timing of each swings the ratio by ±30%
       const plans = [draft, target].map((m) => {
         const cache = m.createCache(B, S.seqLen + 16);
         const plan = m.forwardPlan(cache, 1);
         gpu.write(plan.start, new Uint32Array(B).fill(S.seqLen >> 1));
         return { cache, plan };
       });
-      const best = [Infinity, Infinity];
-      for (let r = 0; r < 6; r++) {
-        for (const [i, { plan }] of plans.entries()) {
-          const t = (await timePass(gpu, plan.dispatches, reps, timer)).gpuMs;
-          if (r > 0) best[i] = Math.min(best[i], t); // r = 0 warms up
-        }
-      }
+      // by wall time, not timestamps: bench/wall_time.ts says why
+      const best = await wallMsPerRun(gpu, plans.map((p) => p.plan.dispatches));
       for (const { cache } of plans) cache.destroy();
       c[B] = best[0] / best[1];
     }

@@ -1,0 +1,51 @@
+/**
+ * Wall-clock timing of dispatch lists, for the cost ratio c of speculative decoding.
+ *
+ * Why not GPU timestamps: on Mesa's lavapipe a compute pass's beginning timestamp is written late
+ * in command buffers that touch textures (the decode path's weights and KV cache live in textures
+ * there; see bench/profile_decoding.ts), so a pass holding one forward can miss much of its work,
+ * more of a short draft forward's than of a long target forward's. Wall time over many runs per
+ * submit, less the completion of an empty submit, has no such bias.
+ *
+ * @module
+ */
+import type { Dispatch, Gpu } from "../kernels/gpu.ts";
+
+/**
+ * Milliseconds per run of each dispatch list: `reps` runs of a list in one submit, waited for,
+ * less the wait of an empty submit measured in the same round; lists alternated over `rounds`
+ * rounds after a warm-up round, and the fastest round kept for each (a busy machine only slows).
+ *
+ * @param gpu the runtime
+ * @param lists dispatch lists to time (each run `reps` times in a row; they must be repeatable)
+ * @param reps runs per submit (default 20)
+ * @param rounds timed rounds (default 5)
+ * @returns ms per run, one per list
+ * @example
+ * ```ts ignore
+ * const [draftMs, targetMs] = await wallMsPerRun(gpu, [draftPlan.dispatches, targetPlan.dispatches]);
+ * const c = draftMs / targetMs;
+ * ```
+ */
+export async function wallMsPerRun(
+  gpu: Gpu,
+  lists: Dispatch[][],
+  reps = 20,
+  rounds = 5,
+): Promise<number[]> {
+  const wait = async (ds: Dispatch[]) => {
+    const t0 = performance.now();
+    gpu.run("wall timing", ds);
+    await gpu.device.queue.onSubmittedWorkDone();
+    return performance.now() - t0;
+  };
+  const best = lists.map(() => Infinity);
+  for (let r = 0; r <= rounds; r++) {
+    const empty = await wait([]);
+    for (const [i, list] of lists.entries()) {
+      const ms = (await wait(new Array(reps).fill(list).flat()) - empty) / reps;
+      if (r > 0) best[i] = Math.min(best[i], ms); // round 0 warms up
+    }
+  }
+  return best;
+}
