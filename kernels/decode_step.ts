@@ -236,6 +236,7 @@ const draftStepFeedTargetCode = (
   wg: number,
   cache: number,
   adaptive: boolean,
+  tail: boolean,
 ): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
@@ -249,7 +250,13 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> draft: array<u32>;        // (B, gamma)
 @group(0) @binding(5) var<storage, read_write> targetTokens: array<u32>; // (B, gamma + 1)
 @group(0) @binding(6) var<storage, read_write> targetStart: array<u32>;  // (B)
-${adaptive ? ADAPTIVE_BINDING : ""}
+${adaptive ? ADAPTIVE_BINDING : ""}${
+  tail
+    ? `
+@group(0) @binding(8) var<storage, read_write> tailTokens: array<u32>; // (B) the tail forward's
+@group(0) @binding(9) var<storage, read_write> tailStart: array<u32>;  // (B) token and position`
+    : ""
+}
 ${rowCommonWgsl(wg, cache)}
 ${PHILOX_WGSL}
 ${LOGITS_CORE}
@@ -257,11 +264,18 @@ ${FAIL_ROW_WGSL}
 fn weight(j: u32, l: f32, tie: ptr<function, u32>) -> f32 { return probOf(j, l, tie); }
 const SOURCE: u32 = ${ROW_ERROR.draft << 4}u; // ROW_ERROR.draft << 4
 
-fn feedTarget(b: u32, pos: u32) {
+// The verification's input; with the tail feed also the row's last draft x_k at its position.
+fn feedTarget(b: u32, pos: u32, k: u32) {
   let n = params.gamma + 1u;
   targetTokens[b * n] = state[params.seqOff + b * params.L + min(pos - 1u, params.L - 1u)];
   for (var j = 1u; j < n; j++) { targetTokens[b * n + j] = draft[b * params.gamma + j - 1u]; }
-  targetStart[b] = pos - 1u;
+  targetStart[b] = pos - 1u;${
+  tail
+    ? `
+  tailTokens[b] = targetTokens[b * n + k];
+  tailStart[b] = pos - 1u + k;`
+    : ""
+}
 }
 
 @compute @workgroup_size(WG)
@@ -272,10 +286,16 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   if (t == 0u) { wword = state[b]; }
   let pos = workgroupUniformLoad(&wword);
   if (pos >= params.L) { // finished rows sample nothing, but feed the target as before
-    if (t == 0u) { feedTarget(b, pos); }
+    if (t == 0u) { feedTarget(b, pos, ${
+  adaptive ? "min(drafted[b] & 0xffffu, params.gamma)" : "params.gamma"
+}); }
     return;
   }
-${adaptive ? adaptiveSkip("if (t == 0u) { feedTarget(b, pos); } ") : ""}
+${
+  adaptive
+    ? adaptiveSkip("if (t == 0u) { feedTarget(b, pos, min(wdrafted & 0xffffu, params.gamma)); } ")
+    : ""
+}
   var r = 0u;
   if (params.n == 2u && pos >= 2u) { r = 1u; }
   let bad = analyze((b * params.n + r) * params.V, t);
@@ -299,7 +319,7 @@ ${adaptive ? adaptiveSkip("if (t == 0u) { feedTarget(b, pos); } ") : ""}
       return;
     }
     draft[b * params.gamma + params.i - 1u] = tok;
-    feedTarget(b, pos);${
+    feedTarget(b, pos, params.gamma);${
   adaptive ? "\n    drafted[b] = params.i; // the last draft of the step" : ""
 }
   }
@@ -313,8 +333,11 @@ ${adaptive ? adaptiveSkip("if (t == 0u) { feedTarget(b, pos); } ") : ""}
  * forward, which saves a feed dispatch per step: with `feedTokens`/`feedStart` (steps i < γ) x_i
  * at position pos + i − 1 to the next draft forward; with `targetTokens`/`targetStart` (the last
  * step) the target's verification forward, `[seq[b, pos − 1], x_1 .. x_γ]` at pos − 1, for
- * every row. A row whose draft logits cannot be sampled (NaN; +∞ unless greedy; all −∞) is
- * stopped instead (`err` = why | draft source | i, at position pos + i − 1; `pos = L`): no q_i,
+ * every row, and with `tailTokens`/`tailStart` as well (self-speculation's tail forward,
+ * model/self_speculative.ts) each row's last draft x_k at its position pos − 1 + k, k = γ or
+ * with an adaptive draft length the row's own count (one dispatch fewer per step than a feed
+ * kernel of its own). A row whose draft logits cannot be sampled (NaN; +∞ unless greedy; all
+ * −∞) is stopped instead (`err` = why | draft source | i, at position pos + i − 1; `pos = L`): no q_i,
  * x_i or feed is written for it.
  *
  * Adaptive draft length (with `drafted`, the engine's `draftThreshold`): step 1 and every step a
@@ -329,10 +352,12 @@ ${adaptive ? adaptiveSkip("if (t == 0u) { feedTarget(b, pos); } ") : ""}
  * @param args `logits (B, n, V)`, `state` (pos read, err written), `q (B, gamma, V)` and
  *   `draft (B, gamma)` out, either `feedTokens (B)`/`feedStart (B)` u32 out or
  *   `targetTokens (B, gamma + 1)`/
- *   `targetStart (B)` u32 out, `n` (1 or 2), `i`, `gamma`, `seed` and the sampling options;
+ *   `targetStart (B)` u32 out (then optionally `tailTokens (B)`/`tailStart (B)` u32 out), `n`
+ *   (1 or 2), `i`, `gamma`, `seed` and the sampling options;
  *   for an adaptive draft length `drafted (B)` u32 (read and written) and `threshold` in [0, 1)
  * @returns the dispatch
- * @throws Error unless exactly one of the two feeds is given, or on a threshold without drafted
+ * @throws Error unless exactly one of the two feeds is given, on a tail feed without the
+ *   target's, or on a threshold without drafted
  */
 export function draftStepKernel(
   gpu: Gpu,
@@ -346,6 +371,8 @@ export function draftStepKernel(
     feedStart?: GPUBuffer;
     targetTokens?: GPUBuffer;
     targetStart?: GPUBuffer;
+    tailTokens?: GPUBuffer;
+    tailStart?: GPUBuffer;
     n: number;
     i: number;
     gamma: number;
@@ -366,6 +393,13 @@ export function draftStepKernel(
         "draft forward) or targetTokens and targetStart (the verification forward)",
     );
   }
+  const tail = !!(args.tailTokens && args.tailStart);
+  if (tail && !toTarget) {
+    throw new Error(
+      "specdec: draftStepKernel's tail feed (tailTokens, tailStart) goes with the last step's " +
+        "feed of the verification (targetTokens, targetStart)",
+    );
+  }
   const wg = samplingWorkgroupSize(args.numTokens, gpu.isSoftware);
   const cache = samplingCacheLength(args.numTokens, gpu.isSoftware);
   const { B, L, errOff, seqOff } = layoutParams(args.layout);
@@ -375,7 +409,7 @@ export function draftStepKernel(
       (adaptive ? " adaptive" : ""),
     code: toDraft
       ? draftStepFeedDraftCode(wg, cache, adaptive)
-      : draftStepFeedTargetCode(wg, cache, adaptive),
+      : draftStepFeedTargetCode(wg, cache, adaptive, tail),
     params: {
       ...samplingParams(args),
       B,
@@ -394,6 +428,7 @@ export function draftStepKernel(
         ? { ...common, feedTokens: args.feedTokens!, feedStart: args.feedStart! }
         : { ...common, targetTokens: args.targetTokens!, targetStart: args.targetStart! }),
       ...(adaptive ? { drafted: args.drafted! } : {}),
+      ...(tail ? { tailTokens: args.tailTokens!, tailStart: args.tailStart! } : {}),
     },
     workgroups: args.layout.batch,
   });

@@ -1,8 +1,10 @@
 /**
- * The two small kernels that let self-speculative verification skip the blocks below the exit
- * (model/self_speculative.ts): the slot copy keeps a one-token draft forward's residual stream
- * after block k − 1 in its slot of the verification's input `(B, γ + 1, C)`, and the tail feed
- * feeds the one-token forward of each row's last draft, whose stream no draft forward computed.
+ * The slot copy that lets self-speculative verification skip the blocks below the exit
+ * (model/self_speculative.ts) on the unfused path: it keeps a one-token draft forward's residual
+ * stream after block k − 1 in its slot of the verification's input `(B, γ + 1, C)`. The fused
+ * path stores the slot in the epilogue of block k − 1's last GEMV instead (kernels/fused_linear.ts,
+ * the same rule). The tail forward's feed is the last draft step's sampling kernel's
+ * (kernels/decode_step.ts).
  *
  * @module
  */
@@ -76,70 +78,5 @@ export function slotCopyKernel(
     params: { B, C, slots, L },
     buffers: { state: args.state, start: args.start, x: args.x, hidden: args.hidden },
     workgroups: grid(Math.ceil((B * C) / WG)),
-  });
-}
-
-/** The tail feed: row b's last draft x_k at position start + k (k = γ, or drafted[b]'s count). */
-const tailFeedCode = (adaptive: boolean): string => /* wgsl */ `
-struct Params { B: u32, gamma: u32 }
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> targetTokens: array<u32>;  // (B, gamma + 1)
-@group(0) @binding(2) var<storage, read> targetStart: array<u32>;   // (B)
-@group(0) @binding(3) var<storage, read_write> feedTokens: array<u32>; // (B)
-@group(0) @binding(4) var<storage, read_write> feedStart: array<u32>;  // (B)
-${
-  adaptive
-    ? "@group(0) @binding(5) var<storage, read> drafted: array<u32>; // (B) k | STOPPED"
-    : ""
-}
-
-@compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3u) {
-  let b = gid.x;
-  if (b >= params.B) { return; }
-  let k = ${adaptive ? "min(drafted[b] & 0xffffu, params.gamma)" : "params.gamma"};
-  feedTokens[b] = targetTokens[b * (params.gamma + 1u) + k];
-  feedStart[b] = targetStart[b] + k;
-}`;
-
-/**
- * Feeds a one-token forward with each row's last draft of the step: `x_k` (from the
- * verification's input tokens `[x_0, x_1 .. x_γ]`) at its position `targetStart[b] + k`, with
- * k = γ, or with `drafted` (the adaptive draft length) the row's own draft count.
- *
- * @param gpu the runtime
- * @param args `targetTokens (B, gamma + 1)` and `targetStart (B)` u32 read, `feedTokens (B)` and
- *   `feedStart (B)` u32 written, `B`, `gamma`, and `drafted (B)` u32 for an adaptive draft length
- * @returns the dispatch
- * @example
- * ```ts ignore
- * const feed = tailFeedKernel(gpu, { targetTokens: tp.tokens, targetStart: tp.start, feedTokens: d1.tokens, feedStart: d1.start, B, gamma });
- * ```
- */
-export function tailFeedKernel(
-  gpu: Gpu,
-  args: {
-    targetTokens: GPUBuffer;
-    targetStart: GPUBuffer;
-    feedTokens: GPUBuffer;
-    feedStart: GPUBuffer;
-    B: number;
-    gamma: number;
-    drafted?: GPUBuffer;
-  },
-): Dispatch {
-  const adaptive = args.drafted !== undefined;
-  return gpu.kernel({
-    label: `tail feed (${args.B}, ${args.gamma})${adaptive ? " adaptive" : ""}`,
-    code: tailFeedCode(adaptive),
-    params: { B: args.B, gamma: args.gamma },
-    buffers: {
-      targetTokens: args.targetTokens,
-      targetStart: args.targetStart,
-      feedTokens: args.feedTokens,
-      feedStart: args.feedStart,
-      ...(adaptive ? { drafted: args.drafted! } : {}),
-    },
-    workgroups: Math.ceil(args.B / 64),
   });
 }

@@ -26,7 +26,12 @@ import {
  * needs: x_1.. until the first rejection, then the correction's (or the bonus) row — a + 1 rows
  * instead of γ + 1.
  */
-const acceptCode = (wg: number, cache: number, adaptive: boolean): string => /* wgsl */ `
+const acceptCode = (
+  wg: number,
+  cache: number,
+  adaptive: boolean,
+  feedWidth: 1 | 2 = 2,
+): string => /* wgsl */ `
 struct Params {
   V: u32, k: u32, invT: f32, greedy: u32,
   B: u32, L: u32, errOff: u32, statsOff: u32, seqOff: u32, statsW: u32,
@@ -37,8 +42,9 @@ struct Params {
 @group(0) @binding(2) var<storage, read> logits: array<f32>;           // (B, gamma + 1, V) target logits
 @group(0) @binding(3) var<storage, read> q: array<f32>;                // (B, gamma, V) draft probs
 @group(0) @binding(4) var<storage, read> draft: array<u32>;            // (B, gamma) draft tokens
-@group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B, 2) next draft feed
-@group(0) @binding(6) var<storage, read_write> feedStart: array<u32>;  // (B)${
+@group(0) @binding(5) var<storage, read_write> feedTokens: array<u32>; // (B, FEED) next draft feed
+@group(0) @binding(6) var<storage, read_write> feedStart: array<u32>;  // (B)
+const FEED: u32 = ${feedWidth}u; // tokens the next step's first draft forward takes per row${
   adaptive
     ? "\n@group(0) @binding(7) var<storage, read> drafted: array<u32>;          // (B) k | STOPPED"
     : ""
@@ -123,11 +129,10 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     for (var i = 0u; i < emitted; i++) { state[st + 3u + i] += 1u; } // emitted at draft position i${
   adaptive ? "\n    state[st + 3u + G] += K;    // drafted tokens" : ""
 }
-    // the next step's first draft forward (n = 2), as seqFeedKernel (back = 2) would feed it
+    // the next step's first draft forward (n = FEED), as seqFeedKernel (back = FEED) would feed it
     var s = 0u;
-    if (next > 2u) { s = next - 2u; }
-    feedTokens[2u * b] = state[seq + min(s, params.L - 1u)];
-    feedTokens[2u * b + 1u] = state[seq + min(s + 1u, params.L - 1u)];
+    if (next > FEED) { s = next - FEED; }
+    for (var j = 0u; j < FEED; j++) { feedTokens[FEED * b + j] = state[seq + min(s + j, params.L - 1u)]; }
     feedStart[b] = s;
   }
 }`;
@@ -166,10 +171,15 @@ export type AcceptArgs = SamplingOptions & {
   lenience: number;
   /** Seed of the Philox key. */
   seed: number;
-  /** The next step's first draft forward's tokens `(B, 2)` u32, written. */
+  /** The next step's first draft forward's tokens `(B, feedWidth)` u32, written. */
   feedTokens: GPUBuffer;
   /** And its start positions `(B)` u32, written. */
   feedStart: GPUBuffer;
+  /**
+   * Tokens that forward takes per row (default 2: a separate draft's look-back, as
+   * `seqFeedKernel` with back = 2; 1: self-speculation's `seq[pos − 1]` at pos − 1).
+   */
+  feedWidth?: 1 | 2;
   /**
    * Adaptive draft length: each row's drafts this step `(B)` u32, k in the low 16 bits (the draft
    * kernels' `drafted`); without it every row drafted gamma.
@@ -203,6 +213,7 @@ export function acceptSpec(gpu: Gpu, args: AcceptArgs): KernelSpec {
       samplingWorkgroupSize(args.numTokens, gpu.isSoftware),
       samplingCacheLength(args.numTokens, gpu.isSoftware),
       adaptive,
+      args.feedWidth ?? 2,
     ),
     params: {
       ...samplingParams(args),

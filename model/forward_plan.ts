@@ -19,6 +19,7 @@ import {
   fusedLinear,
   type FusedLinearArgs,
   fusedLinearSupported,
+  type FusedSlotCopy,
   STORAGE_UNIFORM,
 } from "../kernels/fused_linear.ts";
 import { attentionDecode, kvTextureWrite } from "../kernels/attention_decode.ts";
@@ -110,11 +111,19 @@ export interface ForwardPlan {
   /**
    * Where the dispatches of a `"draft"` plan split: `[0, lower)` the embedding and blocks < k
    * (the stream after block k − 1 is then in `layers[0].x`), `[lower, head)` the extra blocks,
-   * `[head, end)` the exit head. On the fused path `lowerLast` holds the arguments of dispatch
-   * `lower − 1` (block k − 1's ffOut GEMV, whose epilogue finishes the stream), so a caller can
-   * rebuild it with a slot copy instead of a copy dispatch after it.
+   * `[head, end)` the exit head. On the fused path `slotCopy` rebuilds dispatch `lower − 1`
+   * (block k − 1's ffOut GEMV, whose epilogue finishes the stream) so that it also stores each
+   * row's stream into its slot of a verification's input (kernels/fused_linear.ts's slot copy:
+   * `state` holds pos (B), `start (B)` the rows' positions, `hidden (B, slots, C)`), saving the
+   * copy dispatch after it.
    */
-  draftSplit?: { lower: number; head: number; lowerLast?: FusedLinearArgs };
+  draftSplit?: {
+    lower: number;
+    head: number;
+    slotCopy?: (
+      copy: { state: GPUBuffer; start: GPUBuffer; hidden: GPUBuffer; slots: number; L: number },
+    ) => Dispatch;
+  };
   /** The exit head's logits `(B, n, V)`: a training plan of a model with an exit head. */
   exitLogits?: GPUBuffer;
   /** The exit branch's extra blocks' activations (training plans only). */
@@ -359,8 +368,16 @@ export function buildForwardPlan(
       d.push(...linearForward(gpu, { a: y, b: w, c: out, M: T, N: V, K: C }));
     }
   };
+  const last = lowerLast;
   const draftSplit = kind === "draft"
-    ? { lower: lower < 0 ? d.length : lower, head: d.length, lowerLast }
+    ? {
+      lower: lower < 0 ? d.length : lower,
+      head: d.length,
+      slotCopy: last && last.epilogue.kind === "accumulate"
+        ? (slotCopy: FusedSlotCopy) =>
+          fusedLinear(gpu, { ...last, epilogue: { ...last.epilogue, slotCopy } } as FusedLinearArgs)
+        : undefined,
+    }
     : undefined;
   if (kind === "draft") {
     head(xFinal, weights.exitNorm!, weights.exitWeight!, logits, xf, rstdF);

@@ -6,18 +6,19 @@
  *
  * The step is speculative decoding's (decoding.ts), with the same sampling and acceptance kernels,
  * and one difference in the feeds: the draft needs no look-back, since the shared cache already
- * holds every position below `pos − 1` that the verification wrote, so each step starts with a
- * one-token feed of `seq[pos − 1]` at `pos − 1` (the acceptance kernel's two-token feed goes to a
- * scratch buffer).
+ * holds every position below `pos − 1` that the verification wrote, so each step's first draft
+ * forward takes one token, `seq[pos − 1]` at `pos − 1`, fed by the acceptance kernel of the step
+ * before (`feedWidth` 1; after the prefill, by a feed kernel).
  *
  * Verification recomputes nothing the draft computed. Each one-token draft forward keeps its
  * stream after block k − 1 in its slot of `hidden (B, γ + 1, C)` (the verification plan's input
  * stream; slot = position − (pos − 1), stored by the epilogue of block k − 1's last GEMV on the
  * fused path (kernels/fused_linear.ts), else by the slot copy of kernels/hidden_slots.ts after
- * it): draft step i, whose input is x_{i−1}, fills slot i − 1. The one stream missing is the last draft's: a tail
- * feed puts each row's last draft x_k (k = γ, or the row's own draft count with an adaptive draft
- * length) at its position, and the draft forward's dispatches up to the exit head run it (blocks
- * < k, the slot copy into slot k, the extra blocks). Then the verification runs only blocks
+ * it): draft step i, whose input is x_{i−1}, fills slot i − 1. The one stream missing is the
+ * last draft's: the last draft step's sampling kernel also feeds each row's last draft x_k (k = γ,
+ * or the row's own draft count with an adaptive draft length) at its position, and the draft
+ * forward's dispatches up to the exit head run it (blocks < k with the slot copy into slot k, the
+ * extra blocks). Then the verification runs only blocks
  * [k, depth) and the final head over the γ + 1 positions (an `"upper"` plan).
  *
  * So the cache holds the draft forwards' keys and values for blocks < k and for the extra blocks
@@ -52,14 +53,14 @@ import {
 } from "./decoding_engine.ts";
 import { type SpeculativeOptions, validateSpeculative } from "./decoding_options.ts";
 import { draftGate, draftParts, speculativeBuffers } from "./speculative_parts.ts";
-import { slotCopyKernel, tailFeedKernel } from "../kernels/hidden_slots.ts";
-import { fusedLinear } from "../kernels/fused_linear.ts";
+import { slotCopyKernel } from "../kernels/hidden_slots.ts";
 
 /**
- * Builds the engine of self-speculative decoding (see the module doc): per step a one-token feed,
- * γ draft forwards of the exit plan (blocks < k, the slot copy, extra blocks, exit head), each
- * followed by its sampling kernel, the tail feed and the last draft's forward up to the exit head,
- * the verification forward of blocks [k, depth) over γ + 1 positions and the acceptance kernel.
+ * Builds the engine of self-speculative decoding (see the module doc): per step γ draft forwards
+ * of the exit plan (blocks < k with the slot copy, extra blocks, exit head), each followed by its
+ * sampling kernel (the last one also feeds the tail), the last draft's forward up to the exit
+ * head, the verification forward of blocks [k, depth) over γ + 1 positions and the acceptance
+ * kernel (which feeds the next step's first draft forward).
  *
  * @param model the model with an exit head, target and draft at once
  * @param prompt a batch of equal-length rows of tokens
@@ -99,11 +100,6 @@ export function selfSpeculativeEngine(
   const C = model.config.dim;
   const cleanup = cleanupList();
   try {
-    const buffer = (name: string, bytes: number) => {
-      const b = gpu.buffer(`${label} ${name}`, bytes);
-      cleanup.add(() => b.destroy());
-      return b;
-    };
     const { state, q, drafts, drafted, adapt } = speculativeBuffers(
       gpu,
       label,
@@ -114,9 +110,6 @@ export function selfSpeculativeEngine(
       draftThreshold,
       cleanup,
     );
-    // the acceptance kernel's two-token draft feed, unused here (see the module doc)
-    const unusedTokens = buffer(`unused feed tokens u32 (${B}, 2)`, B * 2 * 4);
-    const unusedStart = buffer(`unused feed start u32 (${B})`, B * 4);
     const { cache, release, adopt } = model.caches.acquire(B, maxLen);
     cleanup.add(release);
     const d1 = model.forwardPlan(cache, 1, false, "draft");
@@ -124,7 +117,8 @@ export function selfSpeculativeEngine(
     [d1, tp].forEach(adopt); // freed with the cache if the pool evicts it
     const sampling: SamplingOptions = { numTokens: V, temperature, filterThres };
     const common = { ...sampling, state, layout, q, draft: drafts, gamma: G, seed };
-    // the step's first draft forward: seq[pos − 1] at pos − 1 (the cache holds everything below)
+    // the first step's first draft forward: seq[pos − 1] at pos − 1 (the cache holds everything
+    // below), fed after the prefill; the acceptance kernel feeds every later step's
     const feed = seqFeedKernel(gpu, {
       state,
       layout,
@@ -133,7 +127,7 @@ export function selfSpeculativeEngine(
       n: 1,
       back: 1,
     });
-    const parts: StepPart[] = [{ name: "draft feed", dispatches: [feed] }];
+    const parts: StepPart[] = [];
     const draftStep = (i: number) =>
       draftStepKernel(gpu, {
         ...common,
@@ -141,22 +135,25 @@ export function selfSpeculativeEngine(
         n: 1,
         i,
         ...adapt,
-        ...(i < G
-          ? { feedTokens: d1.tokens, feedStart: d1.start }
-          : { targetTokens: tp.tokens, targetStart: tp.start }),
+        ...(i < G ? { feedTokens: d1.tokens, feedStart: d1.start } : {
+          targetTokens: tp.tokens,
+          targetStart: tp.start,
+          // and the tail forward's: each row's last draft at its position
+          tailTokens: d1.tokens,
+          tailStart: d1.start,
+        }),
       });
     // the draft forward with the slot copy of its stream after block k − 1 into the verification's
     // input, and the part of it that the last draft runs (no exit head)
     const split = d1.draftSplit!;
     const slots = { state, start: d1.start, hidden: tp.layers[0].x, slots: G + 1, L };
-    const last = split.lowerLast;
     // on the fused path block k − 1's last GEMV stores the stream into its slot itself (one
     // dispatch fewer per draft step: a dispatch costs ~25 µs of fixed cost on lavapipe);
     // otherwise a copy dispatch follows it
-    const forward = last && last.epilogue.kind === "accumulate"
+    const forward = split.slotCopy
       ? [
         ...d1.dispatches.slice(0, split.lower - 1),
-        fusedLinear(gpu, { ...last, epilogue: { ...last.epilogue, slotCopy: slots } }),
+        split.slotCopy(slots),
         ...d1.dispatches.slice(split.lower),
       ]
       : [
@@ -171,17 +168,7 @@ export function selfSpeculativeEngine(
       : undefined;
     if (gate) cleanup.add(() => gate.counts.destroy());
     parts.push(...draftParts(forward, draftStep, 1, G, gate));
-    const tailFeed = tailFeedKernel(gpu, {
-      targetTokens: tp.tokens,
-      targetStart: tp.start,
-      feedTokens: d1.tokens,
-      feedStart: d1.start,
-      B,
-      gamma: G,
-      drafted,
-    });
     parts.push(
-      { name: "tail feed", dispatches: [tailFeed] },
       { name: "tail forward n=1", dispatches: tail },
       { name: `target forward n=${G + 1} (blocks ≥ k)`, dispatches: tp.dispatches },
       {
@@ -196,14 +183,19 @@ export function selfSpeculativeEngine(
           gamma: G,
           lenience,
           seed,
-          feedTokens: unusedTokens,
-          feedStart: unusedStart,
+          // the next step's first draft forward: seq[pos − 1] at pos − 1
+          feedTokens: d1.tokens,
+          feedStart: d1.start,
+          feedWidth: 1,
           drafted,
         })],
       },
     );
     // the prefill: the first P − 1 prompt tokens through every block (and the extra blocks)
-    const prefill = prefillDispatches(model, cache, state, layout, P, adopt, prefillKind);
+    const prefill = [
+      ...prefillDispatches(model, cache, state, layout, P, adopt, prefillKind),
+      feed,
+    ];
     return {
       gpu,
       label,

@@ -11,7 +11,7 @@ import { resolveConfig } from "../model/config.ts";
 import { readModelCheckpoint, writeModelCheckpoint } from "../model/checkpoint.ts";
 import { paramSpecs } from "../model/params.ts";
 import { decoderHeadsRef, decoderLossRef, type RefConfig } from "./reference/model.ts";
-import { assertClose, gpuTest, randomRows } from "./helpers.ts";
+import { assertClose, gpuTest, randomF32, randomRows } from "./helpers.ts";
 import type { Gpu } from "../kernels/gpu.ts";
 import type { DecoderConfig } from "../model/config.ts";
 import { baseDecoding, speculativeDecoding, speculativeDecodingWith } from "../model/decoding.ts";
@@ -19,7 +19,10 @@ import { type AcceptKernel, acceptKernel } from "../kernels/speculative.ts";
 import { brokenAcceptKernel } from "./kernels/broken_accept.ts";
 import { chiSquare, probsRef } from "./reference/sampling.ts";
 import { selfSpeculativeEngine } from "../model/self_speculative.ts";
-import { slotCopyKernel, tailFeedKernel } from "../kernels/hidden_slots.ts";
+import { slotCopyKernel } from "../kernels/hidden_slots.ts";
+import { draftStepKernel } from "../kernels/decode_step.ts";
+import { stateOffsets } from "../kernels/decode_state.ts";
+import { speculativeStatsWidth } from "../kernels/speculative.ts";
 import { parseFlags, runConfig, savedArgs } from "../cli/train_options.ts";
 
 /** Tiny models with an exit head after block 1 of 3, without and with an extra block. */
@@ -299,7 +302,7 @@ for (const [k, extra] of [[1, 0], [2, 1]]) {
       const part = (name: RegExp) => engine.parts.find((p) => name.test(p.name))!.dispatches;
       deepStrictEqual(part(/^target forward/).length, upper.dispatches.length);
       // on the fused path block k − 1's last GEMV stores the slot itself: no copy dispatch
-      const folded = split.lowerLast !== undefined;
+      const folded = split.slotCopy !== undefined;
       deepStrictEqual(part(/^tail forward/).length, split.head + (folded ? 0 : 1));
       const labels = engine.step.map((d) => d.label);
       deepStrictEqual(labels.some((l) => l.startsWith("hidden slot copy")), !folded);
@@ -311,7 +314,7 @@ for (const [k, extra] of [[1, 0], [2, 1]]) {
   );
 }
 
-gpuTest("slot copy and tail feed kernels match their reference (odd sizes)", async (gpu) => {
+gpuTest("the slot copy kernel matches its reference (odd sizes)", async (gpu) => {
   const B = 5, C = 13, S = 4, L = 20, G = S - 1;
   const x = Float32Array.from({ length: B * C }, (_, i) => Math.sin(i * 1.7) + i / 100);
   const before = Float32Array.from({ length: B * S * C }, (_, i) => -1 - i);
@@ -330,32 +333,69 @@ gpuTest("slot copy and tail feed kernels match their reference (odd sizes)", asy
     want.set(x.subarray(b * C, (b + 1) * C), (b * S + slot) * C);
   }
   deepStrictEqual(await gpu.readF32(hidden), want);
-  // the tail feed: x_k at targetStart + k, k = gamma or the row's draft count (STOPPED flag off)
-  const targetTokens = Uint32Array.from({ length: B * S }, (_, i) => 100 + i);
-  const targetStart = [3, 0, 8, 11, 2], drafted = [1, 0x80000002, 3, 0x80000001, 2];
-  const tt = gpu.upload("targetTokens", targetTokens);
-  const ts = gpu.upload("targetStart", Uint32Array.from(targetStart));
-  const dr = gpu.upload("drafted", Uint32Array.from(drafted));
-  for (const adaptive of [false, true]) {
-    const ft = gpu.upload("feedTokens", new Uint32Array(B)),
-      fs = gpu.upload("fs", new Uint32Array(B));
-    gpu.run("tail feed", [tailFeedKernel(gpu, {
-      targetTokens: tt,
-      targetStart: ts,
-      feedTokens: ft,
-      feedStart: fs,
-      B,
-      gamma: G,
-      ...(adaptive ? { drafted: dr } : {}),
-    })]);
-    const k = drafted.map((d) => adaptive ? Math.min(d & 0xffff, G) : G);
-    deepStrictEqual([...await gpu.readU32(ft)], k.map((k, b) => targetTokens[b * S + k]));
-    deepStrictEqual([...await gpu.readU32(fs)], k.map((k, b) => targetStart[b] + k));
-    ft.destroy();
-    fs.destroy();
-  }
-  [state, xs, hidden, startBuf, tt, ts, dr].forEach((b) => b.destroy());
+  [state, xs, hidden, startBuf].forEach((b) => b.destroy());
 });
+
+gpuTest(
+  "the last draft step's tail feed: each row's last draft x_k at pos − 1 + k (fixed and adaptive)",
+  async (gpu) => {
+    // k = gamma, or the row's own count: rows 1 and 3 stopped drafting early (flag), row 3 is
+    // finished, row 0 drafts to the end; the feed must equal the verification input's token k
+    const B = 5, V = 13, L = 20, G = 3, S = G + 1;
+    const pos = [7, 4, 9, L, 2], drafted = [G - 1, 0x80000001, G - 1, 0x80000002, G - 1];
+    const seq = Array.from({ length: B }, (_, b) => Array.from({ length: L }, (_, i) => b + i));
+    for (const adaptive of [false, true]) {
+      const layout = { batch: B, seqLen: L, statsWidth: speculativeStatsWidth(G, adaptive) };
+      const o = stateOffsets(layout), words = new Uint32Array(o.words);
+      words.set(pos, o.pos);
+      seq.forEach((r, b) => words.set(r, o.seq + b * L));
+      const SENT = 0xdead;
+      const buf = (label: string, n: number) => gpu.upload(label, new Uint32Array(n).fill(SENT));
+      const tt = buf("targetTokens", B * S), ts = buf("targetStart", B);
+      const ft = buf("tailTokens", B), fs = buf("tailStart", B);
+      const draft = gpu.upload("draft", Uint32Array.from({ length: B * G }, (_, i) => 50 + i));
+      const dr = gpu.upload("drafted", Uint32Array.from(drafted));
+      gpu.run("last draft step", [draftStepKernel(gpu, {
+        logits: gpu.upload("logits", randomF32(B * V, 5, -2, 2)),
+        state: gpu.upload("state", words),
+        layout,
+        q: gpu.buffer("q", B * G * V * 4),
+        draft,
+        targetTokens: tt,
+        targetStart: ts,
+        tailTokens: ft,
+        tailStart: fs,
+        n: 1,
+        i: G,
+        gamma: G,
+        seed: 3,
+        numTokens: V,
+        temperature: 1,
+        filterThres: 0.5,
+        ...(adaptive ? { drafted: dr } : {}),
+      })]);
+      const target = await gpu.readU32(tt), start = await gpu.readU32(ts);
+      // rows still drafting reach k = gamma; with an adaptive length a row that stopped keeps
+      // its own count, and so does a finished one (as the tail feed kernel did)
+      const k = drafted.map((d, b) =>
+        adaptive && (pos[b] >= L || d !== G - 1) ? Math.min(d & 0xffff, G) : G
+      );
+      deepStrictEqual([...start], pos.map((p) => p - 1), `${adaptive}: target start`);
+      deepStrictEqual(
+        [...await gpu.readU32(ft)],
+        k.map((k, b) => target[b * S + k]),
+        `${adaptive}: tail tokens`,
+      );
+      deepStrictEqual(
+        [...await gpu.readU32(fs)],
+        k.map((k, b) => pos[b] - 1 + k),
+        `${adaptive}: tail start`,
+      );
+      // the drafted rows' last token is the one just sampled (no sentinel left)
+      ok(k.every((k, b) => target[b * S + k] !== SENT), `${adaptive}: ${[...target]}`);
+    }
+  },
+);
 
 gpuTest("the self-speculative engine needs an exit head", (gpu) => {
   const plain = Decoder.create(gpu, { ...DEC_CFG, earlyExitLayer: 0 });
