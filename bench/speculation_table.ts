@@ -176,7 +176,8 @@ function add(t: Totals, x: DecodingResult, spec?: SpeculativeResult): void {
 /**
  * Base and speculative decoding in R pairs after a warm-up pair, each pair with its own seed
  * (7, 8, …: a different sampled text, so acceptance is averaged over R texts rather than read off
- * one) and base right before speculative (so a slow minute of this shared machine hits both).
+ * one) and base right before or after speculative, in turn (so a slow minute of this shared
+ * machine hits both, and neither always runs first).
  * Speedup = the speculative tokens/s over base tokens/s, each from its R runs' totals.
  */
 async function paired(
@@ -188,9 +189,12 @@ async function paired(
   await fs(6);
   const b = totals(), s = totals();
   for (let r = 0; r < R; r++) {
-    add(b, await fb(7 + r));
+    // alternate the order within pairs, so whatever one run leaves behind (a collection, a
+    // slower minute starting) falls on each side equally
+    if (r % 2 === 0) add(b, await fb(7 + r));
     const x = await fs(7 + r);
     add(s, x, x);
+    if (r % 2 === 1) add(b, await fb(7 + r));
   }
   return { b, s };
 }

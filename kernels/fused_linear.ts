@@ -84,8 +84,9 @@
  * (the 1 and 4 columns from a first run of 5 rounds.) Neither the bindings nor the workgroup
  * count matter much; a pipeline switch adds a few µs. Without workers (`LP_NUM_THREADS=0`) a
  * dispatch costs ~4 µs, but the work then runs on one core: a base decoding step of this shape
- * (22 dispatches) took 1.9 to 3.1 ms there against 1.6 to 3.1 ms with the default pool, so the
- * default stays the better one at dim 128. So the floor of a step is its dispatch count times
+ * (22 dispatches) took 3.37 ms there against 1.70 ms with the default pool in a quiet minute, and
+ * 3.00 against 3.05 in a busy one (the host's load slows the wake-ups), so the default stays the
+ * better one at dim 128. So the floor of a step is its dispatch count times
  * ~25 to 30 µs (a base step: 22 dispatches, ~0.6 ms of ~1.6 ms) plus its texel fetches: the
  * fused path's few dispatches matter more than any further tuning of one kernel, and merging two
  * dependent dispatches pays only when the work it duplicates (each workgroup recomputing what
