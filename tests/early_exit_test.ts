@@ -315,7 +315,7 @@ for (const [k, extra] of [[1, 0], [2, 1]]) {
 }
 
 gpuTest("the slot copy kernel matches its reference (odd sizes)", async (gpu) => {
-  const B = 5, C = 13, S = 4, L = 20, G = S - 1;
+  const B = 5, C = 13, S = 4, L = 20;
   const x = Float32Array.from({ length: B * C }, (_, i) => Math.sin(i * 1.7) + i / 100);
   const before = Float32Array.from({ length: B * S * C }, (_, i) => -1 - i);
   // pos per row; row 3 finished; row 4's start is below pos − 1 (stale), row 2's beyond slot G
