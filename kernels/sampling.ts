@@ -404,9 +404,11 @@ fn nonFinite(x: f32) -> u32 {
     select(0u, BAD_POS_INF, b == 0x7f800000u);
 }
 
-// Maps f32 to u32 so that unsigned order is float order.
+// Maps f32 to u32 so that unsigned order is float order; −0 maps as +0, since the two compare
+// equal (the reference's sort, torch.topk): at the top-k threshold they are ties.
 fn orderKey(x: f32) -> u32 {
-  let b = bitcast<u32>(x);
+  let b0 = bitcast<u32>(x);
+  let b = select(b0, 0u, b0 == 0x80000000u);
   return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
 }
 

@@ -112,6 +112,31 @@ gpuTest("probsKernel() matches the reference on odd sizes", async (gpu) => {
   }
 });
 
+gpuTest(
+  "probsKernel(): −0 and +0 at the k-th value are ties, as the reference's sort has them",
+  async (gpu) => {
+    // k = ceil(0.5·8) = 4: 3, 2, 1 and then one of the zeros: the lowest index, whatever its sign
+    for (const zeros of [[-0, 0, 0, -0], [0, -0, -0, 0]]) {
+      const x = new Float32Array([zeros[0], 3, zeros[1], 2, -1, zeros[2], 1, zeros[3]]);
+      const logits = gpu.upload("signed zeros (1, 8)", x);
+      const probs = gpu.buffer("probs (1, 8)", 32);
+      const got = await runRead(gpu, "probs signed zeros", [
+        probsKernel(gpu, {
+          logits,
+          probs,
+          rows: 1,
+          numTokens: 8,
+          temperature: 1,
+          filterThres: 0.5,
+        }),
+      ], probs);
+      const kept = Array.from(got).flatMap((v, j) => v > 0 ? [j] : []);
+      assertEquals(kept, [0, 1, 3, 6], `zeros ${zeros.map((z) => Object.is(z, -0) ? "-0" : "0")}`);
+      assertClose(got, probsRef(x, 0.5, 1), { atol: 1e-7 });
+    }
+  },
+);
+
 gpuTest("probsKernel() keeps the lowest indices among ties at the k-th value", async (gpu) => {
   // k = ceil(0.25·10) = 3: the 2 at index 7, then the first two of the 1s (indices 1, 2)
   const x = new Float32Array([
