@@ -1,9 +1,9 @@
 /**
- * Reproduces the heap corruption some `deno test --parallel` runs ended with on Mesa's software
- * adapter ("double free or corruption", "corrupted size vs. prev_size in fastbins", SIGABRT after
- * every test passed): WebGPU devices torn down at the same time in several isolates of one
- * process, which is what Deno's parallel test runner does when test modules (each a worker
- * isolate with its own device) finish together.
+ * Reproduces the heap corruption some `deno test` runs ended with on Mesa's software adapter
+ * ("double free or corruption", "corrupted size vs. prev_size in fastbins", SIGABRT after every
+ * test passed): WebGPU devices torn down at the same time in several isolates of one process, as
+ * Deno's test runner does when test modules (each a worker isolate with its own device) finish
+ * together or follow each other without a pause.
  *
  * One trial: `--workers N` workers each create a device, 50 textures, a pipeline and a pass that
  * reads each texture, wait for the GPU, and report; then all workers are terminated at once
@@ -14,8 +14,9 @@
  * On the development VM (Deno 2.9.6, lavapipe of Mesa 22.3.6), 4 workers: this script crashed in 3
  * of 40 trials (SIGABRT "corrupted double-linked list", or SIGSEGV) with concurrent termination; a
  * first variant in 4 of 30, 1 of 30 with storage buffers instead of textures, 2 of 30 when each
- * worker destroyed its textures and device first; 0 of 40 with `--sequential`. So
- * `deno task test` runs test modules one at a time (no `--parallel`).
+ * worker destroyed its textures and device first; 0 of 40 with `--sequential`. `deno test`
+ * without `--parallel` (modules one after another, with no pause between them) still aborted once
+ * in CI, so `deno task test` keeps `--parallel` and `.ci/run` lets exactly this abort through.
  *
  * @module
  */
