@@ -23,6 +23,7 @@
 import { type Dispatch, requestGpu } from "../kernels/gpu.ts";
 import { Decoder } from "../model/decoder.ts";
 import { baseDecodingEngine } from "../model/decoding.ts";
+import { wallMs } from "./wall_time.ts";
 
 const arg = (name: string, fallback: string) => {
   const i = Deno.args.indexOf(`--${name}`);
@@ -98,12 +99,7 @@ const TAG: u32 = ${tag}u; // distinct pipelines
 }
 
 /** Wall ms of one submit of `ds`, waited for. */
-async function wall(ds: Dispatch[]): Promise<number> {
-  const t0 = performance.now();
-  gpu.run("dispatch_threads", ds);
-  await dev.queue.onSubmittedWorkDone();
-  return performance.now() - t0;
-}
+const wall = (ds: Dispatch[]) => wallMs(gpu, ds);
 
 const N = 400; // dispatches per submit
 const alt = Array.from({ length: 8 }, (_, i) => empty(6, 3, i + 1, 2));

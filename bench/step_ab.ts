@@ -17,6 +17,8 @@
  * @module
  */
 import { parseArgs } from "node:util";
+import type { Dispatch } from "../kernels/gpu.ts";
+import { wallMs } from "./wall_time.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -57,12 +59,7 @@ for (const [name, root] of [["a", values.a], ["b", values.b]] as const) {
   const draft = values.self ? target : await load(values.draft!);
   const prompt = [Array.from({ length: 128 }, (_, i) => (i * 5) % 256)];
   sides[name] = {
-    run: async (ds) => {
-      const t0 = performance.now();
-      gpu.run("step_ab", ds);
-      await gpu.device.queue.onSubmittedWorkDone();
-      return performance.now() - t0;
-    },
+    run: (ds) => wallMs(gpu, ds as Dispatch[]),
     engines: {
       base: () => decoding.baseDecodingEngine(target, prompt, 2048, { seed: 7 }),
       speculative: () =>

@@ -12,6 +12,25 @@
 import type { Dispatch, Gpu } from "../kernels/gpu.ts";
 
 /**
+ * Wall milliseconds of one submit of `dispatches`, waited for (the completion included: ~11 ms
+ * on the software adapter, so callers subtract the wall time of an empty submit).
+ *
+ * @param gpu the runtime
+ * @param dispatches what to run, in one pass
+ * @returns the milliseconds from submit to completion
+ * @example
+ * ```ts ignore
+ * const ms = (await wallMs(gpu, list)) - (await wallMs(gpu, []));
+ * ```
+ */
+export async function wallMs(gpu: Gpu, dispatches: Dispatch[]): Promise<number> {
+  const t0 = performance.now();
+  gpu.run("wall timing", dispatches);
+  await gpu.device.queue.onSubmittedWorkDone();
+  return performance.now() - t0;
+}
+
+/**
  * Milliseconds per run of each dispatch list: `reps` runs of a list in one submit, waited for,
  * less the wait of an empty submit measured in the same round; lists alternated over `rounds`
  * rounds after a warm-up round, and the fastest round kept for each (a busy machine only slows).
@@ -33,12 +52,7 @@ export async function wallMsPerRun(
   reps = 20,
   rounds = 5,
 ): Promise<number[]> {
-  const wait = async (ds: Dispatch[]) => {
-    const t0 = performance.now();
-    gpu.run("wall timing", ds);
-    await gpu.device.queue.onSubmittedWorkDone();
-    return performance.now() - t0;
-  };
+  const wait = (ds: Dispatch[]) => wallMs(gpu, ds);
   const best = lists.map(() => Infinity);
   for (let r = 0; r <= rounds; r++) {
     const empty = await wait([]);

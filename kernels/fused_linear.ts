@@ -336,23 +336,14 @@ function epilogueCode(l: FusedLayout, first: number): { bindings: string; store:
   }
   if (l.kind === "accumulate") {
     const o = l.bias ? 1 : 0;
+    const copyBindings = !l.slotCopy ? "" : `
+${b(o + 1)} var<storage, read> state: array<u32>;          // [pos (B) | …]
+${b(o + 2)} var<storage, read> start: array<u32>;          // (B) the forward's positions
+${b(o + 3)} var<storage, read_write> hidden: array<vec4f>; // (B, slots, N)`;
     return {
       bindings: `${l.bias ? `${b(0)} var<storage, read> bias: array<vec4f>;     // (N)\n` : ""}${
         b(o)
-      } var<storage, read_write> out: array<vec4f>; // (M, N), added to${
-        l.slotCopy
-          ? `
-${
-            b(o + 1)
-          } var<storage, read> state: array<u32>;        // [pos (B) | …]
-${
-            b(o + 2)
-          } var<storage, read> start: array<u32>;        // (B) the forward's positions
-${
-            b(o + 3)
-          } var<storage, read_write> hidden: array<vec4f>; // (B, slots, N)`
-          : ""
-      }`,
+      } var<storage, read_write> out: array<vec4f>; // (M, N), added to${copyBindings}`,
       // as the unfused GEMV's store: (acc + bias) + out; the slot copy as slotCopyKernel's
       store: rowsCols(`
         var v = acc[i * C4 + q];${l.bias ? "\n        v += bias[col / 4u];" : ""}
@@ -674,6 +665,7 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     );
   }
   const shapes = { B: 1, n: 1, H: 1, D: 8, maxLen: 1 };
+  const copy = e.kind === "accumulate" ? e.slotCopy : undefined;
   const buffers: Record<string, GPUBufferBinding> = {};
   if (e.kind === "rotaryKv") {
     if (N !== 3 * e.H * e.D || M !== e.B * e.n) {
@@ -697,7 +689,6 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
   } else {
     buffers.out = { buffer: e.out };
     if (e.kind !== "none" && e.bias) buffers.bias = { buffer: e.bias };
-    const copy = e.kind === "accumulate" ? e.slotCopy : undefined;
     if (copy) {
       // row m of this forward is row b = m of the decode: M = B one-token rows
       const need = M * copy.slots * N * 4;
@@ -761,7 +752,7 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     embed: a.embed !== undefined,
     norm: !!a.norm,
     bias: e.kind === "accumulate" && !!e.bias,
-    slotCopy: e.kind === "accumulate" && !!e.slotCopy,
+    slotCopy: !!copy,
     R,
     C,
     uniform: rc > 0 ? { x: xVec4, norm: K / 4, chunks } : undefined,
@@ -793,8 +784,8 @@ export function fusedLinear(gpu: Gpu, a: FusedLinearArgs): Dispatch {
     eps: RMS_EPS,
     ...shapes,
     RC: rc > 0 ? rc : N,
-    slots: e.kind === "accumulate" && e.slotCopy ? e.slotCopy.slots : 1,
-    L: e.kind === "accumulate" && e.slotCopy ? e.slotCopy.L : 0,
+    slots: copy?.slots ?? 1,
+    L: copy?.L ?? 0,
   };
   const bytes = new ArrayBuffer(Math.ceil((PARAM_FIELDS.length * 4) / 16) * 16);
   const view = new DataView(bytes);

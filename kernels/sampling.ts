@@ -352,9 +352,8 @@ fn invCdf(t: u32, u: f32) -> u32 {
  * (uniform control flow) finds the row's max and argmax, the top-k threshold by a radix select on
  * order-preserving keys, and the softmax sum; then `probOf(j, l, &tie)` is the probability of j
  * whose logit is l (walk chunks in order; `ownLogit(i)` for the thread's own chunk, storage
- * otherwise; `logitProb(j, &tie)` reads l from storage). `probAt(x)` is the probability of one
- * index x. The including kernel defines `weight(j, l, &tie)` for `invCdf` (`probOf`, or the
- * acceptance kernel's residual).
+ * otherwise). `probAt(x)` is the probability of one index x. The including kernel defines
+ * `weight(j, l, &tie)` for `invCdf` (`probOf`, or the acceptance kernel's residual).
  *
  * `analyze`'s first pass is the only one that reads the thread's chunk from storage; with a
  * chunk cache ({@link rowCommonWgsl}) it keeps the chunk in a private array that the radix
@@ -425,20 +424,12 @@ fn keptExpOf(l: f32, tie: ptr<function, u32>) -> f32 {
   return exp((l - rMax) * params.invT);
 }
 
-// keptExpOf of logit j, read from storage (any chunk).
-fn keptExp(j: u32, tie: ptr<function, u32>) -> f32 { return keptExpOf(logits[rBase + j], tie); }
-
 // p(j) of the analyzed row whose logit is l (walk chunks in order).
 fn probOf(j: u32, l: f32, tie: ptr<function, u32>) -> f32 {
   if (params.greedy != 0u) { return select(0.0, 1.0, j == rArg); }
   return keptExpOf(l, tie) / rSum;
 }
 
-// probOf with l read from storage (any chunk).
-fn logitProb(j: u32, tie: ptr<function, u32>) -> f32 {
-  if (params.greedy != 0u) { return select(0.0, 1.0, j == rArg); }
-  return keptExp(j, tie) / rSum;
-}
 
 // Uniform control flow. Barriers sit where a thread reads what others wrote; the first one
 // keeps a second call from overwriting partials a slow thread still reads. Returns 0, or the
@@ -580,7 +571,7 @@ fn analyze(base: u32, t: u32) -> u32 {
   return 0u;
 }
 
-// p(x) of the analyzed row for one index x, as logitProb gives it when walking the row in order
+// p(x) of the analyzed row for one index x, as probOf gives it when walking the row in order
 // (the ties at the threshold before x are counted; usually none matter).
 fn probAt(x: u32) -> f32 {
   if (params.greedy != 0u) { return select(0.0, 1.0, x == rArg); }
@@ -590,6 +581,6 @@ fn probAt(x: u32) -> f32 {
       if ((orderKey(logits[rBase + j]) & rMask) == rThr) { tie++; }
     }
   }
-  return keptExp(x, &tie) / rSum;
+  return keptExpOf(logits[rBase + x], &tie) / rSum;
 }
 `;

@@ -17,7 +17,6 @@ import { rotary } from "../kernels/rotary.ts";
 import { attention, kvWrite, trainingAttention } from "../kernels/attention.ts";
 import {
   fusedLinear,
-  type FusedLinearArgs,
   fusedLinearSupported,
   type FusedSlotCopy,
   STORAGE_UNIFORM,
@@ -227,7 +226,7 @@ export function buildForwardPlan(
     d.push(embedding(gpu, { tokens, table: weights.tokenEmbedding, out: layers[0].x, T, C }));
   }
   let lower = -1; // a draft plan's dispatches before the extra blocks
-  let lowerLast: FusedLinearArgs | undefined; // the fused args of its last one
+  let slotCopy: ((copy: FusedSlotCopy) => Dispatch) | undefined; // its last one, with a slot copy
   for (const [i, s] of (useFused ? exit.steps : []).entries()) {
     const { w, a, kv } = s, x = a.x;
     if (kind === "draft" && i === config.earlyExitLayer) lower = d.length;
@@ -272,19 +271,20 @@ export function buildForwardPlan(
       K: C,
       epilogue: { kind: "biasGelu", bias: w.ffInBias, out: a.a },
     }));
-    const ffOut: FusedLinearArgs = {
-      x: a.a,
-      w: w.ffOut,
-      wTex: model.weightTexture(w.ffOut, C, F),
-      M: T,
-      N: C,
-      K: F,
-      epilogue: { kind: "accumulate", bias: w.ffOutBias, out: x },
-    };
-    d.push(fusedLinear(gpu, ffOut));
+    const ffOut = (slotCopy?: FusedSlotCopy) =>
+      fusedLinear(gpu, {
+        x: a.a,
+        w: w.ffOut,
+        wTex: model.weightTexture(w.ffOut, C, F),
+        M: T,
+        N: C,
+        K: F,
+        epilogue: { kind: "accumulate", bias: w.ffOutBias, out: x, slotCopy },
+      });
+    d.push(ffOut());
     // the dispatch that finishes block k − 1 of a draft plan: a caller may rebuild it with a
     // slot copy (model/self_speculative.ts)
-    if (kind === "draft" && i === config.earlyExitLayer - 1) lowerLast = ffOut;
+    if (kind === "draft" && i === config.earlyExitLayer - 1) slotCopy = ffOut;
   }
   for (const [i, s] of (useFused ? [] : exit.steps).entries()) {
     const { w, a, kv, next } = s;
@@ -368,16 +368,8 @@ export function buildForwardPlan(
       d.push(...linearForward(gpu, { a: y, b: w, c: out, M: T, N: V, K: C }));
     }
   };
-  const last = lowerLast;
   const draftSplit = kind === "draft"
-    ? {
-      lower: lower < 0 ? d.length : lower,
-      head: d.length,
-      slotCopy: last && last.epilogue.kind === "accumulate"
-        ? (slotCopy: FusedSlotCopy) =>
-          fusedLinear(gpu, { ...last, epilogue: { ...last.epilogue, slotCopy } } as FusedLinearArgs)
-        : undefined,
-    }
+    ? { lower: lower < 0 ? d.length : lower, head: d.length, slotCopy }
     : undefined;
   if (kind === "draft") {
     head(xFinal, weights.exitNorm!, weights.exitWeight!, logits, xf, rstdF);
