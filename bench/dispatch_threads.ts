@@ -8,6 +8,10 @@
  * - an empty dispatch of 1 and of 4 workgroups (8 lanes, one storage binding): the fixed cost;
  * - the same with 6 storage buffers and 3 textures bound, and alternating 8 pipelines: what
  *   bindings and pipeline switches add;
+ * - an indirect dispatch of 0 workgroups (what a gated draft step of the adaptive draft length
+ *   costs once every row has stopped) and one of 1;
+ * - a storage write then a uniform read of the same buffer, alternated (the usage transition
+ *   each fused GEMV's input makes);
  * - a base decoding step (the fused path, 22 dispatches) of a random model of issue 10's shape
  *   (dim 128, depth 4, heads 4 × 32, V 256), batch 1, prompt 128, 48 steps per submit.
  *
@@ -20,7 +24,7 @@
  *
  * @module
  */
-import { type Dispatch, requestGpu } from "../kernels/gpu.ts";
+import { type Dispatch, INDIRECT_STORAGE, requestGpu } from "../kernels/gpu.ts";
 import { Decoder } from "../model/decoder.ts";
 import { baseDecodingEngine } from "../model/decoding.ts";
 import { wallMs } from "./wall_time.ts";
@@ -101,6 +105,41 @@ const TAG: u32 = ${tag}u; // distinct pipelines
 /** Wall ms of one submit of `ds`, waited for. */
 const wall = (ds: Dispatch[]) => wallMs(gpu, ds);
 
+/** The empty dispatch's counts from a buffer: 0 or 1 workgroups. */
+function indirect(count: number): Dispatch {
+  const counts = dev.createBuffer({ size: 16, usage: INDIRECT_STORAGE, mappedAtCreation: true });
+  new Uint32Array(counts.getMappedRange()).set([count, 1, 1, 0]);
+  counts.unmap();
+  return { ...empty(1, 0, 0, 1), indirect: { buffer: counts, offset: 0 } };
+}
+
+/** A buffer written by one dispatch (storage) and read by the next (uniform), alternated. */
+function writeThenUniform(): Dispatch[] {
+  const shared = gpu.buffer("shared (16384)", 65536, 0x80 | 0x40 | 0x8);
+  const own = gpu.buffer("own (16)", 64, 0x80);
+  const make = (decl: string, use: string, buffers: GPUBuffer[]): Dispatch => {
+    const pipeline = gpu.pipeline(
+      `transition ${use}`,
+      `${decl}
+@compute @workgroup_size(8) fn main(@builtin(local_invocation_index) l: u32) { if (l == 99u) { ${use} } }`,
+    );
+    const bindGroup = dev.createBindGroup({
+      layout: pipeline.getBindGroupLayout(0),
+      entries: buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
+    });
+    return { label: "transition", pipeline, bindGroup, workgroups: [2, 1, 1] };
+  };
+  return [
+    make(`@group(0) @binding(0) var<storage, read_write> b: array<f32>;`, "b[0] += 1.0;", [shared]),
+    make(
+      `@group(0) @binding(0) var<uniform> u: array<vec4f, 4096>;
+@group(0) @binding(1) var<storage, read_write> o: array<f32>;`,
+      "o[0] += u[1].x;",
+      [shared, own],
+    ),
+  ];
+}
+
 const N = 400; // dispatches per submit
 const alt = Array.from({ length: 8 }, (_, i) => empty(6, 3, i + 1, 2));
 const cases: Record<string, { ds: Dispatch[]; per: number }> = {
@@ -108,6 +147,12 @@ const cases: Record<string, { ds: Dispatch[]; per: number }> = {
   "empty, 4 workgroups, µs": { ds: new Array(N).fill(empty(1, 0, 0, 4)), per: N },
   "6 buffers + 3 textures, µs": { ds: new Array(N).fill(empty(6, 3, 0, 2)), per: N },
   "same, 8 pipelines in turn, µs": { ds: Array.from({ length: N }, (_, i) => alt[i % 8]), per: N },
+  "indirect, 0 workgroups, µs": { ds: new Array(N).fill(indirect(0)), per: N },
+  "indirect, 1 workgroup, µs": { ds: new Array(N).fill(indirect(1)), per: N },
+  "storage write / uniform read in turn, µs": {
+    ds: new Array(N / 2).fill(writeThenUniform()).flat(),
+    per: N,
+  },
 };
 const model = Decoder.create(gpu, { numTokens: 256, dim: 128, depth: 4, heads: 4, dimHead: 32 }, {
   seed: 0,

@@ -21,7 +21,7 @@
  * Usage:
  *   deno run -A bench/speculation_table.ts --config NAME=RUN_DIR[:self] ... [--gammas 2,3,5]
  *     [--adaptive 6:0.3,6:0.5] [--batches 1,8] [--prompt 128] [--seq-len 512] [--repeats 4]
- *     [--data corpus.txt[.gz]] [--json out.json]
+ *     [--temperature 1] [--data corpus.txt[.gz]] [--json out.json]
  * RUN_DIR holds train.ts's checkpoint/target.safetensors and checkpoint/draft.safetensors; with
  * `:self` the target (which must have an exit head) is its own draft. Prompts are windows of
  * `--data` (default: this project's README), the same for every configuration; `--data` also
@@ -58,6 +58,7 @@ const { values } = parseArgs({
     prompt: { type: "string", default: "128" },
     "seq-len": { type: "string", default: "512" },
     repeats: { type: "string", default: "4" },
+    temperature: { type: "string", default: "1" },
     data: { type: "string" },
     json: { type: "string" },
   },
@@ -71,6 +72,10 @@ const ints = (s: string, flag: string) =>
     return v;
   });
 const gammas = ints(values.gammas, "gammas");
+const temperature = Number(values.temperature);
+if (!(temperature >= 0)) {
+  throw new Error(`--temperature: "${values.temperature}" is not a number ≥ 0`);
+}
 const batches = ints(values.batches, "batches");
 const adaptive = values.adaptive.split(",").filter((x) => x).map((x) => {
   const [g, t] = x.split(":").map(Number);
@@ -276,12 +281,13 @@ for (const spec of values.config) {
     const specRows: Row[] = [];
     for (const { gamma, threshold } of cases) {
       const { b, s } = await paired(
-        () => (seed) => baseDecoding(target, pr, L, { seed, timer }),
+        () => (seed) => baseDecoding(target, pr, L, { seed, timer, temperature }),
         () => (seed) =>
           speculativeDecoding(target, draft, pr, L, {
             gamma,
             seed,
             timer,
+            temperature,
             draftThreshold: threshold,
           }),
       );

@@ -149,6 +149,19 @@
  * The attention dispatch at 1 key costs 53 to 65 µs (min): its cross-lane combine through
  * workgroup memory is ~10 to 15 of them (38 to 45 without it), its barriers ~0.
  *
+ * ## Why a layer stays at five dispatches (branch `blocks`, bench/results/split-layer-2026-12-01)
+ *
+ * Three per layer were built and measured: the out-projection split by head into the attention
+ * dispatch, the feed-forward split over hidden units (its GELU outputs in workgroup memory), the
+ * residual adds left as partial sums that the next GEMV adds to its input. Correct, and slower:
+ * a base step 1.28×, a speculative step 1.36× the time (paired, one process). On lavapipe a GEMV
+ * input read from workgroup memory in the inner loop cost 366 µs against 249 µs from a uniform
+ * binding (4 rows; 192 against 160 at one), and each partial added to the input costs another
+ * load per row and k (the logits GEMV at 4 rows with 4 addends: 80 → 98–144 µs; 365 µs when the
+ * addends' stride came from `params` inside the loop). So each GEMV here reads an input that the
+ * dispatch before it wrote, through a uniform binding, and the fixed cost of that dispatch
+ * (~17–30 µs) is the cheaper price.
+ *
  * Attention was kernels/attention_forward.ts's `"split"` kernel: already one dispatch per
  * layer for every head and row, each key and value loaded once for up to 8 queries of a row
  * (the γ + 1 verification rows), keys split over 8 lanes. Splitting long contexts over more

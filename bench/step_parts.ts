@@ -1,0 +1,108 @@
+/**
+ * What a decode step costs, by wall time, in units of a base decoding step: each part of a
+ * speculative step (draft forwards, draft sampling, the target's verification forward, the
+ * acceptance) run on its own, the whole speculative step, and the marginal cost of a dispatch
+ * inside a base step (the step with empty dispatches interleaved, and with kinds of dispatch
+ * removed). The outputs of the altered steps are wrong; only their times are wanted.
+ *
+ * Why wall time: lavapipe writes a pass's beginning timestamp late in command buffers that touch
+ * textures (bench/wall_time.ts). Why units of a base step: Leviathan et al.'s prediction assumes a
+ * verification of γ + 1 tokens costs one target step and everything else is γ draft steps; this
+ * shows what each part costs here, and so where measured speedups fall short of the prediction.
+ *
+ * `XDG_RUNTIME_DIR=/tmp deno run -A bench/step_parts.ts --target t.safetensors
+ *   [--draft d.safetensors | --self] [--gamma 3] [--rounds 5]`
+ *
+ * Each list runs 20 times per submit, less an empty submit's wait, lists alternated within each
+ * round; medians over the rounds. Prompt 128 bytes, batch 1, steps from position 128 on.
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { type Dispatch, requestGpu } from "../kernels/gpu.ts";
+import { Decoder } from "../model/decoder.ts";
+import { baseDecodingEngine, speculativeDecodingEngine } from "../model/decoding.ts";
+import { wallMs, wallMsPerRun } from "./wall_time.ts";
+
+const { values } = parseArgs({
+  args: Deno.args,
+  options: {
+    target: { type: "string" },
+    draft: { type: "string" },
+    self: { type: "boolean", default: false },
+    gamma: { type: "string", default: "3" },
+    rounds: { type: "string", default: "5" },
+  },
+});
+if (!values.target || (!values.draft && !values.self)) {
+  throw new Error("step_parts: needs --target FILE and --draft FILE or --self");
+}
+const gamma = Number(values.gamma), rounds = Number(values.rounds);
+if (!Number.isInteger(gamma) || gamma < 1) throw new Error(`--gamma: "${values.gamma}" is not ≥ 1`);
+if (!Number.isInteger(rounds) || rounds < 1) {
+  throw new Error(`--rounds: "${values.rounds}" is not ≥ 1`);
+}
+const gpu = await requestGpu();
+const load = async (f: string) => Decoder.fromSafetensors(gpu, await Deno.readFile(f));
+const target = await load(values.target);
+const draft = values.self ? target : await load(values.draft!);
+const prompt = [Array.from({ length: 128 }, (_, i) => (i * 5) % 256)];
+const base = baseDecodingEngine(target, prompt, 1024, { seed: 7 });
+await wallMs(gpu, base.prefill);
+const spec = speculativeDecodingEngine(target, draft, prompt, 1024, { seed: 7, gamma });
+await wallMs(gpu, spec.prefill);
+
+// an empty dispatch (8 lanes that never touch their buffer), to interleave
+const pipeline = gpu.pipeline(
+  "step parts: empty",
+  `@group(0) @binding(0) var<storage, read_write> b: array<f32>;
+@compute @workgroup_size(8) fn main(@builtin(local_invocation_index) l: u32) { if (l == 99u) { b[0] += 1.0; } }`,
+);
+const scratch = gpu.buffer("step parts: empty's buffer (16)", 64);
+const empty: Dispatch = {
+  label: "empty",
+  pipeline,
+  bindGroup: gpu.device.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries: [{ binding: 0, resource: { buffer: scratch } }],
+  }),
+  workgroups: [2, 1, 1],
+};
+const kinds = [...new Set(base.step.map((d) => d.label))];
+const cases: [string, Dispatch[]][] = [
+  ["base step", base.step],
+  ...spec.parts.map((p): [string, Dispatch[]] => [`  ${p.name}`, p.dispatches]),
+  [`speculative step (γ ${gamma})`, spec.step],
+  ["base step + an empty dispatch after each", base.step.flatMap((d) => [d, empty])],
+  ...kinds.map((k): [string, Dispatch[]] => [
+    `base step without "${k}"`,
+    base.step.filter((d) => d.label !== k),
+  ]),
+];
+const times = cases.map(() => [] as number[]);
+for (let r = 0; r < rounds; r++) {
+  (await wallMsPerRun(gpu, cases.map((c) => c[1]), 20, 1)).forEach((m, i) => times[i].push(m));
+}
+const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
+const b = median(times[0]);
+const load1 = (await Deno.readTextFile("/proc/loadavg").catch(() => "? ? ?")).split(" ");
+console.log(
+  `${gpu.adapterName}; load ${load1.slice(0, 3).join(" ")}; medians of ${rounds} rounds, ` +
+    `20 runs per submit`,
+);
+console.log("| list | dispatches | ms | base steps |\n|---|--:|--:|--:|");
+let parts = 0;
+cases.forEach(([name, list], i) => {
+  const m = median(times[i]);
+  if (name.startsWith("  ")) parts += m;
+  console.log(`| ${name} | ${list.length} | ${m.toFixed(3)} | ${(m / b).toFixed(2)} |`);
+});
+console.log(
+  `| (sum of the speculative step's parts) | | ${parts.toFixed(3)} | ${(parts / b).toFixed(2)} |`,
+);
+const extra = median(times[spec.parts.length + 2]) - b;
+console.log(
+  `\nan empty dispatch inside a base step: ${(1000 * extra / base.step.length).toFixed(1)} µs`,
+);
+base.destroy();
+spec.destroy();
