@@ -37,8 +37,7 @@
  * @module
  */
 import type { Dispatch, Gpu } from "./gpu.ts";
-import { headVectors, NEG_MAX } from "./attention_head.ts";
-import { unrollLoops } from "./unroll.ts";
+import { attentionSplitCode, splitShape } from "./attention_forward.ts";
 
 /** GPUTextureUsage: TEXTURE_BINDING | STORAGE_BINDING | COPY_SRC | COPY_DST. */
 const KV_TEXTURE_USAGE = 0x04 | 0x08 | 0x01 | 0x02;
@@ -96,119 +95,16 @@ export function kvTexture(
 }
 
 /**
- * The split kernel's shape (kernels/attention_forward.ts `splitShape`): S lanes striding over
- * the keys, QC queries per workgroup. Kept equal so both give the same bits.
+ * The split kernel (kernels/attention_forward.ts `attentionSplitCode`) with its key and value
+ * loads from the KV texture: one template, so both give the same bits.
+ *
+ * @param D head size
+ * @param S threads per workgroup
+ * @param QC queries per workgroup
+ * @returns the WGSL
  */
-function splitShape(gpu: Gpu, D: number, n: number): { S: number; QC: number } {
-  const D4 = Math.ceil(D / 4);
-  const S = gpu.isSoftware ? 8 : 32;
-  const fit = Math.floor(12288 / (S * (D4 * 16 + 8)));
-  return { S, QC: Math.max(1, Math.min(8, n, fit)) };
-}
-
-/** The split forward with K and V from the texture (see the module doc). */
 export function attentionDecodeCode(D: number, S: number, QC: number): string {
-  return unrollLoops(/* wgsl */ `
-struct Params {
-  B: u32, n: u32, H: u32, maxLen: u32,
-  scale: f32,  // dimHead^-0.5
-  tiles: u32,  // workgroups per (row, head)
-}
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<vec4f>;       // (T, 3, H, D)
-@group(0) @binding(2) var kvT: texture_2d_array<f32>;             // (2·B·H, maxLen, D/4) texels
-@group(0) @binding(3) var<storage, read> start: array<u32>;       // (B)
-@group(0) @binding(4) var<storage, read_write> out: array<vec4f>; // (T, H, D)
-@group(0) @binding(5) var<storage, read_write> lse: array<f32>;   // (B, H, n)
-${headVectors(D, ["qkv"], ["out"])}
-const NEG_MAX: f32 = ${NEG_MAX};
-const S: u32 = ${S}u;   // threads per workgroup, striding over keys
-const QC: u32 = ${QC}u; // queries per workgroup
-var<workgroup> mS: array<f32, QC * S>;        // (QC, S) running max per query and thread
-var<workgroup> lS: array<f32, QC * S>;        // (QC, S) running sum
-var<workgroup> aS: array<vec4f, QC * S * D4>; // (QC, S, D4) running weighted values
-var<workgroup> wM: array<f32, QC>;            // (QC) combined max
-var<workgroup> wL: array<f32, QC>;            // (QC) combined sum
-
-@compute @workgroup_size(S)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
-        @builtin(local_invocation_index) li: u32) {
-  let w = wg.x + wg.y * nw.x; // (b, h, chunk of QC queries)
-  let chunk = w % params.tiles;
-  let h = (w / params.tiles) % params.H;
-  let b = w / (params.tiles * params.H);
-  if (b >= params.B) { return; } // whole workgroup: grid overshoot
-  let scale = params.scale;
-  let i0 = chunk * QC;
-  let st = start[b];
-  var ends: array<u32, QC>;
-  var q: array<vec4f, QC * D4>;
-  var m: array<f32, QC>;
-  var l: array<f32, QC>;
-  var a: array<vec4f, QC * D4>;
-  var kEnd = 0u; // keys any query of the chunk sees
-  for (var u = 0u; u < QC; u++) { /* unroll */
-    ends[u] = select(0u, min(st + i0 + u, params.maxLen - 1u) + 1u, i0 + u < params.n);
-    let qRow = (b * params.n + min(i0 + u, params.n - 1u)) * 3u * params.H + h;
-    for (var c = 0u; c < D4; c++) { /* unroll */ q[u * D4 + c] = ld_qkv(qRow, c); }
-    m[u] = NEG_MAX;
-    kEnd = max(kEnd, ends[u]);
-  }
-  let kLayer = b * params.H + h;                  // k of (b, h)
-  let vLayer = kLayer + params.B * params.H;      // v of (b, h)
-  for (var j = li; j < kEnd; j += S) {
-    var kj: array<vec4f, D4>; // key j
-    var vj: array<vec4f, D4>; // value j
-    for (var c = 0u; c < D4; c++) { /* unroll */ kj[c] = textureLoad(kvT, vec2u(c, j), kLayer, 0); }
-    for (var c = 0u; c < D4; c++) { /* unroll */ vj[c] = textureLoad(kvT, vec2u(c, j), vLayer, 0); }
-    for (var u = 0u; u < QC; u++) { /* unroll */
-      if (j < ends[u]) {
-        var s = dot(q[u * D4], kj[0]);
-        for (var c = 1u; c < D4; c++) { /* unroll */ s += dot(q[u * D4 + c], kj[c]); }
-        s *= scale;
-        if (s > m[u]) { // new running max: rescale what was summed so far
-          let alpha = exp(m[u] - s);
-          l[u] = l[u] * alpha;
-          for (var c = 0u; c < D4; c++) { /* unroll */ a[u * D4 + c] = a[u * D4 + c] * alpha; }
-          m[u] = s;
-        }
-        let pj = exp(s - m[u]);
-        l[u] = l[u] + pj;
-        for (var c = 0u; c < D4; c++) { /* unroll */ a[u * D4 + c] = a[u * D4 + c] + pj * vj[c]; }
-      }
-    }
-  }
-  for (var u = 0u; u < QC; u++) { /* unroll */
-    mS[u * S + li] = m[u];
-    lS[u * S + li] = l[u];
-    for (var c = 0u; c < D4; c++) { /* unroll */ aS[(u * S + li) * D4 + c] = a[u * D4 + c]; }
-  }
-  workgroupBarrier();
-  // Threads that saw no key hold m = −FLT_MAX, l = 0: their weight exp(−FLT_MAX − M) is 0.
-  for (var u = li; u < QC; u += S) {
-    var M = NEG_MAX;
-    for (var s = 0u; s < S; s++) { M = max(M, mS[u * S + s]); }
-    var L = 0.0;
-    for (var s = 0u; s < S; s++) { L = L + exp(mS[u * S + s] - M) * lS[u * S + s]; }
-    wM[u] = M;
-    wL[u] = L;
-    if (i0 + u < params.n) { lse[(b * params.H + h) * params.n + i0 + u] = M + log(L); }
-  }
-  workgroupBarrier();
-  for (var e = li; e < QC * D4; e += S) {
-    let u = e / D4;
-    let c = e % D4;
-    if (i0 + u < params.n) {
-      let M = wM[u];
-      let inv = 1.0 / wL[u];
-      var acc = vec4f();
-      for (var s = 0u; s < S; s++) {
-        acc = acc + exp(mS[u * S + s] - M) * aS[(u * S + s) * D4 + c];
-      }
-      st_out((b * params.n + i0 + u) * params.H + h, c, acc * inv);
-    }
-  }
-}`);
+  return attentionSplitCode(D, S, QC, "kvTexture");
 }
 
 /** Sizes of the decode attention and the texture write. */

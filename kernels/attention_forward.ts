@@ -120,15 +120,22 @@ export function kvWrite(
  */
 const HARDWARE_PER = 1;
 
+/** Where a forward kernel reads keys and values (see {@link forwardBindings}). */
+type KeySource = "storage" | "qkvTexture" | "kvTexture";
+
 /**
- * Params and bindings of the forward variants. With `tex` (the training texture variant of
- * {@link attentionTiledPerCode}) keys and values come from `qkvT`, a texture copy of qkv
- * `(T rows, 3·H·D/4 texels)`, instead of the cache `kv`.
+ * Params and bindings of the forward variants. Keys and values come from the cache `kv`
+ * (`"storage"`), from `qkvT`, a texture copy of qkv `(T rows, 3·H·D/4 texels)` (`"qkvTexture"`:
+ * the training texture variant of {@link attentionTiledPerCode}), or from `kvT`, the KV cache's
+ * texture copy `(2·B·H layers, maxLen rows, D/4 texels)` (`"kvTexture"`: the decode attention of
+ * kernels/attention_decode.ts).
  */
-function forwardBindings(D: number, tex = false): string {
+function forwardBindings(D: number, keySource: KeySource = "storage"): string {
   const elem = headElem(D);
-  const keys = tex
+  const keys = keySource === "qkvTexture"
     ? "var qkvT: texture_2d<f32>;                                // (T, 3·H·D/4) texels"
+    : keySource === "kvTexture"
+    ? "var kvT: texture_2d_array<f32>;                           // (2·B·H, maxLen, D/4) texels"
     : `var<storage, read> kv: array<${elem}>;       // (2, B, H, maxLen, D)`;
   return /* wgsl */ `
 struct Params {
@@ -142,7 +149,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> start: array<u32>;        // (B)
 @group(0) @binding(4) var<storage, read_write> out: array<${elem}>; // (T, H, D)
 @group(0) @binding(5) var<storage, read_write> lse: array<f32>;    // (B, H, n)
-${headVectors(D, tex ? ["qkv"] : ["qkv", "kv"], ["out"])}
+${headVectors(D, keySource === "storage" ? ["qkv", "kv"] : ["qkv"], ["out"])}
 const NEG_MAX: f32 = ${NEG_MAX};`;
 }
 
@@ -249,7 +256,7 @@ function attentionTiledPerCode(D: number, per: number, tex = false): string {
   let vRow = kRow + params.B * params.H * params.maxLen;`;
   const ldK = tex ? "textureLoad(qkvT, vec2u(kX + c, y0 + j), 0)" : "ld_kv(kRow + j, c)";
   const ldV = tex ? "textureLoad(qkvT, vec2u(vX + c, y0 + j), 0)" : "ld_kv(vRow + j, c)";
-  return unrollLoops(/* wgsl */ `${forwardBindings(D, tex)}
+  return unrollLoops(/* wgsl */ `${forwardBindings(D, tex ? "qkvTexture" : "storage")}
 const TILE: u32 = ${TILE}u; // queries per workgroup
 const PER: u32 = ${per}u;   // queries per invocation
 
@@ -336,7 +343,7 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
  * @param n queries per row in this forward
  * @returns threads S and queries QC per workgroup
  */
-function splitShape(gpu: Gpu, D: number, n: number): { S: number; QC: number } {
+export function splitShape(gpu: Gpu, D: number, n: number): { S: number; QC: number } {
   const D4 = Math.ceil(D / 4);
   const S = gpu.isSoftware ? 8 : 32;
   const fit = Math.floor(12288 / (S * (D4 * 16 + 8)));
@@ -350,9 +357,33 @@ function splitShape(gpu: Gpu, D: number, n: number): { S: number; QC: number } {
  * softmax per query; the states are then combined in shared memory in a fixed order. A query's
  * result depends only on S and its own keys, never on QC or n: a one-token decode step and a
  * verification forward compute the same bits for the same position.
+ *
+ * Keys and values come from the storage cache `kv (2, B, H, maxLen, D)` or, with `"kvTexture"`,
+ * from its texture copy (kernels/attention_decode.ts): the same lanes, order and arithmetic, so
+ * both give the same bits.
+ *
+ * @param D head size
+ * @param S threads per workgroup
+ * @param QC queries per workgroup
+ * @param keySource where keys and values are read
+ * @returns the WGSL, unrolled
  */
-function attentionSplitCode(D: number, S: number, QC: number): string {
-  return unrollLoops(/* wgsl */ `${forwardBindings(D)}
+export function attentionSplitCode(
+  D: number,
+  S: number,
+  QC: number,
+  keySource: "storage" | "kvTexture" = "storage",
+): string {
+  const tex = keySource === "kvTexture";
+  // where key j and value j of the workgroup's (row, head) are, and how vec4 c of each is read
+  const locate = tex
+    ? `let kLayer = b * params.H + h;                  // k of (b, h)
+  let vLayer = kLayer + params.B * params.H;      // v of (b, h)`
+    : `let kRow = (b * params.H + h) * params.maxLen;
+  let vRow = kRow + params.B * params.H * params.maxLen;`;
+  const loadK = tex ? "textureLoad(kvT, vec2u(c, j), kLayer, 0)" : "ld_kv(kRow + j, c)";
+  const loadV = tex ? "textureLoad(kvT, vec2u(c, j), vLayer, 0)" : "ld_kv(vRow + j, c)";
+  return unrollLoops(/* wgsl */ `${forwardBindings(D, keySource)}
 const S: u32 = ${S}u;   // threads per workgroup, striding over keys
 const QC: u32 = ${QC}u; // queries per workgroup
 var<workgroup> mS: array<f32, QC * S>;        // (QC, S) running max per query and thread
@@ -387,13 +418,12 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
     m[u] = NEG_MAX;
     kEnd = max(kEnd, ends[u]);
   }
-  let kRow = (b * params.H + h) * params.maxLen;
-  let vRow = kRow + params.B * params.H * params.maxLen;
+  ${locate}
   for (var j = li; j < kEnd; j += S) {
     var kj: array<vec4f, D4>; // key j
     var vj: array<vec4f, D4>; // value j
-    for (var c = 0u; c < D4; c++) { /* unroll */ kj[c] = ld_kv(kRow + j, c); }
-    for (var c = 0u; c < D4; c++) { /* unroll */ vj[c] = ld_kv(vRow + j, c); }
+    for (var c = 0u; c < D4; c++) { /* unroll */ kj[c] = ${loadK}; }
+    for (var c = 0u; c < D4; c++) { /* unroll */ vj[c] = ${loadV}; }
     for (var u = 0u; u < QC; u++) { /* unroll */
       if (j < ends[u]) {
         var s = dot(q[u * D4], kj[0]);
