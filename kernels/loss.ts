@@ -25,17 +25,31 @@ const CE_WG = 32;
 /** Invocations of the {@link sumLoss} workgroup. */
 const SUM_WG = 256;
 
+/** What a cross-entropy kernel writes: the loss, also the gradient, or the gradient in place. */
+type CrossEntropyMode = "loss" | "grad" | "gradInPlace";
+
 /**
- * Loss only, one workgroup per row t: m = max logits, sum = Σ exp(l − m),
- * loss = log(sum) − (l[target] − m). Ignored rows: loss 0; a target ≥ V that isn't IGNORE: NaN,
- * so the bug shows.
+ * One workgroup per row t: m = max logits, sum = Σ exp(l − m), loss = log(sum) − (l[target] − m);
+ * ignored rows: loss 0; a target ≥ V that isn't IGNORE: NaN, so the bug shows. With `"grad"` also
+ * dLogits = scale·(softmax − onehot) (zero rows where ignored, NaN rows for a bad target); with
+ * `"gradInPlace"` the gradient overwrites the logits (`logits` read-write, no `dLogits`): the
+ * target's logit is read before the barriers, and each invocation overwrites only the logits it
+ * alone reads after them.
  */
-const crossEntropyCode = (wg: number): string => /* wgsl */ `
-struct Params { T: u32, V: u32, nanBits: u32 }
+const crossEntropyCode = (wg: number, mode: CrossEntropyMode): string => /* wgsl */ `
+struct Params { T: u32, V: u32, ${mode === "loss" ? "" : "scale: f32, "}nanBits: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;       // (T, V)
+${
+  mode === "gradInPlace"
+    ? `@group(0) @binding(1) var<storage, read_write> logits: array<f32>; // (T, V), then dLogits`
+    : `@group(0) @binding(1) var<storage, read> logits: array<f32>;       // (T, V)`
+}
 @group(0) @binding(2) var<storage, read> targets: array<u32>;      // (T) u32
-@group(0) @binding(3) var<storage, read_write> losses: array<f32>; // (T)
+@group(0) @binding(3) var<storage, read_write> losses: array<f32>; // (T)${
+  mode === "grad"
+    ? "\n@group(0) @binding(4) var<storage, read_write> dLogits: array<f32>; // (T, V)"
+    : ""
+}
 const WG: u32 = ${wg}u;
 const IGNORE: u32 = 0xffffffffu;
 var<workgroup> red: array<f32, WG>;
@@ -49,6 +63,7 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   let tgt = targets[row];
   let ignored = tgt == IGNORE;
   let valid = tgt < params.V;
+  // read before the barriers below (in place, the gradient overwrites the row afterwards)
   var lt = 0.0;
   if (valid) { lt = logits[base + tgt]; }
 
@@ -79,135 +94,20 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     else if (!ignored) { loss = bitcast<f32>(params.nanBits); }
     losses[row] = loss;
   }
-}`;
-
-/**
- * Loss and gradient, one workgroup per row t: the loss as in {@link crossEntropyCode}, then
- * dLogits = scale·(softmax − onehot) (zero rows where ignored, NaN rows for a bad target).
- */
-const crossEntropyGradCode = (wg: number): string => /* wgsl */ `
-struct Params { T: u32, V: u32, scale: f32, nanBits: u32 }
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> logits: array<f32>;        // (T, V)
-@group(0) @binding(2) var<storage, read> targets: array<u32>;       // (T) u32
-@group(0) @binding(3) var<storage, read_write> losses: array<f32>;  // (T)
-@group(0) @binding(4) var<storage, read_write> dLogits: array<f32>; // (T, V)
-const WG: u32 = ${wg}u;
-const IGNORE: u32 = 0xffffffffu;
-var<workgroup> red: array<f32, WG>;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
-  if (row >= params.T) { return; }
-  let base = row * params.V;
-  let tgt = targets[row];
-  let ignored = tgt == IGNORE;
-  let valid = tgt < params.V;
-  var lt = 0.0;
-  if (valid) { lt = logits[base + tgt]; }
-
-  var m = -3.4028234663852886e38;
-  for (var v = lid; v < params.V; v += WG) { m = max(m, logits[base + v]); }
-  red[lid] = m;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
-    workgroupBarrier();
-  }
-  m = red[0];
-  workgroupBarrier(); // everyone has read the max before red is reused
-
-  var sum = 0.0;
-  for (var v = lid; v < params.V; v += WG) { sum += exp(logits[base + v] - m); }
-  red[lid] = sum;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
-    workgroupBarrier();
-  }
-  sum = red[0];
-
-  if (lid == 0u) {
-    var loss = 0.0;
-    if (valid) { loss = log(sum) - (lt - m); } // shift first: exact for big logits
-    else if (!ignored) { loss = bitcast<f32>(params.nanBits); }
-    losses[row] = loss;
-  }
-
+${
+  mode === "loss" ? "" : `
   let k = params.scale / sum;
   for (var v = lid; v < params.V; v += WG) {
     var g = 0.0;
     if (valid) { g = exp(logits[base + v] - m) * k - select(0.0, params.scale, v == tgt); }
     else if (!ignored) { g = bitcast<f32>(params.nanBits); }
-    dLogits[base + v] = g;
+    ${
+    mode === "gradInPlace"
+      ? "logits[base + v] = g; // each invocation rewrites only what it alone reads"
+      : "dLogits[base + v] = g;"
   }
-}`;
-
-/**
- * Loss and gradient written in place over the logits: {@link crossEntropyGradCode} with
- * `logits` read-write and no `dLogits`. The target's logit is read before the barriers, and each
- * invocation overwrites only the logits it alone reads after them.
- */
-const crossEntropyGradInPlaceCode = (wg: number): string => /* wgsl */ `
-struct Params { T: u32, V: u32, scale: f32, nanBits: u32 }
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read_write> logits: array<f32>; // (T, V), then dLogits
-@group(0) @binding(2) var<storage, read> targets: array<u32>;      // (T) u32
-@group(0) @binding(3) var<storage, read_write> losses: array<f32>; // (T)
-const WG: u32 = ${wg}u;
-const IGNORE: u32 = 0xffffffffu;
-var<workgroup> red: array<f32, WG>;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
-  if (row >= params.T) { return; }
-  let base = row * params.V;
-  let tgt = targets[row];
-  let ignored = tgt == IGNORE;
-  let valid = tgt < params.V;
-  // Read before the barriers below: the gradient overwrites the row afterwards.
-  var lt = 0.0;
-  if (valid) { lt = logits[base + tgt]; }
-
-  var m = -3.4028234663852886e38;
-  for (var v = lid; v < params.V; v += WG) { m = max(m, logits[base + v]); }
-  red[lid] = m;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = max(red[lid], red[lid + s]); }
-    workgroupBarrier();
-  }
-  m = red[0];
-  workgroupBarrier(); // everyone has read the max before red is reused
-
-  var sum = 0.0;
-  for (var v = lid; v < params.V; v += WG) { sum += exp(logits[base + v] - m); }
-  red[lid] = sum;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
-    workgroupBarrier();
-  }
-  sum = red[0];
-
-  if (lid == 0u) {
-    var loss = 0.0;
-    if (valid) { loss = log(sum) - (lt - m); } // shift first: exact for big logits
-    else if (!ignored) { loss = bitcast<f32>(params.nanBits); }
-    losses[row] = loss;
-  }
-
-  let k = params.scale / sum;
-  for (var v = lid; v < params.V; v += WG) {
-    var g = 0.0;
-    if (valid) { g = exp(logits[base + v] - m) * k - select(0.0, params.scale, v == tgt); }
-    else if (!ignored) { g = bitcast<f32>(params.nanBits); }
-    logits[base + v] = g; // each invocation rewrites only what it alone reads
-  }
+  }`
+}
 }`;
 
 /** out[0] (+)= scale · Σ losses: one workgroup, invocation i sums i, i+256, … then a tree. */
@@ -275,7 +175,7 @@ export function crossEntropy(
   if (dLogits === undefined) {
     return gpu.kernel({
       label: `crossEntropy T=${T} V=${V}`,
-      code: crossEntropyCode(wg),
+      code: crossEntropyCode(wg, "loss"),
       params: { T, V, nanBits: NAN_BITS },
       buffers: { logits, targets, losses },
       workgroups: T,
@@ -285,7 +185,7 @@ export function crossEntropy(
   if (dLogits === logits) {
     return gpu.kernel({
       label: `crossEntropy+grad in place T=${T} V=${V}`,
-      code: crossEntropyGradInPlaceCode(wg),
+      code: crossEntropyCode(wg, "gradInPlace"),
       params,
       buffers: { logits, targets, losses },
       workgroups: T,
@@ -293,7 +193,7 @@ export function crossEntropy(
   }
   return gpu.kernel({
     label: `crossEntropy+grad T=${T} V=${V}`,
-    code: crossEntropyGradCode(wg),
+    code: crossEntropyCode(wg, "grad"),
     params,
     buffers: { logits, targets, losses, dLogits },
     workgroups: T,
