@@ -107,51 +107,12 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
 }`;
 
 /**
- * Backward for dx, wide: one workgroup of WG = 32 to 256 lanes per row,
- * `dx = rstd·w·dy − x · rstd³/C · Σ_c(w·dy·x)`, written or (`accumulate`) added.
+ * Backward for dx, `dx = rstd·w·dy − x · rstd³/C · Σ_c(w·dy·x)`, written or (`accumulate`,
+ * baked in: one pipeline per flag, no branch in the write loop) added. One workgroup of `wg`
+ * lanes per row: wide (32 to 256 lanes) on hardware; narrow (8 lanes, for C not a multiple of 4)
+ * on software adapters. Lane l sums `w·dy·x` over columns l, l + wg, …, then a fixed tree.
  */
-const rmsNormDxCode = (wg: number): string => /* wgsl */ `
-struct Params { T: u32, C: u32, accumulate: u32 }
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> x: array<f32>;        // (T, C)
-@group(0) @binding(2) var<storage, read> weight: array<f32>;   // (C)
-@group(0) @binding(3) var<storage, read> rstd: array<f32>;     // (T)
-@group(0) @binding(4) var<storage, read> dy: array<f32>;       // (T, C)
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>; // (T, C)
-const WG: u32 = ${wg}u;
-var<workgroup> red: array<f32, WG>;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
-  if (row >= params.T) { return; }
-  let base = row * params.C;
-  var dot = 0.0;
-  for (var c = lid; c < params.C; c += WG) {
-    dot = fma(weight[c] * dy[base + c], x[base + c], dot);
-  }
-  red[lid] = dot;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = red[lid] + red[lid + s]; }
-    workgroupBarrier();
-  }
-  let r = rstd[row];
-  let k = red[0] * r * r * r / f32(params.C);
-  for (var c = lid; c < params.C; c += WG) {
-    var g = r * weight[c] * dy[base + c] - x[base + c] * k;
-    if (params.accumulate != 0u) { g = g + dx[base + c]; }
-    dx[base + c] = g;
-  }
-}`;
-
-/**
- * Backward for dx, narrow (C not a multiple of 4): 8 lanes per row, lane l sums `w·dy·x` over
- * columns l, l+8, …, then a fixed 3-step tree. `accumulate` is baked in (one pipeline per flag)
- * so the write loop has no branch.
- */
-const rmsNormDxNarrowCode = (accumulate: boolean): string => /* wgsl */ `
+const rmsNormDxCode = (wg: number, accumulate: boolean): string => /* wgsl */ `
 struct Params { T: u32, C: u32 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;        // (T, C)
@@ -159,7 +120,7 @@ struct Params { T: u32, C: u32 }
 @group(0) @binding(3) var<storage, read> rstd: array<f32>;     // (T)
 @group(0) @binding(4) var<storage, read> dy: array<f32>;       // (T, C)
 @group(0) @binding(5) var<storage, read_write> dx: array<f32>; // (T, C)
-const WG: u32 = ${NARROW_LANES}u;
+const WG: u32 = ${wg}u;
 const ACCUMULATE: bool = ${accumulate};
 var<workgroup> red: array<f32, WG>;
 
@@ -414,15 +375,17 @@ export function rmsNormBackward(
     narrow
       ? gpu.kernel({
         label: `rmsNormBackward dx narrow T=${T} C=${C}`,
-        code: vec4 ? rmsNormDxNarrowVec4Code(accumulateDx) : rmsNormDxNarrowCode(accumulateDx),
+        code: vec4
+          ? rmsNormDxNarrowVec4Code(accumulateDx)
+          : rmsNormDxCode(NARROW_LANES, accumulateDx),
         params: { T, C },
         buffers: { x, weight, rstd, dy, dx },
         workgroups: T,
       })
       : gpu.kernel({
         label: `rmsNormBackward dx T=${T} C=${C}`,
-        code: rmsNormDxCode(rowWorkgroupSize(C)),
-        params: { T, C, accumulate: accumulateDx ? 1 : 0 },
+        code: rmsNormDxCode(rowWorkgroupSize(C), accumulateDx),
+        params: { T, C },
         buffers: { x, weight, rstd, dy, dx },
         workgroups: T,
       }),
