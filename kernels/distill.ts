@@ -18,18 +18,23 @@ import type { Dispatch, Gpu } from "./gpu.ts";
 const KL_WG = 32;
 
 /**
- * Loss only, one workgroup per row r. With zs = (s − max s)/τ and zt = (t − max t)/τ (both ≤ 0,
- * so exp never overflows), Ss = Σ exp(zs), St = Σ exp(zt):
+ * One workgroup per row r. With zs = (s − max s)/τ and zt = (t − max t)/τ (both ≤ 0, so exp
+ * never overflows), Ss = Σ exp(zs), St = Σ exp(zt):
  * KL = Σ_v p_t (log p_t − log p_s) = (1/St) Σ_v exp(zt)(zt − zs) + log Ss − log St.
  * Terms where p_t underflows to 0 are skipped (0 · ∞ would be NaN for a −∞-like student logit).
- * The max and the three sums each take one tree reduction over vec2/vec4 lanes.
+ * The max and the three sums each take one tree reduction over vec2/vec4 lanes. With `grad`,
+ * also dStudent (+)= scale/τ · (p_s − p_t), every element of the row written.
  */
-const klCode = (wg: number): string => /* wgsl */ `
-struct Params { T: u32, V: u32, invTau: f32, teacherOffset: u32 }
+const klCode = (wg: number, grad: boolean): string => /* wgsl */ `
+struct Params { T: u32, V: u32, invTau: f32, teacherOffset: u32${
+  grad ? ", scale: f32, accumulate: u32" : ""
+} }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> student: array<f32>;      // (T, V)
 @group(0) @binding(2) var<storage, read> teacher: array<f32>;      // (…, V): T rows from teacherOffset
-@group(0) @binding(3) var<storage, read_write> losses: array<f32>; // (T)
+@group(0) @binding(3) var<storage, read_write> losses: array<f32>; // (T)${
+  grad ? "\n@group(0) @binding(4) var<storage, read_write> dStudent: array<f32>; // (T, V)" : ""
+}
 const WG: u32 = ${wg}u;
 var<workgroup> redMax: array<vec2f, WG>;
 var<workgroup> redSum: array<vec3f, WG>;
@@ -69,59 +74,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
   }
   let sum = redSum[0];
   if (lid == 0u) { losses[row] = sum.z / sum.y + log(sum.x) - log(sum.y); }
-}`;
-
-/**
- * Loss and gradient, one workgroup per row r: the loss as in {@link klCode}, then
- * dStudent (+)= scale/τ · (p_s − p_t), every element of the row written.
- */
-const klGradCode = (wg: number): string => /* wgsl */ `
-struct Params { T: u32, V: u32, invTau: f32, teacherOffset: u32, scale: f32, accumulate: u32 }
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> student: array<f32>;        // (T, V)
-@group(0) @binding(2) var<storage, read> teacher: array<f32>;        // (…, V): T rows from teacherOffset
-@group(0) @binding(3) var<storage, read_write> losses: array<f32>;   // (T)
-@group(0) @binding(4) var<storage, read_write> dStudent: array<f32>; // (T, V)
-const WG: u32 = ${wg}u;
-var<workgroup> redMax: array<vec2f, WG>;
-var<workgroup> redSum: array<vec3f, WG>;
-
-@compute @workgroup_size(WG)
-fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
-        @builtin(local_invocation_index) lid: u32) {
-  let row = wid.x + wid.y * nwg.x; // the grid may be split over x and y
-  if (row >= params.T) { return; }
-  let sBase = row * params.V;
-  let tBase = params.teacherOffset + row * params.V;
-
-  var m = vec2f(-3.4028234663852886e38); // (student, teacher)
-  for (var v = lid; v < params.V; v += WG) {
-    m = max(m, vec2f(student[sBase + v], teacher[tBase + v]));
-  }
-  redMax[lid] = m;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-    if (lid < s) { redMax[lid] = max(redMax[lid], redMax[lid + s]); }
-    workgroupBarrier();
-  }
-  m = redMax[0];
-
-  var acc = vec3f(0.0); // (Σ exp(zs), Σ exp(zt), Σ exp(zt)·(zt − zs))
-  for (var v = lid; v < params.V; v += WG) {
-    let zs = (student[sBase + v] - m.x) * params.invTau;
-    let zt = (teacher[tBase + v] - m.y) * params.invTau;
-    let et = exp(zt);
-    acc += vec3f(exp(zs), et, select(0.0, et * (zt - zs), et > 0.0));
-  }
-  redSum[lid] = acc;
-  workgroupBarrier();
-  for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-    if (lid < s) { redSum[lid] = redSum[lid] + redSum[lid + s]; }
-    workgroupBarrier();
-  }
-  let sum = redSum[0];
-  if (lid == 0u) { losses[row] = sum.z / sum.y + log(sum.x) - log(sum.y); }
-
+${
+  !grad ? "" : `
   let k = params.scale * params.invTau;
   let ks = k / sum.x;
   let kt = k / sum.y;
@@ -131,7 +85,8 @@ fn main(@builtin(workgroup_id) wid: vec3u, @builtin(num_workgroups) nwg: vec3u,
     var g = exp(zs) * ks - exp(zt) * kt;
     if (params.accumulate != 0u) { g = g + dStudent[sBase + v]; }
     dStudent[sBase + v] = g;
-  }
+  }`
+}
 }`;
 
 /**
@@ -199,7 +154,7 @@ export function klDivergence(
   if (dStudent === undefined) {
     return gpu.kernel({
       label: `klDivergence T=${T} V=${V}`,
-      code: klCode(KL_WG),
+      code: klCode(KL_WG, false),
       params: { T, V, invTau, teacherOffset },
       buffers: { student, teacher, losses },
       workgroups: T,
@@ -207,7 +162,7 @@ export function klDivergence(
   }
   return gpu.kernel({
     label: `klDivergence+grad T=${T} V=${V}`,
-    code: klGradCode(KL_WG),
+    code: klCode(KL_WG, true),
     params: { T, V, invTau, teacherOffset, scale: a.scale ?? 1, accumulate: a.accumulate ? 1 : 0 },
     buffers: { student, teacher, losses, dStudent },
     workgroups: T,
