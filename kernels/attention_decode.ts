@@ -37,7 +37,7 @@
  * @module
  */
 import type { Dispatch, Gpu } from "./gpu.ts";
-import { attentionSplitCode, splitShape } from "./attention_forward.ts";
+import { attentionSplitCode, kvWriteCode, splitShape } from "./attention_forward.ts";
 
 /** GPUTextureUsage: TEXTURE_BINDING | STORAGE_BINDING | COPY_SRC | COPY_DST. */
 const KV_TEXTURE_USAGE = 0x04 | 0x08 | 0x01 | 0x02;
@@ -175,37 +175,6 @@ export function attentionDecode(
   });
 }
 
-/** The texture copy of kvWrite: one invocation per (token, k/v, head, vec4 of D). */
-const KV_TEXTURE_WRITE = /* wgsl */ `
-struct Params {
-  B: u32, n: u32, H: u32,
-  D4: u32,     // vec4s per head vector
-  maxLen: u32,
-  total: u32,  // vec4s to copy: B·n · 2 · H · D4
-}
-@group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<storage, read> qkv: array<vec4f>; // (T, 3, H, D)
-@group(0) @binding(2) var<storage, read> start: array<u32>; // (B)
-@group(0) @binding(3) var kvT: texture_storage_2d_array<rgba32float, write>; // (2·B·H, maxLen, D/4)
-
-@compute @workgroup_size(64)
-fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
-        @builtin(local_invocation_index) li: u32) {
-  let id = (wg.x + wg.y * nw.x) * 64u + li;
-  if (id >= params.total) { return; }
-  let c = id % params.D4;
-  var r = id / params.D4;
-  let h = r % params.H;
-  r = r / params.H;
-  let s = r % 2u;
-  let t = r / 2u;
-  let b = t / params.n;
-  let pos = start[b] + t % params.n;
-  if (pos >= params.maxLen) { return; } // no slot past the cache, as kvWrite
-  let layer = (s * params.B + b) * params.H + h;
-  textureStore(kvT, vec2u(c, pos), layer, qkv[((t * 3u + 1u + s) * params.H + h) * params.D4 + c]);
-}`;
-
 /**
  * Copies k and v of every token `(b, i)` of this forward from `qkv` into the KV texture at
  * position `start[b] + i` (positions ≥ maxLen are skipped), as kvWrite does into the storage
@@ -236,8 +205,8 @@ export function kvTextureWrite(
   const total = B * n * 2 * H * (D / 4);
   return gpu.kernel({
     label: "kvTextureWrite",
-    code: KV_TEXTURE_WRITE,
-    params: { B, n, H, D4: D / 4, maxLen, total },
+    code: kvWriteCode("vec4f", "texture"),
+    params: { B, n, H, Dw: D / 4, maxLen, total },
     buffers: { qkv: a.qkv, start: a.start },
     textures: { kvT: a.kvTex.createView({ dimension: "2d-array" }) },
     workgroups: total === 0 ? 0 : Math.ceil(total / 64),

@@ -12,9 +12,19 @@ import { unrollLoops } from "./unroll.ts";
 /**
  * kvWrite, one invocation per copied element: a scalar f32 for any D, or a vec4 when D % 4 = 0
  * (a quarter of the invocations and index computations, and on software adapters a quarter of
- * the per-lane load and store loops).
+ * the per-lane load and store loops). With `"texture"` (vec4 only) the destination is the KV
+ * cache's texture copy `kvT (2·B·H layers, maxLen rows, D/4 texels)` of
+ * kernels/attention_decode.ts instead of the storage cache: the same invocations and indices.
+ *
+ * @param elem the copied word
+ * @param dest the storage cache or its texture copy
+ * @returns the WGSL
  */
-function kvWriteCode(elem: "f32" | "vec4f"): string {
+export function kvWriteCode(
+  elem: "f32" | "vec4f",
+  dest: "storage" | "texture" = "storage",
+): string {
+  const tex = dest === "texture";
   return /* wgsl */ `
 struct Params {
   B: u32, n: u32, H: u32,
@@ -24,7 +34,11 @@ struct Params {
 }
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> qkv: array<${elem}>;      // (T, 3, H, D)
-@group(0) @binding(2) var<storage, read_write> kv: array<${elem}>; // (2, B, H, maxLen, D)
+@group(0) @binding(2) ${
+    tex
+      ? "var kvT: texture_storage_2d_array<rgba32float, write>; // (2·B·H, maxLen, D/4)"
+      : `var<storage, read_write> kv: array<${elem}>; // (2, B, H, maxLen, D)`
+  }
 @group(0) @binding(3) var<storage, read> start: array<u32>;    // (B)
 
 // One invocation per (token t, s ∈ {k, v}, head h, word d < Dw).
@@ -42,8 +56,12 @@ fn main(@builtin(workgroup_id) wg: vec3u, @builtin(num_workgroups) nw: vec3u,
   let b = t / params.n;
   let pos = start[b] + t % params.n;
   if (pos >= params.maxLen) { return; } // no slot: the cache keeps positions < maxLen only
-  let to = (((s * params.B + b) * params.H + h) * params.maxLen + pos) * params.Dw + d;
-  kv[to] = qkv[((t * 3u + 1u + s) * params.H + h) * params.Dw + d];
+  let word = qkv[((t * 3u + 1u + s) * params.H + h) * params.Dw + d];
+  ${
+    tex
+      ? "textureStore(kvT, vec2u(d, pos), (s * params.B + b) * params.H + h, word);"
+      : "kv[(((s * params.B + b) * params.H + h) * params.maxLen + pos) * params.Dw + d] = word;"
+  }
 }`;
 }
 
