@@ -29,7 +29,9 @@ async function trainingPass(
   dOutHost: Float32Array<ArrayBuffer>,
   texture: boolean,
 ) {
-  const { B, n, H, D, per } = c;
+  const { B, n, H, D } = c;
+  // the texture variants need per > 1: the software default, given here on other adapters
+  const per = c.per ?? (gpu.isSoftware ? undefined : 2);
   const T = B * n;
   const s = { B, n, H, D, maxLen: n, per };
   const qkv = gpu.upload("qkv (T, 3, H, D)", qkvHost);

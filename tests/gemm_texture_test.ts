@@ -150,7 +150,10 @@ async function checkTextured(
   const flags = { bias: cs.bias ? BIAS : undefined, accumulate: cs.accumulate };
   gpu.run("textured", texturedGemm(gpu, layout, { a: A, b: B, c: C, M, N, K, ...flags }));
   const storageKernel = { NT: matmulNT, NN: matmulNN, TN: matmulTN }[layout];
-  gpu.run("storage", [storageKernel(gpu, { a: A, b: B, c: C2, M, N, K, ...flags })]);
+  // matmulNT's register tile, whose bits the textured NT reproduces (the default elsewhere
+  // than on software adapters is another tile)
+  const variant = layout === "NT" ? { variant: "registerTile" as const } : {};
+  gpu.run("storage", [storageKernel(gpu, { a: A, b: B, c: C2, M, N, K, ...flags, ...variant })]);
   const got = await gpu.readF32(C, M * N), storage = await gpu.readF32(C2, M * N);
   const ref = { NT: matmulNTRef, NN: matmulNNRef, TN: matmulTNRef }[layout];
   const want = ref(a, b, M, N, K, cs.bias ? bias : undefined);

@@ -2,7 +2,7 @@
  * Test helpers: a shared GPU, a seeded RNG, and a closeness check that reports the worst
  * element and the first mismatches.
  */
-import { type Gpu, requestGpu } from "../kernels/gpu.ts";
+import { Gpu, requestGpu } from "../kernels/gpu.ts";
 import { seededRandom } from "../model/params.ts";
 
 let gpuPromise: Promise<Gpu | null> | undefined;
@@ -12,7 +12,11 @@ let gpuPromise: Promise<Gpu | null> | undefined;
  * SPECDEC_REQUIRE_GPU=1, as in CI, makes that an error).
  */
 export function testGpu(): Promise<Gpu | null> {
-  gpuPromise ??= requestGpu().catch((e) => {
+  gpuPromise ??= requestGpu().then((g) =>
+    // SPECDEC_AS_HARDWARE=1: the software adapter runs the hardware paths (storage bindings,
+    // wider workgroups, no texture copies), to check them where no GPU is at hand
+    Deno.env.get("SPECDEC_AS_HARDWARE") === "1" ? new Gpu(g.device, g.adapterName, false) : g
+  ).catch((e) => {
     // CI sets SPECDEC_REQUIRE_GPU=1: there a missing adapter must fail, not skip everything
     if (Deno.env.get("SPECDEC_REQUIRE_GPU") === "1") {
       throw new Error(`SPECDEC_REQUIRE_GPU=1 but ${(e as Error).message}`);
