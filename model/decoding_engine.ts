@@ -72,7 +72,8 @@ export interface EngineRun {
 /**
  * The host loop: submits chunks of steps, reads the state back once per chunk while the next
  * chunk runs, and stops when every row reached seqLen. Chunk sizes come from each row's observed
- * tokens per step, so little work runs after the last row finishes.
+ * tokens per step (on software adapters erring towards enough), so little work runs after the
+ * last row finishes and few readbacks find the GPU idle.
  */
 async function runEngine(e: DecodingEngine, options: DecodingOptions): Promise<EngineRun> {
   const { gpu, layout, promptLen: P } = e;
