@@ -13,8 +13,10 @@
  * `XDG_RUNTIME_DIR=/tmp deno run -A bench/step_parts.ts --target t.safetensors
  *   [--draft d.safetensors | --self] [--gamma 3] [--rounds 5]`
  *
- * Each list runs 20 times per submit, less an empty submit's wait, lists alternated within each
- * round; medians over the rounds. Prompt 128 bytes, batch 1, steps from position 128 on.
+ * Every list is timed from the same state: fresh engines and their prefill (prompt 128 bytes,
+ * batch 1) before each list in each round, then the list 20 times in one submit (a base step
+ * list thus covers positions 128 to 148; lists that sample advance, the others repeat position
+ * 128), less an empty submit's wait. Lists alternate within each round; medians over the rounds.
  *
  * @module
  */
@@ -22,7 +24,7 @@ import { parseArgs } from "node:util";
 import { type Dispatch, requestGpu } from "../kernels/gpu.ts";
 import { Decoder } from "../model/decoder.ts";
 import { baseDecodingEngine, speculativeDecodingEngine } from "../model/decoding.ts";
-import { wallMs, wallMsPerRun } from "./wall_time.ts";
+import { wallMs } from "./wall_time.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -47,10 +49,13 @@ const load = async (f: string) => Decoder.fromSafetensors(gpu, await Deno.readFi
 const target = await load(values.target);
 const draft = values.self ? target : await load(values.draft!);
 const prompt = [Array.from({ length: 128 }, (_, i) => (i * 5) % 256)];
-const base = baseDecodingEngine(target, prompt, 1024, { seed: 7 });
-await wallMs(gpu, base.prefill);
-const spec = speculativeDecodingEngine(target, draft, prompt, 1024, { seed: 7, gamma });
-await wallMs(gpu, spec.prefill);
+/** Fresh engines, their prefill run: every list starts from the same positions and cache. */
+async function engines() {
+  const base = baseDecodingEngine(target, prompt, 1024, { seed: 7 });
+  const spec = speculativeDecodingEngine(target, draft, prompt, 1024, { seed: 7, gamma });
+  await wallMs(gpu, [...base.prefill, ...spec.prefill]);
+  return { base, spec };
+}
 
 // an empty dispatch (8 lanes that never touch their buffer), to interleave
 const pipeline = gpu.pipeline(
@@ -68,41 +73,56 @@ const empty: Dispatch = {
   }),
   workgroups: [2, 1, 1],
 };
-const kinds = [...new Set(base.step.map((d) => d.label))];
-const cases: [string, Dispatch[]][] = [
-  ["base step", base.step],
-  ...spec.parts.map((p): [string, Dispatch[]] => [`  ${p.name}`, p.dispatches]),
-  [`speculative step (γ ${gamma})`, spec.step],
-  ["base step + an empty dispatch after each", base.step.flatMap((d) => [d, empty])],
-  ...kinds.map((k): [string, Dispatch[]] => [
-    `base step without "${k}"`,
-    base.step.filter((d) => d.label !== k),
-  ]),
-];
+/** The lists to time, named, from one pair of engines. */
+function lists(e: Awaited<ReturnType<typeof engines>>): [string, Dispatch[]][] {
+  const { base, spec } = e;
+  const kinds = [...new Set(base.step.map((d) => d.label))];
+  return [
+    ["base step", base.step],
+    ...spec.parts.map((p): [string, Dispatch[]] => [`  ${p.name}`, p.dispatches]),
+    [`speculative step (γ ${gamma})`, spec.step],
+    ["base step + an empty dispatch after each", base.step.flatMap((d) => [d, empty])],
+    ...kinds.map((k): [string, Dispatch[]] => [
+      `base step without "${k}"`,
+      base.step.filter((d) => d.label !== k),
+    ]),
+  ];
+}
+const first = await engines();
+const cases = lists(first).map(([name, list]) => [name, list.length] as const);
+first.base.destroy();
+first.spec.destroy();
+const reps = 20;
 const times = cases.map(() => [] as number[]);
 for (let r = 0; r < rounds; r++) {
-  (await wallMsPerRun(gpu, cases.map((c) => c[1]), 20, 1)).forEach((m, i) => times[i].push(m));
+  for (let i = 0; i < cases.length; i++) {
+    const e = await engines();
+    const list = lists(e)[i][1];
+    const none = await wallMs(gpu, []);
+    times[i].push(((await wallMs(gpu, new Array(reps).fill(list).flat())) - none) / reps);
+    e.base.destroy();
+    e.spec.destroy();
+  }
 }
 const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 const b = median(times[0]);
 const load1 = (await Deno.readTextFile("/proc/loadavg").catch(() => "? ? ?")).split(" ");
 console.log(
   `${gpu.adapterName}; load ${load1.slice(0, 3).join(" ")}; medians of ${rounds} rounds, ` +
-    `20 runs per submit`,
+    `${reps} runs per submit from position 128`,
 );
 console.log("| list | dispatches | ms | base steps |\n|---|--:|--:|--:|");
 let parts = 0;
-cases.forEach(([name, list], i) => {
+cases.forEach(([name, count], i) => {
   const m = median(times[i]);
   if (name.startsWith("  ")) parts += m;
-  console.log(`| ${name} | ${list.length} | ${m.toFixed(3)} | ${(m / b).toFixed(2)} |`);
+  console.log(`| ${name} | ${count} | ${m.toFixed(3)} | ${(m / b).toFixed(2)} |`);
 });
 console.log(
   `| (sum of the speculative step's parts) | | ${parts.toFixed(3)} | ${(parts / b).toFixed(2)} |`,
 );
-const extra = median(times[spec.parts.length + 2]) - b;
+const withEmpty = cases.findIndex(([name]) => name.startsWith("base step + an empty"));
+const extra = median(times[withEmpty]) - b;
 console.log(
-  `\nan empty dispatch inside a base step: ${(1000 * extra / base.step.length).toFixed(1)} µs`,
+  `\nan empty dispatch inside a base step: ${(1000 * extra / cases[0][1]).toFixed(1)} µs`,
 );
-base.destroy();
-spec.destroy();

@@ -103,11 +103,11 @@ async function runEngine(e: DecodingEngine, options: DecodingOptions): Promise<E
 
   // How optimistic the step estimates are. A step too many costs one step of finished rows doing
   // nothing; a step too few, a readback's round trip with the GPU idle. On the software adapter
-  // the round trip (~11 ms) is worth about ten speculative steps, so there a row's rate is taken
-  // a little low (90% of its observed tokens per step; halfway between 1 and maxRate before any
-  // is observed): speculative decodes ran 4–9% faster by wall time. Elsewhere, where a round
-  // trip is short beside the steps it would save and unmeasured, the observed rate (maxRate
-  // before any) as before.
+  // the round trip (~11 ms) is worth about three speculative steps (five to ten base steps), so
+  // a row's rate is taken a little low there (90% of its observed tokens per step; halfway
+  // between 1 and maxRate before any is observed): speculative decodes ran 4–9% faster by wall
+  // time. Elsewhere, where a round trip is short beside the steps it would save and unmeasured,
+  // the observed rate (maxRate before any) as before.
   const generous = gpu.isSoftware;
   const unknownRate = generous ? (1 + e.maxRate) / 2 : e.maxRate;
   const observed = generous ? 0.9 : 1;

@@ -359,14 +359,14 @@ gpuTest(
         fusedLinear(gpu, { ...args, epilogue: { kind: "accumulate", bias: bb, out: plain } }),
       ]);
       const got = await gpu.readF32(x);
-      assertBits(gpu, got, await gpu.readF32(plain), `out${uniform ? " uniform" : ""} vs no copy`);
+      assertSameBits(got, await gpu.readF32(plain), `out${uniform ? " uniform" : ""} vs no copy`);
       const want = Float32Array.from(before);
       for (let b = 0; b < B; b++) {
         const slot = start[b] + 1 - pos[b];
         if (pos[b] >= L || pos[b] === 0 || slot < 0 || slot >= S) continue;
         want.set(got.subarray(b * N, (b + 1) * N), (b * S + slot) * N);
       }
-      assertBits(gpu, await gpu.readF32(hidden), want, `hidden${uniform ? " uniform" : ""}`);
+      assertSameBits(await gpu.readF32(hidden), want, `hidden${uniform ? " uniform" : ""}`);
     }
     // a hidden buffer too small for B rows × S slots is refused, naming it
     throws(
@@ -470,8 +470,7 @@ gpuTest(
       const prod = matmulNTRef(x, w, M, N, K, bias);
       assertClose(got[2], prod.map((v, i) => v + x0[i]), { ...TOL, label: `accumulate M=${M}` });
       for (let e = 0; e < 3; e++) {
-        assertBits(
-          gpu,
+        assertSameBits(
           got[e],
           await gpu.readF32(outs[0][e]),
           `epilogue ${e} M=${M}: texture vs storage`,
