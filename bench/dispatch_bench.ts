@@ -42,6 +42,7 @@ import { fusedLinear, STORAGE_UNIFORM } from "../kernels/fused_linear.ts";
 import { kvTexture } from "../kernels/attention_decode.ts";
 import { rotaryInvFreq, rotaryTable } from "../kernels/rotary.ts";
 import { embedding } from "../kernels/embedding.ts";
+import { loadAverage, median } from "./wall_time.ts";
 
 const N = 512, K = 128;
 const TEX = 0x04 | 0x02; // TEXTURE_BINDING | COPY_DST
@@ -385,8 +386,7 @@ for (let r = 0; r < rounds; r++) {
     times.set(c, [...(times.get(c) ?? []), ms]);
   }
 }
-const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
-const load = (await Deno.readTextFile("/proc/loadavg").catch(() => "?")).split(" ").slice(0, 3);
+const load = await loadAverage();
 console.log(
   `${gpu.adapterName}; load ${load.join(" ")}; ${reps} dispatches per pass, median of ${rounds}`,
 );

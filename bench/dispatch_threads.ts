@@ -27,7 +27,7 @@
 import { type Dispatch, INDIRECT_STORAGE, requestGpu } from "../kernels/gpu.ts";
 import { Decoder } from "../model/decoder.ts";
 import { baseDecodingEngine } from "../model/decoding.ts";
-import { wallMs } from "./wall_time.ts";
+import { loadAverage, median, wallMs } from "./wall_time.ts";
 
 const arg = (name: string, fallback: string) => {
   const i = Deno.args.indexOf(`--${name}`);
@@ -50,7 +50,7 @@ if (Deno.env.get("SPECDEC_DISPATCH_CHILD") !== "1") {
     }
     rows[t] = JSON.parse(new TextDecoder().decode(out.stdout));
   }
-  const load = (await Deno.readTextFile("/proc/loadavg").catch(() => "?")).split(" ").slice(0, 3);
+  const load = await loadAverage();
   const names = Object.keys(rows[values[0]]).filter((k) => k !== "adapter");
   console.log(`${rows[values[0]].adapter}; load ${load.join(" ")}; medians of ${rounds} rounds`);
   console.log(`| case | ${values.map((t) => `LP_NUM_THREADS=${t}`).join(" | ")} |`);
@@ -172,7 +172,6 @@ for (let r = 0; r < rounds; r++) {
   (times["base decoding step (22 dispatches), ms"] ??= []).push((ms - none) / S);
   e.destroy();
 }
-const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 const out: Record<string, number | string> = { adapter: gpu.adapterName };
 for (const [k, v] of Object.entries(times)) out[k] = median(v);
 console.log(JSON.stringify(out));

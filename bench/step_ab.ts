@@ -18,7 +18,7 @@
  */
 import { parseArgs } from "node:util";
 import type { Dispatch } from "../kernels/gpu.ts";
-import { wallMs } from "./wall_time.ts";
+import { loadAverage, median, wallMs } from "./wall_time.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -82,8 +82,7 @@ for (let r = 0; r < rounds; r++) {
     }
   }
 }
-const median = (v: number[]) => [...v].sort((x, y) => x - y)[v.length >> 1];
-const load = (await Deno.readTextFile("/proc/loadavg").catch(() => "?")).split(" ").slice(0, 3);
+const load = await loadAverage();
 console.log(
   `a = ${values.a}, b = ${values.b}; γ ${gamma}; ${rounds} rounds; load ${load.join(" ")}`,
 );

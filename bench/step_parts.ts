@@ -24,7 +24,7 @@ import { parseArgs } from "node:util";
 import { type Dispatch, requestGpu } from "../kernels/gpu.ts";
 import { Decoder } from "../model/decoder.ts";
 import { baseDecodingEngine, speculativeDecodingEngine } from "../model/decoding.ts";
-import { wallMs } from "./wall_time.ts";
+import { loadAverage, median, wallMs } from "./wall_time.ts";
 
 const { values } = parseArgs({
   args: Deno.args,
@@ -73,23 +73,32 @@ const empty: Dispatch = {
   }),
   workgroups: [2, 1, 1],
 };
-/** The lists to time, named, from one pair of engines. */
-function lists(e: Awaited<ReturnType<typeof engines>>): [string, Dispatch[]][] {
+/** A list to time: its name, its dispatches, and whether it is a part of the speculative step. */
+interface Case {
+  name: string;
+  list: Dispatch[];
+  part?: boolean;
+}
+/** The lists to time, from one pair of engines; the base step first. */
+function lists(e: Awaited<ReturnType<typeof engines>>): Case[] {
   const { base, spec } = e;
   const kinds = [...new Set(base.step.map((d) => d.label))];
   return [
-    ["base step", base.step],
-    ...spec.parts.map((p): [string, Dispatch[]] => [`  ${p.name}`, p.dispatches]),
-    [`speculative step (γ ${gamma})`, spec.step],
-    ["base step + an empty dispatch after each", base.step.flatMap((d) => [d, empty])],
-    ...kinds.map((k): [string, Dispatch[]] => [
-      `base step without "${k}"`,
-      base.step.filter((d) => d.label !== k),
-    ]),
+    { name: "base step", list: base.step },
+    ...spec.parts.map((p) => ({ name: `  ${p.name}`, list: p.dispatches, part: true })),
+    { name: `speculative step (γ ${gamma})`, list: spec.step },
+    {
+      name: "base step + an empty dispatch after each",
+      list: base.step.flatMap((d) => [d, empty]),
+    },
+    ...kinds.map((k) => ({
+      name: `base step without "${k}"`,
+      list: base.step.filter((d) => d.label !== k),
+    })),
   ];
 }
 const first = await engines();
-const cases = lists(first).map(([name, list]) => [name, list.length] as const);
+const cases = lists(first);
 first.base.destroy();
 first.spec.destroy();
 const reps = 20;
@@ -97,32 +106,30 @@ const times = cases.map(() => [] as number[]);
 for (let r = 0; r < rounds; r++) {
   for (let i = 0; i < cases.length; i++) {
     const e = await engines();
-    const list = lists(e)[i][1];
+    const list = lists(e)[i].list;
     const none = await wallMs(gpu, []);
     times[i].push(((await wallMs(gpu, new Array(reps).fill(list).flat())) - none) / reps);
     e.base.destroy();
     e.spec.destroy();
   }
 }
-const median = (a: number[]) => [...a].sort((x, y) => x - y)[Math.floor(a.length / 2)];
 const b = median(times[0]);
-const load1 = (await Deno.readTextFile("/proc/loadavg").catch(() => "? ? ?")).split(" ");
 console.log(
-  `${gpu.adapterName}; load ${load1.slice(0, 3).join(" ")}; medians of ${rounds} rounds, ` +
+  `${gpu.adapterName}; load ${(await loadAverage()).join(" ")}; medians of ${rounds} rounds, ` +
     `${reps} runs per submit from position 128`,
 );
 console.log("| list | dispatches | ms | base steps |\n|---|--:|--:|--:|");
 let parts = 0;
-cases.forEach(([name, count], i) => {
+cases.forEach(({ name, list, part }, i) => {
   const m = median(times[i]);
-  if (name.startsWith("  ")) parts += m;
-  console.log(`| ${name} | ${count} | ${m.toFixed(3)} | ${(m / b).toFixed(2)} |`);
+  if (part) parts += m;
+  console.log(`| ${name} | ${list.length} | ${m.toFixed(3)} | ${(m / b).toFixed(2)} |`);
 });
 console.log(
   `| (sum of the speculative step's parts) | | ${parts.toFixed(3)} | ${(parts / b).toFixed(2)} |`,
 );
-const withEmpty = cases.findIndex(([name]) => name.startsWith("base step + an empty"));
+const withEmpty = cases.findIndex(({ list }) => list.includes(empty));
 const extra = median(times[withEmpty]) - b;
 console.log(
-  `\nan empty dispatch inside a base step: ${(1000 * extra / cases[0][1]).toFixed(1)} µs`,
+  `\nan empty dispatch inside a base step: ${(1000 * extra / cases[0].list.length).toFixed(1)} µs`,
 );

@@ -63,3 +63,32 @@ export async function wallMsPerRun(
   }
   return best;
 }
+
+/**
+ * The median of timed rounds: the upper of the two middle values for an even count (a value that
+ * was measured, not an average of two).
+ *
+ * @param values the rounds' times (not empty)
+ * @returns the median
+ * @example
+ * ```ts ignore
+ * console.log(median([3, 1, 2])); // 2
+ * ```
+ */
+export function median(values: number[]): number {
+  return [...values].sort((x, y) => x - y)[Math.floor(values.length / 2)];
+}
+
+/**
+ * The machine's 1, 5 and 15 minute load averages, as the benchmarks print them beside their
+ * times (a shared machine's load changes what they measure); `["?"]` where unreadable.
+ *
+ * @returns the three averages as written in /proc/loadavg
+ * @example
+ * ```ts ignore
+ * console.log(`load ${(await loadAverage()).join(" ")}`);
+ * ```
+ */
+export async function loadAverage(): Promise<string[]> {
+  return (await Deno.readTextFile("/proc/loadavg").catch(() => "?")).split(" ").slice(0, 3);
+}
